@@ -1,0 +1,12 @@
+//! numa-repin: Ansible modules that live-migrate CPU-pinned OpenStack guests with their pinning
+//! recomputed for the destination, and keep Nova's database in line. See ARCHITECTURE.md.
+
+pub mod ansible;
+pub mod cpuset;
+pub mod domain;
+pub mod facts;
+pub mod fit;
+pub mod libvirt;
+pub mod nova;
+pub mod topology;
+pub mod xml;

@@ -1,0 +1,1 @@
+//! Nova: nova.conf subset, numa_topology codec, DB access.
