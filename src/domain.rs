@@ -1,1 +1,271 @@
-//! (in progress)
+//! Guest domain XML, read side: what a guest is pinned to and how its memory is placed.
+//!
+//! The rewrite for a new placement (issue 5) goes in `domain::rewrite`, working on the event
+//! stream so every byte we do not own survives.
+
+use crate::cpuset::{self, CpuSet};
+use crate::topology::to_kib;
+use crate::xml::{self, Element};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct GuestCell {
+    pub id: u32,
+    pub vcpus: Vec<u32>,
+    pub memory_mb: u64,
+    /// Host cells its memory is bound to (`<numatune><memnode>`, else `<memory nodeset>`).
+    pub host_nodes: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Default)]
+pub struct NovaMeta {
+    pub name: Option<String>,
+    pub flavor: Option<String>,
+    pub flavor_vcpus: Option<u32>,
+    pub flavor_memory_mb: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct Guest {
+    pub name: String,
+    /// libvirt's uuid; Nova uses the instance uuid as the domain uuid.
+    pub uuid: String,
+    /// running, paused, shutoff, … (from libvirt; `unknown` for a saved XML).
+    pub state: String,
+    pub vcpus: u32,
+    pub memory_mb: u64,
+    /// vCPU -> pCPUs it may run on. A dedicated (pinned) vCPU has exactly one.
+    pub vcpu_pins: BTreeMap<String, Vec<u32>>,
+    pub emulator_pins: Vec<u32>,
+    pub numa_cells: Vec<GuestCell>,
+    /// Host cells of `<numatune><memory nodeset>` (guests without guest NUMA cells).
+    #[serde(default)]
+    pub memory_nodes: Vec<u32>,
+    pub hugepage_kb: Option<u64>,
+    #[serde(default)]
+    pub nova: Option<NovaMeta>,
+}
+
+impl Guest {
+    /// True when every vCPU is pinned to exactly one pCPU: Nova's `hw:cpu_policy=dedicated`.
+    pub fn is_dedicated(&self) -> bool {
+        self.vcpus > 0
+            && (0..self.vcpus).all(|v| self.vcpu_pins.get(&v.to_string()).is_some_and(|p| p.len() == 1))
+    }
+    /// The pCPUs this guest holds exclusively: its vCPUs' single pins, plus an emulator pin that
+    /// lies outside them (emulator threads `isolate`: Nova's `cpuset_reserved`).
+    pub fn exclusive_cpus(&self) -> CpuSet {
+        let mut s: CpuSet = self.vcpu_pins.values().filter(|p| p.len() == 1).map(|p| p[0]).collect();
+        if let Some(r) = self.reserved_cpus() {
+            s = s.union(&r);
+        }
+        s
+    }
+    /// The isolated emulator pCPUs, when the emulator pin is disjoint from the vCPU pins.
+    pub fn reserved_cpus(&self) -> Option<CpuSet> {
+        if !self.is_dedicated() || self.emulator_pins.is_empty() {
+            return None;
+        }
+        let vcpu: CpuSet = self.vcpu_pins.values().flatten().copied().collect();
+        let emu: CpuSet = self.emulator_pins.iter().copied().collect();
+        (emu.intersection(&vcpu).is_empty()).then_some(emu)
+    }
+    /// Every pCPU named by any pin.
+    pub fn all_pinned_cpus(&self) -> CpuSet {
+        self.vcpu_pins.values().flatten().chain(self.emulator_pins.iter()).copied().collect()
+    }
+}
+
+const NOVA_NS: &str = "http://openstack.org/xmlns/libvirt/nova/";
+
+/// Parse a domain XML (`virsh dumpxml`). `state` is filled by the caller when known.
+pub fn parse_guest(doc: &str) -> Result<Guest, String> {
+    let root = xml::parse(doc).map_err(|e| format!("domain XML: {e}"))?;
+    if root.name != "domain" {
+        return Err(format!("domain XML: root element is <{}>, expected <domain>", root.name));
+    }
+    let name = root.child("name").map(|e| e.text.clone()).ok_or("domain XML: no <name>")?;
+    let ctx = |e: String| format!("domain {name}: {e}");
+    let uuid = root.child("uuid").map(|e| e.text.clone()).unwrap_or_default();
+    let vcpu_el = root.child("vcpu").ok_or_else(|| ctx("no <vcpu> element".into()))?;
+    let vcpus: u32 = match vcpu_el.attr_num::<u32>("current").map_err(ctx)? {
+        Some(cur) => cur,
+        None => vcpu_el.text_num().map_err(ctx)?,
+    };
+    if vcpus > 4096 {
+        return Err(ctx(format!("{vcpus} vCPUs is beyond any real guest")));
+    }
+    let memory_mb = match root.child("currentMemory").or_else(|| root.child("memory")) {
+        Some(m) => to_kib(m.text_num().map_err(ctx)?, m.attr("unit")).map_err(ctx)? / 1024,
+        None => return Err(ctx("no <memory> element".into())),
+    };
+    let spec = |s: &str| cpuset::parse_spec(s).map(|c| c.to_vec()).map_err(ctx);
+
+    // vCPU pins: explicit <vcpupin>, else the <vcpu cpuset> default applies to every vCPU.
+    let mut vcpu_pins = BTreeMap::new();
+    if let Some(default) = vcpu_el.attr("cpuset") {
+        let d = spec(default)?;
+        for v in 0..vcpus {
+            vcpu_pins.insert(v.to_string(), d.clone());
+        }
+    }
+    let mut emulator_pins = Vec::new();
+    if let Some(ct) = root.child("cputune") {
+        for p in ct.children("vcpupin") {
+            let v: u32 = p.attr_num("vcpu").map_err(ctx)?.ok_or_else(|| ctx("<vcpupin> without vcpu".into()))?;
+            if v >= vcpus {
+                return Err(ctx(format!("<vcpupin vcpu='{v}'> but the guest has {vcpus} vCPUs")));
+            }
+            let set = p.attr("cpuset").ok_or_else(|| ctx("<vcpupin> without cpuset".into()))?;
+            vcpu_pins.insert(v.to_string(), spec(set)?);
+        }
+        if let Some(e) = ct.child("emulatorpin") {
+            emulator_pins = spec(e.attr("cpuset").ok_or_else(|| ctx("<emulatorpin> without cpuset".into()))?)?;
+        }
+    }
+
+    // numatune: the guest-wide nodeset and per guest cell memnodes.
+    let mut memory_nodes = Vec::new();
+    let mut memnodes: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    if let Some(nt) = root.child("numatune") {
+        if let Some(m) = nt.child("memory") {
+            if let Some(ns) = m.attr("nodeset") {
+                memory_nodes = spec(ns)?;
+            }
+        }
+        for mn in nt.children("memnode") {
+            let cid: u32 = mn.attr_num("cellid").map_err(ctx)?.ok_or_else(|| ctx("<memnode> without cellid".into()))?;
+            memnodes.insert(cid, spec(mn.attr("nodeset").ok_or_else(|| ctx("<memnode> without nodeset".into()))?)?);
+        }
+    }
+
+    let mut numa_cells = Vec::new();
+    if let Some(numa) = root.path("cpu/numa") {
+        for c in numa.children("cell") {
+            let id: u32 = match c.attr_num("id").map_err(ctx)? {
+                Some(i) => i,
+                None => numa_cells.len() as u32,
+            };
+            let cpus = spec(c.attr("cpus").ok_or_else(|| ctx(format!("guest NUMA cell {id} without cpus")))?)?;
+            let mem: u64 = c.attr_num("memory").map_err(ctx)?.ok_or_else(|| ctx(format!("guest NUMA cell {id} without memory")))?;
+            let mem_mb = to_kib(mem, c.attr("unit")).map_err(ctx)? / 1024;
+            let host_nodes = memnodes.get(&id).cloned().unwrap_or_else(|| memory_nodes.clone());
+            numa_cells.push(GuestCell { id, vcpus: cpus, memory_mb: mem_mb, host_nodes });
+        }
+    }
+
+    let mut hugepage_kb = None;
+    if let Some(hp) = root.path("memoryBacking/hugepages") {
+        // <hugepages/> alone means the host's default huge page size: 2 MiB on x86.
+        hugepage_kb = Some(2048);
+        if let Some(page) = hp.child("page") {
+            let size: u64 = page.attr_num("size").map_err(ctx)?.ok_or_else(|| ctx("<page> without size".into()))?;
+            hugepage_kb = Some(to_kib(size, page.attr("unit")).map_err(ctx)?);
+        }
+    }
+
+    let nova = root.child("metadata").and_then(|m| m.children.iter().find(|c| is_nova_instance(c))).map(nova_meta);
+
+    Ok(Guest {
+        name,
+        uuid,
+        state: "unknown".into(),
+        vcpus,
+        memory_mb,
+        vcpu_pins,
+        emulator_pins,
+        numa_cells,
+        memory_nodes,
+        hugepage_kb,
+        nova,
+    })
+}
+
+fn is_nova_instance(e: &Element) -> bool {
+    e.local_name() == "instance" && e.attrs.iter().any(|(k, v)| k.starts_with("xmlns") && v.starts_with(NOVA_NS))
+}
+
+fn nova_meta(e: &Element) -> NovaMeta {
+    let child = |n: &str| e.children.iter().find(|c| c.local_name() == n);
+    let flavor = child("flavor");
+    let fchild = |n: &str| flavor.and_then(|f| f.children.iter().find(|c| c.local_name() == n));
+    NovaMeta {
+        name: child("name").map(|n| n.text.clone()),
+        flavor: flavor.and_then(|f| f.attr("name").map(str::to_string)),
+        flavor_vcpus: fchild("vcpus").and_then(|v| v.text.parse().ok()),
+        flavor_memory_mb: fchild("memory").and_then(|v| v.text.parse().ok()),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    /// A Nova-style pinned guest: `pins[v]` is vCPU v's pCPU, memory on host `node`.
+    pub fn pinned(name: &str, uuid: &str, pins: &[u32], emulator: Option<&str>, node: u32, mem_mb: u64) -> String {
+        let n = pins.len();
+        let mut s = format!(
+            "<domain type='qemu'><name>{name}</name><uuid>{uuid}</uuid><metadata><nova:instance xmlns:nova=\"http://openstack.org/xmlns/libvirt/nova/1.0\"><nova:name>{name}</nova:name><nova:flavor name=\"pinned.{n}\"><nova:memory>{mem_mb}</nova:memory><nova:vcpus>{n}</nova:vcpus></nova:flavor></nova:instance></metadata><memory unit='KiB'>{}</memory><vcpu placement='static'>{n}</vcpu><cputune>",
+            mem_mb * 1024
+        );
+        for (v, p) in pins.iter().enumerate() {
+            s += &format!("<vcpupin vcpu='{v}' cpuset='{p}'/>");
+        }
+        let all = pins.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
+        s += &format!("<emulatorpin cpuset='{}'/></cputune>", emulator.unwrap_or(&all));
+        s += &format!("<numatune><memory mode='strict' nodeset='{node}'/><memnode cellid='0' mode='strict' nodeset='{node}'/></numatune>");
+        s += &format!("<os><type arch='x86_64' machine='pc'>hvm</type></os><cpu><topology sockets='1' cores='{n}' threads='1'/><numa><cell id='0' cpus='0-{}' memory='{}' unit='KiB'/></numa></cpu><devices/></domain>", n - 1, mem_mb * 1024);
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nova_pinned_guest() {
+        let g = parse_guest(&fixtures::pinned("vm1", "u-1", &[2, 3], None, 1, 2048)).unwrap();
+        assert_eq!(g.vcpus, 2);
+        assert_eq!(g.memory_mb, 2048);
+        assert_eq!(g.vcpu_pins["0"], vec![2]);
+        assert_eq!(g.vcpu_pins["1"], vec![3]);
+        assert_eq!(g.emulator_pins, vec![2, 3]);
+        assert!(g.is_dedicated());
+        assert!(g.reserved_cpus().is_none());
+        assert_eq!(g.numa_cells, vec![GuestCell { id: 0, vcpus: vec![0, 1], memory_mb: 2048, host_nodes: vec![1] }]);
+        let nova = g.nova.unwrap();
+        assert_eq!((nova.flavor.as_deref(), nova.flavor_vcpus, nova.flavor_memory_mb), (Some("pinned.2"), Some(2), Some(2048)));
+    }
+
+    #[test]
+    fn emulator_isolate_is_reserved() {
+        let g = parse_guest(&fixtures::pinned("vm2", "u-2", &[4, 5], Some("6"), 0, 64)).unwrap();
+        assert_eq!(g.reserved_cpus().unwrap().to_vec(), vec![6]);
+        assert_eq!(g.exclusive_cpus().to_vec(), vec![4, 5, 6]);
+    }
+
+    #[test]
+    fn floating_guest_and_hugepages() {
+        let xml = "<domain type='kvm'><name>f</name><uuid>u</uuid><memory unit='GiB'>4</memory><vcpu cpuset='0-3'>2</vcpu><memoryBacking><hugepages><page size='1' unit='G' nodeset='0'/></hugepages></memoryBacking></domain>";
+        let g = parse_guest(xml).unwrap();
+        assert_eq!(g.vcpu_pins["1"], vec![0, 1, 2, 3]);
+        assert!(!g.is_dedicated());
+        assert!(g.exclusive_cpus().is_empty());
+        assert_eq!(g.memory_mb, 4096);
+        assert_eq!(g.hugepage_kb, Some(1048576));
+        assert!(g.nova.is_none());
+    }
+
+    #[test]
+    fn bad_guests() {
+        assert!(parse_guest("<domain><name>x</name></domain>").unwrap_err().contains("<vcpu>"));
+        assert!(parse_guest("<capabilities/>").unwrap_err().contains("expected <domain>"));
+        let x = fixtures::pinned("vm1", "u", &[2], None, 0, 64).replace("vcpu='0' cpuset='2'", "vcpu='7' cpuset='2'");
+        assert!(parse_guest(&x).unwrap_err().contains("vcpu='7'"));
+        let x = fixtures::pinned("vm1", "u", &[2], None, 0, 64).replace("cpuset='2'", "cpuset='two'");
+        assert!(parse_guest(&x).unwrap_err().starts_with("domain vm1"));
+        let bomb = "<!DOCTYPE d [<!ENTITY a 'x'>]><domain><name>&a;</name></domain>";
+        assert!(parse_guest(bomb).unwrap_err().contains("DOCTYPE"));
+    }
+}

@@ -1,1 +1,1104 @@
-//! (in progress)
+//! The placement engine: does a guest fit on a host, per NUMA cell, and on which pCPUs.
+//!
+//! Semantics are Nova Stein's (`nova.virt.hardware.numa_get_constraints` and
+//! `numa_fit_instance_to_host`, 19.3.2): the same request keys, the same errors for bad
+//! requests, and the same fit/no-fit decision per host cell. Where Nova's search is
+//! path-dependent (it mutates the guest cell's page size while trying permutations, so a later
+//! permutation can miss a cell that fits), this engine evaluates every cell afresh: it may find
+//! a valid placement Nova misses, never the reverse. The equivalence tests show such cases.
+//!
+//! Packing policy (ours, deterministic; Nova takes the first permutation in cell order):
+//! - cell choice: the fitting host cell that leaves the fewest free pCPUs (best fit), ties to the
+//!   lower cell id; multi-cell guests search assignments in that order;
+//! - within a cell: fill the free threads of partly used cores first (fewest free threads first,
+//!   then lowest core), so whole free cores stay intact for `isolate`/`require` guests; `require`
+//!   takes the largest sibling groups Nova would; `isolate` takes whole free cores, one thread
+//!   each; an isolated emulator pCPU comes from outside those cores, partly used cores first.
+
+use crate::cpuset::CpuSet;
+use crate::nova::conf::parse_page_size;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+// ---------------------------------------------------------------------------------------------
+// Host side: the shape of Nova's NUMATopology (field names are Nova's).
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct MemPages {
+    pub size_kb: u64,
+    pub total: u64,
+    #[serde(default)]
+    pub used: u64,
+    #[serde(default)]
+    pub reserved: u64,
+}
+
+impl MemPages {
+    pub fn free(&self) -> u64 {
+        self.total.saturating_sub(self.used).saturating_sub(self.reserved)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct HostCell {
+    pub id: u32,
+    /// pCPUs of this cell that pinned guests may use (cell CPUs ∩ dedicated set).
+    pub cpuset: CpuSet,
+    /// Thread sibling groups (cores), trimmed to `cpuset`.
+    #[serde(default)]
+    pub siblings: Vec<CpuSet>,
+    #[serde(default)]
+    pub pinned_cpus: CpuSet,
+    /// MiB.
+    pub memory: u64,
+    #[serde(default)]
+    pub memory_usage: u64,
+    #[serde(default)]
+    pub mempages: Vec<MemPages>,
+    /// Accepted for compatibility with Nova's objects; Nova 19 decides on `pinned_cpus`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_usage: Option<u64>,
+}
+
+impl HostCell {
+    pub fn free_cpus(&self) -> CpuSet {
+        self.cpuset.difference(&self.pinned_cpus)
+    }
+    fn threads_per_core(&self) -> usize {
+        self.siblings.iter().map(|s| s.len()).max().unwrap_or(1).max(1)
+    }
+    fn avail_memory(&self) -> i64 {
+        self.memory as i64 - self.memory_usage as i64
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Default)]
+pub struct HostState {
+    #[serde(default)]
+    pub name: String,
+    pub cells: Vec<HostCell>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request side.
+
+/// A request as the scheduler sees it: flavor sizes, flavor extra specs, image properties.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    pub vcpus: u32,
+    pub memory_mb: u64,
+    #[serde(default)]
+    pub extra_specs: BTreeMap<String, Value>,
+    #[serde(default)]
+    pub image_properties: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ThreadPolicy {
+    Prefer,
+    Isolate,
+    Require,
+}
+
+/// Requested page size: Nova's MEMPAGES_SMALL/LARGE/ANY or an explicit size in KiB.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PageRequest {
+    Small,
+    Large,
+    Any,
+    Kb(u64),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct GuestCellReq {
+    pub id: u32,
+    pub vcpus: Vec<u32>,
+    pub memory_mb: u64,
+    #[serde(default)]
+    pub pagesize: Option<PageRequest>,
+}
+
+/// The guest's NUMA topology to place (Nova's InstanceNUMATopology before fitting).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct GuestTopology {
+    pub cells: Vec<GuestCellReq>,
+    pub dedicated: bool,
+    #[serde(default)]
+    pub thread_policy: Option<ThreadPolicy>,
+    /// Emulator threads `isolate`: one more pCPU, on the host cell of guest cell 0.
+    #[serde(default)]
+    pub emulator_isolate: bool,
+}
+
+impl GuestTopology {
+    pub fn total_vcpus(&self) -> usize {
+        self.cells.iter().map(|c| c.vcpus.len()).sum()
+    }
+    pub fn total_memory_mb(&self) -> u64 {
+        self.cells.iter().map(|c| c.memory_mb).sum()
+    }
+}
+
+fn spec_str(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(if *b { "True".into() } else { "False".into() }),
+        _ => None,
+    }
+}
+
+impl Request {
+    fn flavor(&self, key: &str) -> Option<String> {
+        self.extra_specs.get(key).and_then(spec_str).filter(|s| !s.is_empty())
+    }
+    fn image(&self, key: &str) -> Option<&Value> {
+        self.image_properties.get(key).filter(|v| !v.is_null())
+    }
+    fn image_str(&self, key: &str) -> Option<String> {
+        self.image(key).and_then(spec_str).filter(|s| !s.is_empty())
+    }
+}
+
+/// Nova's request errors keep Nova's exception names, so operators can search for them.
+fn req_err(name: &str, msg: impl std::fmt::Display) -> String {
+    format!("{name}: {msg}")
+}
+
+fn parse_pagesize(v: &str) -> Result<PageRequest, String> {
+    match v {
+        "small" => Ok(PageRequest::Small),
+        "large" => Ok(PageRequest::Large),
+        "any" => Ok(PageRequest::Any),
+        _ => match parse_page_size(v) {
+            Ok(kb) if kb > 0 => Ok(PageRequest::Kb(kb)),
+            _ => Err(req_err("MemoryPageSizeInvalid", format!("Invalid memory page size '{v}'"))),
+        },
+    }
+}
+
+/// Nova's `numa_get_constraints`: the guest topology a request asks for, `None` when it asks
+/// for no NUMA placement at all (no pinning, no NUMA nodes, no page size), or Nova's error.
+pub fn constraints(req: &Request) -> Result<Option<GuestTopology>, String> {
+    if req.vcpus == 0 {
+        return Err(req_err("InvalidRequest", "vcpus must be at least 1"));
+    }
+    // hw:numa_nodes / hw_numa_nodes
+    let (fnodes, inodes) = (req.flavor("hw:numa_nodes"), req.image_str("hw_numa_nodes"));
+    if fnodes.is_some() && inodes.is_some() {
+        return Err(req_err("ImageNUMATopologyForbidden", "Image property 'hw_numa_nodes' is not permitted to override NUMA configuration set against the flavor"));
+    }
+    let nodes: Option<u32> = match fnodes.or(inodes) {
+        None => None,
+        Some(n) => match n.trim().parse::<i64>() {
+            Ok(v) if v >= 1 && v <= 64 => Some(v as u32),
+            _ => return Err(req_err("InvalidNUMANodesNumber", format!("The property 'numa_nodes' cannot be '{n}'. It must be a number greater than 0"))),
+        },
+    };
+    // hw:mem_page_size: the image may only choose when the flavor says large or any.
+    let (fpage, ipage) = (req.flavor("hw:mem_page_size"), req.image_str("hw_mem_page_size"));
+    let pagesize = match (fpage, ipage) {
+        (None, Some(i)) => return Err(req_err("MemoryPageSizeForbidden", format!("Page size {i} forbidden against '<empty>'"))),
+        (None, None) => None,
+        (Some(f), i) => {
+            let p = parse_pagesize(&f)?;
+            match i {
+                Some(i) if matches!(p, PageRequest::Any | PageRequest::Large) => Some(parse_pagesize(&i)?),
+                Some(i) => return Err(req_err("MemoryPageSizeForbidden", format!("Page size {i} forbidden against '{f}'"))),
+                None => Some(p),
+            }
+        }
+    };
+    let mut cells = None;
+    if nodes.is_some() || pagesize.is_some() {
+        let nodes = nodes.unwrap_or(1);
+        let cpu_list = numa_map(req, "hw:numa_cpus", "hw_numa_cpus", |v| {
+            crate::cpuset::parse_spec(v).map(|s| s.to_vec()).map_err(|e| req_err("Invalid", e))
+        })?;
+        let mem_list = numa_map(req, "hw:numa_mem", "hw_numa_mem", |v| {
+            v.trim().parse::<u64>().map(|m| vec![m as u32]).map_err(|_| req_err("ValueError", format!("invalid literal for int(): '{v}'")))
+        })?;
+        let incomplete = || req_err("ImageNUMATopologyIncomplete", "Image NUMA topology must specify both CPUs and memory for every node");
+        if cpu_list.is_some() != mem_list.is_some() {
+            return Err(incomplete());
+        }
+        if cpu_list.as_ref().is_some_and(|l| l.len() != nodes as usize) || mem_list.as_ref().is_some_and(|l| l.len() != nodes as usize) {
+            return Err(incomplete());
+        }
+        let mut out = Vec::new();
+        match (cpu_list, mem_list) {
+            (Some(cpus), Some(mems)) => {
+                let mut avail: std::collections::BTreeSet<u32> = (0..req.vcpus).collect();
+                let mut total = 0u64;
+                for n in 0..nodes as usize {
+                    for c in &cpus[n] {
+                        if *c > req.vcpus - 1 {
+                            return Err(req_err("ImageNUMATopologyCPUOutOfRange", format!("CPU number {c} is larger than max of {}", req.vcpus - 1)));
+                        }
+                        if !avail.remove(c) {
+                            return Err(req_err("ImageNUMATopologyCPUDuplicates", format!("CPU number {c} is assigned to two nodes")));
+                        }
+                    }
+                    let mem = mems[n][0] as u64;
+                    total += mem;
+                    out.push(GuestCellReq { id: n as u32, vcpus: cpus[n].clone(), memory_mb: mem, pagesize });
+                }
+                if !avail.is_empty() {
+                    return Err(req_err("ImageNUMATopologyCPUsUnassigned", format!("CPU number(s) {avail:?} are not assigned to any node")));
+                }
+                if total != req.memory_mb {
+                    return Err(req_err("ImageNUMATopologyMemoryOutOfRange", format!("Memory {total} MB is not equal to flavor memory {} MB", req.memory_mb)));
+                }
+            }
+            _ => {
+                if req.vcpus % nodes != 0 || req.memory_mb % nodes as u64 != 0 {
+                    return Err(req_err("ImageNUMATopologyAsymmetric", "Asymmetric NUMA topologies require explicit assignment of CPUs and memory to nodes in image or flavor"));
+                }
+                let (ncpus, mem) = (req.vcpus / nodes, req.memory_mb / nodes as u64);
+                for n in 0..nodes {
+                    out.push(GuestCellReq { id: n, vcpus: (n * ncpus..(n + 1) * ncpus).collect(), memory_mb: mem, pagesize });
+                }
+            }
+        }
+        cells = Some(out);
+    }
+
+    // hw:cpu_policy
+    let (fpol, ipol) = (req.flavor("hw:cpu_policy"), req.image_str("hw_cpu_policy"));
+    for (src, p) in [("flavor extra specs", &fpol), ("image properties", &ipol)] {
+        if let Some(p) = p {
+            if p != "dedicated" && p != "shared" {
+                return Err(req_err("InvalidCPUAllocationPolicy", format!("CPU policy '{p}' from {src} is invalid, must be one of ['dedicated', 'shared']")));
+            }
+        }
+    }
+    let dedicated = match (fpol.as_deref(), ipol.as_deref()) {
+        (Some("dedicated"), _) => true,
+        (Some("shared"), Some("dedicated")) => return Err(req_err("ImageCPUPinningForbidden", "Image property 'hw_cpu_policy' is not permitted to override CPU pinning policy set against the flavor")),
+        (Some("shared"), _) => false,
+        (None, Some("dedicated")) => true,
+        _ => false,
+    };
+    // hw:cpu_thread_policy
+    let (ftp, itp) = (req.flavor("hw:cpu_thread_policy"), req.image_str("hw_cpu_thread_policy"));
+    let parse_tp = |src: &str, p: &str| match p {
+        "prefer" => Ok(ThreadPolicy::Prefer),
+        "isolate" => Ok(ThreadPolicy::Isolate),
+        "require" => Ok(ThreadPolicy::Require),
+        _ => Err(req_err("InvalidCPUThreadAllocationPolicy", format!("CPU thread policy '{p}' from {src} is invalid, must be one of ['prefer', 'isolate', 'require']"))),
+    };
+    let ftp = ftp.map(|p| parse_tp("flavor extra specs", &p)).transpose()?;
+    let itp = itp.map(|p| parse_tp("image properties", &p)).transpose()?;
+    let thread_policy = match ftp {
+        None | Some(ThreadPolicy::Prefer) => ftp.or(itp),
+        Some(f) => {
+            if itp.is_some_and(|i| i != f) {
+                return Err(req_err("ImageCPUThreadPolicyForbidden", "Image property 'hw_cpu_thread_policy' is not permitted to override CPU thread pinning policy set against the flavor"));
+            }
+            Some(f)
+        }
+    };
+    // hw:emulator_threads_policy (flavor only in Stein)
+    let emu = req.flavor("hw:emulator_threads_policy");
+    if let Some(e) = &emu {
+        if e != "share" && e != "isolate" {
+            return Err(req_err("InvalidEmulatorThreadsPolicy", format!("Emulator threads policy '{e}' is invalid, must be one of ['share', 'isolate']")));
+        }
+    }
+    let emulator_isolate = emu.as_deref() == Some("isolate");
+    let realtime = req.flavor("hw:cpu_realtime").is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "on" | "y" | "t"));
+    let rt_mask = req.image_str("hw_cpu_realtime_mask").or_else(|| req.flavor("hw:cpu_realtime_mask"));
+
+    if !dedicated {
+        if thread_policy.is_some() {
+            return Err(req_err("CPUThreadPolicyConfigurationInvalid", "Cannot set cpu thread pinning policy in a non dedicated cpu pinning policy"));
+        }
+        if emulator_isolate {
+            return Err(req_err("BadRequirementEmulatorThreadsPolicy", "An isolated CPU emulator threads option requires a dedicated CPU policy option."));
+        }
+        if realtime {
+            return Err(req_err("RealtimeConfigurationInvalid", "Cannot set realtime policy in a non dedicated cpu pinning policy"));
+        }
+        return Ok(cells.map(|cells| GuestTopology { cells, dedicated: false, thread_policy: None, emulator_isolate: false }));
+    }
+    if realtime && rt_mask.is_none() {
+        return Err(req_err("RealtimeMaskNotFoundOrInvalid", "Realtime policy needs vCPU(s) mask configured with at least 1 RT vCPU and 1 ordinary vCPU. See hw:cpu_realtime_mask or hw_cpu_realtime_mask"));
+    }
+    let cells = cells.unwrap_or_else(|| vec![GuestCellReq { id: 0, vcpus: (0..req.vcpus).collect(), memory_mb: req.memory_mb, pagesize: None }]);
+    Ok(Some(GuestTopology { cells, dedicated: true, thread_policy, emulator_isolate }))
+}
+
+/// `hw:numa_cpus.N` in the flavor (consecutive from 0) or `hw_numa_cpus` (a list) in the image.
+fn numa_map(
+    req: &Request,
+    fkey: &str,
+    ikey: &str,
+    parse: impl Fn(&str) -> Result<Vec<u32>, String>,
+) -> Result<Option<Vec<Vec<u32>>>, String> {
+    let mut flavor = Vec::new();
+    for n in 0..128 {
+        match req.flavor(&format!("{fkey}.{n}")) {
+            Some(v) => flavor.push(parse(&v)?),
+            None => break,
+        }
+    }
+    let image = match req.image(ikey) {
+        None => None,
+        Some(Value::Array(items)) => Some(
+            items
+                .iter()
+                .map(|i| match i {
+                    Value::Array(xs) => Ok(xs.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect()),
+                    Value::Number(n) => Ok(vec![n.as_u64().unwrap_or(0) as u32]),
+                    Value::String(s) => parse(s),
+                    _ => Err(req_err("ValueError", format!("{ikey}: unreadable item {i}"))),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        Some(other) => return Err(req_err("ValueError", format!("{ikey} must be a list, got {other}"))),
+    };
+    match (flavor.is_empty(), image) {
+        (true, img) => Ok(img),
+        (false, Some(_)) => Err(req_err("ImageNUMATopologyForbidden", format!("Image property '{ikey}' is not permitted to override NUMA configuration set against the flavor"))),
+        (false, None) => Ok(Some(flavor)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Placement.
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct CellPlacement {
+    pub guest_cell: u32,
+    pub host_cell: u32,
+    pub vcpus: Vec<u32>,
+    /// vCPU -> pCPU (string keys, as Nova's `cpu_pinning_raw`); empty for unpinned guests.
+    pub vcpu_pins: BTreeMap<String, u32>,
+    pub memory_mb: u64,
+    pub pagesize_kb: Option<u64>,
+    /// Isolated emulator pCPUs on this cell (Nova's `cpuset_reserved`).
+    #[serde(default)]
+    pub cpuset_reserved: Vec<u32>,
+    #[serde(default)]
+    pub thread_policy: Option<ThreadPolicy>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct Placement {
+    pub cells: Vec<CellPlacement>,
+    /// Where the emulator threads run: the reserved pCPU(s) with `isolate`, else the union of
+    /// the guest's pCPUs (Nova's `share` behaviour before Train).
+    pub emulator_pins: Vec<u32>,
+    #[serde(default)]
+    pub dedicated: bool,
+}
+
+impl Placement {
+    pub fn pinned_cpus(&self) -> CpuSet {
+        self.cells.iter().flat_map(|c| c.vcpu_pins.values().copied().chain(c.cpuset_reserved.iter().copied())).collect()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct Refusal {
+    /// `No numa available with <N> vcpu and <M> memory`, as the in-band patch says it.
+    pub msg: String,
+    /// One line per host cell (and per guest cell when several), saying what is short.
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FitOptions {
+    /// Also require free memory (memory - memory_usage) for unpinned NUMA guests. Nova lets
+    /// those overcommit (its limits decide); for a migration we want the memory to be there.
+    pub strict_memory: bool,
+}
+
+impl Default for FitOptions {
+    fn default() -> Self {
+        FitOptions { strict_memory: true }
+    }
+}
+
+pub fn no_numa_msg(vcpus: usize, memory_mb: u64) -> String {
+    format!("No numa available with {vcpus} vcpu and {memory_mb} memory")
+}
+
+/// Why a guest cell does not fit on a host cell, or which page size it gets.
+fn cell_memory_check(h: &HostCell, g: &GuestCellReq) -> Result<Option<u64>, String> {
+    let mem_kb = g.memory_mb * 1024;
+    let pagesize = match g.pagesize {
+        Some(req) => {
+            let mut sizes: Vec<u64> = h.mempages.iter().map(|p| p.size_kb).collect();
+            sizes.sort_unstable_by(|a, b| b.cmp(a));
+            let candidates: Vec<u64> = match req {
+                PageRequest::Small => sizes.last().copied().into_iter().collect(),
+                PageRequest::Large => sizes.iter().take(sizes.len().saturating_sub(1)).copied().collect(),
+                PageRequest::Any => sizes.clone(),
+                PageRequest::Kb(k) => vec![k],
+            };
+            let fits = |size: u64| {
+                h.mempages.iter().find(|p| p.size_kb == size).is_some_and(|p| mem_kb <= p.free() * p.size_kb && mem_kb % p.size_kb == 0)
+            };
+            match candidates.iter().copied().find(|s| fits(*s)) {
+                Some(s) => Some(s),
+                None => {
+                    let detail: Vec<String> = candidates
+                        .iter()
+                        .map(|s| match h.mempages.iter().find(|p| p.size_kb == *s) {
+                            Some(p) => format!("{} free {} KiB pages", p.free(), s),
+                            None => format!("no {s} KiB pages"),
+                        })
+                        .collect();
+                    return Err(format!(
+                        "{} MiB in pages of {} not available ({})",
+                        g.memory_mb,
+                        match req {
+                            PageRequest::Kb(k) => format!("{k} KiB"),
+                            other => format!("{other:?}").to_lowercase(),
+                        },
+                        if detail.is_empty() { "no page pools".into() } else { detail.join(", ") }
+                    ));
+                }
+            }
+        }
+        None => {
+            match h.mempages.iter().min_by_key(|p| p.size_kb) {
+                Some(small) => {
+                    if mem_kb > small.total * small.size_kb || mem_kb % small.size_kb != 0 {
+                        return Err(format!("{} MiB does not fit in {} MiB of small pages", g.memory_mb, small.total * small.size_kb / 1024));
+                    }
+                }
+                None => {
+                    if g.memory_mb > h.memory {
+                        return Err(format!("{} MiB memory, needs {}", h.memory, g.memory_mb));
+                    }
+                }
+            }
+            None
+        }
+    };
+    Ok(pagesize)
+}
+
+/// Fit one guest cell on one host cell: the pins, or the reason it cannot.
+fn fit_cell(h: &HostCell, g: &GuestCellReq, topo: &GuestTopology, reserved: usize, opts: &FitOptions) -> Result<CellPlacement, String> {
+    let pagesize_kb = cell_memory_check(h, g)?;
+    let n = g.vcpus.len();
+    if n + reserved > h.cpuset.len() {
+        return Err(format!("{} pCPUs usable for pinning, needs {}", h.cpuset.len(), n + reserved));
+    }
+    let mut place = CellPlacement {
+        guest_cell: g.id,
+        host_cell: h.id,
+        vcpus: g.vcpus.clone(),
+        vcpu_pins: BTreeMap::new(),
+        memory_mb: g.memory_mb,
+        pagesize_kb,
+        cpuset_reserved: Vec::new(),
+        thread_policy: topo.thread_policy,
+    };
+    if !topo.dedicated {
+        if opts.strict_memory && (g.memory_mb as i64) > h.avail_memory() {
+            return Err(format!("{} MiB free memory, needs {}", h.avail_memory().max(0), g.memory_mb));
+        }
+        return Ok(place);
+    }
+    let free = h.free_cpus();
+    if free.len() < n + reserved {
+        return Err(format!("{} free pCPUs, needs {}", free.len(), n + reserved));
+    }
+    if (g.memory_mb as i64) > h.avail_memory() {
+        return Err(format!("{} MiB free memory, needs {}", h.avail_memory().max(0), g.memory_mb));
+    }
+    let (pins, res) = pack(h, &free, n, reserved, topo.thread_policy)?;
+    let mut vcpus = g.vcpus.clone();
+    vcpus.sort_unstable();
+    place.vcpu_pins = vcpus.iter().zip(pins).map(|(v, p)| (v.to_string(), p)).collect();
+    place.cpuset_reserved = res;
+    Ok(place)
+}
+
+/// The free threads of each core of the cell (cores with none left are dropped), in the
+/// packing order: fewest free threads first, then by lowest thread id.
+fn free_cores(h: &HostCell, free: &CpuSet) -> Vec<Vec<u32>> {
+    let mut cores: Vec<(usize, Vec<u32>)> = h
+        .siblings
+        .iter()
+        .map(|s| s.intersection(free).to_vec())
+        .filter(|f| !f.is_empty())
+        .map(|f| (f.len(), f))
+        .collect();
+    // CPUs that no sibling group names (no topology info) count as cores of their own.
+    let named: CpuSet = h.siblings.iter().fold(CpuSet::new(), |a, s| a.union(s));
+    for id in free.difference(&named).iter() {
+        cores.push((1, vec![id]));
+    }
+    cores.sort_by(|a, b| a.0.cmp(&b.0).then(a.1[0].cmp(&b.1[0])));
+    cores.into_iter().map(|c| c.1).collect()
+}
+
+/// Choose `n` pCPUs for the vCPUs and `reserved` more for the emulator, per thread policy.
+/// The feasibility conditions are Nova's `_pack_instance_onto_cores` (19.3.2); the choice of
+/// cores is our packing policy (module docs).
+fn pack(h: &HostCell, free: &CpuSet, n: usize, reserved: usize, policy: Option<ThreadPolicy>) -> Result<(Vec<u32>, Vec<u32>), String> {
+    let tpc = h.threads_per_core();
+    let cores = free_cores(h, free);
+    let count_ge = |t: usize| cores.iter().filter(|c| c.len() >= t).count();
+    let take_reserved = |used: &CpuSet, skip_cores: bool| -> Vec<u32> {
+        // Partly used cores first (cores is in that order); with isolate, never a used core.
+        let mut out = Vec::new();
+        for c in &cores {
+            if skip_cores && c.iter().any(|x| used.contains(*x)) {
+                continue;
+            }
+            for x in c {
+                if out.len() < reserved && !used.contains(*x) {
+                    out.push(*x);
+                }
+            }
+        }
+        out
+    };
+    match policy {
+        Some(ThreadPolicy::Isolate) => {
+            // Whole free cores only: all `tpc` threads of the core free; one thread used each.
+            let mut whole: Vec<Vec<u32>> = h.siblings.iter().filter(|s| s.len() == tpc && s.is_subset(free)).map(|s| s.to_vec()).collect();
+            if whole.len() < n {
+                return Err(format!("thread policy isolate needs {n} fully free cores, {} free", whole.len()));
+            }
+            whole.sort();
+            let pins: Vec<u32> = whole.iter().take(n).map(|c| c[0]).collect();
+            let used: CpuSet = whole.iter().take(n).flat_map(|c| c.iter().copied()).collect();
+            let res = take_reserved(&used, true);
+            if res.len() < reserved {
+                return Err(format!("thread policy isolate: no pCPU left outside the {n} isolated cores for the emulator threads"));
+            }
+            Ok((pins, res))
+        }
+        Some(ThreadPolicy::Require) => {
+            if tpc <= 1 {
+                return Err("thread policy require needs SMT (thread siblings), the host has none".into());
+            }
+            let t = (2..=tpc).rev().find(|t| t * count_ge(*t) >= n);
+            let Some(t) = t else {
+                return Err(format!("thread policy require: {n} vCPUs do not fit on free sibling pairs"));
+            };
+            let mut pins = Vec::new();
+            for c in cores.iter().filter(|c| c.len() >= t) {
+                for x in c.iter().take(t) {
+                    if pins.len() < n {
+                        pins.push(*x);
+                    }
+                }
+            }
+            let used: CpuSet = pins.iter().copied().collect();
+            let res = take_reserved(&used, false);
+            if res.len() < reserved {
+                return Err("no free pCPU left for the isolated emulator threads".into());
+            }
+            Ok((pins, res))
+        }
+        None | Some(ThreadPolicy::Prefer) => {
+            let pins: Vec<u32> = cores.iter().flatten().copied().take(n).collect();
+            let used: CpuSet = pins.iter().copied().collect();
+            let res = take_reserved(&used, false);
+            if pins.len() < n || res.len() < reserved {
+                return Err(format!("{} free pCPUs, needs {}", free.len(), n + reserved));
+            }
+            Ok((pins, res))
+        }
+    }
+}
+
+/// Place a guest topology on a host, or say per cell why not.
+pub fn fit_topology(host: &HostState, topo: &GuestTopology, opts: &FitOptions) -> Result<Placement, Refusal> {
+    let refuse = |reasons: Vec<String>| Refusal { msg: no_numa_msg(topo.total_vcpus(), topo.total_memory_mb()), reasons };
+    if host.cells.len() < topo.cells.len() {
+        return Err(refuse(vec![format!(
+            "the guest has {} NUMA cells, the host only {}",
+            topo.cells.len(),
+            host.cells.len()
+        )]));
+    }
+    // Every (guest cell, host cell) pair once: the cell fits are independent of each other.
+    let mut table: Vec<Vec<Result<CellPlacement, String>>> = Vec::with_capacity(topo.cells.len());
+    for (gi, g) in topo.cells.iter().enumerate() {
+        let reserved = if topo.emulator_isolate && gi == 0 { 1 } else { 0 };
+        table.push(host.cells.iter().map(|h| fit_cell(h, g, topo, reserved, opts)).collect());
+    }
+    // Candidate order per guest cell: best fit (fewest free pCPUs left), then cell id.
+    let order: Vec<Vec<usize>> = table
+        .iter()
+        .map(|row| {
+            let mut idx: Vec<usize> = (0..row.len()).filter(|i| row[*i].is_ok()).collect();
+            idx.sort_by_key(|i| (host.cells[*i].free_cpus().len(), host.cells[*i].id));
+            idx
+        })
+        .collect();
+    let mut chosen: Vec<usize> = Vec::new();
+    if assign(&order, 0, &mut chosen) {
+        let cells: Vec<CellPlacement> =
+            chosen.iter().enumerate().map(|(gi, hi)| table[gi][*hi].clone().expect("assign picks fitting cells")).collect();
+        let emulator_pins = if topo.emulator_isolate {
+            cells.iter().flat_map(|c| c.cpuset_reserved.iter().copied()).collect()
+        } else {
+            let all: CpuSet = cells.iter().flat_map(|c| c.vcpu_pins.values().copied()).collect();
+            all.to_vec()
+        };
+        return Ok(Placement { cells, emulator_pins, dedicated: topo.dedicated });
+    }
+    let mut reasons = Vec::new();
+    for (gi, row) in table.iter().enumerate() {
+        for (hi, r) in row.iter().enumerate() {
+            let prefix = if topo.cells.len() > 1 {
+                format!("guest cell {} on cell {}", topo.cells[gi].id, host.cells[hi].id)
+            } else {
+                format!("cell {}", host.cells[hi].id)
+            };
+            match r {
+                Err(why) => reasons.push(format!("{prefix}: {why}")),
+                Ok(_) if topo.cells.len() > 1 => reasons.push(format!("{prefix}: fits alone")),
+                Ok(_) => {}
+            }
+        }
+    }
+    if topo.cells.len() > 1 {
+        reasons.push("no assignment puts every guest cell on a distinct host cell".into());
+    }
+    Err(refuse(reasons))
+}
+
+fn assign(order: &[Vec<usize>], gi: usize, chosen: &mut Vec<usize>) -> bool {
+    if gi == order.len() {
+        return true;
+    }
+    for &hi in &order[gi] {
+        if !chosen.contains(&hi) {
+            chosen.push(hi);
+            if assign(order, gi + 1, chosen) {
+                return true;
+            }
+            chosen.pop();
+        }
+    }
+    false
+}
+
+/// What the fit of a request comes to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// The request asks for no NUMA placement (floating guest): nothing to place.
+    NotNuma,
+    Fits(Placement),
+    NoFit(Refusal),
+}
+
+/// From a request (flavor + image): Nova's constraints, then the fit. `Err` is a bad request.
+pub fn fit_request(host: &HostState, req: &Request, opts: &FitOptions) -> Result<Decision, String> {
+    match constraints(req)? {
+        None => Ok(Decision::NotNuma),
+        Some(topo) => Ok(match fit_topology(host, &topo, opts) {
+            Ok(p) => Decision::Fits(p),
+            Err(r) => Decision::NoFit(r),
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Usage accounting and validation (shared by drain planning and post-migration checks).
+
+/// Account a placement on a host: pins (whole cores for `isolate`), memory, pages.
+pub fn claim(host: &mut HostState, p: &Placement) {
+    for c in &p.cells {
+        let Some(h) = host.cells.iter_mut().find(|h| h.id == c.host_cell) else { continue };
+        let mut pins: CpuSet = c.vcpu_pins.values().copied().chain(c.cpuset_reserved.iter().copied()).collect();
+        if c.thread_policy == Some(ThreadPolicy::Isolate) {
+            let cores: Vec<CpuSet> = h.siblings.iter().filter(|s| c.vcpu_pins.values().any(|p| s.contains(*p))).cloned().collect();
+            for s in cores {
+                pins = pins.union(&s);
+            }
+        }
+        h.pinned_cpus = h.pinned_cpus.union(&pins);
+        h.memory_usage += c.memory_mb;
+        if let Some(size) = c.pagesize_kb {
+            if let Some(pool) = h.mempages.iter_mut().find(|m| m.size_kb == size) {
+                pool.used += c.memory_mb * 1024 / size;
+            }
+        }
+    }
+}
+
+/// Check a placement against a host state and its topology: distinct, free, allowed pCPUs on
+/// distinct host cells, memory and pages available, thread policy respected. Used to verify
+/// plans (ours and Nova's) and a guest's live pins after a migration.
+pub fn validate(host: &HostState, topo: &GuestTopology, p: &Placement) -> Result<(), String> {
+    if p.cells.len() != topo.cells.len() {
+        return Err(format!("placement has {} cells, the guest {}", p.cells.len(), topo.cells.len()));
+    }
+    let mut used_cells = std::collections::BTreeSet::new();
+    let mut all = CpuSet::new();
+    for (c, g) in p.cells.iter().zip(&topo.cells) {
+        let h = host.cells.iter().find(|h| h.id == c.host_cell).ok_or(format!("host cell {} does not exist", c.host_cell))?;
+        if !used_cells.insert(c.host_cell) {
+            return Err(format!("two guest cells on host cell {}", c.host_cell));
+        }
+        if c.memory_mb != g.memory_mb {
+            return Err(format!("guest cell {} memory {} != {}", g.id, c.memory_mb, g.memory_mb));
+        }
+        let free = h.free_cpus();
+        if topo.dedicated {
+            if c.vcpu_pins.len() != g.vcpus.len() {
+                return Err(format!("guest cell {}: {} pins for {} vCPUs", g.id, c.vcpu_pins.len(), g.vcpus.len()));
+            }
+            for v in &g.vcpus {
+                if !c.vcpu_pins.contains_key(&v.to_string()) {
+                    return Err(format!("vCPU {v} is not pinned"));
+                }
+            }
+            if (g.memory_mb as i64) > h.avail_memory() {
+                return Err(format!("cell {}: {} MiB free memory, needs {}", h.id, h.avail_memory(), g.memory_mb));
+            }
+        }
+        for cpu in c.vcpu_pins.values().chain(c.cpuset_reserved.iter()) {
+            if !h.cpuset.contains(*cpu) {
+                return Err(format!("pCPU {cpu} is not a usable pCPU of cell {}", h.id));
+            }
+            if !free.contains(*cpu) {
+                return Err(format!("pCPU {cpu} is already pinned"));
+            }
+            if all.contains(*cpu) {
+                return Err(format!("pCPU {cpu} is used twice"));
+            }
+            all.insert(*cpu);
+        }
+        if topo.thread_policy == Some(ThreadPolicy::Isolate) {
+            let tpc = h.threads_per_core();
+            for cpu in c.vcpu_pins.values() {
+                let core = h.siblings.iter().find(|s| s.contains(*cpu)).ok_or(format!("pCPU {cpu} has no core"))?;
+                if core.len() != tpc || !core.is_subset(&free) {
+                    return Err(format!("isolate: core of pCPU {cpu} is not fully free"));
+                }
+                if c.vcpu_pins.values().filter(|p| core.contains(**p)).count() > 1 {
+                    return Err(format!("isolate: two vCPUs share the core of pCPU {cpu}"));
+                }
+            }
+        }
+        if let Some(size) = c.pagesize_kb {
+            let pool = h.mempages.iter().find(|m| m.size_kb == size).ok_or(format!("no {size} KiB pages on cell {}", h.id))?;
+            let kb = c.memory_mb * 1024;
+            if kb % size != 0 || kb > pool.free() * size {
+                return Err(format!("cell {}: {} MiB does not fit in free {size} KiB pages", h.id, c.memory_mb));
+            }
+        }
+    }
+    let res_total: usize = p.cells.iter().map(|c| c.cpuset_reserved.len()).sum();
+    if topo.emulator_isolate && res_total != 1 {
+        return Err(format!("emulator isolate needs exactly one reserved pCPU, got {res_total}"));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Drain planning.
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct DrainGuest {
+    pub name: String,
+    #[serde(default)]
+    pub uuid: String,
+    #[serde(default)]
+    pub source: String,
+    pub topology: GuestTopology,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct DrainMove {
+    pub guest: String,
+    pub uuid: String,
+    pub source: String,
+    pub dest: String,
+    pub placement: Placement,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct DrainRefusal {
+    pub guest: String,
+    pub uuid: String,
+    pub source: String,
+    pub msg: String,
+    /// Why it fit on none of the candidates: the closest host's per-cell reasons.
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Default)]
+pub struct DrainPlan {
+    pub moves: Vec<DrainMove>,
+    pub unplaced: Vec<DrainRefusal>,
+}
+
+/// Assign every guest to a candidate host without double-booking anything: the biggest
+/// guests first (they are the hardest to place), each on the host where it fits best (the
+/// fewest free pCPUs left on its cells). Hosts are indexed by their largest free cell so a
+/// plan over thousands of hosts only tries the hosts that could hold the guest.
+pub fn plan_drain(mut hosts: Vec<HostState>, guests: &[DrainGuest], opts: &FitOptions) -> DrainPlan {
+    use std::collections::BTreeSet;
+    let score = |h: &HostState| h.cells.iter().map(|c| c.free_cpus().len()).max().unwrap_or(0);
+    let mut index: BTreeSet<(usize, usize)> = hosts.iter().enumerate().map(|(i, h)| (score(h), i)).collect();
+    let mut order: Vec<usize> = (0..guests.len()).collect();
+    order.sort_by_key(|i| {
+        let t = &guests[*i].topology;
+        let biggest = t.cells.iter().map(|c| c.vcpus.len()).max().unwrap_or(0) + t.emulator_isolate as usize;
+        (std::cmp::Reverse(biggest), std::cmp::Reverse(t.total_memory_mb()), guests[*i].name.clone())
+    });
+    let mut plan = DrainPlan::default();
+    for gi in order {
+        let g = &guests[gi];
+        // A pinned guest cell needs at least this many free pCPUs in one host cell.
+        let need = if g.topology.dedicated {
+            g.topology.cells.iter().map(|c| c.vcpus.len()).max().unwrap_or(0) + g.topology.emulator_isolate as usize
+        } else {
+            0
+        };
+        let mut placed = None;
+        let mut last_refusal = None;
+        for &(s, hi) in index.range((need, 0)..) {
+            if hosts[hi].name == g.source {
+                continue;
+            }
+            match fit_topology(&hosts[hi], &g.topology, opts) {
+                Ok(p) => {
+                    placed = Some((s, hi, p));
+                    break;
+                }
+                Err(r) => last_refusal = Some(r),
+            }
+        }
+        match placed {
+            Some((s, hi, p)) => {
+                index.remove(&(s, hi));
+                claim(&mut hosts[hi], &p);
+                index.insert((score(&hosts[hi]), hi));
+                plan.moves.push(DrainMove { guest: g.name.clone(), uuid: g.uuid.clone(), source: g.source.clone(), dest: hosts[hi].name.clone(), placement: p });
+            }
+            None => {
+                let msg = no_numa_msg(g.topology.total_vcpus(), g.topology.total_memory_mb());
+                let reasons = match last_refusal {
+                    Some(r) => r.reasons,
+                    None => vec![format!("no candidate host has a cell with {need} free pCPUs")],
+                };
+                plan.unplaced.push(DrainRefusal { guest: g.name.clone(), uuid: g.uuid.clone(), source: g.source.clone(), msg, reasons });
+            }
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cell(id: u32, cpus: &[u32], sib: &[&[u32]], pinned: &[u32], mem: u64) -> HostCell {
+        HostCell {
+            id,
+            cpuset: cpus.iter().copied().collect(),
+            siblings: sib.iter().map(|s| s.iter().copied().collect()).collect(),
+            pinned_cpus: pinned.iter().copied().collect(),
+            memory: mem,
+            memory_usage: 0,
+            mempages: vec![MemPages { size_kb: 4, total: mem * 256, used: 0, reserved: 0 }],
+            cpu_usage: None,
+        }
+    }
+    fn nosmt(id: u32, cpus: &[u32], pinned: &[u32], mem: u64) -> HostCell {
+        let sib: Vec<Vec<u32>> = cpus.iter().map(|c| vec![*c]).collect();
+        let sib_ref: Vec<&[u32]> = sib.iter().map(|v| v.as_slice()).collect();
+        cell(id, cpus, &sib_ref, pinned, mem)
+    }
+    fn req(vcpus: u32, mem: u64, specs: serde_json::Value) -> Request {
+        let extra_specs = specs.as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        Request { vcpus, memory_mb: mem, extra_specs, image_properties: BTreeMap::new() }
+    }
+    fn fits(host: &HostState, r: &Request) -> Placement {
+        match fit_request(host, r, &FitOptions::default()).unwrap() {
+            Decision::Fits(p) => {
+                validate(host, &constraints(r).unwrap().unwrap(), &p).unwrap();
+                p
+            }
+            other => panic!("expected a fit, got {other:?}"),
+        }
+    }
+    fn refused(host: &HostState, r: &Request) -> Refusal {
+        match fit_request(host, r, &FitOptions::default()).unwrap() {
+            Decision::NoFit(f) => f,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn taken_pcpus_are_avoided() {
+        // Field case 1: the destination already pins 0-1 for another guest.
+        let host = HostState { name: "dst".into(), cells: vec![nosmt(0, &[0, 1, 2, 3], &[0, 1], 4096)] };
+        let p = fits(&host, &req(2, 1024, json!({"hw:cpu_policy": "dedicated"})));
+        let pins: Vec<u32> = p.cells[0].vcpu_pins.values().copied().collect();
+        assert_eq!(pins, vec![2, 3]);
+        assert_eq!(p.emulator_pins, vec![2, 3]);
+    }
+
+    #[test]
+    fn pcpus_outside_the_dedicated_set_are_never_chosen() {
+        // Field case 2: vcpu_pin_set = 2-3 on a 4-CPU cell: cpuset is already trimmed.
+        let host = HostState { name: "dst".into(), cells: vec![nosmt(0, &[2, 3], &[], 4096)] };
+        let p = fits(&host, &req(2, 512, json!({"hw:cpu_policy": "dedicated"})));
+        assert_eq!(p.cells[0].vcpu_pins["0"], 2);
+        assert_eq!(p.cells[0].vcpu_pins["1"], 3);
+    }
+
+    #[test]
+    fn no_single_cell_fits() {
+        // Field case 3: 4 free pCPUs in total, but 2 + 2 across cells; the guest wants 3 in one.
+        let host = HostState { name: "dst".into(), cells: vec![nosmt(0, &[0, 1, 2, 3], &[0, 1], 4096), nosmt(1, &[4, 5, 6, 7], &[4, 5], 4096)] };
+        let r = refused(&host, &req(3, 2048, json!({"hw:cpu_policy": "dedicated"})));
+        assert_eq!(r.msg, "No numa available with 3 vcpu and 2048 memory");
+        assert_eq!(r.reasons, vec!["cell 0: 2 free pCPUs, needs 3", "cell 1: 2 free pCPUs, needs 3"]);
+    }
+
+    #[test]
+    fn best_fit_cell_and_partial_cores_first() {
+        let sib: &[&[u32]] = &[&[0, 4], &[1, 5], &[2, 6], &[3, 7]];
+        let mut c0 = cell(0, &[0, 1, 2, 3, 4, 5, 6, 7], sib, &[0], 8192);
+        c0.memory_usage = 0;
+        let c1 = cell(1, &[8, 9, 10, 11, 12, 13, 14, 15], &[&[8, 12], &[9, 13], &[10, 14], &[11, 15]], &[], 8192);
+        let host = HostState { name: "h".into(), cells: vec![c0, c1] };
+        let p = fits(&host, &req(2, 1024, json!({"hw:cpu_policy": "dedicated"})));
+        // cell 0 has fewer free pCPUs; its partly used core (0,4) gives 4 first, then a whole core.
+        assert_eq!(p.cells[0].host_cell, 0);
+        let pins: Vec<u32> = p.cells[0].vcpu_pins.values().copied().collect();
+        assert_eq!(pins, vec![4, 1]);
+    }
+
+    #[test]
+    fn thread_policies_on_smt_and_non_smt() {
+        let sib: &[&[u32]] = &[&[0, 4], &[1, 5], &[2, 6], &[3, 7]];
+        let host = HostState { name: "h".into(), cells: vec![cell(0, &[0, 1, 2, 3, 4, 5, 6, 7], sib, &[0, 1], 8192)] };
+        // isolate: whole cores 2 and 3 are the only fully free ones
+        let p = fits(&host, &req(2, 512, json!({"hw:cpu_policy": "dedicated", "hw:cpu_thread_policy": "isolate"})));
+        let pins: Vec<u32> = p.cells[0].vcpu_pins.values().copied().collect();
+        assert_eq!(pins, vec![2, 3]);
+        let r = refused(&host, &req(3, 512, json!({"hw:cpu_policy": "dedicated", "hw:cpu_thread_policy": "isolate"})));
+        assert!(r.reasons[0].contains("needs 3 fully free cores, 2 free"), "{:?}", r.reasons);
+        // require: sibling pairs
+        let p = fits(&host, &req(4, 512, json!({"hw:cpu_policy": "dedicated", "hw:cpu_thread_policy": "require"})));
+        let pins: Vec<u32> = p.cells[0].vcpu_pins.values().copied().collect();
+        assert_eq!(pins, vec![2, 6, 3, 7]);
+        let flat = HostState { name: "f".into(), cells: vec![nosmt(0, &[0, 1, 2, 3], &[], 4096)] };
+        let r = refused(&flat, &req(2, 512, json!({"hw:cpu_policy": "dedicated", "hw:cpu_thread_policy": "require"})));
+        assert!(r.reasons[0].contains("needs SMT"));
+        // isolate on a non-SMT host: every CPU is a whole core
+        fits(&flat, &req(4, 512, json!({"hw:cpu_policy": "dedicated", "hw:cpu_thread_policy": "isolate"})));
+    }
+
+    #[test]
+    fn emulator_isolate_takes_one_more() {
+        let host = HostState { name: "h".into(), cells: vec![nosmt(0, &[0, 1, 2], &[], 4096)] };
+        let p = fits(&host, &req(2, 512, json!({"hw:cpu_policy": "dedicated", "hw:emulator_threads_policy": "isolate"})));
+        assert_eq!(p.cells[0].cpuset_reserved.len(), 1);
+        assert_eq!(p.emulator_pins, p.cells[0].cpuset_reserved);
+        let r = refused(&host, &req(3, 512, json!({"hw:cpu_policy": "dedicated", "hw:emulator_threads_policy": "isolate"})));
+        assert!(r.reasons[0].contains("needs 4"));
+    }
+
+    #[test]
+    fn numa_nodes_and_manual_cells() {
+        let host = HostState { name: "h".into(), cells: vec![nosmt(0, &[0, 1, 2, 3], &[], 4096), nosmt(1, &[4, 5, 6, 7], &[], 4096)] };
+        let p = fits(&host, &req(4, 2048, json!({"hw:cpu_policy": "dedicated", "hw:numa_nodes": "2"})));
+        assert_eq!(p.cells.len(), 2);
+        assert_ne!(p.cells[0].host_cell, p.cells[1].host_cell);
+        let r = req(3, 3072, json!({"hw:numa_nodes": 2, "hw:numa_cpus.0": "0", "hw:numa_cpus.1": "1-2", "hw:numa_mem.0": "1024", "hw:numa_mem.1": "2048"}));
+        let t = constraints(&r).unwrap().unwrap();
+        assert!(!t.dedicated);
+        assert_eq!(t.cells[1].vcpus, vec![1, 2]);
+        assert_eq!(t.cells[1].memory_mb, 2048);
+        assert!(constraints(&req(3, 2048, json!({"hw:numa_nodes": "2"}))).unwrap_err().starts_with("ImageNUMATopologyAsymmetric"));
+        assert!(constraints(&req(2, 2048, json!({"hw:numa_nodes": "0"}))).unwrap_err().starts_with("InvalidNUMANodesNumber"));
+        assert!(constraints(&req(2, 2048, json!({"hw:numa_nodes": "2", "hw:numa_cpus.0": "0"}))).unwrap_err().starts_with("ImageNUMATopologyIncomplete"));
+    }
+
+    #[test]
+    fn page_sizes() {
+        let mut c = nosmt(0, &[0, 1], &[], 4096);
+        c.mempages.push(MemPages { size_kb: 2048, total: 512, used: 256, reserved: 0 });
+        let host = HostState { name: "h".into(), cells: vec![c] };
+        let p = fits(&host, &req(1, 512, json!({"hw:mem_page_size": "large"})));
+        assert_eq!(p.cells[0].pagesize_kb, Some(2048));
+        assert!(!p.dedicated);
+        let r = refused(&host, &req(1, 1024, json!({"hw:mem_page_size": "2MB"})));
+        assert!(r.reasons[0].contains("256 free 2048 KiB pages"), "{:?}", r.reasons);
+        let r = refused(&host, &req(1, 1024, json!({"hw:mem_page_size": "1GB"})));
+        assert!(r.reasons[0].contains("no 1048576 KiB pages"), "{:?}", r.reasons);
+        assert_eq!(fits(&host, &req(1, 512, json!({"hw:mem_page_size": "small"}))).cells[0].pagesize_kb, Some(4));
+        assert!(constraints(&req(1, 512, json!({"hw:mem_page_size": "huge"}))).unwrap_err().starts_with("MemoryPageSizeInvalid"));
+        let mut r = req(1, 512, json!({}));
+        r.image_properties.insert("hw_mem_page_size".into(), json!("large"));
+        assert!(constraints(&r).unwrap_err().starts_with("MemoryPageSizeForbidden"));
+    }
+
+    #[test]
+    fn policy_precedence_and_errors() {
+        let mut r = req(2, 512, json!({"hw:cpu_policy": "shared"}));
+        r.image_properties.insert("hw_cpu_policy".into(), json!("dedicated"));
+        assert!(constraints(&r).unwrap_err().starts_with("ImageCPUPinningForbidden"));
+        let mut r = req(2, 512, json!({}));
+        r.image_properties.insert("hw_cpu_policy".into(), json!("dedicated"));
+        r.image_properties.insert("hw_cpu_thread_policy".into(), json!("isolate"));
+        let t = constraints(&r).unwrap().unwrap();
+        assert!(t.dedicated);
+        assert_eq!(t.thread_policy, Some(ThreadPolicy::Isolate));
+        let mut r = req(2, 512, json!({"hw:cpu_policy": "dedicated", "hw:cpu_thread_policy": "require"}));
+        r.image_properties.insert("hw_cpu_thread_policy".into(), json!("isolate"));
+        assert!(constraints(&r).unwrap_err().starts_with("ImageCPUThreadPolicyForbidden"));
+        assert!(constraints(&req(2, 512, json!({"hw:cpu_thread_policy": "isolate"}))).unwrap_err().starts_with("CPUThreadPolicyConfigurationInvalid"));
+        assert!(constraints(&req(2, 512, json!({"hw:emulator_threads_policy": "isolate"}))).unwrap_err().starts_with("BadRequirementEmulatorThreadsPolicy"));
+        assert!(constraints(&req(2, 512, json!({"hw:cpu_policy": "pinned"}))).unwrap_err().starts_with("InvalidCPUAllocationPolicy"));
+        assert_eq!(constraints(&req(2, 512, json!({}))).unwrap(), None);
+    }
+
+    #[test]
+    fn memory_is_checked_per_cell() {
+        let mut c = nosmt(0, &[0, 1, 2, 3], &[], 4096);
+        c.memory_usage = 3584;
+        let host = HostState { name: "h".into(), cells: vec![c] };
+        let r = refused(&host, &req(1, 1024, json!({"hw:cpu_policy": "dedicated"})));
+        assert_eq!(r.reasons, vec!["cell 0: 512 MiB free memory, needs 1024"]);
+        fits(&host, &req(1, 512, json!({"hw:cpu_policy": "dedicated"})));
+    }
+
+    #[test]
+    fn drain_never_double_books() {
+        let hosts: Vec<HostState> = (0..3)
+            .map(|i| HostState { name: format!("h{i}"), cells: vec![nosmt(0, &[0, 1, 2, 3], &[], 4096), nosmt(1, &[4, 5, 6, 7], &[], 4096)] })
+            .collect();
+        let topo = |n: u32| GuestTopology { cells: vec![GuestCellReq { id: 0, vcpus: (0..n).collect(), memory_mb: 512, pagesize: None }], dedicated: true, thread_policy: None, emulator_isolate: false };
+        let mut guests: Vec<DrainGuest> = (0..10).map(|i| DrainGuest { name: format!("g{i}"), uuid: String::new(), source: "h0".into(), topology: topo(2) }).collect();
+        guests.push(DrainGuest { name: "big".into(), uuid: String::new(), source: "h0".into(), topology: topo(5) });
+        let plan = plan_drain(hosts.clone(), &guests, &FitOptions::default());
+        assert_eq!(plan.moves.len(), 8); // h1 and h2 hold 4 two-vCPU guests each
+        assert!(plan.moves.iter().all(|m| m.dest != "h0"));
+        assert_eq!(plan.unplaced.len(), 3);
+        let big = plan.unplaced.iter().find(|u| u.guest == "big").unwrap();
+        assert_eq!(big.msg, "No numa available with 5 vcpu and 512 memory");
+        // replay the plan: claims in order must all validate (no pCPU given twice)
+        let mut state = hosts;
+        for m in &plan.moves {
+            let h = state.iter_mut().find(|h| h.name == m.dest).unwrap();
+            validate(h, &topo(2), &m.placement).unwrap();
+            claim(h, &m.placement);
+        }
+    }
+}

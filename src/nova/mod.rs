@@ -1,1 +1,3 @@
-//! Nova: nova.conf subset, numa_topology codec, DB access.
+//! Nova: the nova.conf subset that governs pinning (and later the numa_topology codec and DB).
+
+pub mod conf;
