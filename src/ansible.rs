@@ -298,7 +298,7 @@ mod tests {
     #[test]
     fn control_keys_are_split_off() {
         let (a, c) = parse_args::<A>("m", r#"{"uri":"x","_ansible_check_mode":true,"_ansible_diff":true,"_ansible_tmpdir":"/t"}"#).unwrap();
-        assert_eq!(a.uri, "x");
+        assert_eq!((a.uri.as_str(), a.count), ("x", 0));
         assert!(c.check_mode && c.diff && !c.no_log);
     }
 

@@ -1,1 +1,317 @@
-//! (in progress)
+//! `ansible_facts.numa`: a host's topology, nova.conf CPU sets, every guest's pinning, usage,
+//! overlaps and pins on missing/forbidden pCPUs. Built live from libvirt or offline from saved
+//! `virsh capabilities` / `virsh dumpxml` output, through the same code.
+
+use crate::cpuset::CpuSet;
+use crate::domain::{self, Guest};
+use crate::fit::{HostCell, HostState, MemPages};
+use crate::nova::conf::{ComputeConf, ReservedPages};
+use crate::topology::{self, Cell, HostTopology};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Default)]
+pub struct Usage {
+    /// pCPUs held exclusively by some guest (dedicated vCPU pins, isolated emulator pins).
+    pub pinned_cpus: CpuSet,
+    /// Guest memory bound to each cell, MiB, keyed by cell id.
+    pub memory_used_mb: BTreeMap<String, u64>,
+    /// Per cell: pCPUs a new pinned guest could take (dedicated set minus pinned).
+    #[serde(default)]
+    pub free_cpus: BTreeMap<String, CpuSet>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct Overlap {
+    pub cpu: u32,
+    pub guests: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct MissingCpu {
+    pub guest: String,
+    pub cpu: u32,
+    /// `absent` (the host has no such pCPU) or `not_dedicated` (outside vcpu_pin_set /
+    /// cpu_dedicated_set).
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct NumaFacts {
+    pub host: String,
+    pub libvirt_uri: Option<String>,
+    /// `capabilities`, `nodeinfo` (driver shows no cells: one synthesized) or `saved` files.
+    pub topology_source: String,
+    pub cells: Vec<Cell>,
+    pub cpu_model: Option<String>,
+    /// vcpu_pin_set before Train, [compute] cpu_dedicated_set after; null = all host CPUs.
+    pub cpu_dedicated_set: Option<CpuSet>,
+    pub cpu_shared_set: Option<CpuSet>,
+    pub reserved_host_memory_mb: u64,
+    pub reserved_huge_pages: Vec<ReservedPages>,
+    pub nova_conf: Option<String>,
+    pub guests: Vec<Guest>,
+    pub usage: Usage,
+    pub overlaps: Vec<Overlap>,
+    pub missing_cpus: Vec<MissingCpu>,
+    /// Guests whose XML could not be read, with the reason.
+    #[serde(default)]
+    pub unreadable_guests: Vec<String>,
+}
+
+/// The host cells a guest's memory is bound to, with MiB per cell. Guests without any binding
+/// on a multi-cell host are not counted (the kernel places them; Nova does not account them).
+fn memory_by_cell(g: &Guest, topo: &HostTopology) -> Vec<(u32, u64)> {
+    let single = |nodes: &[u32]| -> Option<u32> {
+        match nodes {
+            [n] => Some(*n),
+            [] if topo.cells.len() == 1 => Some(topo.cells[0].id),
+            _ => nodes.first().copied(),
+        }
+    };
+    if !g.numa_cells.is_empty() {
+        g.numa_cells.iter().filter_map(|c| single(&c.host_nodes).map(|n| (n, c.memory_mb))).collect()
+    } else {
+        single(&g.memory_nodes).map(|n| vec![(n, g.memory_mb)]).unwrap_or_default()
+    }
+}
+
+/// Combine topology, nova.conf and guests into the facts.
+pub fn build(host: &str, uri: Option<&str>, source: &str, mut topo: HostTopology, conf: &ComputeConf, guests: Vec<Guest>, unreadable: Vec<String>) -> NumaFacts {
+    let host_cpus = topo.all_cpus();
+    let dedicated = conf.dedicated_set().cloned();
+
+    // Overlaps: a pCPU held exclusively by two or more guests.
+    let mut holders: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for g in &guests {
+        for cpu in g.exclusive_cpus().iter() {
+            holders.entry(cpu).or_default().push(g.name.clone());
+        }
+    }
+    let overlaps = holders.iter().filter(|(_, gs)| gs.len() > 1).map(|(cpu, gs)| Overlap { cpu: *cpu, guests: gs.clone() }).collect();
+    let pinned: CpuSet = holders.keys().copied().collect();
+
+    // Pins on pCPUs the host lacks, or (for dedicated guests) outside the dedicated set.
+    let mut missing = Vec::new();
+    for g in &guests {
+        for cpu in g.all_pinned_cpus().iter() {
+            if !host_cpus.contains(cpu) {
+                missing.push(MissingCpu { guest: g.name.clone(), cpu, reason: "absent".into() });
+            } else if let Some(d) = &dedicated {
+                if g.is_dedicated() && !d.contains(cpu) && g.exclusive_cpus().contains(cpu) {
+                    missing.push(MissingCpu { guest: g.name.clone(), cpu, reason: "not_dedicated".into() });
+                }
+            }
+        }
+    }
+
+    // Memory per cell and page usage.
+    let mut mem_used: BTreeMap<u32, u64> = topo.cells.iter().map(|c| (c.id, 0)).collect();
+    let mut pages_used: BTreeMap<(u32, u64), u64> = BTreeMap::new();
+    for g in &guests {
+        for (cell, mb) in memory_by_cell(g, &topo) {
+            *mem_used.entry(cell).or_default() += mb;
+            let size = g.hugepage_kb.unwrap_or(4);
+            *pages_used.entry((cell, size)).or_default() += mb * 1024 / size;
+        }
+    }
+    for c in topo.cells.iter_mut() {
+        for p in c.pages.iter_mut() {
+            let used = pages_used.get(&(c.id, p.size_kb)).copied().unwrap_or(0);
+            p.free = Some(p.total.saturating_sub(used).saturating_sub(conf.reserved_pages(c.id, p.size_kb)));
+        }
+    }
+    let free_cpus = topo
+        .cells
+        .iter()
+        .map(|c| {
+            let allowed = match &dedicated {
+                Some(d) => c.cpu_set().intersection(d),
+                None => c.cpu_set(),
+            };
+            (c.id.to_string(), allowed.difference(&pinned))
+        })
+        .collect();
+
+    NumaFacts {
+        host: host.to_string(),
+        libvirt_uri: uri.map(str::to_string),
+        topology_source: source.to_string(),
+        cpu_model: topo.cpu_model.clone(),
+        cells: topo.cells,
+        cpu_dedicated_set: dedicated,
+        cpu_shared_set: conf.cpu_shared_set.clone(),
+        reserved_host_memory_mb: conf.reserved_host_memory_mb,
+        reserved_huge_pages: conf.reserved_huge_pages.clone(),
+        nova_conf: conf.path.clone(),
+        guests,
+        usage: Usage { pinned_cpus: pinned, memory_used_mb: mem_used.into_iter().map(|(k, v)| (k.to_string(), v)).collect(), free_cpus },
+        overlaps,
+        missing_cpus: missing,
+        unreadable_guests: unreadable,
+    }
+}
+
+/// Live facts from a libvirt host. `nova_conf`: an explicit path must exist; without one the
+/// Kolla and distro defaults are tried and their absence is fine.
+pub fn gather_live(uri: &str, nova_conf: Option<&std::path::Path>, host: Option<&str>) -> anyhow::Result<NumaFacts> {
+    let conf = crate::nova::conf::load(nova_conf).map_err(anyhow::Error::msg)?;
+    let h = crate::libvirt::connect(uri)?;
+    let (topo, source) = h.topology()?;
+    let (guests, bad) = h.guests()?;
+    let name = host.map(str::to_string).unwrap_or_else(|| h.hostname());
+    Ok(build(&name, Some(uri), source, topo, &conf, guests, bad))
+}
+
+/// Offline facts from files: a saved `virsh capabilities` and saved `virsh dumpxml` outputs.
+pub fn gather_saved(caps_file: &std::path::Path, domain_files: &[std::path::PathBuf], nova_conf: Option<&std::path::Path>, host: Option<&str>) -> anyhow::Result<NumaFacts> {
+    let conf = match nova_conf {
+        Some(p) => crate::nova::conf::load(Some(p)).map_err(anyhow::Error::msg)?,
+        None => ComputeConf { reserved_host_memory_mb: crate::nova::conf::DEFAULT_RESERVED_HOST_MEMORY_MB, ..Default::default() },
+    };
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()));
+    let caps = read(caps_file)?;
+    let mut doms = Vec::new();
+    for f in domain_files {
+        doms.push((f.display().to_string(), read(f)?));
+    }
+    let name = host.map(str::to_string).unwrap_or_else(|| caps_file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+    from_saved(&name, &caps, &doms, &conf).map_err(|e| anyhow::anyhow!("{}: {e}", caps_file.display()))
+}
+
+/// Offline facts from saved `virsh capabilities` and `virsh dumpxml` outputs.
+pub fn from_saved(host: &str, caps_xml: &str, domain_xmls: &[(String, String)], conf: &ComputeConf) -> Result<NumaFacts, String> {
+    let topo = topology::parse_capabilities(caps_xml)?;
+    let mut guests = Vec::new();
+    let mut bad = Vec::new();
+    for (origin, xml) in domain_xmls {
+        match domain::parse_guest(xml) {
+            Ok(g) => guests.push(g),
+            Err(e) => bad.push(format!("{origin}: {e}")),
+        }
+    }
+    guests.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(build(host, None, "saved", topo, conf, guests, bad))
+}
+
+impl NumaFacts {
+    /// The host as the fit engine sees it (Nova's NUMATopology shape), optionally ignoring one
+    /// guest's own usage (when replanning that guest on its own host).
+    pub fn host_state(&self, exclude_guest: Option<&str>) -> HostState {
+        let dedicated = self.cpu_dedicated_set.as_ref();
+        let others: Vec<&Guest> = self.guests.iter().filter(|g| Some(g.name.as_str()) != exclude_guest && Some(g.uuid.as_str()) != exclude_guest).collect();
+        let pinned: CpuSet = others.iter().fold(CpuSet::new(), |a, g| a.union(&g.exclusive_cpus()));
+        let topo = HostTopology { cells: self.cells.clone(), ..Default::default() };
+        let mut mem_used: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut pages_used: BTreeMap<(u32, u64), u64> = BTreeMap::new();
+        for g in &others {
+            for (cell, mb) in memory_by_cell(g, &topo) {
+                *mem_used.entry(cell).or_default() += mb;
+                if let Some(size) = g.hugepage_kb {
+                    *pages_used.entry((cell, size)).or_default() += mb * 1024 / size;
+                }
+            }
+        }
+        let cells = self
+            .cells
+            .iter()
+            .map(|c| {
+                let cpuset = match dedicated {
+                    Some(d) => c.cpu_set().intersection(d),
+                    None => c.cpu_set(),
+                };
+                let mut siblings: Vec<CpuSet> = Vec::new();
+                for cpu in &c.cpus {
+                    let s: CpuSet = cpu.siblings.iter().copied().collect::<CpuSet>().intersection(&cpuset);
+                    if !s.is_empty() && !siblings.contains(&s) {
+                        siblings.push(s);
+                    }
+                }
+                let reserved = |size: u64| self.reserved_huge_pages.iter().filter(|r| r.node == c.id && r.size_kb == size).map(|r| r.count).sum();
+                HostCell {
+                    id: c.id,
+                    pinned_cpus: pinned.intersection(&cpuset),
+                    cpuset,
+                    siblings,
+                    memory: c.memory_mb,
+                    memory_usage: mem_used.get(&c.id).copied().unwrap_or(0),
+                    mempages: c
+                        .pages
+                        .iter()
+                        .map(|p| MemPages { size_kb: p.size_kb, total: p.total, used: pages_used.get(&(c.id, p.size_kb)).copied().unwrap_or(0), reserved: reserved(p.size_kb) })
+                        .collect(),
+                    cpu_usage: None,
+                }
+            })
+            .collect();
+        HostState { name: self.host.clone(), cells }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::fixtures::pinned;
+    use crate::nova::conf;
+    use crate::topology::fixtures::caps;
+
+    fn saved(guests: &[String], conf_text: &str) -> NumaFacts {
+        let c = conf::parse(conf_text, None).unwrap();
+        let doms: Vec<(String, String)> = guests.iter().enumerate().map(|(i, g)| (format!("g{i}.xml"), g.clone())).collect();
+        from_saved("h1", &caps(2, 4, 2, 8192, &[(2048, 512)]), &doms, &c).unwrap()
+    }
+
+    #[test]
+    fn overlaps_missing_and_usage() {
+        let f = saved(
+            &[
+                pinned("a", "u-a", &[0, 1], None, 0, 1024),
+                pinned("b", "u-b", &[1, 2], None, 0, 1024),
+                pinned("c", "u-c", &[99], None, 1, 512),
+                pinned("d", "u-d", &[4], None, 1, 512),
+            ],
+            "[DEFAULT]\nvcpu_pin_set = 0-3,5-15\n",
+        );
+        assert_eq!(f.overlaps, vec![Overlap { cpu: 1, guests: vec!["a".into(), "b".into()] }]);
+        assert!(f.missing_cpus.contains(&MissingCpu { guest: "c".into(), cpu: 99, reason: "absent".into() }));
+        assert!(f.missing_cpus.contains(&MissingCpu { guest: "d".into(), cpu: 4, reason: "not_dedicated".into() }));
+        assert_eq!(f.usage.memory_used_mb["0"], 2048);
+        assert_eq!(f.usage.memory_used_mb["1"], 1024);
+        assert_eq!(f.usage.pinned_cpus.to_vec(), vec![0, 1, 2, 4, 99]);
+        // cell 0 = CPUs 0-3 and 8-11 (threads); dedicated set drops nothing there
+        assert_eq!(f.usage.free_cpus["0"].to_vec(), vec![3, 8, 9, 10, 11]);
+        assert_eq!(f.guests.len(), 4);
+    }
+
+    #[test]
+    fn host_state_for_the_fit_engine() {
+        let f = saved(&[pinned("a", "u-a", &[0, 8], None, 0, 1024)], "[DEFAULT]\nvcpu_pin_set = 0-15,^3\nreserved_huge_pages = node:1,size:2048,count:12\n");
+        let h = f.host_state(None);
+        assert_eq!(h.cells[0].cpuset.to_vec(), vec![0, 1, 2, 8, 9, 10, 11]);
+        // core 3 = {3, 11}: trimmed to {11}
+        assert!(h.cells[0].siblings.contains(&[11].into_iter().collect()));
+        assert_eq!(h.cells[0].pinned_cpus.to_vec(), vec![0, 8]);
+        assert_eq!(h.cells[0].memory_usage, 1024);
+        assert_eq!(h.cells[1].mempages[1], MemPages { size_kb: 2048, total: 512, used: 0, reserved: 12 });
+        let h2 = f.host_state(Some("a"));
+        assert!(h2.cells[0].pinned_cpus.is_empty());
+        assert_eq!(h2.cells[0].memory_usage, 0);
+    }
+
+    #[test]
+    fn page_pools_show_free() {
+        let mut g = pinned("h", "u-h", &[0], None, 0, 512);
+        g = g.replace("<os>", "<memoryBacking><hugepages><page size='2048' unit='KiB'/></hugepages></memoryBacking><os>");
+        let f = saved(&[g], "[DEFAULT]\n");
+        let p = &f.cells[0].pages[1];
+        assert_eq!((p.size_kb, p.total, p.free), (2048, 512, Some(256)));
+    }
+
+    #[test]
+    fn unreadable_guests_are_reported_not_fatal() {
+        let f = saved(&["<domain><name>broken</name></domain>".to_string(), pinned("ok", "u", &[0], None, 0, 64)], "");
+        assert_eq!(f.guests.len(), 1);
+        assert!(f.unreadable_guests[0].contains("g0.xml"));
+    }
+}

@@ -136,6 +136,20 @@ pub struct GuestTopology {
 }
 
 impl GuestTopology {
+    /// What a running guest asks for, read from its libvirt definition: its guest NUMA cells
+    /// (or one cell), page size, dedicated or not, isolated emulator. libvirt does not record
+    /// the thread policy: the caller may give it (`None` = Nova's default, prefer).
+    pub fn from_guest(g: &crate::domain::Guest, thread_policy: Option<ThreadPolicy>) -> GuestTopology {
+        let pagesize = g.hugepage_kb.map(PageRequest::Kb);
+        let cells = if g.numa_cells.is_empty() {
+            vec![GuestCellReq { id: 0, vcpus: (0..g.vcpus).collect(), memory_mb: g.memory_mb, pagesize }]
+        } else {
+            g.numa_cells.iter().map(|c| GuestCellReq { id: c.id, vcpus: c.vcpus.clone(), memory_mb: c.memory_mb, pagesize }).collect()
+        };
+        let dedicated = g.is_dedicated();
+        GuestTopology { cells, dedicated, thread_policy: if dedicated { thread_policy } else { None }, emulator_isolate: g.reserved_cpus().is_some() }
+    }
+
     pub fn total_vcpus(&self) -> usize {
         self.cells.iter().map(|c| c.vcpus.len()).sum()
     }

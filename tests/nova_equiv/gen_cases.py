@@ -51,12 +51,12 @@ def gen_host(rng, tags):
     ncells = weighted(rng, [(1, 35), (2, 40), (3, 10), (4, 15)])
     smt = rng.random() < 0.6
     cores = weighted(rng, [(1, 5), (2, 20), (3, 10), (4, 25), (6, 15), (8, 15), (12, 5), (16, 5)])
-    threads = 2 if smt else 1
+    threads = (4 if rng.random() < 0.08 else 2) if smt else 1
     total_cores = ncells * cores
     # Linux numbers SMT threads either "split" (sibling of cpu c is c + total_cores: Intel
-    # servers) or "adjacent" (0,1 / 2,3: many AMD and VM topologies).
+    # servers) or "adjacent" (0,1 / 2,3: many AMD and VM topologies; POWER SMT4).
     numbering = rng.choice(["split", "adjacent"]) if smt else "linear"
-    tags.append("smt" if smt else "nosmt")
+    tags.append(("smt%d" % threads) if smt else "nosmt")
     tags.append("cells=%d" % ncells)
 
     cell_cores = []  # per cell: list of tuples (threads of one core)
@@ -67,9 +67,9 @@ def gen_host(rng, tags):
             if not smt:
                 cl.append((g,))
             elif numbering == "split":
-                cl.append((g, g + total_cores))
+                cl.append(tuple(g + i * total_cores for i in range(threads)))
             else:
-                cl.append((2 * g, 2 * g + 1))
+                cl.append(tuple(threads * g + i for i in range(threads)))
         cell_cores.append(cl)
 
     # vcpu_pin_set-like exclusion
@@ -160,6 +160,12 @@ def gen_cell_usage(rng, cid, cpuset, siblings, threads, tags):
             small_used = rng.randrange(0, small_total + 1) if small_total else 0
         mempages.append({"size_kb": SMALL_KB, "total": small_total, "used": small_used, "reserved": 0})
         mempages.extend(pools)
+        if pools and rng.random() < 0.5 and memory_usage <= memory:
+            # consistent accounting: the resource tracker's memory_usage sums every guest's
+            # memory, hugepage-backed ones included
+            used_huge = sum(p["used"] * p["size_kb"] // 1024 for p in pools)
+            memory_usage = min(memory, used_huge + rng.choice([0, 0, 256, 1024, 2048]))
+            mempages[0]["used"] = min(small_total, (memory_usage - used_huge) * 1024 // SMALL_KB)
     return {"id": cid, "cpuset": cpuset, "siblings": siblings, "pinned_cpus": pinned_cpus,
             "cpu_usage": len(pinned_cpus), "memory": memory, "memory_usage": memory_usage,
             "mempages": mempages}
