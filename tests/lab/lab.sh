@@ -108,7 +108,7 @@ do_packages() {
   # Keep the packages' own services (system mariadb on 3306, system dockerd, libvirtd) from starting.
   local prc=/usr/sbin/policy-rc.d made=0
   if [ ! -e $prc ]; then printf '#!/bin/sh\nexit 101\n' >$prc; chmod +x $prc; made=1; fi
-  export DEBIAN_FRONTEND=noninteractive
+  export DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1
   local rc=0
   { apt-get update -qq && apt-get install -y -qq -o Dpkg::Options::=--force-confold $miss; } \
     >"$CACHE/apt.log" 2>&1 || rc=$?
@@ -379,12 +379,10 @@ connection = $(dburl "$pw" nova)
 [api_database]
 connection = $(dburl "$pw" nova_api)
 
-[placement_database]
-connection = $(dburl "$pw" placement)
-
 [workarounds]
 enable_numa_live_migration = True
 EOF
+  # No [placement_database] here: Stein's nova-manage api_db sync would put Nova's API schema into it.
   cat >"$KOLLA/placement-api/placement.conf" <<EOF
 # placement-api configuration of the lab (tests/lab/lab.sh)
 [placement_database]
