@@ -150,6 +150,7 @@ def gen_cell_usage(rng, cid, cpuset, siblings, threads, tags):
             pools.append(hpool(rng, HUGE_2M, total))
         if rng.random() < 0.35 and memory >= 2048:
             total = weighted(rng, [(0, 10), (1, 20), (2, 20), (memory // 1024 // 2, 50)])
+            total = max(0, min(total, (memory - huge_mb) // 1024))
             huge_mb += total * 1024
             pools.append(hpool(rng, HUGE_1G, total))
         small_mb = max(0, memory - huge_mb)
@@ -165,7 +166,7 @@ def gen_cell_usage(rng, cid, cpuset, siblings, threads, tags):
             # memory, hugepage-backed ones included
             used_huge = sum(p["used"] * p["size_kb"] // 1024 for p in pools)
             memory_usage = min(memory, used_huge + rng.choice([0, 0, 256, 1024, 2048]))
-            mempages[0]["used"] = min(small_total, (memory_usage - used_huge) * 1024 // SMALL_KB)
+            mempages[0]["used"] = max(0, min(small_total, (memory_usage - used_huge) * 1024 // SMALL_KB))
     return {"id": cid, "cpuset": cpuset, "siblings": siblings, "pinned_cpus": pinned_cpus,
             "cpu_usage": len(pinned_cpus), "memory": memory, "memory_usage": memory_usage,
             "mempages": mempages}

@@ -10,7 +10,8 @@ hardware.numa_fit_instance_to_host(host, instance_topology) (no limits, no PCI, 
 metadata, exactly as the NUMATopologyFilter would without allocation ratios), and print one
 JSON line:
 
-  {"id", "numa": bool, "fits": bool, "error": str|null, "emulator_threads_policy": str|null,
+  {"id", "numa": bool, "fits": bool, "fits_fresh": bool, "error": str|null,
+   "emulator_threads_policy": str|null,
    "cells": [{"guest_cell": i, "host_cell": id, "vcpus": [..], "pins": {"0": 2, ..}|null,
               "cpuset_reserved": [..]|null, "pagesize": int|null, "memory": MiB,
               "cpu_policy": str|null, "cpu_thread_policy": str|null,
@@ -22,6 +23,9 @@ request fits any host as far as NUMA goes, so fits is true and cells is [].
 error is "<ExceptionClassName>: <message>" when building the request (flavor, image meta,
 constraints) raised; then numa and fits are false.
 crash is set (and fits false) if numa_fit_instance_to_host itself raised.
+fits_fresh (NUMA requests only): whether Nova's own cell fit finds a placement when each host
+cell permutation starts from a fresh copy of the request (see fit_fresh): differs from fits only
+where Nova's search is path-dependent.
 
 --timing N repeats constraints+fit N times per case (fresh constraints each time, since the
 fit mutates the instance cells) and reports the mean; the host/flavor/image objects are built
@@ -95,6 +99,32 @@ def cell_out(i, cell):
             "cpu_thread_policy": opt("cpu_thread_policy"), "cpu_topology": topo}
 
 
+def fit_fresh(host, topo):
+    """numa_fit_instance_to_host without its path dependence: every permutation starts from a
+    fresh copy of the instance topology. Nova's loop reuses the instance cells, and
+    _numa_fit_instance_cell overwrites a cell's requested pagesize (small/large/any) with the
+    size chosen on the host cell it just tried, so a later permutation asks for that concrete
+    size instead of the original request. This is only used to tell apart "Nova misses a fit
+    because of that mutation" from a real difference; fits_fresh reports it."""
+    import itertools
+    from nova import exception
+    for perm in itertools.permutations(host.cells, len(topo.cells)):
+        inst = topo.obj_clone()
+        ok = True
+        for i, (hc, ic) in enumerate(zip(perm, inst.cells)):
+            reserved = 1 if (inst.emulator_threads_isolated and i == 0) else 0
+            try:
+                got = hardware._numa_fit_instance_cell(hc, ic, None, reserved)
+            except exception.MemoryPageSizeNotSupported:
+                got = None
+            if got is None:
+                ok = False
+                break
+        if ok:
+            return True
+    return False
+
+
 def decide(host, flavor, image_meta):
     """One decision: constraints + fit. Returns (numa, fitted_or_None) or raises."""
     topo = hardware.numa_get_constraints(flavor, image_meta)
@@ -130,6 +160,10 @@ def run_case(case, repeats):
         except Exception as e:  # noqa: BLE001
             out["crash"] = err(e)
             fitted = None
+        try:
+            out["fits_fresh"] = fit_fresh(host, hardware.numa_get_constraints(flavor, image_meta))
+        except Exception as e:  # noqa: BLE001
+            out["fits_fresh"] = None
         if fitted is not None:
             out["fits"] = True
             out["emulator_threads_policy"] = (fitted.emulator_threads_policy
