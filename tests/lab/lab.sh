@@ -70,6 +70,8 @@ alive() { # alive <pidfile> [comm-regex]: the pid file names a living process (w
   [ -s "$f" ] || return 1
   pid=$(tr -dc 0-9 <"$f")
   [ -n "$pid" ] && [ -d "/proc/$pid" ] || return 1
+  # A killed daemon can linger as a zombie when PID 1 does not reap orphans: that is dead too.
+  case "$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -c1)" in Z|X|"") return 1 ;; esac
   if [ -n "${2:-}" ]; then grep -Eq "$2" "/proc/$pid/comm" 2>/dev/null || return 1; fi
   return 0
 }
@@ -637,7 +639,8 @@ retry_files_enabled = False
 interpreter_python = $LAB_VENV/bin/python
 stdout_callback = default
 EOF
-  ENGINE=${ENGINE:-docker} LAB_DIR=$LAB_DIR REPO=$REPO LAB_VENV=$LAB_VENV PW=$pw ENGINE_OWNER=$ENGINE_OWNER \
+  local novavenv; novavenv=$(venv nova)
+  NOVA_VENV=$novavenv ENGINE=${ENGINE:-docker} LAB_DIR=$LAB_DIR REPO=$REPO LAB_VENV=$LAB_VENV PW=$pw ENGINE_OWNER=$ENGINE_OWNER \
     $SYS_PY - <<'EOF'
 import json, os
 L, R = os.environ["LAB_DIR"], os.environ["REPO"]
@@ -683,7 +686,7 @@ lab = {
                 "venv": venv, "playbook": os.path.join(venv, "bin/ansible-playbook"),
                 "library": os.path.join(R, "library"), "roles_path": os.path.join(R, "roles")},
     "python": {"tools": os.path.join(venv, "bin/python"), "py37": "/root/.pyenv/versions/3.7.16/bin/python3",
-               "py27": "/root/.pyenv/versions/2.7.18/bin/python"},
+               "py27": "/root/.pyenv/versions/2.7.18/bin/python", "nova_venv": os.environ["NOVA_VENV"]},
     "guests": std["guests"], "project_id": std["project_id"], "user_id": std["user_id"],
 }
 tmp = os.path.join(L, "lab.json.tmp")

@@ -1,0 +1,302 @@
+"""Helpers for integration tests against the real lab (tests/lab/lab.sh up). Python 3.11, PyMySQL.
+
+Everything a test needs about the lab is in lab.json (LAB_JSON, default $LAB_DIR/lab.json,
+LAB_DIR default /var/lib/numa-repin-lab); `Lab` wraps it. The fixtures in conftest.py are thin wrappers of these.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+LAB_SH = REPO / "tests" / "lab" / "lab.sh"
+sys.path.insert(0, str(REPO / "tests" / "lab"))
+import labdb  # noqa: E402  (shared with tests/lab/seed_db.py)
+import render_guest  # noqa: E402
+
+LAB_DIR = os.environ.get("LAB_DIR", "/var/lib/numa-repin-lab")
+LAB_JSON = os.environ.get("LAB_JSON", os.path.join(LAB_DIR, "lab.json"))
+
+
+class LabNotUp(Exception):
+    pass
+
+
+def cpuset(spec):
+    """'0-2,5' -> {0, 1, 2, 5}"""
+    return render_guest._expand(spec)
+
+
+class Lab:
+    """The lab as lab.json describes it (`lab.data` is the raw dict)."""
+
+    def __init__(self, data):
+        self.data = data
+        self.hosts = data["hosts"]
+        self.db_info = data["db"]
+        self.repo = Path(data["repo"])
+
+    @classmethod
+    def load(cls, path=LAB_JSON, check=True):
+        if not os.path.exists(path):
+            raise LabNotUp("the lab is not up: %s is missing. Start it with: %s up" % (path, LAB_SH))
+        lab = cls(json.load(open(path)))
+        if check:
+            lab.check()
+        return lab
+
+    def check(self):
+        """Quick liveness: both libvirtds answer and the DB accepts the nova user."""
+        bad = []
+        for h in self.hosts:
+            r = self.virsh(h, "version", check=False, timeout=30)
+            if r.returncode != 0:
+                bad.append("%s libvirtd (%s): %s" % (h, self.uri(h), r.stderr.strip()))
+        try:
+            self.connect_db().close()
+        except Exception as e:  # noqa: BLE001
+            bad.append("MariaDB at %s:%s: %s" % (self.db_info["host"], self.db_info["port"], e))
+        if bad:
+            raise LabNotUp("the lab is not (fully) up: %s. Repair it with: %s up (then %s status)"
+                           % ("; ".join(bad), LAB_SH, LAB_SH))
+
+    # ------------------------------------------------------------------ libvirt
+    def uri(self, host):
+        return self.hosts[host]["libvirt_uri"]
+
+    def nova_conf(self, host):
+        return self.hosts[host]["nova_conf"]
+
+    def virsh(self, host, *args, check=True, timeout=120):
+        r = subprocess.run(["virsh", "-q", "-c", self.uri(host)] + [str(a) for a in args],
+                           capture_output=True, text=True, timeout=timeout)
+        if check and r.returncode != 0:
+            raise RuntimeError("virsh -c %s %s: %s" % (self.uri(host), " ".join(map(str, args)), r.stderr.strip()))
+        return r
+
+    def guest_host(self, name_or_uuid):
+        """The lab host that has the guest defined, or None."""
+        for h in self.hosts:
+            if self.virsh(h, "dominfo", name_or_uuid, check=False).returncode == 0:
+                return h
+        return None
+
+    def domstate(self, host, name):
+        return self.virsh(host, "domstate", name).stdout.strip()
+
+    def dumpxml(self, host, name, inactive=False):
+        return self.virsh(host, "dumpxml", *(["--inactive"] if inactive else []), name).stdout
+
+    def qemu_pid(self, host, name):
+        """PID of the guest's QEMU (libvirt's pid file under the host's run dir)."""
+        if re.match(r"^[0-9a-f-]{36}$", name):
+            name = self.virsh(host, "domname", name).stdout.strip()
+        p = Path(self.hosts[host]["qemu_pid_dir"]) / ("%s.pid" % name)
+        return int(p.read_text().strip())
+
+    def affinity(self, host, name):
+        """The real pinning, read from the kernel (no cgroups here: libvirt pins by affinity).
+        Returns {"vcpus": {vcpu: {pcpus}}, "emulator": {pcpus}} from /proc/<qemu>/task/*/{comm,status}."""
+        pid = self.qemu_pid(host, name)
+        vcpus, emulator = {}, None
+        for t in sorted(Path("/proc/%d/task" % pid).iterdir()):
+            comm = (t / "comm").read_text().strip()
+            allowed = None
+            for line in (t / "status").read_text().splitlines():
+                if line.startswith("Cpus_allowed_list:"):
+                    allowed = cpuset(line.split(":", 1)[1].strip())
+            m = re.match(r"CPU (\d+)/", comm)
+            if m:
+                vcpus[int(m.group(1))] = allowed
+            elif t.name == str(pid):
+                emulator = allowed
+        return {"vcpus": vcpus, "emulator": emulator}
+
+    def wait_running(self, host, name, timeout=30):
+        end = time.time() + timeout
+        while time.time() < end:
+            if self.domstate(host, name) == "running":
+                return
+            time.sleep(0.2)
+        raise TimeoutError("%s on %s is %s" % (name, host, self.domstate(host, name)))
+
+    def images_dir(self, host):
+        """Where the host's /var/lib/libvirt/images lives on the machine."""
+        return Path(self.hosts[host]["images_dir"])
+
+    def create_disk(self, host, name, size_mib=16):
+        """A qcow2 disk for guest `name` in the host's images dir; returns its path as libvirt sees it.
+        (For a block migration, create it on the destination too, same size, before migrating.)"""
+        p = self.images_dir(host) / ("%s.qcow2" % name)
+        if not p.exists():
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(p), "%dM" % size_mib], check=True)
+        return "%s/%s.qcow2" % (self.hosts[host]["images_dir_in_host"], name)
+
+    def define_guest(self, host, name, pins, vcpus=None, memory_mib=64, disk_mib=0, uuid=None, start=True,
+                     nodeset="0"):
+        """Define (and start) a pinned TCG guest; pins: one pCPU (or cpuset string) per vCPU."""
+        vcpus = vcpus or len(pins)
+        uuid = uuid or str(uuidlib.uuid4())
+        disk = self.create_disk(host, name, disk_mib) if disk_mib else None
+        xml = render_guest.render(name, uuid, vcpus, list(pins), memory_mib, disk, nodeset)
+        with tempfile.NamedTemporaryFile("w", suffix=".xml", delete=False) as f:
+            f.write(xml)
+        try:
+            self.virsh(host, "define", f.name)
+        finally:
+            os.unlink(f.name)
+        if start:
+            self.virsh(host, "start", name)
+        return Guest(name=name, uuid=uuid, host=host, uri=self.uri(host), vcpus=vcpus, pins=list(pins),
+                     memory_mib=memory_mib, disk_path=disk, xml=xml)
+
+    def remove_guest(self, name):
+        """Destroy and undefine the guest wherever it is (it may have migrated); delete its disk files."""
+        for h in self.hosts:
+            if self.virsh(h, "dominfo", name, check=False).returncode == 0:
+                self.virsh(h, "destroy", name, check=False)
+                self.virsh(h, "undefine", name, check=False)
+            d = self.images_dir(h) / ("%s.qcow2" % name)
+            if d.exists():
+                d.unlink()
+
+    # ------------------------------------------------------------------ DB
+    def connect_db(self, database=None, autocommit=True):
+        import pymysql
+        return pymysql.connect(host=self.db_info["host"], port=self.db_info["port"], user=self.db_info["user"],
+                               password=self.db_info["password"], database=database, autocommit=autocommit,
+                               charset="utf8", connect_timeout=10)
+
+    def insert_instance_rows(self, conn, host, pins, uuid=None, name=None, vcpus=None, memory_mb=64, fmt="stein",
+                             allocations=True, port=True):
+        """Instance rows like Nova's (labdb.insert_instance), plus placement allocations on the host's provider
+        and a bound neutron port. pins: {vcpu: pcpu} or a list (vCPU i -> pins[i]). Returns the uuid."""
+        if isinstance(pins, (list, tuple)):
+            pins = {i: p for i, p in enumerate(pins)}
+        uuid = uuid or str(uuidlib.uuid4())
+        name = name or "t-%s" % uuid[:8]
+        vcpus = vcpus or len(pins)
+        with conn.cursor() as cur:
+            labdb.insert_instance(cur, uuid, name, host, pins, vcpus, memory_mb, fmt=fmt,
+                                  project_id=self.data["project_id"], user_id=self.data["user_id"])
+            if allocations:
+                cur.execute("SELECT uuid FROM nova.compute_nodes WHERE host=%s AND deleted=0", (host,))
+                rp = cur.fetchone()[0]
+                cls = labdb.PCPU if fmt == "victoria" else labdb.VCPU
+                labdb.set_allocations(cur, uuid, rp, {cls: vcpus, labdb.MEMORY_MB: memory_mb},
+                                      self.data["project_id"], self.data["user_id"])
+            if port:
+                labdb.insert_port(cur, uuid, host, self.data["project_id"])
+        conn.commit()
+        return uuid
+
+    def delete_instance_rows(self, conn, uuid):
+        with conn.cursor() as cur:
+            labdb.delete_instance(cur, uuid)
+        conn.commit()
+
+    # ------------------------------------------------------------------ modules, ansible
+    def run_module(self, name, args, check_mode=False, diff=False, timeout=600):
+        """Run <repo>/library/<name> <args.json> like Ansible does. Returns (rc, result dict); a module that prints
+        no JSON gives {"failed": True, "msg": ..., "stdout": ..., "stderr": ...}."""
+        path = self.repo / "library" / name
+        if not path.exists():
+            raise FileNotFoundError("no module %s (build and install the binaries into library/)" % path)
+        a = dict(args)
+        if check_mode:
+            a.setdefault("_ansible_check_mode", True)
+        if diff:
+            a.setdefault("_ansible_diff", True)
+        with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="args-%s-" % name, delete=False) as f:
+            json.dump(a, f)
+        try:
+            r = subprocess.run([str(path), f.name], capture_output=True, text=True, timeout=timeout)
+        finally:
+            os.unlink(f.name)
+        try:
+            res = json.loads(r.stdout)
+            if not isinstance(res, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            res = {"failed": True, "msg": "module printed no JSON object", "stdout": r.stdout, "stderr": r.stderr}
+        res.setdefault("_stderr", r.stderr)
+        return r.returncode, res
+
+    def ansible_playbook(self, playbook, extra_vars=None, check=False, diff=False, limit=None, timeout=1800,
+                         extra_args=()):
+        """ansible-playbook with the lab inventory and ANSIBLE_CONFIG; returns the CompletedProcess (text)."""
+        an = self.data["ansible"]
+        env = dict(os.environ, ANSIBLE_CONFIG=an["config"], ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+        cmd = [an["playbook"], "-i", an["inventory"], str(playbook)]
+        tmp = None
+        if extra_vars:
+            with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+                json.dump(extra_vars, f)
+            tmp = f.name
+            cmd += ["-e", "@" + tmp]
+        if check:
+            cmd.append("--check")
+        if diff:
+            cmd.append("--diff")
+        if limit:
+            cmd += ["--limit", limit]
+        cmd += list(extra_args)
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=str(self.repo))
+        finally:
+            if tmp:
+                os.unlink(tmp)
+
+    # ------------------------------------------------------------------ containers, ssh
+    def engine(self, *args, check=True, timeout=300):
+        r = subprocess.run([self.data["containers"]["engine"]] + [str(a) for a in args],
+                           capture_output=True, text=True, timeout=timeout)
+        if check and r.returncode != 0:
+            raise RuntimeError("%s %s: %s" % (self.data["containers"]["engine"], " ".join(map(str, args)),
+                                              r.stderr.strip()))
+        return r
+
+    def start_container(self, name=None, image=None, volumes=(), labels=None):
+        """A fresh long-lived container of the lab's Nova image (or `image`), host network, --init.
+        Labelled numa-repin-lab=test so `lab.sh down` removes it if a test does not. Returns its name."""
+        c = self.data["containers"]
+        name = name or "nrl-test-%s" % uuidlib.uuid4().hex[:8]
+        cmd = ["run", "-d"] + c["run_flags"] + ["--name", name, "--label", "%s=test" % c["label"]]
+        for k, v in (labels or {}).items():
+            cmd += ["--label", "%s=%s" % (k, v)]
+        for v in volumes:
+            cmd += ["-v", v]
+        self.engine(*(cmd + [image or c["nova_image"], "sleep", "infinity"]))
+        return name
+
+    def remove_container(self, name):
+        self.engine("rm", "-f", name, check=False)
+
+    def ssh(self, command, timeout=60):
+        s = self.data["ssh"]
+        return subprocess.run(["ssh", "-F", s["config"], "-i", s["key"], "-p", str(s["port"]),
+                               "%s@%s" % (s["user"], s["address"]), command],
+                              capture_output=True, text=True, timeout=timeout)
+
+    def lab_sh(self, *args, timeout=1200):
+        return subprocess.run(["bash", str(LAB_SH)] + list(args), capture_output=True, text=True, timeout=timeout,
+                              env=dict(os.environ, LAB_DIR=self.data["lab_dir"]))
+
+
+@dataclass
+class Guest:
+    name: str
+    uuid: str
+    host: str
+    uri: str
+    vcpus: int
+    pins: list
+    memory_mib: int
+    disk_path: str = None
+    xml: str = field(default="", repr=False)

@@ -1,0 +1,194 @@
+"""The lab itself works (tests/lab/lab.sh up): libvirt hosts, pinned guests, DB schemas and rows, containers,
+sshd, the module/playbook runners, and `status` noticing a dead libvirtd (which `up` repairs).
+
+    /var/cache/numa-repin/venvs/lab-py311/bin/pytest -q tests/integration/test_lab.py
+"""
+import json
+import subprocess
+import textwrap
+
+import pytest
+
+import lablib
+
+STEIN_TABLES = {
+    "nova": ["instances", "instance_extra", "compute_nodes", "migrations", "services"],
+    "nova_api": ["cell_mappings", "host_mappings", "instance_mappings", "request_specs"],
+    "nova_cell0": ["instances"],
+    "placement": ["resource_providers", "inventories", "allocations", "consumers"],
+    "neutron": ["ports", "ml2_port_bindings", "networks"],
+}
+
+
+def q(db, sql, args=()):
+    with db.cursor() as cur:
+        cur.execute(sql, args)
+        return cur.fetchall()
+
+
+@pytest.mark.parametrize("host", ["cmp1", "cmp2"])
+def test_libvirt_host_answers(lab, host):
+    caps = lab.virsh(host, "capabilities").stdout
+    assert "<cells num='1'>" in caps
+    assert lab.hosts[host]["address"] in lab.uri(host)
+    # Each host is its own libvirtd, with its own host uuid.
+    own = [line for line in caps.splitlines() if "<uuid>" in line][0]
+    other = [h for h in lab.hosts if h != host][0]
+    assert own not in lab.virsh(other, "capabilities").stdout
+
+
+def test_standard_guests_run_pinned(lab):
+    for g in lab.data["guests"]:
+        host = lab.guest_host(g["uuid"])
+        assert host is not None, "standard guest %s is defined nowhere (tests/lab/lab.sh seed)" % g["name"]
+        assert lab.domstate(host, g["uuid"]) == "running", g["name"]
+        xml = lab.dumpxml(host, g["uuid"])
+        assert "<domain type='qemu'" in xml  # TCG
+        aff = lab.affinity(host, g["uuid"])
+        if host == g["host"]:  # not moved by another test: pinned as seeded
+            assert aff["vcpus"] == {i: {p} for i, p in enumerate(g["pins"])}, (g["name"], aff)
+            assert aff["emulator"] == set(g["pins"]), (g["name"], aff)
+
+
+def test_fresh_guest_is_pinned_and_removed(lab, fresh_guest):
+    g = fresh_guest("cmp2", [0])
+    assert lab.domstate("cmp2", g.name) == "running"
+    assert lab.affinity("cmp2", g.name) == {"vcpus": {0: {0}}, "emulator": {0}}
+    assert "http://openstack.org/xmlns/libvirt/nova/1.0" in lab.dumpxml("cmp2", g.name)
+    g2 = fresh_guest("cmp1", [1, 0], disk_mib=8)
+    assert lab.affinity("cmp1", g2.name)["vcpus"] == {0: {1}, 1: {0}}
+    assert (lab.images_dir("cmp1") / ("%s.qcow2" % g2.name)).exists()
+
+
+def test_db_has_the_stein_schemas(db):
+    for schema, tables in STEIN_TABLES.items():
+        have = {r[0] for r in q(db, "SELECT table_name FROM information_schema.tables WHERE table_schema=%s",
+                                (schema,))}
+        missing = set(tables) - have
+        assert not missing, "%s lacks %s" % (schema, sorted(missing))
+    cells = {r[0] for r in q(db, "SELECT name FROM nova_api.cell_mappings")}
+    assert {"cell0", "cell1"} <= cells
+
+
+def test_seeded_rows(lab, db):
+    for g in lab.data["guests"]:
+        rows = q(db, "SELECT i.host, i.vcpus, i.memory_mb, i.vm_state, e.numa_topology FROM nova.instances i JOIN"
+                     " nova.instance_extra e ON e.instance_uuid=i.uuid WHERE i.uuid=%s AND i.deleted=0", (g["uuid"],))
+        assert len(rows) == 1, g["name"]
+        host, vcpus, mem, state, numa = rows[0]
+        assert (vcpus, mem, state) == (g["vcpus"], g["memory_mib"], "active")
+        top = json.loads(numa)
+        cell = top["nova_object.data"]["cells"][0]
+        if g["numa_format"] == "victoria":
+            assert cell["nova_object.version"] == "1.5"
+            assert cell["nova_object.data"]["pcpuset"] == list(range(g["vcpus"]))
+        else:
+            assert cell["nova_object.version"] == "1.4" and "pcpuset" not in cell["nova_object.data"]
+        if host == g["host"]:
+            assert cell["nova_object.data"]["cpu_pinning_raw"] == {str(i): p for i, p in enumerate(g["pins"])}
+        alloc = q(db, "SELECT resource_class_id, used FROM placement.allocations WHERE consumer_id=%s", (g["uuid"],))
+        assert (1, g["memory_mib"]) in alloc
+        binding = q(db, "SELECT b.host FROM neutron.ml2_port_bindings b JOIN neutron.ports p ON p.id=b.port_id"
+                        " WHERE p.device_id=%s", (g["uuid"],))
+        assert binding == ((host,),)
+    nodes = dict(q(db, "SELECT host, numa_topology FROM nova.compute_nodes WHERE deleted=0"))
+    assert set(nodes) == {"cmp1", "cmp2"}
+    c2 = json.loads(nodes["cmp2"])["nova_object.data"]["cells"][0]
+    assert c2["nova_object.version"] == "1.3" and c2["nova_object.data"]["cpuset"] == [1]
+
+
+def test_labdb_json_is_novas(lab):
+    """labdb's JSON (used by fresh_instance_rows) equals what Nova 19.3.2's objects write."""
+    code = textwrap.dedent("""
+        import json
+        from nova import objects
+        objects.register_all()
+        c = objects.InstanceNUMACell(id=0, cpuset=set([0, 1]), memory=128, pagesize=None,
+            cpu_topology=objects.VirtCPUTopology(sockets=1, cores=2, threads=1), cpu_pinning={0: 1, 1: 0},
+            cpu_policy='dedicated', cpu_thread_policy=None, cpuset_reserved=None)
+        print(objects.InstanceNUMATopology(cells=[c], emulator_threads_policy=None)._to_json())
+    """)
+    r = subprocess.run([lab.data["python"]["nova_venv"] + "/bin/python", "-c", code], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    nova = json.loads(r.stdout.strip().splitlines()[-1])
+    ours = lablib.labdb.instance_numa_primitive({0: 1, 1: 0}, 128)
+    assert lablib.labdb.same_primitive(nova, ours), (nova, ours)
+
+
+def test_fresh_instance_rows(lab, db, fresh_instance_rows):
+    u = fresh_instance_rows("cmp2", [0], fmt="victoria")
+    numa = q(db, "SELECT numa_topology FROM nova.instance_extra WHERE instance_uuid=%s", (u,))[0][0]
+    assert json.loads(numa)["nova_object.data"]["cells"][0]["nova_object.data"]["cpu_pinning_raw"] == {"0": 0}
+    assert q(db, "SELECT host FROM nova.instances WHERE uuid=%s", (u,)) == (("cmp2",),)
+    assert sorted(q(db, "SELECT resource_class_id, used FROM placement.allocations WHERE consumer_id=%s", (u,))) \
+        == [(1, 64), (14, 1)]
+    assert q(db, "SELECT COUNT(*) FROM nova_api.instance_mappings WHERE instance_uuid=%s", (u,)) == ((1,),)
+
+
+def test_containers_run_nova(lab, fresh_container):
+    c = lab.data["containers"]
+    imp = "import nova.conductor.tasks.live_migrate, nova.virt.libvirt.driver, nova, libvirt; print(nova.__file__)"
+    for name in c["names"]:
+        assert lab.engine("inspect", "-f", "{{.State.Running}}", name).stdout.strip() == "true"
+        r = lab.engine("exec", name, c["nova_python"], "-c", imp)
+        assert r.stdout.strip() == c["nova_site_packages"] + "/nova/__init__.py"
+    t = fresh_container()
+    r = lab.engine("exec", t, c["nova_python"], "-c",
+                   "import libvirt; print(len(libvirt.open('%s').listAllDomains()) >= 0)" % lab.uri("cmp1"))
+    assert r.stdout.strip() == "True"  # host network: the container reaches the lab's libvirt hosts
+
+
+def test_sshd_accepts_the_lab_key(lab):
+    r = lab.ssh("id -u")
+    assert r.returncode == 0 and r.stdout.strip() == "0", r.stderr
+
+
+def test_run_module_runs_a_library_binary(lab, run_module):
+    rc, res = run_module("numa_facts", {"uri": lab.uri("cmp2"), "nova_conf": lab.nova_conf("cmp2")})
+    assert isinstance(res, dict)
+    assert rc == 0 and not res.get("failed"), res
+
+
+def test_ansible_playbook_uses_the_lab_inventory(lab, ansible_playbook, tmp_path):
+    pb = tmp_path / "pb.yml"
+    pb.write_text(textwrap.dedent("""
+        - hosts: compute
+          gather_facts: false
+          tasks:
+            - ansible.builtin.command: virsh -c {{ libvirt_uri }} version
+              changed_when: false
+            - ansible.builtin.debug:
+                msg: "{{ inventory_hostname }} {{ libvirt_uri }} {{ nova_conf }} {{ marker }}"
+    """))
+    r = ansible_playbook(pb, {"marker": "xyzzy"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "cmp1 qemu+tcp://127.0.0.2/system" in r.stdout and "cmp2 qemu+tcp://127.0.0.3/system" in r.stdout
+    assert r.stdout.count("xyzzy") == 2
+    r = ansible_playbook(pb, {"marker": "x"}, check=True, diff=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_status_detects_a_killed_libvirtd_and_up_repairs_it(lab):
+    """Last on purpose: briefly kills cmp2's libvirtd (its guests keep running), then `up` restarts it."""
+    st = lab.lab_sh("status")
+    assert st.returncode == 0, st.stdout + st.stderr
+    pidfile = lab.hosts["cmp2"]["libvirtd_pid_file"]
+    pid = int(open(pidfile).read().strip())
+    guest_pids = {g["name"]: lab.qemu_pid("cmp2", g["name"]) for g in lab.data["guests"]
+                  if lab.guest_host(g["uuid"]) == "cmp2"}
+    subprocess.run(["kill", "-KILL", str(pid)], check=True)
+    try:
+        st = lab.lab_sh("status")
+        assert st.returncode != 0
+        assert "DEAD" in st.stdout and "cmp2 libvirtd" in st.stdout, st.stdout
+    finally:
+        up = lab.lab_sh("up")
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert "restarting" in up.stdout
+    st = lab.lab_sh("status")
+    assert st.returncode == 0, st.stdout
+    # libvirtd came back in the same namespace and found the guests QEMU kept running.
+    for name, gpid in guest_pids.items():
+        assert lab.domstate("cmp2", name) == "running"
+        assert lab.qemu_pid("cmp2", name) == gpid
