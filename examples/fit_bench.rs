@@ -1,11 +1,12 @@
 //! Run our fit engine over generated cases (tests/nova_equiv/gen_cases.py) and time it.
 //!
-//!     cargo run --release --example fit_bench -- cases.jsonl [--repeat N] [--strict-memory] [-o out.jsonl]
+//!     cargo run --release --example fit_bench -- cases.jsonl [--repeat N] [--breakdown] [--strict-memory] [-o out.jsonl]
 //!
 //! Prints one JSON line per case in the format of tests/nova_equiv/nova_fit.py (so
 //! check_placement.py and compare.py read both), with "ns": the mean time of one decision
 //! (constraints + fit, from the parsed request and host) over N repeats (default 200).
-//! A summary goes to stderr. FitOptions default to Nova's semantics (strict_memory off: Nova
+//! With --breakdown also "constraints_ns" (request parsing alone) and "fit_topology_ns" (the
+//! fit alone, NUMA requests only). A summary goes to stderr. FitOptions default to Nova's semantics (strict_memory off: Nova
 //! lets unpinned NUMA guests overcommit memory when no limits are given).
 
 use numa_repin::fit::{self, Decision, FitOptions, HostState, Placement, Request};
@@ -63,6 +64,7 @@ fn main() {
     let mut repeat: u32 = 200;
     let mut out_path = None;
     let mut opts = FitOptions { strict_memory: false };
+    let mut breakdown = false;
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
@@ -75,15 +77,16 @@ fn main() {
                 out_path = Some(args.get(i).cloned().unwrap_or_else(|| die("-o needs a path")));
             }
             "--strict-memory" => opts.strict_memory = true,
+            "--breakdown" => breakdown = true,
             "-h" | "--help" => {
-                eprintln!("usage: fit_bench <cases.jsonl|-> [--repeat N] [--strict-memory] [-o out.jsonl]");
+                eprintln!("usage: fit_bench <cases.jsonl|-> [--repeat N] [--breakdown] [--strict-memory] [-o out.jsonl]");
                 return;
             }
             a => path = Some(a.to_string()),
         }
         i += 1;
     }
-    let path = path.unwrap_or_else(|| die("usage: fit_bench <cases.jsonl|-> [--repeat N] [--strict-memory] [-o out.jsonl]"));
+    let path = path.unwrap_or_else(|| die("usage: fit_bench <cases.jsonl|-> [--repeat N] [--breakdown] [--strict-memory] [-o out.jsonl]"));
     let reader: Box<dyn BufRead> = if path == "-" {
         Box::new(std::io::BufReader::new(std::io::stdin()))
     } else {
@@ -94,6 +97,7 @@ fn main() {
         None => Box::new(BufWriter::new(std::io::stdout())),
     };
     let (mut n, mut fits, mut nofit, mut errors, mut nonuma, mut total_ns) = (0u64, 0u64, 0u64, 0u64, 0u64, 0u128);
+    let (mut total_c_ns, mut total_f_ns, mut n_f) = (0u128, 0u128, 0u128);
     for (lineno, line) in reader.lines().enumerate() {
         let line = line.unwrap_or_else(|e| die(&format!("read error: {e}")));
         if line.trim().is_empty() {
@@ -111,6 +115,26 @@ fn main() {
             let ns = t0.elapsed().as_nanos() / repeat as u128;
             total_ns += ns;
             v["ns"] = json!(ns as u64);
+            if breakdown {
+                // where the time goes: the request parse (constraints) alone, the fit alone
+                let t0 = Instant::now();
+                for _ in 0..repeat {
+                    let _ = black_box(fit::constraints(black_box(&case.request)));
+                }
+                let c_ns = t0.elapsed().as_nanos() / repeat as u128;
+                v["constraints_ns"] = json!(c_ns as u64);
+                total_c_ns += c_ns;
+                if let Ok(Some(topo)) = fit::constraints(&case.request) {
+                    let t0 = Instant::now();
+                    for _ in 0..repeat {
+                        let _ = black_box(fit::fit_topology(black_box(&case.host), black_box(&topo), &opts));
+                    }
+                    let f_ns = t0.elapsed().as_nanos() / repeat as u128;
+                    v["fit_topology_ns"] = json!(f_ns as u64);
+                    total_f_ns += f_ns;
+                    n_f += 1;
+                }
+            }
         }
         match &d {
             Err(_) => errors += 1,
@@ -125,6 +149,13 @@ fn main() {
     let mut summary = json!({"cases": n, "fit": fits, "no_fit": nofit, "request_error": errors, "no_numa": nonuma});
     if repeat > 0 && n > 0 {
         summary["mean_ns_per_decision"] = json!((total_ns / n as u128) as u64);
+        if breakdown {
+            summary["mean_constraints_ns"] = json!((total_c_ns / n as u128) as u64);
+            if n_f > 0 {
+                summary["mean_fit_topology_ns"] = json!((total_f_ns / n_f) as u64);
+                summary["fit_topology_cases"] = json!(n_f as u64);
+            }
+        }
     }
     eprintln!("fit_bench: {summary}");
 }
