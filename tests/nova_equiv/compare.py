@@ -13,7 +13,8 @@ Nova's path-independent search (fits_fresh) fits is labelled nova_path_dependent
 that fit only because numa_fit_instance_to_host reuses the instance cells across permutations.
 Also reports how often the placements are identical (same host cells and pins), which is not
 required (our packing policy differs from Nova's on purpose).
-Exit status 1 on any disagreement other than nova_path_dependent.
+A case where Nova itself crashed (numa_fit_instance_to_host raised) is labelled nova_crash.
+Exit status 1 on any disagreement other than nova_path_dependent and nova_crash.
 """
 import argparse
 import collections
@@ -77,7 +78,9 @@ def main(argv=None):
                 same += same_placement(n, o)
             continue
         key = "%s -> %s" % (on, oo)
-        if on == "no_fit" and oo == "fit" and n.get("fits_fresh"):
+        if on == "crash":
+            key = "nova_crash (%s) -> %s" % (n["crash"].split(":")[0], oo)
+        elif on == "no_fit" and oo == "fit" and n.get("fits_fresh"):
             key = "nova_path_dependent (nova no_fit, fresh fit) -> fit"
         elif on.startswith("error:") and oo.startswith("error:"):
             key = "error class %s -> %s" % (on[6:], oo[6:])
@@ -89,7 +92,7 @@ def main(argv=None):
     hard = 0
     for key in sorted(groups, key=lambda k: -len(groups[k])):
         members = sorted(groups[key], key=lambda i: size(cases[i]))
-        if not key.startswith("nova_path_dependent"):
+        if not key.startswith(("nova_path_dependent", "nova_crash")):
             hard += len(members)
         print("  %-60s %d  e.g. %s" % (key, len(members), members[:10]))
         for i in members[:args.show]:

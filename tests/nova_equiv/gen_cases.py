@@ -203,7 +203,9 @@ def cell_stats(cell):
 
 
 PAGE_SPECS = [("small", 12), ("large", 12), ("any", 10), ("2048", 10), ("1048576", 8),
-              ("2MB", 4), ("1GB", 3), ("4", 2), ("foo", 1)]
+              ("2MB", 4), ("1GB", 3), ("4", 2), ("foo", 1),
+              # spellings oslo's string_to_bytes (IEC) reads differently or rejects
+              ("2M", 1), ("1G", 1), ("2Mb", 0.5), ("2MiB", 0.5), ("1GiB", 0.5), ("2048k", 0.5)]
 
 
 def gen_request(rng, host, tags):
@@ -245,7 +247,7 @@ def gen_request(rng, host, tags):
     nodes = weighted(rng, [(None, 45), (1, 20), (min(2, nc), 14), (min(3, nc), 4), (nc, 8),
                            (nc + 1, 3), ("bad", 1)])
     if nodes == "bad":
-        spec["hw:numa_nodes"] = rng.choice(["0", "x", "-1"])
+        spec["hw:numa_nodes"] = rng.choice(["0", "x", "-1", "02", "+1", " 1", "1.0"])
         nodes = None
         tags.append("bad-nodes")
     n = nodes or 1
