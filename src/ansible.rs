@@ -53,16 +53,22 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn new(changed: bool, msg: impl Into<String>) -> Self {
-        Outcome { changed, msg: msg.into(), ..Default::default() }
+        Outcome {
+            changed,
+            msg: msg.into(),
+            ..Default::default()
+        }
     }
     /// Adds a result field; a value that fails to serialize is recorded as its error text.
     pub fn with(mut self, key: &str, value: impl serde::Serialize) -> Self {
-        let v = serde_json::to_value(value).unwrap_or_else(|e| Value::String(format!("<unserializable: {e}>")));
+        let v = serde_json::to_value(value)
+            .unwrap_or_else(|e| Value::String(format!("<unserializable: {e}>")));
         self.fields.insert(key.to_string(), v);
         self
     }
     pub fn set(&mut self, key: &str, value: impl serde::Serialize) {
-        let v = serde_json::to_value(value).unwrap_or_else(|e| Value::String(format!("<unserializable: {e}>")));
+        let v = serde_json::to_value(value)
+            .unwrap_or_else(|e| Value::String(format!("<unserializable: {e}>")));
         self.fields.insert(key.to_string(), v);
     }
 }
@@ -78,7 +84,10 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(msg: impl Into<String>) -> Self {
-        Failure { msg: msg.into(), fields: Map::new() }
+        Failure {
+            msg: msg.into(),
+            fields: Map::new(),
+        }
     }
     pub fn with(mut self, key: &str, value: impl serde::Serialize) -> Self {
         if let Ok(v) = serde_json::to_value(value) {
@@ -98,13 +107,24 @@ impl std::error::Error for Failure {}
 /// Parse args from the JSON text Ansible wrote. Split out of [`run`] so tests can call it.
 pub fn parse_args<A: ModuleArgs>(module: &str, text: &str) -> Result<(A, Context), Failure> {
     let value: Value = serde_json::from_str(text).map_err(|e| {
-        Failure::new(format!("{module}: the arguments are not valid JSON ({e}); Ansible passes a JSON object file"))
+        Failure::new(format!(
+            "{module}: the arguments are not valid JSON ({e}); Ansible passes a JSON object file"
+        ))
     })?;
     let Value::Object(mut map) = value else {
-        return Err(Failure::new(format!("{module}: the arguments must be a JSON object")));
+        return Err(Failure::new(format!(
+            "{module}: the arguments must be a JSON object"
+        )));
     };
-    let mut ctx = Context { module: module.to_string(), ..Default::default() };
-    let control: Vec<String> = map.keys().filter(|k| k.starts_with("_ansible_")).cloned().collect();
+    let mut ctx = Context {
+        module: module.to_string(),
+        ..Default::default()
+    };
+    let control: Vec<String> = map
+        .keys()
+        .filter(|k| k.starts_with("_ansible_"))
+        .cloned()
+        .collect();
     for key in control {
         let v = map.remove(&key).unwrap_or(Value::Null);
         match key.as_str() {
@@ -131,7 +151,10 @@ pub fn parse_args<A: ModuleArgs>(module: &str, text: &str) -> Result<(A, Context
         let path = e.path().to_string();
         let inner = e.into_inner();
         if path == "." {
-            Failure::new(format!("{module}: {inner}; accepted arguments: {}", accepted.join(", ")))
+            Failure::new(format!(
+                "{module}: {inner}; accepted arguments: {}",
+                accepted.join(", ")
+            ))
         } else {
             Failure::new(format!("{module}: argument '{path}': {inner}"))
         }
@@ -152,7 +175,11 @@ pub fn accepted_args<A: JsonSchema>() -> Vec<String> {
 }
 
 /// Build the single result object (scrubbing secrets) from a module function's return.
-pub fn render(ctx: &Context, result: Result<Outcome, anyhow::Error>, secrets: &[String]) -> (Value, i32) {
+pub fn render(
+    ctx: &Context,
+    result: Result<Outcome, anyhow::Error>,
+    secrets: &[String],
+) -> (Value, i32) {
     let mut out = Map::new();
     let code = match result {
         Ok(o) => {
@@ -236,10 +263,16 @@ where
     // No backtrace or panic text on stderr: the panic becomes a result below.
     panic::set_hook(Box::new(|_| {}));
     let argv: Vec<String> = std::env::args().collect();
-    let mut ctx = Context { module: module.to_string(), ..Default::default() };
+    let mut ctx = Context {
+        module: module.to_string(),
+        ..Default::default()
+    };
     if argv.iter().any(|a| a == "--schema") {
         let schema = schemars::schema_for!(A);
-        println!("{}", serde_json::to_string_pretty(&schema).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&schema).unwrap_or_default()
+        );
         std::process::exit(0);
     }
     let text = match argv.get(1).map(String::as_str) {
@@ -272,7 +305,11 @@ where
         },
     };
     let (value, code) = render(&ctx, result, &secrets);
-    println!("{}", serde_json::to_string(&value).unwrap_or_else(|_| "{\"failed\":true,\"msg\":\"cannot serialize result\"}".into()));
+    println!(
+        "{}",
+        serde_json::to_string(&value)
+            .unwrap_or_else(|_| "{\"failed\":true,\"msg\":\"cannot serialize result\"}".into())
+    );
     std::process::exit(code);
 }
 
@@ -297,7 +334,11 @@ mod tests {
 
     #[test]
     fn control_keys_are_split_off() {
-        let (a, c) = parse_args::<A>("m", r#"{"uri":"x","_ansible_check_mode":true,"_ansible_diff":true,"_ansible_tmpdir":"/t"}"#).unwrap();
+        let (a, c) = parse_args::<A>(
+            "m",
+            r#"{"uri":"x","_ansible_check_mode":true,"_ansible_diff":true,"_ansible_tmpdir":"/t"}"#,
+        )
+        .unwrap();
         assert_eq!((a.uri.as_str(), a.count), ("x", 0));
         assert!(c.check_mode && c.diff && !c.no_log);
     }
@@ -306,7 +347,11 @@ mod tests {
     fn unknown_args_list_the_accepted_ones() {
         let e = parse_args::<A>("m", r#"{"uri":"x","urk":1}"#).unwrap_err();
         assert!(e.msg.contains("unsupported argument(s): urk"), "{}", e.msg);
-        assert!(e.msg.contains("accepted: count, password, uri"), "{}", e.msg);
+        assert!(
+            e.msg.contains("accepted: count, password, uri"),
+            "{}",
+            e.msg
+        );
     }
 
     #[test]
@@ -319,8 +364,14 @@ mod tests {
 
     #[test]
     fn malformed_json_and_non_objects_fail_clearly() {
-        assert!(parse_args::<A>("m", "{not json").unwrap_err().msg.contains("not valid JSON"));
-        assert!(parse_args::<A>("m", "[1]").unwrap_err().msg.contains("must be a JSON object"));
+        assert!(parse_args::<A>("m", "{not json")
+            .unwrap_err()
+            .msg
+            .contains("not valid JSON"));
+        assert!(parse_args::<A>("m", "[1]")
+            .unwrap_err()
+            .msg
+            .contains("must be a JSON object"));
     }
 
     #[test]
@@ -335,8 +386,14 @@ mod tests {
 
     #[test]
     fn failure_fields_are_kept_and_diff_only_when_asked() {
-        let ctx = Context { diff: false, ..Default::default() };
-        let o = Outcome { diff: Some(serde_json::json!({"before": "a", "after": "b"})), ..Outcome::new(true, "ok") };
+        let ctx = Context {
+            diff: false,
+            ..Default::default()
+        };
+        let o = Outcome {
+            diff: Some(serde_json::json!({"before": "a", "after": "b"})),
+            ..Outcome::new(true, "ok")
+        };
         let (v, code) = render(&ctx, Ok(o), &[]);
         assert_eq!(code, 0);
         assert!(v.get("diff").is_none());

@@ -5,9 +5,32 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 
 /// A set of CPU ids as a bitset (ids are small: hosts have at most a few thousand CPUs).
-#[derive(Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Default)]
 pub struct CpuSet {
     words: Vec<u64>,
+}
+
+impl CpuSet {
+    /// The words without trailing empty ones: equal sets compare equal whatever their history.
+    fn significant(&self) -> &[u64] {
+        let n = self
+            .words
+            .iter()
+            .rposition(|w| *w != 0)
+            .map_or(0, |i| i + 1);
+        &self.words[..n]
+    }
+}
+impl PartialEq for CpuSet {
+    fn eq(&self, o: &Self) -> bool {
+        self.significant() == o.significant()
+    }
+}
+impl Eq for CpuSet {}
+impl std::hash::Hash for CpuSet {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.significant().hash(h)
+    }
 }
 
 /// Largest CPU id accepted anywhere: guards against `0-4000000000` allocating gigabytes.
@@ -58,15 +81,27 @@ impl CpuSet {
     }
     pub fn union(&self, o: &CpuSet) -> CpuSet {
         let n = self.words.len().max(o.words.len());
-        let words = (0..n).map(|i| self.words.get(i).copied().unwrap_or(0) | o.words.get(i).copied().unwrap_or(0)).collect();
+        let words = (0..n)
+            .map(|i| self.words.get(i).copied().unwrap_or(0) | o.words.get(i).copied().unwrap_or(0))
+            .collect();
         CpuSet { words }
     }
     pub fn intersection(&self, o: &CpuSet) -> CpuSet {
-        let words = self.words.iter().zip(o.words.iter()).map(|(a, b)| a & b).collect();
+        let words = self
+            .words
+            .iter()
+            .zip(o.words.iter())
+            .map(|(a, b)| a & b)
+            .collect();
         CpuSet { words }
     }
     pub fn difference(&self, o: &CpuSet) -> CpuSet {
-        let words = self.words.iter().enumerate().map(|(i, a)| a & !o.words.get(i).copied().unwrap_or(0)).collect();
+        let words = self
+            .words
+            .iter()
+            .enumerate()
+            .map(|(i, a)| a & !o.words.get(i).copied().unwrap_or(0))
+            .collect();
         CpuSet { words }
     }
     pub fn is_subset(&self, o: &CpuSet) -> bool {
@@ -103,7 +138,9 @@ impl<'de> Deserialize<'de> for CpuSet {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let v: Vec<u32> = Vec::deserialize(d)?;
         if let Some(bad) = v.iter().find(|x| **x > MAX_CPU_ID) {
-            return Err(serde::de::Error::custom(format!("CPU id {bad} is larger than {MAX_CPU_ID}")));
+            return Err(serde::de::Error::custom(format!(
+                "CPU id {bad} is larger than {MAX_CPU_ID}"
+            )));
         }
         Ok(v.into_iter().collect())
     }
@@ -124,9 +161,14 @@ pub fn parse_spec(spec: &str) -> Result<CpuSet, String> {
     let mut inc = CpuSet::new();
     let mut rej = CpuSet::new();
     let num = |s: &str, rule: &str, what: &str| -> Result<u32, String> {
-        let n: u64 = s.trim().parse().map_err(|_| format!("Invalid {what} expression {rule:?} in CPU spec {spec:?}"))?;
+        let n: u64 = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("Invalid {what} expression {rule:?} in CPU spec {spec:?}"))?;
         if n > MAX_CPU_ID as u64 {
-            return Err(format!("CPU id {n} in CPU spec {spec:?} is larger than {MAX_CPU_ID}"));
+            return Err(format!(
+                "CPU id {n} in CPU spec {spec:?} is larger than {MAX_CPU_ID}"
+            ));
         }
         Ok(n as u32)
     };
@@ -142,7 +184,9 @@ pub fn parse_spec(spec: &str) -> Result<CpuSet, String> {
             };
             let (start, end) = (num(a, rule, "range")?, num(b, rule, "range")?);
             if start > end {
-                return Err(format!("Invalid range expression {rule:?} in CPU spec {spec:?}"));
+                return Err(format!(
+                    "Invalid range expression {rule:?} in CPU spec {spec:?}"
+                ));
             }
             for id in start..=end {
                 if reject {
@@ -172,7 +216,11 @@ pub fn format_spec(set: &CpuSet) -> String {
             i += 1;
             end = ids[i];
         }
-        parts.push(if start == end { start.to_string() } else { format!("{start}-{end}") });
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
         i += 1;
     }
     parts.join(",")
@@ -184,7 +232,10 @@ mod tests {
 
     #[test]
     fn nova_syntax() {
-        assert_eq!(parse_spec("0-3,^2,8-11").unwrap().to_vec(), vec![0, 1, 3, 8, 9, 10, 11]);
+        assert_eq!(
+            parse_spec("0-3,^2,8-11").unwrap().to_vec(),
+            vec![0, 1, 3, 8, 9, 10, 11]
+        );
         assert_eq!(parse_spec(" 1 , ,3").unwrap().to_vec(), vec![1, 3]);
         assert_eq!(parse_spec("0-7,^2-5").unwrap().to_vec(), vec![0, 1, 6, 7]);
         assert_eq!(parse_spec("^1,0-2").unwrap().to_vec(), vec![0, 2]);
@@ -215,5 +266,7 @@ mod tests {
         assert_eq!(a.union(&b).len(), 5);
         assert!(!a.is_subset(&b));
         assert!(a.intersection(&b).is_subset(&a));
+        // equality ignores how the set was built
+        assert_eq!(a.difference(&a), CpuSet::new());
     }
 }

@@ -52,12 +52,21 @@ impl Guest {
     /// True when every vCPU is pinned to exactly one pCPU: Nova's `hw:cpu_policy=dedicated`.
     pub fn is_dedicated(&self) -> bool {
         self.vcpus > 0
-            && (0..self.vcpus).all(|v| self.vcpu_pins.get(&v.to_string()).is_some_and(|p| p.len() == 1))
+            && (0..self.vcpus).all(|v| {
+                self.vcpu_pins
+                    .get(&v.to_string())
+                    .is_some_and(|p| p.len() == 1)
+            })
     }
     /// The pCPUs this guest holds exclusively: its vCPUs' single pins, plus an emulator pin that
     /// lies outside them (emulator threads `isolate`: Nova's `cpuset_reserved`).
     pub fn exclusive_cpus(&self) -> CpuSet {
-        let mut s: CpuSet = self.vcpu_pins.values().filter(|p| p.len() == 1).map(|p| p[0]).collect();
+        let mut s: CpuSet = self
+            .vcpu_pins
+            .values()
+            .filter(|p| p.len() == 1)
+            .map(|p| p[0])
+            .collect();
         if let Some(r) = self.reserved_cpus() {
             s = s.union(&r);
         }
@@ -74,7 +83,12 @@ impl Guest {
     }
     /// Every pCPU named by any pin.
     pub fn all_pinned_cpus(&self) -> CpuSet {
-        self.vcpu_pins.values().flatten().chain(self.emulator_pins.iter()).copied().collect()
+        self.vcpu_pins
+            .values()
+            .flatten()
+            .chain(self.emulator_pins.iter())
+            .copied()
+            .collect()
     }
 }
 
@@ -84,12 +98,23 @@ const NOVA_NS: &str = "http://openstack.org/xmlns/libvirt/nova/";
 pub fn parse_guest(doc: &str) -> Result<Guest, String> {
     let root = xml::parse(doc).map_err(|e| format!("domain XML: {e}"))?;
     if root.name != "domain" {
-        return Err(format!("domain XML: root element is <{}>, expected <domain>", root.name));
+        return Err(format!(
+            "domain XML: root element is <{}>, expected <domain>",
+            root.name
+        ));
     }
-    let name = root.child("name").map(|e| e.text.clone()).ok_or("domain XML: no <name>")?;
+    let name = root
+        .child("name")
+        .map(|e| e.text.clone())
+        .ok_or("domain XML: no <name>")?;
     let ctx = |e: String| format!("domain {name}: {e}");
-    let uuid = root.child("uuid").map(|e| e.text.clone()).unwrap_or_default();
-    let vcpu_el = root.child("vcpu").ok_or_else(|| ctx("no <vcpu> element".into()))?;
+    let uuid = root
+        .child("uuid")
+        .map(|e| e.text.clone())
+        .unwrap_or_default();
+    let vcpu_el = root
+        .child("vcpu")
+        .ok_or_else(|| ctx("no <vcpu> element".into()))?;
     let vcpus: u32 = match vcpu_el.attr_num::<u32>("current").map_err(ctx)? {
         Some(cur) => cur,
         None => vcpu_el.text_num().map_err(ctx)?,
@@ -114,15 +139,25 @@ pub fn parse_guest(doc: &str) -> Result<Guest, String> {
     let mut emulator_pins = Vec::new();
     if let Some(ct) = root.child("cputune") {
         for p in ct.children("vcpupin") {
-            let v: u32 = p.attr_num("vcpu").map_err(ctx)?.ok_or_else(|| ctx("<vcpupin> without vcpu".into()))?;
+            let v: u32 = p
+                .attr_num("vcpu")
+                .map_err(ctx)?
+                .ok_or_else(|| ctx("<vcpupin> without vcpu".into()))?;
             if v >= vcpus {
-                return Err(ctx(format!("<vcpupin vcpu='{v}'> but the guest has {vcpus} vCPUs")));
+                return Err(ctx(format!(
+                    "<vcpupin vcpu='{v}'> but the guest has {vcpus} vCPUs"
+                )));
             }
-            let set = p.attr("cpuset").ok_or_else(|| ctx("<vcpupin> without cpuset".into()))?;
+            let set = p
+                .attr("cpuset")
+                .ok_or_else(|| ctx("<vcpupin> without cpuset".into()))?;
             vcpu_pins.insert(v.to_string(), spec(set)?);
         }
         if let Some(e) = ct.child("emulatorpin") {
-            emulator_pins = spec(e.attr("cpuset").ok_or_else(|| ctx("<emulatorpin> without cpuset".into()))?)?;
+            emulator_pins = spec(
+                e.attr("cpuset")
+                    .ok_or_else(|| ctx("<emulatorpin> without cpuset".into()))?,
+            )?;
         }
     }
 
@@ -136,8 +171,17 @@ pub fn parse_guest(doc: &str) -> Result<Guest, String> {
             }
         }
         for mn in nt.children("memnode") {
-            let cid: u32 = mn.attr_num("cellid").map_err(ctx)?.ok_or_else(|| ctx("<memnode> without cellid".into()))?;
-            memnodes.insert(cid, spec(mn.attr("nodeset").ok_or_else(|| ctx("<memnode> without nodeset".into()))?)?);
+            let cid: u32 = mn
+                .attr_num("cellid")
+                .map_err(ctx)?
+                .ok_or_else(|| ctx("<memnode> without cellid".into()))?;
+            memnodes.insert(
+                cid,
+                spec(
+                    mn.attr("nodeset")
+                        .ok_or_else(|| ctx("<memnode> without nodeset".into()))?,
+                )?,
+            );
         }
     }
 
@@ -148,11 +192,25 @@ pub fn parse_guest(doc: &str) -> Result<Guest, String> {
                 Some(i) => i,
                 None => numa_cells.len() as u32,
             };
-            let cpus = spec(c.attr("cpus").ok_or_else(|| ctx(format!("guest NUMA cell {id} without cpus")))?)?;
-            let mem: u64 = c.attr_num("memory").map_err(ctx)?.ok_or_else(|| ctx(format!("guest NUMA cell {id} without memory")))?;
+            let cpus = spec(
+                c.attr("cpus")
+                    .ok_or_else(|| ctx(format!("guest NUMA cell {id} without cpus")))?,
+            )?;
+            let mem: u64 = c
+                .attr_num("memory")
+                .map_err(ctx)?
+                .ok_or_else(|| ctx(format!("guest NUMA cell {id} without memory")))?;
             let mem_mb = to_kib(mem, c.attr("unit")).map_err(ctx)? / 1024;
-            let host_nodes = memnodes.get(&id).cloned().unwrap_or_else(|| memory_nodes.clone());
-            numa_cells.push(GuestCell { id, vcpus: cpus, memory_mb: mem_mb, host_nodes });
+            let host_nodes = memnodes
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| memory_nodes.clone());
+            numa_cells.push(GuestCell {
+                id,
+                vcpus: cpus,
+                memory_mb: mem_mb,
+                host_nodes,
+            });
         }
     }
 
@@ -161,12 +219,18 @@ pub fn parse_guest(doc: &str) -> Result<Guest, String> {
         // <hugepages/> alone means the host's default huge page size: 2 MiB on x86.
         hugepage_kb = Some(2048);
         if let Some(page) = hp.child("page") {
-            let size: u64 = page.attr_num("size").map_err(ctx)?.ok_or_else(|| ctx("<page> without size".into()))?;
+            let size: u64 = page
+                .attr_num("size")
+                .map_err(ctx)?
+                .ok_or_else(|| ctx("<page> without size".into()))?;
             hugepage_kb = Some(to_kib(size, page.attr("unit")).map_err(ctx)?);
         }
     }
 
-    let nova = root.child("metadata").and_then(|m| m.children.iter().find(|c| is_nova_instance(c))).map(nova_meta);
+    let nova = root
+        .child("metadata")
+        .and_then(|m| m.children.iter().find(|c| is_nova_instance(c)))
+        .map(nova_meta);
 
     Ok(Guest {
         name,
@@ -184,7 +248,10 @@ pub fn parse_guest(doc: &str) -> Result<Guest, String> {
 }
 
 fn is_nova_instance(e: &Element) -> bool {
-    e.local_name() == "instance" && e.attrs.iter().any(|(k, v)| k.starts_with("xmlns") && v.starts_with(NOVA_NS))
+    e.local_name() == "instance"
+        && e.attrs
+            .iter()
+            .any(|(k, v)| k.starts_with("xmlns") && v.starts_with(NOVA_NS))
 }
 
 fn nova_meta(e: &Element) -> NovaMeta {
@@ -202,7 +269,14 @@ fn nova_meta(e: &Element) -> NovaMeta {
 #[cfg(test)]
 pub(crate) mod fixtures {
     /// A Nova-style pinned guest: `pins[v]` is vCPU v's pCPU, memory on host `node`.
-    pub fn pinned(name: &str, uuid: &str, pins: &[u32], emulator: Option<&str>, node: u32, mem_mb: u64) -> String {
+    pub fn pinned(
+        name: &str,
+        uuid: &str,
+        pins: &[u32],
+        emulator: Option<&str>,
+        node: u32,
+        mem_mb: u64,
+    ) -> String {
         let n = pins.len();
         let mut s = format!(
             "<domain type='qemu'><name>{name}</name><uuid>{uuid}</uuid><metadata><nova:instance xmlns:nova=\"http://openstack.org/xmlns/libvirt/nova/1.0\"><nova:name>{name}</nova:name><nova:flavor name=\"pinned.{n}\"><nova:memory>{mem_mb}</nova:memory><nova:vcpus>{n}</nova:vcpus></nova:flavor></nova:instance></metadata><memory unit='KiB'>{}</memory><vcpu placement='static'>{n}</vcpu><cputune>",
@@ -211,8 +285,15 @@ pub(crate) mod fixtures {
         for (v, p) in pins.iter().enumerate() {
             s += &format!("<vcpupin vcpu='{v}' cpuset='{p}'/>");
         }
-        let all = pins.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
-        s += &format!("<emulatorpin cpuset='{}'/></cputune>", emulator.unwrap_or(&all));
+        let all = pins
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        s += &format!(
+            "<emulatorpin cpuset='{}'/></cputune>",
+            emulator.unwrap_or(&all)
+        );
         s += &format!("<numatune><memory mode='strict' nodeset='{node}'/><memnode cellid='0' mode='strict' nodeset='{node}'/></numatune>");
         s += &format!("<os><type arch='x86_64' machine='pc'>hvm</type></os><cpu><topology sockets='1' cores='{n}' threads='1'/><numa><cell id='0' cpus='0-{}' memory='{}' unit='KiB'/></numa></cpu><devices/></domain>", n - 1, mem_mb * 1024);
         s
@@ -233,9 +314,24 @@ mod tests {
         assert_eq!(g.emulator_pins, vec![2, 3]);
         assert!(g.is_dedicated());
         assert!(g.reserved_cpus().is_none());
-        assert_eq!(g.numa_cells, vec![GuestCell { id: 0, vcpus: vec![0, 1], memory_mb: 2048, host_nodes: vec![1] }]);
+        assert_eq!(
+            g.numa_cells,
+            vec![GuestCell {
+                id: 0,
+                vcpus: vec![0, 1],
+                memory_mb: 2048,
+                host_nodes: vec![1]
+            }]
+        );
         let nova = g.nova.unwrap();
-        assert_eq!((nova.flavor.as_deref(), nova.flavor_vcpus, nova.flavor_memory_mb), (Some("pinned.2"), Some(2), Some(2048)));
+        assert_eq!(
+            (
+                nova.flavor.as_deref(),
+                nova.flavor_vcpus,
+                nova.flavor_memory_mb
+            ),
+            (Some("pinned.2"), Some(2), Some(2048))
+        );
     }
 
     #[test]
@@ -259,11 +355,17 @@ mod tests {
 
     #[test]
     fn bad_guests() {
-        assert!(parse_guest("<domain><name>x</name></domain>").unwrap_err().contains("<vcpu>"));
-        assert!(parse_guest("<capabilities/>").unwrap_err().contains("expected <domain>"));
-        let x = fixtures::pinned("vm1", "u", &[2], None, 0, 64).replace("vcpu='0' cpuset='2'", "vcpu='7' cpuset='2'");
+        assert!(parse_guest("<domain><name>x</name></domain>")
+            .unwrap_err()
+            .contains("<vcpu>"));
+        assert!(parse_guest("<capabilities/>")
+            .unwrap_err()
+            .contains("expected <domain>"));
+        let x = fixtures::pinned("vm1", "u", &[2], None, 0, 64)
+            .replace("vcpu='0' cpuset='2'", "vcpu='7' cpuset='2'");
         assert!(parse_guest(&x).unwrap_err().contains("vcpu='7'"));
-        let x = fixtures::pinned("vm1", "u", &[2], None, 0, 64).replace("cpuset='2'", "cpuset='two'");
+        let x =
+            fixtures::pinned("vm1", "u", &[2], None, 0, 64).replace("cpuset='2'", "cpuset='two'");
         assert!(parse_guest(&x).unwrap_err().starts_with("domain vm1"));
         let bomb = "<!DOCTYPE d [<!ENTITY a 'x'>]><domain><name>&a;</name></domain>";
         assert!(parse_guest(bomb).unwrap_err().contains("DOCTYPE"));

@@ -71,14 +71,27 @@ fn memory_by_cell(g: &Guest, topo: &HostTopology) -> Vec<(u32, u64)> {
         }
     };
     if !g.numa_cells.is_empty() {
-        g.numa_cells.iter().filter_map(|c| single(&c.host_nodes).map(|n| (n, c.memory_mb))).collect()
+        g.numa_cells
+            .iter()
+            .filter_map(|c| single(&c.host_nodes).map(|n| (n, c.memory_mb)))
+            .collect()
     } else {
-        single(&g.memory_nodes).map(|n| vec![(n, g.memory_mb)]).unwrap_or_default()
+        single(&g.memory_nodes)
+            .map(|n| vec![(n, g.memory_mb)])
+            .unwrap_or_default()
     }
 }
 
 /// Combine topology, nova.conf and guests into the facts.
-pub fn build(host: &str, uri: Option<&str>, source: &str, mut topo: HostTopology, conf: &ComputeConf, guests: Vec<Guest>, unreadable: Vec<String>) -> NumaFacts {
+pub fn build(
+    host: &str,
+    uri: Option<&str>,
+    source: &str,
+    mut topo: HostTopology,
+    conf: &ComputeConf,
+    guests: Vec<Guest>,
+    unreadable: Vec<String>,
+) -> NumaFacts {
     let host_cpus = topo.all_cpus();
     let dedicated = conf.dedicated_set().cloned();
 
@@ -89,7 +102,14 @@ pub fn build(host: &str, uri: Option<&str>, source: &str, mut topo: HostTopology
             holders.entry(cpu).or_default().push(g.name.clone());
         }
     }
-    let overlaps = holders.iter().filter(|(_, gs)| gs.len() > 1).map(|(cpu, gs)| Overlap { cpu: *cpu, guests: gs.clone() }).collect();
+    let overlaps = holders
+        .iter()
+        .filter(|(_, gs)| gs.len() > 1)
+        .map(|(cpu, gs)| Overlap {
+            cpu: *cpu,
+            guests: gs.clone(),
+        })
+        .collect();
     let pinned: CpuSet = holders.keys().copied().collect();
 
     // Pins on pCPUs the host lacks, or (for dedicated guests) outside the dedicated set.
@@ -97,10 +117,18 @@ pub fn build(host: &str, uri: Option<&str>, source: &str, mut topo: HostTopology
     for g in &guests {
         for cpu in g.all_pinned_cpus().iter() {
             if !host_cpus.contains(cpu) {
-                missing.push(MissingCpu { guest: g.name.clone(), cpu, reason: "absent".into() });
+                missing.push(MissingCpu {
+                    guest: g.name.clone(),
+                    cpu,
+                    reason: "absent".into(),
+                });
             } else if let Some(d) = &dedicated {
                 if g.is_dedicated() && !d.contains(cpu) && g.exclusive_cpus().contains(cpu) {
-                    missing.push(MissingCpu { guest: g.name.clone(), cpu, reason: "not_dedicated".into() });
+                    missing.push(MissingCpu {
+                        guest: g.name.clone(),
+                        cpu,
+                        reason: "not_dedicated".into(),
+                    });
                 }
             }
         }
@@ -119,7 +147,11 @@ pub fn build(host: &str, uri: Option<&str>, source: &str, mut topo: HostTopology
     for c in topo.cells.iter_mut() {
         for p in c.pages.iter_mut() {
             let used = pages_used.get(&(c.id, p.size_kb)).copied().unwrap_or(0);
-            p.free = Some(p.total.saturating_sub(used).saturating_sub(conf.reserved_pages(c.id, p.size_kb)));
+            p.free = Some(
+                p.total
+                    .saturating_sub(used)
+                    .saturating_sub(conf.reserved_pages(c.id, p.size_kb)),
+            );
         }
     }
     let free_cpus = topo
@@ -146,7 +178,14 @@ pub fn build(host: &str, uri: Option<&str>, source: &str, mut topo: HostTopology
         reserved_huge_pages: conf.reserved_huge_pages.clone(),
         nova_conf: conf.path.clone(),
         guests,
-        usage: Usage { pinned_cpus: pinned, memory_used_mb: mem_used.into_iter().map(|(k, v)| (k.to_string(), v)).collect(), free_cpus },
+        usage: Usage {
+            pinned_cpus: pinned,
+            memory_used_mb: mem_used
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            free_cpus,
+        },
         overlaps,
         missing_cpus: missing,
         unreadable_guests: unreadable,
@@ -155,7 +194,11 @@ pub fn build(host: &str, uri: Option<&str>, source: &str, mut topo: HostTopology
 
 /// Live facts from a libvirt host. `nova_conf`: an explicit path must exist; without one the
 /// Kolla and distro defaults are tried and their absence is fine.
-pub fn gather_live(uri: &str, nova_conf: Option<&std::path::Path>, host: Option<&str>) -> anyhow::Result<NumaFacts> {
+pub fn gather_live(
+    uri: &str,
+    nova_conf: Option<&std::path::Path>,
+    host: Option<&str>,
+) -> anyhow::Result<NumaFacts> {
     let conf = crate::nova::conf::load(nova_conf).map_err(anyhow::Error::msg)?;
     let h = crate::libvirt::connect(uri)?;
     let (topo, source) = h.topology()?;
@@ -165,23 +208,44 @@ pub fn gather_live(uri: &str, nova_conf: Option<&std::path::Path>, host: Option<
 }
 
 /// Offline facts from files: a saved `virsh capabilities` and saved `virsh dumpxml` outputs.
-pub fn gather_saved(caps_file: &std::path::Path, domain_files: &[std::path::PathBuf], nova_conf: Option<&std::path::Path>, host: Option<&str>) -> anyhow::Result<NumaFacts> {
+pub fn gather_saved(
+    caps_file: &std::path::Path,
+    domain_files: &[std::path::PathBuf],
+    nova_conf: Option<&std::path::Path>,
+    host: Option<&str>,
+) -> anyhow::Result<NumaFacts> {
     let conf = match nova_conf {
         Some(p) => crate::nova::conf::load(Some(p)).map_err(anyhow::Error::msg)?,
-        None => ComputeConf { reserved_host_memory_mb: crate::nova::conf::DEFAULT_RESERVED_HOST_MEMORY_MB, ..Default::default() },
+        None => ComputeConf {
+            reserved_host_memory_mb: crate::nova::conf::DEFAULT_RESERVED_HOST_MEMORY_MB,
+            ..Default::default()
+        },
     };
-    let read = |p: &std::path::Path| std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()));
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
+    };
     let caps = read(caps_file)?;
     let mut doms = Vec::new();
     for f in domain_files {
         doms.push((f.display().to_string(), read(f)?));
     }
-    let name = host.map(str::to_string).unwrap_or_else(|| caps_file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
-    from_saved(&name, &caps, &doms, &conf).map_err(|e| anyhow::anyhow!("{}: {e}", caps_file.display()))
+    let name = host.map(str::to_string).unwrap_or_else(|| {
+        caps_file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
+    from_saved(&name, &caps, &doms, &conf)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", caps_file.display()))
 }
 
 /// Offline facts from saved `virsh capabilities` and `virsh dumpxml` outputs.
-pub fn from_saved(host: &str, caps_xml: &str, domain_xmls: &[(String, String)], conf: &ComputeConf) -> Result<NumaFacts, String> {
+pub fn from_saved(
+    host: &str,
+    caps_xml: &str,
+    domain_xmls: &[(String, String)],
+    conf: &ComputeConf,
+) -> Result<NumaFacts, String> {
     let topo = topology::parse_capabilities(caps_xml)?;
     let mut guests = Vec::new();
     let mut bad = Vec::new();
@@ -200,9 +264,20 @@ impl NumaFacts {
     /// guest's own usage (when replanning that guest on its own host).
     pub fn host_state(&self, exclude_guest: Option<&str>) -> HostState {
         let dedicated = self.cpu_dedicated_set.as_ref();
-        let others: Vec<&Guest> = self.guests.iter().filter(|g| Some(g.name.as_str()) != exclude_guest && Some(g.uuid.as_str()) != exclude_guest).collect();
-        let pinned: CpuSet = others.iter().fold(CpuSet::new(), |a, g| a.union(&g.exclusive_cpus()));
-        let topo = HostTopology { cells: self.cells.clone(), ..Default::default() };
+        let others: Vec<&Guest> = self
+            .guests
+            .iter()
+            .filter(|g| {
+                Some(g.name.as_str()) != exclude_guest && Some(g.uuid.as_str()) != exclude_guest
+            })
+            .collect();
+        let pinned: CpuSet = others
+            .iter()
+            .fold(CpuSet::new(), |a, g| a.union(&g.exclusive_cpus()));
+        let topo = HostTopology {
+            cells: self.cells.clone(),
+            ..Default::default()
+        };
         let mut mem_used: BTreeMap<u32, u64> = BTreeMap::new();
         let mut pages_used: BTreeMap<(u32, u64), u64> = BTreeMap::new();
         for g in &others {
@@ -223,12 +298,23 @@ impl NumaFacts {
                 };
                 let mut siblings: Vec<CpuSet> = Vec::new();
                 for cpu in &c.cpus {
-                    let s: CpuSet = cpu.siblings.iter().copied().collect::<CpuSet>().intersection(&cpuset);
+                    let s: CpuSet = cpu
+                        .siblings
+                        .iter()
+                        .copied()
+                        .collect::<CpuSet>()
+                        .intersection(&cpuset);
                     if !s.is_empty() && !siblings.contains(&s) {
                         siblings.push(s);
                     }
                 }
-                let reserved = |size: u64| self.reserved_huge_pages.iter().filter(|r| r.node == c.id && r.size_kb == size).map(|r| r.count).sum();
+                let reserved = |size: u64| {
+                    self.reserved_huge_pages
+                        .iter()
+                        .filter(|r| r.node == c.id && r.size_kb == size)
+                        .map(|r| r.count)
+                        .sum()
+                };
                 HostCell {
                     id: c.id,
                     pinned_cpus: pinned.intersection(&cpuset),
@@ -239,13 +325,21 @@ impl NumaFacts {
                     mempages: c
                         .pages
                         .iter()
-                        .map(|p| MemPages { size_kb: p.size_kb, total: p.total, used: pages_used.get(&(c.id, p.size_kb)).copied().unwrap_or(0), reserved: reserved(p.size_kb) })
+                        .map(|p| MemPages {
+                            size_kb: p.size_kb,
+                            total: p.total,
+                            used: pages_used.get(&(c.id, p.size_kb)).copied().unwrap_or(0),
+                            reserved: reserved(p.size_kb),
+                        })
                         .collect(),
                     cpu_usage: None,
                 }
             })
             .collect();
-        HostState { name: self.host.clone(), cells }
+        HostState {
+            name: self.host.clone(),
+            cells,
+        }
     }
 }
 
@@ -258,7 +352,11 @@ mod tests {
 
     fn saved(guests: &[String], conf_text: &str) -> NumaFacts {
         let c = conf::parse(conf_text, None).unwrap();
-        let doms: Vec<(String, String)> = guests.iter().enumerate().map(|(i, g)| (format!("g{i}.xml"), g.clone())).collect();
+        let doms: Vec<(String, String)> = guests
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (format!("g{i}.xml"), g.clone()))
+            .collect();
         from_saved("h1", &caps(2, 4, 2, 8192, &[(2048, 512)]), &doms, &c).unwrap()
     }
 
@@ -273,9 +371,23 @@ mod tests {
             ],
             "[DEFAULT]\nvcpu_pin_set = 0-3,5-15\n",
         );
-        assert_eq!(f.overlaps, vec![Overlap { cpu: 1, guests: vec!["a".into(), "b".into()] }]);
-        assert!(f.missing_cpus.contains(&MissingCpu { guest: "c".into(), cpu: 99, reason: "absent".into() }));
-        assert!(f.missing_cpus.contains(&MissingCpu { guest: "d".into(), cpu: 4, reason: "not_dedicated".into() }));
+        assert_eq!(
+            f.overlaps,
+            vec![Overlap {
+                cpu: 1,
+                guests: vec!["a".into(), "b".into()]
+            }]
+        );
+        assert!(f.missing_cpus.contains(&MissingCpu {
+            guest: "c".into(),
+            cpu: 99,
+            reason: "absent".into()
+        }));
+        assert!(f.missing_cpus.contains(&MissingCpu {
+            guest: "d".into(),
+            cpu: 4,
+            reason: "not_dedicated".into()
+        }));
         assert_eq!(f.usage.memory_used_mb["0"], 2048);
         assert_eq!(f.usage.memory_used_mb["1"], 1024);
         assert_eq!(f.usage.pinned_cpus.to_vec(), vec![0, 1, 2, 4, 99]);
@@ -286,14 +398,25 @@ mod tests {
 
     #[test]
     fn host_state_for_the_fit_engine() {
-        let f = saved(&[pinned("a", "u-a", &[0, 8], None, 0, 1024)], "[DEFAULT]\nvcpu_pin_set = 0-15,^3\nreserved_huge_pages = node:1,size:2048,count:12\n");
+        let f = saved(
+            &[pinned("a", "u-a", &[0, 8], None, 0, 1024)],
+            "[DEFAULT]\nvcpu_pin_set = 0-15,^3\nreserved_huge_pages = node:1,size:2048,count:12\n",
+        );
         let h = f.host_state(None);
         assert_eq!(h.cells[0].cpuset.to_vec(), vec![0, 1, 2, 8, 9, 10, 11]);
         // core 3 = {3, 11}: trimmed to {11}
         assert!(h.cells[0].siblings.contains(&[11].into_iter().collect()));
         assert_eq!(h.cells[0].pinned_cpus.to_vec(), vec![0, 8]);
         assert_eq!(h.cells[0].memory_usage, 1024);
-        assert_eq!(h.cells[1].mempages[1], MemPages { size_kb: 2048, total: 512, used: 0, reserved: 12 });
+        assert_eq!(
+            h.cells[1].mempages[1],
+            MemPages {
+                size_kb: 2048,
+                total: 512,
+                used: 0,
+                reserved: 12
+            }
+        );
         let h2 = f.host_state(Some("a"));
         assert!(h2.cells[0].pinned_cpus.is_empty());
         assert_eq!(h2.cells[0].memory_usage, 0);
@@ -310,7 +433,13 @@ mod tests {
 
     #[test]
     fn unreadable_guests_are_reported_not_fatal() {
-        let f = saved(&["<domain><name>broken</name></domain>".to_string(), pinned("ok", "u", &[0], None, 0, 64)], "");
+        let f = saved(
+            &[
+                "<domain><name>broken</name></domain>".to_string(),
+                pinned("ok", "u", &[0], None, 0, 64),
+            ],
+            "",
+        );
         assert_eq!(f.guests.len(), 1);
         assert!(f.unreadable_guests[0].contains("g0.xml"));
     }

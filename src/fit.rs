@@ -37,7 +37,9 @@ pub struct MemPages {
 
 impl MemPages {
     pub fn free(&self) -> u64 {
-        self.total.saturating_sub(self.used).saturating_sub(self.reserved)
+        self.total
+            .saturating_sub(self.used)
+            .saturating_sub(self.reserved)
     }
 }
 
@@ -67,7 +69,12 @@ impl HostCell {
         self.cpuset.difference(&self.pinned_cpus)
     }
     fn threads_per_core(&self) -> usize {
-        self.siblings.iter().map(|s| s.len()).max().unwrap_or(1).max(1)
+        self.siblings
+            .iter()
+            .map(|s| s.len())
+            .max()
+            .unwrap_or(1)
+            .max(1)
     }
     fn avail_memory(&self) -> i64 {
         self.memory as i64 - self.memory_usage as i64
@@ -139,15 +146,36 @@ impl GuestTopology {
     /// What a running guest asks for, read from its libvirt definition: its guest NUMA cells
     /// (or one cell), page size, dedicated or not, isolated emulator. libvirt does not record
     /// the thread policy: the caller may give it (`None` = Nova's default, prefer).
-    pub fn from_guest(g: &crate::domain::Guest, thread_policy: Option<ThreadPolicy>) -> GuestTopology {
+    pub fn from_guest(
+        g: &crate::domain::Guest,
+        thread_policy: Option<ThreadPolicy>,
+    ) -> GuestTopology {
         let pagesize = g.hugepage_kb.map(PageRequest::Kb);
         let cells = if g.numa_cells.is_empty() {
-            vec![GuestCellReq { id: 0, vcpus: (0..g.vcpus).collect(), memory_mb: g.memory_mb, pagesize }]
+            vec![GuestCellReq {
+                id: 0,
+                vcpus: (0..g.vcpus).collect(),
+                memory_mb: g.memory_mb,
+                pagesize,
+            }]
         } else {
-            g.numa_cells.iter().map(|c| GuestCellReq { id: c.id, vcpus: c.vcpus.clone(), memory_mb: c.memory_mb, pagesize }).collect()
+            g.numa_cells
+                .iter()
+                .map(|c| GuestCellReq {
+                    id: c.id,
+                    vcpus: c.vcpus.clone(),
+                    memory_mb: c.memory_mb,
+                    pagesize,
+                })
+                .collect()
         };
         let dedicated = g.is_dedicated();
-        GuestTopology { cells, dedicated, thread_policy: if dedicated { thread_policy } else { None }, emulator_isolate: g.reserved_cpus().is_some() }
+        GuestTopology {
+            cells,
+            dedicated,
+            thread_policy: if dedicated { thread_policy } else { None },
+            emulator_isolate: g.reserved_cpus().is_some(),
+        }
     }
 
     pub fn total_vcpus(&self) -> usize {
@@ -169,7 +197,10 @@ fn spec_str(v: &Value) -> Option<String> {
 
 impl Request {
     fn flavor(&self, key: &str) -> Option<String> {
-        self.extra_specs.get(key).and_then(spec_str).filter(|s| !s.is_empty())
+        self.extra_specs
+            .get(key)
+            .and_then(spec_str)
+            .filter(|s| !s.is_empty())
     }
     fn image(&self, key: &str) -> Option<&Value> {
         self.image_properties.get(key).filter(|v| !v.is_null())
@@ -191,7 +222,10 @@ fn parse_pagesize(v: &str) -> Result<PageRequest, String> {
         "any" => Ok(PageRequest::Any),
         _ => match parse_page_size(v) {
             Ok(kb) if kb > 0 => Ok(PageRequest::Kb(kb)),
-            _ => Err(req_err("MemoryPageSizeInvalid", format!("Invalid memory page size '{v}'"))),
+            _ => Err(req_err(
+                "MemoryPageSizeInvalid",
+                format!("Invalid memory page size '{v}'"),
+            )),
         },
     }
 }
@@ -211,19 +245,39 @@ pub fn constraints(req: &Request) -> Result<Option<GuestTopology>, String> {
         None => None,
         Some(n) => match n.trim().parse::<i64>() {
             Ok(v) if v >= 1 && v <= 64 => Some(v as u32),
-            _ => return Err(req_err("InvalidNUMANodesNumber", format!("The property 'numa_nodes' cannot be '{n}'. It must be a number greater than 0"))),
+            _ => return Err(req_err(
+                "InvalidNUMANodesNumber",
+                format!(
+                    "The property 'numa_nodes' cannot be '{n}'. It must be a number greater than 0"
+                ),
+            )),
         },
     };
     // hw:mem_page_size: the image may only choose when the flavor says large or any.
-    let (fpage, ipage) = (req.flavor("hw:mem_page_size"), req.image_str("hw_mem_page_size"));
+    let (fpage, ipage) = (
+        req.flavor("hw:mem_page_size"),
+        req.image_str("hw_mem_page_size"),
+    );
     let pagesize = match (fpage, ipage) {
-        (None, Some(i)) => return Err(req_err("MemoryPageSizeForbidden", format!("Page size {i} forbidden against '<empty>'"))),
+        (None, Some(i)) => {
+            return Err(req_err(
+                "MemoryPageSizeForbidden",
+                format!("Page size {i} forbidden against '<empty>'"),
+            ))
+        }
         (None, None) => None,
         (Some(f), i) => {
             let p = parse_pagesize(&f)?;
             match i {
-                Some(i) if matches!(p, PageRequest::Any | PageRequest::Large) => Some(parse_pagesize(&i)?),
-                Some(i) => return Err(req_err("MemoryPageSizeForbidden", format!("Page size {i} forbidden against '{f}'"))),
+                Some(i) if matches!(p, PageRequest::Any | PageRequest::Large) => {
+                    Some(parse_pagesize(&i)?)
+                }
+                Some(i) => {
+                    return Err(req_err(
+                        "MemoryPageSizeForbidden",
+                        format!("Page size {i} forbidden against '{f}'"),
+                    ))
+                }
                 None => Some(p),
             }
         }
@@ -232,16 +286,28 @@ pub fn constraints(req: &Request) -> Result<Option<GuestTopology>, String> {
     if nodes.is_some() || pagesize.is_some() {
         let nodes = nodes.unwrap_or(1);
         let cpu_list = numa_map(req, "hw:numa_cpus", "hw_numa_cpus", |v| {
-            crate::cpuset::parse_spec(v).map(|s| s.to_vec()).map_err(|e| req_err("Invalid", e))
+            crate::cpuset::parse_spec(v)
+                .map(|s| s.to_vec())
+                .map_err(|e| req_err("Invalid", e))
         })?;
         let mem_list = numa_map(req, "hw:numa_mem", "hw_numa_mem", |v| {
-            v.trim().parse::<u64>().map(|m| vec![m as u32]).map_err(|_| req_err("ValueError", format!("invalid literal for int(): '{v}'")))
+            v.trim()
+                .parse::<u64>()
+                .map(|m| vec![m as u32])
+                .map_err(|_| req_err("ValueError", format!("invalid literal for int(): '{v}'")))
         })?;
-        let incomplete = || req_err("ImageNUMATopologyIncomplete", "Image NUMA topology must specify both CPUs and memory for every node");
+        let incomplete = || {
+            req_err(
+                "ImageNUMATopologyIncomplete",
+                "Image NUMA topology must specify both CPUs and memory for every node",
+            )
+        };
         if cpu_list.is_some() != mem_list.is_some() {
             return Err(incomplete());
         }
-        if cpu_list.as_ref().is_some_and(|l| l.len() != nodes as usize) || mem_list.as_ref().is_some_and(|l| l.len() != nodes as usize) {
+        if cpu_list.as_ref().is_some_and(|l| l.len() != nodes as usize)
+            || mem_list.as_ref().is_some_and(|l| l.len() != nodes as usize)
+        {
             return Err(incomplete());
         }
         let mut out = Vec::new();
@@ -252,21 +318,41 @@ pub fn constraints(req: &Request) -> Result<Option<GuestTopology>, String> {
                 for n in 0..nodes as usize {
                     for c in &cpus[n] {
                         if *c > req.vcpus - 1 {
-                            return Err(req_err("ImageNUMATopologyCPUOutOfRange", format!("CPU number {c} is larger than max of {}", req.vcpus - 1)));
+                            return Err(req_err(
+                                "ImageNUMATopologyCPUOutOfRange",
+                                format!("CPU number {c} is larger than max of {}", req.vcpus - 1),
+                            ));
                         }
                         if !avail.remove(c) {
-                            return Err(req_err("ImageNUMATopologyCPUDuplicates", format!("CPU number {c} is assigned to two nodes")));
+                            return Err(req_err(
+                                "ImageNUMATopologyCPUDuplicates",
+                                format!("CPU number {c} is assigned to two nodes"),
+                            ));
                         }
                     }
                     let mem = mems[n][0] as u64;
                     total += mem;
-                    out.push(GuestCellReq { id: n as u32, vcpus: cpus[n].clone(), memory_mb: mem, pagesize });
+                    out.push(GuestCellReq {
+                        id: n as u32,
+                        vcpus: cpus[n].clone(),
+                        memory_mb: mem,
+                        pagesize,
+                    });
                 }
                 if !avail.is_empty() {
-                    return Err(req_err("ImageNUMATopologyCPUsUnassigned", format!("CPU number(s) {avail:?} are not assigned to any node")));
+                    return Err(req_err(
+                        "ImageNUMATopologyCPUsUnassigned",
+                        format!("CPU number(s) {avail:?} are not assigned to any node"),
+                    ));
                 }
                 if total != req.memory_mb {
-                    return Err(req_err("ImageNUMATopologyMemoryOutOfRange", format!("Memory {total} MB is not equal to flavor memory {} MB", req.memory_mb)));
+                    return Err(req_err(
+                        "ImageNUMATopologyMemoryOutOfRange",
+                        format!(
+                            "Memory {total} MB is not equal to flavor memory {} MB",
+                            req.memory_mb
+                        ),
+                    ));
                 }
             }
             _ => {
@@ -275,7 +361,12 @@ pub fn constraints(req: &Request) -> Result<Option<GuestTopology>, String> {
                 }
                 let (ncpus, mem) = (req.vcpus / nodes, req.memory_mb / nodes as u64);
                 for n in 0..nodes {
-                    out.push(GuestCellReq { id: n, vcpus: (n * ncpus..(n + 1) * ncpus).collect(), memory_mb: mem, pagesize });
+                    out.push(GuestCellReq {
+                        id: n,
+                        vcpus: (n * ncpus..(n + 1) * ncpus).collect(),
+                        memory_mb: mem,
+                        pagesize,
+                    });
                 }
             }
         }
@@ -299,14 +390,21 @@ pub fn constraints(req: &Request) -> Result<Option<GuestTopology>, String> {
         _ => false,
     };
     // hw:cpu_thread_policy
-    let (ftp, itp) = (req.flavor("hw:cpu_thread_policy"), req.image_str("hw_cpu_thread_policy"));
-    let parse_tp = |src: &str, p: &str| match p {
+    let (ftp, itp) = (
+        req.flavor("hw:cpu_thread_policy"),
+        req.image_str("hw_cpu_thread_policy"),
+    );
+    let parse_tp = |src: &str, p: &str| {
+        match p {
         "prefer" => Ok(ThreadPolicy::Prefer),
         "isolate" => Ok(ThreadPolicy::Isolate),
         "require" => Ok(ThreadPolicy::Require),
         _ => Err(req_err("InvalidCPUThreadAllocationPolicy", format!("CPU thread policy '{p}' from {src} is invalid, must be one of ['prefer', 'isolate', 'require']"))),
+    }
     };
-    let ftp = ftp.map(|p| parse_tp("flavor extra specs", &p)).transpose()?;
+    let ftp = ftp
+        .map(|p| parse_tp("flavor extra specs", &p))
+        .transpose()?;
     let itp = itp.map(|p| parse_tp("image properties", &p)).transpose()?;
     let thread_policy = match ftp {
         None | Some(ThreadPolicy::Prefer) => ftp.or(itp),
@@ -321,30 +419,68 @@ pub fn constraints(req: &Request) -> Result<Option<GuestTopology>, String> {
     let emu = req.flavor("hw:emulator_threads_policy");
     if let Some(e) = &emu {
         if e != "share" && e != "isolate" {
-            return Err(req_err("InvalidEmulatorThreadsPolicy", format!("Emulator threads policy '{e}' is invalid, must be one of ['share', 'isolate']")));
+            return Err(req_err(
+                "InvalidEmulatorThreadsPolicy",
+                format!(
+                    "Emulator threads policy '{e}' is invalid, must be one of ['share', 'isolate']"
+                ),
+            ));
         }
     }
     let emulator_isolate = emu.as_deref() == Some("isolate");
-    let realtime = req.flavor("hw:cpu_realtime").is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "on" | "y" | "t"));
-    let rt_mask = req.image_str("hw_cpu_realtime_mask").or_else(|| req.flavor("hw:cpu_realtime_mask"));
+    let realtime = req.flavor("hw:cpu_realtime").is_some_and(|v| {
+        matches!(
+            v.to_ascii_lowercase().as_str(),
+            "true" | "1" | "yes" | "on" | "y" | "t"
+        )
+    });
+    let rt_mask = req
+        .image_str("hw_cpu_realtime_mask")
+        .or_else(|| req.flavor("hw:cpu_realtime_mask"));
 
     if !dedicated {
         if thread_policy.is_some() {
-            return Err(req_err("CPUThreadPolicyConfigurationInvalid", "Cannot set cpu thread pinning policy in a non dedicated cpu pinning policy"));
+            return Err(req_err(
+                "CPUThreadPolicyConfigurationInvalid",
+                "Cannot set cpu thread pinning policy in a non dedicated cpu pinning policy",
+            ));
         }
         if emulator_isolate {
-            return Err(req_err("BadRequirementEmulatorThreadsPolicy", "An isolated CPU emulator threads option requires a dedicated CPU policy option."));
+            return Err(req_err(
+                "BadRequirementEmulatorThreadsPolicy",
+                "An isolated CPU emulator threads option requires a dedicated CPU policy option.",
+            ));
         }
         if realtime {
-            return Err(req_err("RealtimeConfigurationInvalid", "Cannot set realtime policy in a non dedicated cpu pinning policy"));
+            return Err(req_err(
+                "RealtimeConfigurationInvalid",
+                "Cannot set realtime policy in a non dedicated cpu pinning policy",
+            ));
         }
-        return Ok(cells.map(|cells| GuestTopology { cells, dedicated: false, thread_policy: None, emulator_isolate: false }));
+        return Ok(cells.map(|cells| GuestTopology {
+            cells,
+            dedicated: false,
+            thread_policy: None,
+            emulator_isolate: false,
+        }));
     }
     if realtime && rt_mask.is_none() {
         return Err(req_err("RealtimeMaskNotFoundOrInvalid", "Realtime policy needs vCPU(s) mask configured with at least 1 RT vCPU and 1 ordinary vCPU. See hw:cpu_realtime_mask or hw_cpu_realtime_mask"));
     }
-    let cells = cells.unwrap_or_else(|| vec![GuestCellReq { id: 0, vcpus: (0..req.vcpus).collect(), memory_mb: req.memory_mb, pagesize: None }]);
-    Ok(Some(GuestTopology { cells, dedicated: true, thread_policy, emulator_isolate }))
+    let cells = cells.unwrap_or_else(|| {
+        vec![GuestCellReq {
+            id: 0,
+            vcpus: (0..req.vcpus).collect(),
+            memory_mb: req.memory_mb,
+            pagesize: None,
+        }]
+    });
+    Ok(Some(GuestTopology {
+        cells,
+        dedicated: true,
+        thread_policy,
+        emulator_isolate,
+    }))
 }
 
 /// `hw:numa_cpus.N` in the flavor (consecutive from 0) or `hw_numa_cpus` (a list) in the image.
@@ -367,14 +503,26 @@ fn numa_map(
             items
                 .iter()
                 .map(|i| match i {
-                    Value::Array(xs) => Ok(xs.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect()),
+                    Value::Array(xs) => Ok(xs
+                        .iter()
+                        .filter_map(|x| x.as_u64())
+                        .map(|x| x as u32)
+                        .collect()),
                     Value::Number(n) => Ok(vec![n.as_u64().unwrap_or(0) as u32]),
                     Value::String(s) => parse(s),
-                    _ => Err(req_err("ValueError", format!("{ikey}: unreadable item {i}"))),
+                    _ => Err(req_err(
+                        "ValueError",
+                        format!("{ikey}: unreadable item {i}"),
+                    )),
                 })
                 .collect::<Result<Vec<_>, _>>()?,
         ),
-        Some(other) => return Err(req_err("ValueError", format!("{ikey} must be a list, got {other}"))),
+        Some(other) => {
+            return Err(req_err(
+                "ValueError",
+                format!("{ikey} must be a list, got {other}"),
+            ))
+        }
     };
     match (flavor.is_empty(), image) {
         (true, img) => Ok(img),
@@ -414,7 +562,15 @@ pub struct Placement {
 
 impl Placement {
     pub fn pinned_cpus(&self) -> CpuSet {
-        self.cells.iter().flat_map(|c| c.vcpu_pins.values().copied().chain(c.cpuset_reserved.iter().copied())).collect()
+        self.cells
+            .iter()
+            .flat_map(|c| {
+                c.vcpu_pins
+                    .values()
+                    .copied()
+                    .chain(c.cpuset_reserved.iter().copied())
+            })
+            .collect()
     }
 }
 
@@ -435,7 +591,9 @@ pub struct FitOptions {
 
 impl Default for FitOptions {
     fn default() -> Self {
-        FitOptions { strict_memory: true }
+        FitOptions {
+            strict_memory: true,
+        }
     }
 }
 
@@ -452,12 +610,19 @@ fn cell_memory_check(h: &HostCell, g: &GuestCellReq) -> Result<Option<u64>, Stri
             sizes.sort_unstable_by(|a, b| b.cmp(a));
             let candidates: Vec<u64> = match req {
                 PageRequest::Small => sizes.last().copied().into_iter().collect(),
-                PageRequest::Large => sizes.iter().take(sizes.len().saturating_sub(1)).copied().collect(),
+                PageRequest::Large => sizes
+                    .iter()
+                    .take(sizes.len().saturating_sub(1))
+                    .copied()
+                    .collect(),
                 PageRequest::Any => sizes.clone(),
                 PageRequest::Kb(k) => vec![k],
             };
             let fits = |size: u64| {
-                h.mempages.iter().find(|p| p.size_kb == size).is_some_and(|p| mem_kb <= p.free() * p.size_kb && mem_kb % p.size_kb == 0)
+                h.mempages
+                    .iter()
+                    .find(|p| p.size_kb == size)
+                    .is_some_and(|p| mem_kb <= p.free() * p.size_kb && mem_kb % p.size_kb == 0)
             };
             match candidates.iter().copied().find(|s| fits(*s)) {
                 Some(s) => Some(s),
@@ -476,7 +641,11 @@ fn cell_memory_check(h: &HostCell, g: &GuestCellReq) -> Result<Option<u64>, Stri
                             PageRequest::Kb(k) => format!("{k} KiB"),
                             other => format!("{other:?}").to_lowercase(),
                         },
-                        if detail.is_empty() { "no page pools".into() } else { detail.join(", ") }
+                        if detail.is_empty() {
+                            "no page pools".into()
+                        } else {
+                            detail.join(", ")
+                        }
                     ));
                 }
             }
@@ -485,7 +654,11 @@ fn cell_memory_check(h: &HostCell, g: &GuestCellReq) -> Result<Option<u64>, Stri
             match h.mempages.iter().min_by_key(|p| p.size_kb) {
                 Some(small) => {
                     if mem_kb > small.total * small.size_kb || mem_kb % small.size_kb != 0 {
-                        return Err(format!("{} MiB does not fit in {} MiB of small pages", g.memory_mb, small.total * small.size_kb / 1024));
+                        return Err(format!(
+                            "{} MiB does not fit in {} MiB of small pages",
+                            g.memory_mb,
+                            small.total * small.size_kb / 1024
+                        ));
                     }
                 }
                 None => {
@@ -501,11 +674,21 @@ fn cell_memory_check(h: &HostCell, g: &GuestCellReq) -> Result<Option<u64>, Stri
 }
 
 /// Fit one guest cell on one host cell: the pins, or the reason it cannot.
-fn fit_cell(h: &HostCell, g: &GuestCellReq, topo: &GuestTopology, reserved: usize, opts: &FitOptions) -> Result<CellPlacement, String> {
+fn fit_cell(
+    h: &HostCell,
+    g: &GuestCellReq,
+    topo: &GuestTopology,
+    reserved: usize,
+    opts: &FitOptions,
+) -> Result<CellPlacement, String> {
     let pagesize_kb = cell_memory_check(h, g)?;
     let n = g.vcpus.len();
     if n + reserved > h.cpuset.len() {
-        return Err(format!("{} pCPUs usable for pinning, needs {}", h.cpuset.len(), n + reserved));
+        return Err(format!(
+            "{} pCPUs usable for pinning, needs {}",
+            h.cpuset.len(),
+            n + reserved
+        ));
     }
     let mut place = CellPlacement {
         guest_cell: g.id,
@@ -519,7 +702,11 @@ fn fit_cell(h: &HostCell, g: &GuestCellReq, topo: &GuestTopology, reserved: usiz
     };
     if !topo.dedicated {
         if opts.strict_memory && (g.memory_mb as i64) > h.avail_memory() {
-            return Err(format!("{} MiB free memory, needs {}", h.avail_memory().max(0), g.memory_mb));
+            return Err(format!(
+                "{} MiB free memory, needs {}",
+                h.avail_memory().max(0),
+                g.memory_mb
+            ));
         }
         return Ok(place);
     }
@@ -528,12 +715,20 @@ fn fit_cell(h: &HostCell, g: &GuestCellReq, topo: &GuestTopology, reserved: usiz
         return Err(format!("{} free pCPUs, needs {}", free.len(), n + reserved));
     }
     if (g.memory_mb as i64) > h.avail_memory() {
-        return Err(format!("{} MiB free memory, needs {}", h.avail_memory().max(0), g.memory_mb));
+        return Err(format!(
+            "{} MiB free memory, needs {}",
+            h.avail_memory().max(0),
+            g.memory_mb
+        ));
     }
     let (pins, res) = pack(h, &free, n, reserved, topo.thread_policy)?;
     let mut vcpus = g.vcpus.clone();
     vcpus.sort_unstable();
-    place.vcpu_pins = vcpus.iter().zip(pins).map(|(v, p)| (v.to_string(), p)).collect();
+    place.vcpu_pins = vcpus
+        .iter()
+        .zip(pins)
+        .map(|(v, p)| (v.to_string(), p))
+        .collect();
     place.cpuset_reserved = res;
     Ok(place)
 }
@@ -560,7 +755,13 @@ fn free_cores(h: &HostCell, free: &CpuSet) -> Vec<Vec<u32>> {
 /// Choose `n` pCPUs for the vCPUs and `reserved` more for the emulator, per thread policy.
 /// The feasibility conditions are Nova's `_pack_instance_onto_cores` (19.3.2); the choice of
 /// cores is our packing policy (module docs).
-fn pack(h: &HostCell, free: &CpuSet, n: usize, reserved: usize, policy: Option<ThreadPolicy>) -> Result<(Vec<u32>, Vec<u32>), String> {
+fn pack(
+    h: &HostCell,
+    free: &CpuSet,
+    n: usize,
+    reserved: usize,
+    policy: Option<ThreadPolicy>,
+) -> Result<(Vec<u32>, Vec<u32>), String> {
     let tpc = h.threads_per_core();
     let cores = free_cores(h, free);
     let count_ge = |t: usize| cores.iter().filter(|c| c.len() >= t).count();
@@ -582,13 +783,25 @@ fn pack(h: &HostCell, free: &CpuSet, n: usize, reserved: usize, policy: Option<T
     match policy {
         Some(ThreadPolicy::Isolate) => {
             // Whole free cores only: all `tpc` threads of the core free; one thread used each.
-            let mut whole: Vec<Vec<u32>> = h.siblings.iter().filter(|s| s.len() == tpc && s.is_subset(free)).map(|s| s.to_vec()).collect();
+            let mut whole: Vec<Vec<u32>> = h
+                .siblings
+                .iter()
+                .filter(|s| s.len() == tpc && s.is_subset(free))
+                .map(|s| s.to_vec())
+                .collect();
             if whole.len() < n {
-                return Err(format!("thread policy isolate needs {n} fully free cores, {} free", whole.len()));
+                return Err(format!(
+                    "thread policy isolate needs {n} fully free cores, {} free",
+                    whole.len()
+                ));
             }
             whole.sort();
             let pins: Vec<u32> = whole.iter().take(n).map(|c| c[0]).collect();
-            let used: CpuSet = whole.iter().take(n).flat_map(|c| c.iter().copied()).collect();
+            let used: CpuSet = whole
+                .iter()
+                .take(n)
+                .flat_map(|c| c.iter().copied())
+                .collect();
             let res = take_reserved(&used, true);
             if res.len() < reserved {
                 return Err(format!("thread policy isolate: no pCPU left outside the {n} isolated cores for the emulator threads"));
@@ -597,11 +810,15 @@ fn pack(h: &HostCell, free: &CpuSet, n: usize, reserved: usize, policy: Option<T
         }
         Some(ThreadPolicy::Require) => {
             if tpc <= 1 {
-                return Err("thread policy require needs SMT (thread siblings), the host has none".into());
+                return Err(
+                    "thread policy require needs SMT (thread siblings), the host has none".into(),
+                );
             }
             let t = (2..=tpc).rev().find(|t| t * count_ge(*t) >= n);
             let Some(t) = t else {
-                return Err(format!("thread policy require: {n} vCPUs do not fit on free sibling pairs"));
+                return Err(format!(
+                    "thread policy require: {n} vCPUs do not fit on free sibling pairs"
+                ));
             };
             let mut pins = Vec::new();
             for c in cores.iter().filter(|c| c.len() >= t) {
@@ -631,8 +848,15 @@ fn pack(h: &HostCell, free: &CpuSet, n: usize, reserved: usize, policy: Option<T
 }
 
 /// Place a guest topology on a host, or say per cell why not.
-pub fn fit_topology(host: &HostState, topo: &GuestTopology, opts: &FitOptions) -> Result<Placement, Refusal> {
-    let refuse = |reasons: Vec<String>| Refusal { msg: no_numa_msg(topo.total_vcpus(), topo.total_memory_mb()), reasons };
+pub fn fit_topology(
+    host: &HostState,
+    topo: &GuestTopology,
+    opts: &FitOptions,
+) -> Result<Placement, Refusal> {
+    let refuse = |reasons: Vec<String>| Refusal {
+        msg: no_numa_msg(topo.total_vcpus(), topo.total_memory_mb()),
+        reasons,
+    };
     if host.cells.len() < topo.cells.len() {
         return Err(refuse(vec![format!(
             "the guest has {} NUMA cells, the host only {}",
@@ -643,8 +867,17 @@ pub fn fit_topology(host: &HostState, topo: &GuestTopology, opts: &FitOptions) -
     // Every (guest cell, host cell) pair once: the cell fits are independent of each other.
     let mut table: Vec<Vec<Result<CellPlacement, String>>> = Vec::with_capacity(topo.cells.len());
     for (gi, g) in topo.cells.iter().enumerate() {
-        let reserved = if topo.emulator_isolate && gi == 0 { 1 } else { 0 };
-        table.push(host.cells.iter().map(|h| fit_cell(h, g, topo, reserved, opts)).collect());
+        let reserved = if topo.emulator_isolate && gi == 0 {
+            1
+        } else {
+            0
+        };
+        table.push(
+            host.cells
+                .iter()
+                .map(|h| fit_cell(h, g, topo, reserved, opts))
+                .collect(),
+        );
     }
     // Candidate order per guest cell: best fit (fewest free pCPUs left), then cell id.
     let order: Vec<Vec<usize>> = table
@@ -657,21 +890,37 @@ pub fn fit_topology(host: &HostState, topo: &GuestTopology, opts: &FitOptions) -
         .collect();
     let mut chosen: Vec<usize> = Vec::new();
     if assign(&order, 0, &mut chosen) {
-        let cells: Vec<CellPlacement> =
-            chosen.iter().enumerate().map(|(gi, hi)| table[gi][*hi].clone().expect("assign picks fitting cells")).collect();
+        let cells: Vec<CellPlacement> = chosen
+            .iter()
+            .enumerate()
+            .map(|(gi, hi)| table[gi][*hi].clone().expect("assign picks fitting cells"))
+            .collect();
         let emulator_pins = if topo.emulator_isolate {
-            cells.iter().flat_map(|c| c.cpuset_reserved.iter().copied()).collect()
+            cells
+                .iter()
+                .flat_map(|c| c.cpuset_reserved.iter().copied())
+                .collect()
         } else {
-            let all: CpuSet = cells.iter().flat_map(|c| c.vcpu_pins.values().copied()).collect();
+            let all: CpuSet = cells
+                .iter()
+                .flat_map(|c| c.vcpu_pins.values().copied())
+                .collect();
             all.to_vec()
         };
-        return Ok(Placement { cells, emulator_pins, dedicated: topo.dedicated });
+        return Ok(Placement {
+            cells,
+            emulator_pins,
+            dedicated: topo.dedicated,
+        });
     }
     let mut reasons = Vec::new();
     for (gi, row) in table.iter().enumerate() {
         for (hi, r) in row.iter().enumerate() {
             let prefix = if topo.cells.len() > 1 {
-                format!("guest cell {} on cell {}", topo.cells[gi].id, host.cells[hi].id)
+                format!(
+                    "guest cell {} on cell {}",
+                    topo.cells[gi].id, host.cells[hi].id
+                )
             } else {
                 format!("cell {}", host.cells[hi].id)
             };
@@ -730,10 +979,22 @@ pub fn fit_request(host: &HostState, req: &Request, opts: &FitOptions) -> Result
 /// Account a placement on a host: pins (whole cores for `isolate`), memory, pages.
 pub fn claim(host: &mut HostState, p: &Placement) {
     for c in &p.cells {
-        let Some(h) = host.cells.iter_mut().find(|h| h.id == c.host_cell) else { continue };
-        let mut pins: CpuSet = c.vcpu_pins.values().copied().chain(c.cpuset_reserved.iter().copied()).collect();
+        let Some(h) = host.cells.iter_mut().find(|h| h.id == c.host_cell) else {
+            continue;
+        };
+        let mut pins: CpuSet = c
+            .vcpu_pins
+            .values()
+            .copied()
+            .chain(c.cpuset_reserved.iter().copied())
+            .collect();
         if c.thread_policy == Some(ThreadPolicy::Isolate) {
-            let cores: Vec<CpuSet> = h.siblings.iter().filter(|s| c.vcpu_pins.values().any(|p| s.contains(*p))).cloned().collect();
+            let cores: Vec<CpuSet> = h
+                .siblings
+                .iter()
+                .filter(|s| c.vcpu_pins.values().any(|p| s.contains(*p)))
+                .cloned()
+                .collect();
             for s in cores {
                 pins = pins.union(&s);
             }
@@ -753,22 +1014,38 @@ pub fn claim(host: &mut HostState, p: &Placement) {
 /// plans (ours and Nova's) and a guest's live pins after a migration.
 pub fn validate(host: &HostState, topo: &GuestTopology, p: &Placement) -> Result<(), String> {
     if p.cells.len() != topo.cells.len() {
-        return Err(format!("placement has {} cells, the guest {}", p.cells.len(), topo.cells.len()));
+        return Err(format!(
+            "placement has {} cells, the guest {}",
+            p.cells.len(),
+            topo.cells.len()
+        ));
     }
     let mut used_cells = std::collections::BTreeSet::new();
     let mut all = CpuSet::new();
     for (c, g) in p.cells.iter().zip(&topo.cells) {
-        let h = host.cells.iter().find(|h| h.id == c.host_cell).ok_or(format!("host cell {} does not exist", c.host_cell))?;
+        let h = host
+            .cells
+            .iter()
+            .find(|h| h.id == c.host_cell)
+            .ok_or(format!("host cell {} does not exist", c.host_cell))?;
         if !used_cells.insert(c.host_cell) {
             return Err(format!("two guest cells on host cell {}", c.host_cell));
         }
         if c.memory_mb != g.memory_mb {
-            return Err(format!("guest cell {} memory {} != {}", g.id, c.memory_mb, g.memory_mb));
+            return Err(format!(
+                "guest cell {} memory {} != {}",
+                g.id, c.memory_mb, g.memory_mb
+            ));
         }
         let free = h.free_cpus();
         if topo.dedicated {
             if c.vcpu_pins.len() != g.vcpus.len() {
-                return Err(format!("guest cell {}: {} pins for {} vCPUs", g.id, c.vcpu_pins.len(), g.vcpus.len()));
+                return Err(format!(
+                    "guest cell {}: {} pins for {} vCPUs",
+                    g.id,
+                    c.vcpu_pins.len(),
+                    g.vcpus.len()
+                ));
             }
             for v in &g.vcpus {
                 if !c.vcpu_pins.contains_key(&v.to_string()) {
@@ -776,7 +1053,12 @@ pub fn validate(host: &HostState, topo: &GuestTopology, p: &Placement) -> Result
                 }
             }
             if (g.memory_mb as i64) > h.avail_memory() {
-                return Err(format!("cell {}: {} MiB free memory, needs {}", h.id, h.avail_memory(), g.memory_mb));
+                return Err(format!(
+                    "cell {}: {} MiB free memory, needs {}",
+                    h.id,
+                    h.avail_memory(),
+                    g.memory_mb
+                ));
             }
         }
         for cpu in c.vcpu_pins.values().chain(c.cpuset_reserved.iter()) {
@@ -794,7 +1076,11 @@ pub fn validate(host: &HostState, topo: &GuestTopology, p: &Placement) -> Result
         if topo.thread_policy == Some(ThreadPolicy::Isolate) {
             let tpc = h.threads_per_core();
             for cpu in c.vcpu_pins.values() {
-                let core = h.siblings.iter().find(|s| s.contains(*cpu)).ok_or(format!("pCPU {cpu} has no core"))?;
+                let core = h
+                    .siblings
+                    .iter()
+                    .find(|s| s.contains(*cpu))
+                    .ok_or(format!("pCPU {cpu} has no core"))?;
                 if core.len() != tpc || !core.is_subset(&free) {
                     return Err(format!("isolate: core of pCPU {cpu} is not fully free"));
                 }
@@ -804,16 +1090,25 @@ pub fn validate(host: &HostState, topo: &GuestTopology, p: &Placement) -> Result
             }
         }
         if let Some(size) = c.pagesize_kb {
-            let pool = h.mempages.iter().find(|m| m.size_kb == size).ok_or(format!("no {size} KiB pages on cell {}", h.id))?;
+            let pool = h
+                .mempages
+                .iter()
+                .find(|m| m.size_kb == size)
+                .ok_or(format!("no {size} KiB pages on cell {}", h.id))?;
             let kb = c.memory_mb * 1024;
             if kb % size != 0 || kb > pool.free() * size {
-                return Err(format!("cell {}: {} MiB does not fit in free {size} KiB pages", h.id, c.memory_mb));
+                return Err(format!(
+                    "cell {}: {} MiB does not fit in free {size} KiB pages",
+                    h.id, c.memory_mb
+                ));
             }
         }
     }
     let res_total: usize = p.cells.iter().map(|c| c.cpuset_reserved.len()).sum();
     if topo.emulator_isolate && res_total != 1 {
-        return Err(format!("emulator isolate needs exactly one reserved pCPU, got {res_total}"));
+        return Err(format!(
+            "emulator isolate needs exactly one reserved pCPU, got {res_total}"
+        ));
     }
     Ok(())
 }
@@ -860,22 +1155,47 @@ pub struct DrainPlan {
 /// guests first (they are the hardest to place), each on the host where it fits best (the
 /// fewest free pCPUs left on its cells). Hosts are indexed by their largest free cell so a
 /// plan over thousands of hosts only tries the hosts that could hold the guest.
-pub fn plan_drain(mut hosts: Vec<HostState>, guests: &[DrainGuest], opts: &FitOptions) -> DrainPlan {
+pub fn plan_drain(
+    mut hosts: Vec<HostState>,
+    guests: &[DrainGuest],
+    opts: &FitOptions,
+) -> DrainPlan {
     use std::collections::BTreeSet;
-    let score = |h: &HostState| h.cells.iter().map(|c| c.free_cpus().len()).max().unwrap_or(0);
-    let mut index: BTreeSet<(usize, usize)> = hosts.iter().enumerate().map(|(i, h)| (score(h), i)).collect();
+    let score = |h: &HostState| {
+        h.cells
+            .iter()
+            .map(|c| c.free_cpus().len())
+            .max()
+            .unwrap_or(0)
+    };
+    let mut index: BTreeSet<(usize, usize)> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (score(h), i))
+        .collect();
     let mut order: Vec<usize> = (0..guests.len()).collect();
     order.sort_by_key(|i| {
         let t = &guests[*i].topology;
-        let biggest = t.cells.iter().map(|c| c.vcpus.len()).max().unwrap_or(0) + t.emulator_isolate as usize;
-        (std::cmp::Reverse(biggest), std::cmp::Reverse(t.total_memory_mb()), guests[*i].name.clone())
+        let biggest =
+            t.cells.iter().map(|c| c.vcpus.len()).max().unwrap_or(0) + t.emulator_isolate as usize;
+        (
+            std::cmp::Reverse(biggest),
+            std::cmp::Reverse(t.total_memory_mb()),
+            guests[*i].name.clone(),
+        )
     });
     let mut plan = DrainPlan::default();
     for gi in order {
         let g = &guests[gi];
         // A pinned guest cell needs at least this many free pCPUs in one host cell.
         let need = if g.topology.dedicated {
-            g.topology.cells.iter().map(|c| c.vcpus.len()).max().unwrap_or(0) + g.topology.emulator_isolate as usize
+            g.topology
+                .cells
+                .iter()
+                .map(|c| c.vcpus.len())
+                .max()
+                .unwrap_or(0)
+                + g.topology.emulator_isolate as usize
         } else {
             0
         };
@@ -898,15 +1218,29 @@ pub fn plan_drain(mut hosts: Vec<HostState>, guests: &[DrainGuest], opts: &FitOp
                 index.remove(&(s, hi));
                 claim(&mut hosts[hi], &p);
                 index.insert((score(&hosts[hi]), hi));
-                plan.moves.push(DrainMove { guest: g.name.clone(), uuid: g.uuid.clone(), source: g.source.clone(), dest: hosts[hi].name.clone(), placement: p });
+                plan.moves.push(DrainMove {
+                    guest: g.name.clone(),
+                    uuid: g.uuid.clone(),
+                    source: g.source.clone(),
+                    dest: hosts[hi].name.clone(),
+                    placement: p,
+                });
             }
             None => {
                 let msg = no_numa_msg(g.topology.total_vcpus(), g.topology.total_memory_mb());
                 let reasons = match last_refusal {
                     Some(r) => r.reasons,
-                    None => vec![format!("no candidate host has a cell with {need} free pCPUs")],
+                    None => vec![format!(
+                        "no candidate host has a cell with {need} free pCPUs"
+                    )],
                 };
-                plan.unplaced.push(DrainRefusal { guest: g.name.clone(), uuid: g.uuid.clone(), source: g.source.clone(), msg, reasons });
+                plan.unplaced.push(DrainRefusal {
+                    guest: g.name.clone(),
+                    uuid: g.uuid.clone(),
+                    source: g.source.clone(),
+                    msg,
+                    reasons,
+                });
             }
         }
     }
@@ -926,7 +1260,12 @@ mod tests {
             pinned_cpus: pinned.iter().copied().collect(),
             memory: mem,
             memory_usage: 0,
-            mempages: vec![MemPages { size_kb: 4, total: mem * 256, used: 0, reserved: 0 }],
+            mempages: vec![MemPages {
+                size_kb: 4,
+                total: mem * 256,
+                used: 0,
+                reserved: 0,
+            }],
             cpu_usage: None,
         }
     }
@@ -936,8 +1275,18 @@ mod tests {
         cell(id, cpus, &sib_ref, pinned, mem)
     }
     fn req(vcpus: u32, mem: u64, specs: serde_json::Value) -> Request {
-        let extra_specs = specs.as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        Request { vcpus, memory_mb: mem, extra_specs, image_properties: BTreeMap::new() }
+        let extra_specs = specs
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Request {
+            vcpus,
+            memory_mb: mem,
+            extra_specs,
+            image_properties: BTreeMap::new(),
+        }
     }
     fn fits(host: &HostState, r: &Request) -> Placement {
         match fit_request(host, r, &FitOptions::default()).unwrap() {
@@ -958,7 +1307,10 @@ mod tests {
     #[test]
     fn taken_pcpus_are_avoided() {
         // Field case 1: the destination already pins 0-1 for another guest.
-        let host = HostState { name: "dst".into(), cells: vec![nosmt(0, &[0, 1, 2, 3], &[0, 1], 4096)] };
+        let host = HostState {
+            name: "dst".into(),
+            cells: vec![nosmt(0, &[0, 1, 2, 3], &[0, 1], 4096)],
+        };
         let p = fits(&host, &req(2, 1024, json!({"hw:cpu_policy": "dedicated"})));
         let pins: Vec<u32> = p.cells[0].vcpu_pins.values().copied().collect();
         assert_eq!(pins, vec![2, 3]);
@@ -968,7 +1320,10 @@ mod tests {
     #[test]
     fn pcpus_outside_the_dedicated_set_are_never_chosen() {
         // Field case 2: vcpu_pin_set = 2-3 on a 4-CPU cell: cpuset is already trimmed.
-        let host = HostState { name: "dst".into(), cells: vec![nosmt(0, &[2, 3], &[], 4096)] };
+        let host = HostState {
+            name: "dst".into(),
+            cells: vec![nosmt(0, &[2, 3], &[], 4096)],
+        };
         let p = fits(&host, &req(2, 512, json!({"hw:cpu_policy": "dedicated"})));
         assert_eq!(p.cells[0].vcpu_pins["0"], 2);
         assert_eq!(p.cells[0].vcpu_pins["1"], 3);
@@ -977,10 +1332,22 @@ mod tests {
     #[test]
     fn no_single_cell_fits() {
         // Field case 3: 4 free pCPUs in total, but 2 + 2 across cells; the guest wants 3 in one.
-        let host = HostState { name: "dst".into(), cells: vec![nosmt(0, &[0, 1, 2, 3], &[0, 1], 4096), nosmt(1, &[4, 5, 6, 7], &[4, 5], 4096)] };
+        let host = HostState {
+            name: "dst".into(),
+            cells: vec![
+                nosmt(0, &[0, 1, 2, 3], &[0, 1], 4096),
+                nosmt(1, &[4, 5, 6, 7], &[4, 5], 4096),
+            ],
+        };
         let r = refused(&host, &req(3, 2048, json!({"hw:cpu_policy": "dedicated"})));
         assert_eq!(r.msg, "No numa available with 3 vcpu and 2048 memory");
-        assert_eq!(r.reasons, vec!["cell 0: 2 free pCPUs, needs 3", "cell 1: 2 free pCPUs, needs 3"]);
+        assert_eq!(
+            r.reasons,
+            vec![
+                "cell 0: 2 free pCPUs, needs 3",
+                "cell 1: 2 free pCPUs, needs 3"
+            ]
+        );
     }
 
     #[test]
@@ -988,8 +1355,17 @@ mod tests {
         let sib: &[&[u32]] = &[&[0, 4], &[1, 5], &[2, 6], &[3, 7]];
         let mut c0 = cell(0, &[0, 1, 2, 3, 4, 5, 6, 7], sib, &[0], 8192);
         c0.memory_usage = 0;
-        let c1 = cell(1, &[8, 9, 10, 11, 12, 13, 14, 15], &[&[8, 12], &[9, 13], &[10, 14], &[11, 15]], &[], 8192);
-        let host = HostState { name: "h".into(), cells: vec![c0, c1] };
+        let c1 = cell(
+            1,
+            &[8, 9, 10, 11, 12, 13, 14, 15],
+            &[&[8, 12], &[9, 13], &[10, 14], &[11, 15]],
+            &[],
+            8192,
+        );
+        let host = HostState {
+            name: "h".into(),
+            cells: vec![c0, c1],
+        };
         let p = fits(&host, &req(2, 1024, json!({"hw:cpu_policy": "dedicated"})));
         // cell 0 has fewer free pCPUs; its partly used core (0,4) gives 4 first, then a whole core.
         assert_eq!(p.cells[0].host_cell, 0);
@@ -1000,86 +1376,227 @@ mod tests {
     #[test]
     fn thread_policies_on_smt_and_non_smt() {
         let sib: &[&[u32]] = &[&[0, 4], &[1, 5], &[2, 6], &[3, 7]];
-        let host = HostState { name: "h".into(), cells: vec![cell(0, &[0, 1, 2, 3, 4, 5, 6, 7], sib, &[0, 1], 8192)] };
+        let host = HostState {
+            name: "h".into(),
+            cells: vec![cell(0, &[0, 1, 2, 3, 4, 5, 6, 7], sib, &[0, 1], 8192)],
+        };
         // isolate: whole cores 2 and 3 are the only fully free ones
-        let p = fits(&host, &req(2, 512, json!({"hw:cpu_policy": "dedicated", "hw:cpu_thread_policy": "isolate"})));
+        let p = fits(
+            &host,
+            &req(
+                2,
+                512,
+                json!({"hw:cpu_policy": "dedicated", "hw:cpu_thread_policy": "isolate"}),
+            ),
+        );
         let pins: Vec<u32> = p.cells[0].vcpu_pins.values().copied().collect();
         assert_eq!(pins, vec![2, 3]);
-        let r = refused(&host, &req(3, 512, json!({"hw:cpu_policy": "dedicated", "hw:cpu_thread_policy": "isolate"})));
-        assert!(r.reasons[0].contains("needs 3 fully free cores, 2 free"), "{:?}", r.reasons);
+        let r = refused(
+            &host,
+            &req(
+                3,
+                512,
+                json!({"hw:cpu_policy": "dedicated", "hw:cpu_thread_policy": "isolate"}),
+            ),
+        );
+        assert!(
+            r.reasons[0].contains("needs 3 fully free cores, 2 free"),
+            "{:?}",
+            r.reasons
+        );
         // require: sibling pairs
-        let p = fits(&host, &req(4, 512, json!({"hw:cpu_policy": "dedicated", "hw:cpu_thread_policy": "require"})));
+        let p = fits(
+            &host,
+            &req(
+                4,
+                512,
+                json!({"hw:cpu_policy": "dedicated", "hw:cpu_thread_policy": "require"}),
+            ),
+        );
         let pins: Vec<u32> = p.cells[0].vcpu_pins.values().copied().collect();
         assert_eq!(pins, vec![2, 6, 3, 7]);
-        let flat = HostState { name: "f".into(), cells: vec![nosmt(0, &[0, 1, 2, 3], &[], 4096)] };
-        let r = refused(&flat, &req(2, 512, json!({"hw:cpu_policy": "dedicated", "hw:cpu_thread_policy": "require"})));
+        let flat = HostState {
+            name: "f".into(),
+            cells: vec![nosmt(0, &[0, 1, 2, 3], &[], 4096)],
+        };
+        let r = refused(
+            &flat,
+            &req(
+                2,
+                512,
+                json!({"hw:cpu_policy": "dedicated", "hw:cpu_thread_policy": "require"}),
+            ),
+        );
         assert!(r.reasons[0].contains("needs SMT"));
         // isolate on a non-SMT host: every CPU is a whole core
-        fits(&flat, &req(4, 512, json!({"hw:cpu_policy": "dedicated", "hw:cpu_thread_policy": "isolate"})));
+        fits(
+            &flat,
+            &req(
+                4,
+                512,
+                json!({"hw:cpu_policy": "dedicated", "hw:cpu_thread_policy": "isolate"}),
+            ),
+        );
     }
 
     #[test]
     fn emulator_isolate_takes_one_more() {
-        let host = HostState { name: "h".into(), cells: vec![nosmt(0, &[0, 1, 2], &[], 4096)] };
-        let p = fits(&host, &req(2, 512, json!({"hw:cpu_policy": "dedicated", "hw:emulator_threads_policy": "isolate"})));
+        let host = HostState {
+            name: "h".into(),
+            cells: vec![nosmt(0, &[0, 1, 2], &[], 4096)],
+        };
+        let p = fits(
+            &host,
+            &req(
+                2,
+                512,
+                json!({"hw:cpu_policy": "dedicated", "hw:emulator_threads_policy": "isolate"}),
+            ),
+        );
         assert_eq!(p.cells[0].cpuset_reserved.len(), 1);
         assert_eq!(p.emulator_pins, p.cells[0].cpuset_reserved);
-        let r = refused(&host, &req(3, 512, json!({"hw:cpu_policy": "dedicated", "hw:emulator_threads_policy": "isolate"})));
+        let r = refused(
+            &host,
+            &req(
+                3,
+                512,
+                json!({"hw:cpu_policy": "dedicated", "hw:emulator_threads_policy": "isolate"}),
+            ),
+        );
         assert!(r.reasons[0].contains("needs 4"));
     }
 
     #[test]
     fn numa_nodes_and_manual_cells() {
-        let host = HostState { name: "h".into(), cells: vec![nosmt(0, &[0, 1, 2, 3], &[], 4096), nosmt(1, &[4, 5, 6, 7], &[], 4096)] };
-        let p = fits(&host, &req(4, 2048, json!({"hw:cpu_policy": "dedicated", "hw:numa_nodes": "2"})));
+        let host = HostState {
+            name: "h".into(),
+            cells: vec![
+                nosmt(0, &[0, 1, 2, 3], &[], 4096),
+                nosmt(1, &[4, 5, 6, 7], &[], 4096),
+            ],
+        };
+        let p = fits(
+            &host,
+            &req(
+                4,
+                2048,
+                json!({"hw:cpu_policy": "dedicated", "hw:numa_nodes": "2"}),
+            ),
+        );
         assert_eq!(p.cells.len(), 2);
         assert_ne!(p.cells[0].host_cell, p.cells[1].host_cell);
-        let r = req(3, 3072, json!({"hw:numa_nodes": 2, "hw:numa_cpus.0": "0", "hw:numa_cpus.1": "1-2", "hw:numa_mem.0": "1024", "hw:numa_mem.1": "2048"}));
+        let r = req(
+            3,
+            3072,
+            json!({"hw:numa_nodes": 2, "hw:numa_cpus.0": "0", "hw:numa_cpus.1": "1-2", "hw:numa_mem.0": "1024", "hw:numa_mem.1": "2048"}),
+        );
         let t = constraints(&r).unwrap().unwrap();
         assert!(!t.dedicated);
         assert_eq!(t.cells[1].vcpus, vec![1, 2]);
         assert_eq!(t.cells[1].memory_mb, 2048);
-        assert!(constraints(&req(3, 2048, json!({"hw:numa_nodes": "2"}))).unwrap_err().starts_with("ImageNUMATopologyAsymmetric"));
-        assert!(constraints(&req(2, 2048, json!({"hw:numa_nodes": "0"}))).unwrap_err().starts_with("InvalidNUMANodesNumber"));
-        assert!(constraints(&req(2, 2048, json!({"hw:numa_nodes": "2", "hw:numa_cpus.0": "0"}))).unwrap_err().starts_with("ImageNUMATopologyIncomplete"));
+        assert!(constraints(&req(3, 2048, json!({"hw:numa_nodes": "2"})))
+            .unwrap_err()
+            .starts_with("ImageNUMATopologyAsymmetric"));
+        assert!(constraints(&req(2, 2048, json!({"hw:numa_nodes": "0"})))
+            .unwrap_err()
+            .starts_with("InvalidNUMANodesNumber"));
+        assert!(constraints(&req(
+            2,
+            2048,
+            json!({"hw:numa_nodes": "2", "hw:numa_cpus.0": "0"})
+        ))
+        .unwrap_err()
+        .starts_with("ImageNUMATopologyIncomplete"));
     }
 
     #[test]
     fn page_sizes() {
         let mut c = nosmt(0, &[0, 1], &[], 4096);
-        c.mempages.push(MemPages { size_kb: 2048, total: 512, used: 256, reserved: 0 });
-        let host = HostState { name: "h".into(), cells: vec![c] };
+        c.mempages.push(MemPages {
+            size_kb: 2048,
+            total: 512,
+            used: 256,
+            reserved: 0,
+        });
+        let host = HostState {
+            name: "h".into(),
+            cells: vec![c],
+        };
         let p = fits(&host, &req(1, 512, json!({"hw:mem_page_size": "large"})));
         assert_eq!(p.cells[0].pagesize_kb, Some(2048));
         assert!(!p.dedicated);
         let r = refused(&host, &req(1, 1024, json!({"hw:mem_page_size": "2MB"})));
-        assert!(r.reasons[0].contains("256 free 2048 KiB pages"), "{:?}", r.reasons);
+        assert!(
+            r.reasons[0].contains("256 free 2048 KiB pages"),
+            "{:?}",
+            r.reasons
+        );
         let r = refused(&host, &req(1, 1024, json!({"hw:mem_page_size": "1GB"})));
-        assert!(r.reasons[0].contains("no 1048576 KiB pages"), "{:?}", r.reasons);
-        assert_eq!(fits(&host, &req(1, 512, json!({"hw:mem_page_size": "small"}))).cells[0].pagesize_kb, Some(4));
-        assert!(constraints(&req(1, 512, json!({"hw:mem_page_size": "huge"}))).unwrap_err().starts_with("MemoryPageSizeInvalid"));
+        assert!(
+            r.reasons[0].contains("no 1048576 KiB pages"),
+            "{:?}",
+            r.reasons
+        );
+        assert_eq!(
+            fits(&host, &req(1, 512, json!({"hw:mem_page_size": "small"}))).cells[0].pagesize_kb,
+            Some(4)
+        );
+        assert!(
+            constraints(&req(1, 512, json!({"hw:mem_page_size": "huge"})))
+                .unwrap_err()
+                .starts_with("MemoryPageSizeInvalid")
+        );
         let mut r = req(1, 512, json!({}));
-        r.image_properties.insert("hw_mem_page_size".into(), json!("large"));
-        assert!(constraints(&r).unwrap_err().starts_with("MemoryPageSizeForbidden"));
+        r.image_properties
+            .insert("hw_mem_page_size".into(), json!("large"));
+        assert!(constraints(&r)
+            .unwrap_err()
+            .starts_with("MemoryPageSizeForbidden"));
     }
 
     #[test]
     fn policy_precedence_and_errors() {
         let mut r = req(2, 512, json!({"hw:cpu_policy": "shared"}));
-        r.image_properties.insert("hw_cpu_policy".into(), json!("dedicated"));
-        assert!(constraints(&r).unwrap_err().starts_with("ImageCPUPinningForbidden"));
+        r.image_properties
+            .insert("hw_cpu_policy".into(), json!("dedicated"));
+        assert!(constraints(&r)
+            .unwrap_err()
+            .starts_with("ImageCPUPinningForbidden"));
         let mut r = req(2, 512, json!({}));
-        r.image_properties.insert("hw_cpu_policy".into(), json!("dedicated"));
-        r.image_properties.insert("hw_cpu_thread_policy".into(), json!("isolate"));
+        r.image_properties
+            .insert("hw_cpu_policy".into(), json!("dedicated"));
+        r.image_properties
+            .insert("hw_cpu_thread_policy".into(), json!("isolate"));
         let t = constraints(&r).unwrap().unwrap();
         assert!(t.dedicated);
         assert_eq!(t.thread_policy, Some(ThreadPolicy::Isolate));
-        let mut r = req(2, 512, json!({"hw:cpu_policy": "dedicated", "hw:cpu_thread_policy": "require"}));
-        r.image_properties.insert("hw_cpu_thread_policy".into(), json!("isolate"));
-        assert!(constraints(&r).unwrap_err().starts_with("ImageCPUThreadPolicyForbidden"));
-        assert!(constraints(&req(2, 512, json!({"hw:cpu_thread_policy": "isolate"}))).unwrap_err().starts_with("CPUThreadPolicyConfigurationInvalid"));
-        assert!(constraints(&req(2, 512, json!({"hw:emulator_threads_policy": "isolate"}))).unwrap_err().starts_with("BadRequirementEmulatorThreadsPolicy"));
-        assert!(constraints(&req(2, 512, json!({"hw:cpu_policy": "pinned"}))).unwrap_err().starts_with("InvalidCPUAllocationPolicy"));
+        let mut r = req(
+            2,
+            512,
+            json!({"hw:cpu_policy": "dedicated", "hw:cpu_thread_policy": "require"}),
+        );
+        r.image_properties
+            .insert("hw_cpu_thread_policy".into(), json!("isolate"));
+        assert!(constraints(&r)
+            .unwrap_err()
+            .starts_with("ImageCPUThreadPolicyForbidden"));
+        assert!(
+            constraints(&req(2, 512, json!({"hw:cpu_thread_policy": "isolate"})))
+                .unwrap_err()
+                .starts_with("CPUThreadPolicyConfigurationInvalid")
+        );
+        assert!(constraints(&req(
+            2,
+            512,
+            json!({"hw:emulator_threads_policy": "isolate"})
+        ))
+        .unwrap_err()
+        .starts_with("BadRequirementEmulatorThreadsPolicy"));
+        assert!(
+            constraints(&req(2, 512, json!({"hw:cpu_policy": "pinned"})))
+                .unwrap_err()
+                .starts_with("InvalidCPUAllocationPolicy")
+        );
         assert_eq!(constraints(&req(2, 512, json!({}))).unwrap(), None);
     }
 
@@ -1087,7 +1604,10 @@ mod tests {
     fn memory_is_checked_per_cell() {
         let mut c = nosmt(0, &[0, 1, 2, 3], &[], 4096);
         c.memory_usage = 3584;
-        let host = HostState { name: "h".into(), cells: vec![c] };
+        let host = HostState {
+            name: "h".into(),
+            cells: vec![c],
+        };
         let r = refused(&host, &req(1, 1024, json!({"hw:cpu_policy": "dedicated"})));
         assert_eq!(r.reasons, vec!["cell 0: 512 MiB free memory, needs 1024"]);
         fits(&host, &req(1, 512, json!({"hw:cpu_policy": "dedicated"})));
@@ -1096,11 +1616,39 @@ mod tests {
     #[test]
     fn drain_never_double_books() {
         let hosts: Vec<HostState> = (0..3)
-            .map(|i| HostState { name: format!("h{i}"), cells: vec![nosmt(0, &[0, 1, 2, 3], &[], 4096), nosmt(1, &[4, 5, 6, 7], &[], 4096)] })
+            .map(|i| HostState {
+                name: format!("h{i}"),
+                cells: vec![
+                    nosmt(0, &[0, 1, 2, 3], &[], 4096),
+                    nosmt(1, &[4, 5, 6, 7], &[], 4096),
+                ],
+            })
             .collect();
-        let topo = |n: u32| GuestTopology { cells: vec![GuestCellReq { id: 0, vcpus: (0..n).collect(), memory_mb: 512, pagesize: None }], dedicated: true, thread_policy: None, emulator_isolate: false };
-        let mut guests: Vec<DrainGuest> = (0..10).map(|i| DrainGuest { name: format!("g{i}"), uuid: String::new(), source: "h0".into(), topology: topo(2) }).collect();
-        guests.push(DrainGuest { name: "big".into(), uuid: String::new(), source: "h0".into(), topology: topo(5) });
+        let topo = |n: u32| GuestTopology {
+            cells: vec![GuestCellReq {
+                id: 0,
+                vcpus: (0..n).collect(),
+                memory_mb: 512,
+                pagesize: None,
+            }],
+            dedicated: true,
+            thread_policy: None,
+            emulator_isolate: false,
+        };
+        let mut guests: Vec<DrainGuest> = (0..10)
+            .map(|i| DrainGuest {
+                name: format!("g{i}"),
+                uuid: String::new(),
+                source: "h0".into(),
+                topology: topo(2),
+            })
+            .collect();
+        guests.push(DrainGuest {
+            name: "big".into(),
+            uuid: String::new(),
+            source: "h0".into(),
+            topology: topo(5),
+        });
         let plan = plan_drain(hosts.clone(), &guests, &FitOptions::default());
         assert_eq!(plan.moves.len(), 8); // h1 and h2 hold 4 two-vCPU guests each
         assert!(plan.moves.iter().all(|m| m.dest != "h0"));

@@ -29,7 +29,10 @@ pub fn connect(uri: &str) -> Result<Host> {
             e.message()
         )
     })?;
-    Ok(Host { conn, uri: uri.to_string() })
+    Ok(Host {
+        conn,
+        uri: uri.to_string(),
+    })
 }
 
 pub fn state_name(s: &Enum<DomainState, sys::virDomainState>) -> &'static str {
@@ -51,23 +54,47 @@ impl Host {
     }
 
     pub fn capabilities_xml(&self) -> Result<String> {
-        self.conn.capabilities().map_err(|e| anyhow!("libvirt at {}: cannot read capabilities: {}", self.uri, e.message()))
+        self.conn.capabilities().map_err(|e| {
+            anyhow!(
+                "libvirt at {}: cannot read capabilities: {}",
+                self.uri,
+                e.message()
+            )
+        })
     }
 
     /// The host topology; where capabilities list no NUMA cells (some drivers), one cell is
     /// synthesized from node info, and the second value says so.
     pub fn topology(&self) -> Result<(HostTopology, &'static str)> {
-        let mut topo = topology::parse_capabilities(&self.capabilities_xml()?).map_err(|e| anyhow!("libvirt at {}: {e}", self.uri))?;
+        let mut topo = topology::parse_capabilities(&self.capabilities_xml()?)
+            .map_err(|e| anyhow!("libvirt at {}: {e}", self.uri))?;
         if !topo.cells.is_empty() {
             return Ok((topo, "capabilities"));
         }
-        let info = self.conn.node_info().map_err(|e| anyhow!("libvirt at {}: cannot read node info: {}", self.uri, e.message()))?;
-        let cpus = (0..info.cpus).map(|id| Cpu { id, socket: 0, core: id, siblings: vec![id] }).collect();
+        let info = self.conn.node_info().map_err(|e| {
+            anyhow!(
+                "libvirt at {}: cannot read node info: {}",
+                self.uri,
+                e.message()
+            )
+        })?;
+        let cpus = (0..info.cpus)
+            .map(|id| Cpu {
+                id,
+                socket: 0,
+                core: id,
+                siblings: vec![id],
+            })
+            .collect();
         topo.cells.push(Cell {
             id: 0,
             memory_mb: info.memory / 1024,
             cpus,
-            pages: vec![PagePool { size_kb: 4, total: info.memory / 4, free: None }],
+            pages: vec![PagePool {
+                size_kb: 4,
+                total: info.memory / 4,
+                free: None,
+            }],
             distances: [("0".to_string(), 10)].into_iter().collect(),
         });
         Ok((topo, "nodeinfo"))
@@ -76,7 +103,13 @@ impl Host {
     /// Every defined or running guest, parsed. A guest whose XML cannot be read is returned in
     /// the second list with the reason, so one odd domain does not hide the others.
     pub fn guests(&self) -> Result<(Vec<Guest>, Vec<String>)> {
-        let doms = self.conn.list_all_domains(0).map_err(|e| anyhow!("libvirt at {}: cannot list domains: {}", self.uri, e.message()))?;
+        let doms = self.conn.list_all_domains(0).map_err(|e| {
+            anyhow!(
+                "libvirt at {}: cannot list domains: {}",
+                self.uri,
+                e.message()
+            )
+        })?;
         let mut guests = Vec::new();
         let mut bad = Vec::new();
         for d in doms {
@@ -93,14 +126,25 @@ impl Host {
         self.conn
             .lookup_domain_by_name(name_or_uuid)
             .or_else(|_| self.conn.lookup_domain_by_uuid_string(name_or_uuid))
-            .map_err(|_| anyhow!("no guest named or with uuid '{name_or_uuid}' on {}", self.uri))
+            .map_err(|_| {
+                anyhow!(
+                    "no guest named or with uuid '{name_or_uuid}' on {}",
+                    self.uri
+                )
+            })
     }
 }
 
 pub fn guest_of(d: &Domain) -> Result<Guest> {
     let name = d.name().unwrap_or_else(|_| "?".into());
-    let xml = d.xml_desc(0).map_err(|e| anyhow!("guest {name}: cannot read its XML: {}", e.message()))?;
+    let xml = d
+        .xml_desc(0)
+        .map_err(|e| anyhow!("guest {name}: cannot read its XML: {}", e.message()))?;
     let mut g = domain::parse_guest(&xml).map_err(|e| anyhow!(e))?;
-    g.state = d.state().map(|(s, _)| state_name(&s)).unwrap_or("nostate").to_string();
+    g.state = d
+        .state()
+        .map(|(s, _)| state_name(&s))
+        .unwrap_or("nostate")
+        .to_string();
     Ok(g)
 }

@@ -60,11 +60,17 @@ pub struct HostTopology {
 
 impl HostTopology {
     pub fn all_cpus(&self) -> CpuSet {
-        self.cells.iter().flat_map(|c| c.cpus.iter().map(|p| p.id)).collect()
+        self.cells
+            .iter()
+            .flat_map(|c| c.cpus.iter().map(|p| p.id))
+            .collect()
     }
     /// The cell a CPU belongs to.
     pub fn cell_of(&self, cpu: u32) -> Option<u32> {
-        self.cells.iter().find(|c| c.cpus.iter().any(|p| p.id == cpu)).map(|c| c.id)
+        self.cells
+            .iter()
+            .find(|c| c.cpus.iter().any(|p| p.id == cpu))
+            .map(|c| c.id)
     }
 }
 
@@ -81,7 +87,9 @@ pub fn to_kib(value: u64, unit: Option<&str>) -> Result<u64, String> {
         "T" | "TiB" => 1024 * 1024 * 1024,
         other => return Err(format!("unknown memory unit '{other}'")),
     };
-    value.checked_mul(mult).ok_or_else(|| format!("memory value {value} {} overflows", unit.unwrap_or("KiB")))
+    value
+        .checked_mul(mult)
+        .ok_or_else(|| format!("memory value {value} {} overflows", unit.unwrap_or("KiB")))
 }
 
 /// Parse `virsh capabilities` output. A host without `<topology><cells>` (libvirt's test driver
@@ -89,9 +97,14 @@ pub fn to_kib(value: u64, unit: Option<&str>) -> Result<u64, String> {
 pub fn parse_capabilities(doc: &str) -> Result<HostTopology, String> {
     let root = xml::parse(doc).map_err(|e| format!("capabilities XML: {e}"))?;
     if root.name != "capabilities" {
-        return Err(format!("capabilities XML: root element is <{}>, expected <capabilities>", root.name));
+        return Err(format!(
+            "capabilities XML: root element is <{}>, expected <capabilities>",
+            root.name
+        ));
     }
-    let host = root.child("host").ok_or("capabilities XML: no <host> element")?;
+    let host = root
+        .child("host")
+        .ok_or("capabilities XML: no <host> element")?;
     let mut topo = HostTopology::default();
     if let Some(cpu) = host.child("cpu") {
         topo.arch = cpu.child("arch").map(|e| e.text.clone());
@@ -110,8 +123,17 @@ pub fn parse_capabilities(doc: &str) -> Result<HostTopology, String> {
             return Err(format!("capabilities XML: cell id {} appears twice", c.id));
         }
         for p in &c.cpus {
-            if topo.cells.iter().filter(|o| o.cpus.iter().any(|q| q.id == p.id)).count() > 1 {
-                return Err(format!("capabilities XML: CPU {} appears in more than one cell", p.id));
+            if topo
+                .cells
+                .iter()
+                .filter(|o| o.cpus.iter().any(|q| q.id == p.id))
+                .count()
+                > 1
+            {
+                return Err(format!(
+                    "capabilities XML: CPU {} appears in more than one cell",
+                    p.id
+                ));
             }
         }
     }
@@ -119,7 +141,9 @@ pub fn parse_capabilities(doc: &str) -> Result<HostTopology, String> {
 }
 
 fn parse_cell(cell: &Element) -> Result<Cell, String> {
-    let id: u32 = cell.attr_num("id")?.ok_or("capabilities XML: <cell> without id")?;
+    let id: u32 = cell
+        .attr_num("id")?
+        .ok_or("capabilities XML: <cell> without id")?;
     let ctx = |e: String| format!("capabilities XML, cell {id}: {e}");
     let memory_kib = match cell.child("memory") {
         Some(m) => to_kib(m.text_num::<u64>().map_err(ctx)?, m.attr("unit")).map_err(ctx)?,
@@ -127,23 +151,39 @@ fn parse_cell(cell: &Element) -> Result<Cell, String> {
     };
     let mut pages = Vec::new();
     for p in cell.children("pages") {
-        let size: u64 = p.attr_num("size").map_err(ctx)?.ok_or_else(|| ctx("<pages> without size".into()))?;
+        let size: u64 = p
+            .attr_num("size")
+            .map_err(ctx)?
+            .ok_or_else(|| ctx("<pages> without size".into()))?;
         let size_kb = to_kib(size, p.attr("unit")).map_err(ctx)?;
-        pages.push(PagePool { size_kb, total: p.text_num().map_err(ctx)?, free: None });
+        pages.push(PagePool {
+            size_kb,
+            total: p.text_num().map_err(ctx)?,
+            free: None,
+        });
     }
     pages.sort_by_key(|p| p.size_kb);
     let mut distances = BTreeMap::new();
     if let Some(d) = cell.child("distances") {
         for s in d.children("sibling") {
-            let sid: u32 = s.attr_num("id").map_err(ctx)?.ok_or_else(|| ctx("distance sibling without id".into()))?;
-            let val: u32 = s.attr_num("value").map_err(ctx)?.ok_or_else(|| ctx("distance sibling without value".into()))?;
+            let sid: u32 = s
+                .attr_num("id")
+                .map_err(ctx)?
+                .ok_or_else(|| ctx("distance sibling without id".into()))?;
+            let val: u32 = s
+                .attr_num("value")
+                .map_err(ctx)?
+                .ok_or_else(|| ctx("distance sibling without value".into()))?;
             distances.insert(sid.to_string(), val);
         }
     }
     let mut cpus = Vec::new();
     if let Some(list) = cell.child("cpus") {
         for c in list.children("cpu") {
-            let cid: u32 = c.attr_num("id").map_err(ctx)?.ok_or_else(|| ctx("<cpu> without id".into()))?;
+            let cid: u32 = c
+                .attr_num("id")
+                .map_err(ctx)?
+                .ok_or_else(|| ctx("<cpu> without id".into()))?;
             if cid > cpuset::MAX_CPU_ID {
                 return Err(ctx(format!("CPU id {cid} is out of range")));
             }
@@ -154,11 +194,22 @@ fn parse_cell(cell: &Element) -> Result<Cell, String> {
                 Some(s) => cpuset::parse_spec(s).map_err(ctx)?.to_vec(),
                 None => vec![cid],
             };
-            cpus.push(Cpu { id: cid, socket, core, siblings });
+            cpus.push(Cpu {
+                id: cid,
+                socket,
+                core,
+                siblings,
+            });
         }
     }
     cpus.sort_by_key(|c| c.id);
-    Ok(Cell { id, memory_mb: memory_kib / 1024, cpus, pages, distances })
+    Ok(Cell {
+        id,
+        memory_mb: memory_kib / 1024,
+        cpus,
+        pages,
+        distances,
+    })
 }
 
 #[cfg(test)]
@@ -168,24 +219,45 @@ pub(crate) mod fixtures {
 
     /// `sockets` cells (one per socket), each `cores` x `threads`, Linux-style numbering:
     /// thread t of core c on socket s gets id `t*sockets*cores + s*cores + c`.
-    pub fn caps(sockets: u32, cores: u32, threads: u32, mem_mb: u64, hugepages: &[(u64, u64)]) -> String {
+    pub fn caps(
+        sockets: u32,
+        cores: u32,
+        threads: u32,
+        mem_mb: u64,
+        hugepages: &[(u64, u64)],
+    ) -> String {
         let mut s = String::from("<capabilities><host><uuid>x</uuid><cpu><arch>x86_64</arch><model>Skylake-Server-IBRS</model><vendor>Intel</vendor></cpu><topology><cells num='");
         s += &format!("{sockets}'>");
         for sock in 0..sockets {
-            s += &format!("<cell id='{sock}'><memory unit='KiB'>{}</memory>", mem_mb * 1024);
+            s += &format!(
+                "<cell id='{sock}'><memory unit='KiB'>{}</memory>",
+                mem_mb * 1024
+            );
             let huge_kb: u64 = hugepages.iter().map(|(size, n)| size * n).sum();
-            s += &format!("<pages unit='KiB' size='4'>{}</pages>", (mem_mb * 1024 - huge_kb) / 4);
+            s += &format!(
+                "<pages unit='KiB' size='4'>{}</pages>",
+                (mem_mb * 1024 - huge_kb) / 4
+            );
             for (size, n) in hugepages {
                 s += &format!("<pages unit='KiB' size='{size}'>{n}</pages>");
             }
             s += "<distances>";
             for o in 0..sockets {
-                s += &format!("<sibling id='{o}' value='{}'/>", if o == sock { 10 } else { 21 });
+                s += &format!(
+                    "<sibling id='{o}' value='{}'/>",
+                    if o == sock { 10 } else { 21 }
+                );
             }
             s += &format!("</distances><cpus num='{}'>", cores * threads);
             for c in 0..cores {
-                let ids: Vec<u32> = (0..threads).map(|t| t * sockets * cores + sock * cores + c).collect();
-                let sib = ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+                let ids: Vec<u32> = (0..threads)
+                    .map(|t| t * sockets * cores + sock * cores + c)
+                    .collect();
+                let sib = ids
+                    .iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",");
                 for id in &ids {
                     s += &format!("<cpu id='{id}' socket_id='{sock}' die_id='0' core_id='{c}' siblings='{sib}'/>");
                 }
@@ -209,7 +281,14 @@ mod tests {
         assert_eq!(t.cells[0].cpus.len(), 4);
         assert_eq!(t.cells[0].cpus[2].siblings, vec![2]);
         assert_eq!(t.cells[0].memory_mb, 8192);
-        assert_eq!(t.cells[0].pages, vec![PagePool { size_kb: 4, total: 8192 * 256, free: None }]);
+        assert_eq!(
+            t.cells[0].pages,
+            vec![PagePool {
+                size_kb: 4,
+                total: 8192 * 256,
+                free: None
+            }]
+        );
         assert_eq!(t.cpu_model.as_deref(), Some("Skylake-Server-IBRS"));
     }
 
@@ -221,7 +300,10 @@ mod tests {
         assert_eq!(c1.cpus.len(), 24);
         // CPU 12 is socket 1 core 0, its sibling thread is 12 + 24 = 36
         let cpu12 = c1.cpus.iter().find(|c| c.id == 12).unwrap();
-        assert_eq!((cpu12.socket, cpu12.core, cpu12.siblings.clone()), (1, 0, vec![12, 36]));
+        assert_eq!(
+            (cpu12.socket, cpu12.core, cpu12.siblings.clone()),
+            (1, 0, vec![12, 36])
+        );
         assert_eq!(c1.distances.get("0"), Some(&21));
         assert_eq!(t.cell_of(36), Some(1));
         assert_eq!(t.all_cpus().len(), 48);
@@ -240,13 +322,18 @@ mod tests {
 
     #[test]
     fn zero_cells_is_not_an_error() {
-        let t = parse_capabilities("<capabilities><host><cpu><arch>x86_64</arch></cpu></host></capabilities>").unwrap();
+        let t = parse_capabilities(
+            "<capabilities><host><cpu><arch>x86_64</arch></cpu></host></capabilities>",
+        )
+        .unwrap();
         assert!(t.cells.is_empty());
     }
 
     #[test]
     fn bad_documents() {
-        assert!(parse_capabilities("<domain/>").unwrap_err().contains("expected <capabilities>"));
+        assert!(parse_capabilities("<domain/>")
+            .unwrap_err()
+            .contains("expected <capabilities>"));
         let full = caps(1, 2, 1, 1024, &[]);
         let cut = &full[..full.len() / 2];
         let e = parse_capabilities(cut).unwrap_err();
@@ -256,7 +343,9 @@ mod tests {
         let dup = full.replace("cpu id='1'", "cpu id='0'");
         assert!(parse_capabilities(&dup).is_ok()); // same cell: tolerated, ids dedup in sets
         let unit = full.replace("unit='KiB'>1048576", "unit='parsecs'>1048576");
-        assert!(parse_capabilities(&unit).unwrap_err().contains("unknown memory unit"));
+        assert!(parse_capabilities(&unit)
+            .unwrap_err()
+            .contains("unknown memory unit"));
     }
 
     #[test]

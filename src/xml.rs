@@ -23,7 +23,10 @@ pub struct Element {
 
 impl Element {
     pub fn attr(&self, name: &str) -> Option<&str> {
-        self.attrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
     pub fn child(&self, name: &str) -> Option<&Element> {
         self.children.iter().find(|c| c.name == name)
@@ -51,14 +54,23 @@ impl Element {
         }
     }
     pub fn text_num<T: std::str::FromStr>(&self) -> Result<T, String> {
-        self.text.trim().parse().map_err(|_| format!("<{}>{}</{}>: not a valid number", self.name, self.text, self.name))
+        self.text.trim().parse().map_err(|_| {
+            format!(
+                "<{}>{}</{}>: not a valid number",
+                self.name, self.text, self.name
+            )
+        })
     }
 }
 
 /// Parse a whole document into its root element.
 pub fn parse(doc: &str) -> Result<Element, String> {
     if doc.len() > MAX_BYTES {
-        return Err(format!("XML document is {} bytes, more than the {} accepted", doc.len(), MAX_BYTES));
+        return Err(format!(
+            "XML document is {} bytes, more than the {} accepted",
+            doc.len(),
+            MAX_BYTES
+        ));
     }
     let mut reader = Reader::from_str(doc);
     let mut stack: Vec<Element> = Vec::new();
@@ -68,16 +80,19 @@ pub fn parse(doc: &str) -> Result<Element, String> {
             .read_event()
             .map_err(|e| format!("malformed XML at byte {}: {e}", reader.buffer_position()))?;
         match ev {
-            Event::DocType(_) => {
-                return Err("XML with a DOCTYPE (DTD/entity declarations) is refused: libvirt never emits one".into())
-            }
+            Event::DocType(_) => return Err(
+                "XML with a DOCTYPE (DTD/entity declarations) is refused: libvirt never emits one"
+                    .into(),
+            ),
             Event::Start(s) | Event::Empty(s) if root.is_some() => {
                 let _ = s;
                 return Err("malformed XML: content after the root element".into());
             }
             Event::Start(s) => {
                 if stack.len() >= MAX_DEPTH {
-                    return Err(format!("XML nested deeper than {MAX_DEPTH} levels is refused"));
+                    return Err(format!(
+                        "XML nested deeper than {MAX_DEPTH} levels is refused"
+                    ));
                 }
                 stack.push(element_of(&s)?);
             }
@@ -116,7 +131,10 @@ pub fn parse(doc: &str) -> Result<Element, String> {
         }
     }
     if !stack.is_empty() {
-        return Err(format!("truncated XML: <{}> is never closed", stack.last().map(|e| e.name.as_str()).unwrap_or("?")));
+        return Err(format!(
+            "truncated XML: <{}> is never closed",
+            stack.last().map(|e| e.name.as_str()).unwrap_or("?")
+        ));
     }
     root.ok_or_else(|| "empty XML document".to_string())
 }
@@ -133,7 +151,12 @@ fn element_of(s: &quick_xml::events::BytesStart) -> Result<Element, String> {
             .into_owned();
         attrs.push((key, val));
     }
-    Ok(Element { name, attrs, children: Vec::new(), text: String::new() })
+    Ok(Element {
+        name,
+        attrs,
+        children: Vec::new(),
+        text: String::new(),
+    })
 }
 
 #[cfg(test)]
@@ -142,7 +165,10 @@ mod tests {
 
     #[test]
     fn tree_and_accessors() {
-        let e = parse(r#"<?xml version="1.0"?><a x="1"><b>t &amp; u</b><b/><!-- c --><n:c y="&lt;"/></a>"#).unwrap();
+        let e = parse(
+            r#"<?xml version="1.0"?><a x="1"><b>t &amp; u</b><b/><!-- c --><n:c y="&lt;"/></a>"#,
+        )
+        .unwrap();
         assert_eq!(e.attr("x"), Some("1"));
         assert_eq!(e.children("b").count(), 2);
         assert_eq!(e.child("b").unwrap().text, "t & u");
@@ -156,14 +182,18 @@ mod tests {
         assert!(parse(bomb).unwrap_err().contains("DOCTYPE"));
         let xxe = r#"<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><x>&e;</x>"#;
         assert!(parse(xxe).is_err());
-        assert!(parse("<x>&undeclared;</x>").unwrap_err().contains("entities"));
+        assert!(parse("<x>&undeclared;</x>")
+            .unwrap_err()
+            .contains("entities"));
         let deep = "<a>".repeat(1000) + &"</a>".repeat(1000);
         assert!(parse(&deep).unwrap_err().contains("deeper"));
     }
 
     #[test]
     fn truncated_and_empty() {
-        assert!(parse("<capabilities><host>").unwrap_err().contains("truncated"));
+        assert!(parse("<capabilities><host>")
+            .unwrap_err()
+            .contains("truncated"));
         assert!(parse("").unwrap_err().contains("empty"));
         assert!(parse("<a></b>").is_err());
         assert!(parse("<a/><b/>").is_err());

@@ -32,7 +32,12 @@ impl ModuleArgs for Args {}
 fn main() {
     ansible::run::<Args, _>("numa_facts", |a, _ctx| {
         let f = match &a.capabilities_file {
-            Some(caps) => facts::gather_saved(caps, &a.domain_files, a.nova_conf.as_deref(), a.host.as_deref())?,
+            Some(caps) => facts::gather_saved(
+                caps,
+                &a.domain_files,
+                a.nova_conf.as_deref(),
+                a.host.as_deref(),
+            )?,
             None => {
                 if !a.domain_files.is_empty() {
                     anyhow::bail!("numa_facts: domain_files needs capabilities_file (offline mode); to read a live host give only uri");
@@ -48,9 +53,14 @@ fn main() {
             f.overlaps.len(),
             f.missing_cpus.len()
         );
-        let mut o = Outcome::new(false, msg).with("overlaps", &f.overlaps).with("missing_cpus", &f.missing_cpus);
+        let mut o = Outcome::new(false, msg)
+            .with("overlaps", &f.overlaps)
+            .with("missing_cpus", &f.missing_cpus);
         if !f.unreadable_guests.is_empty() {
-            o.warnings.push(format!("guests whose XML could not be read: {}", f.unreadable_guests.join("; ")));
+            o.warnings.push(format!(
+                "guests whose XML could not be read: {}",
+                f.unreadable_guests.join("; ")
+            ));
         }
         o.facts = Some(serde_json::json!({ "numa": f }));
         Ok(o)

@@ -2,7 +2,9 @@
 //! or plan a whole drain. Never changes anything.
 use numa_repin::ansible::{self, Failure, ModuleArgs, Outcome};
 use numa_repin::facts::{self, NumaFacts};
-use numa_repin::fit::{self, Decision, DrainGuest, FitOptions, GuestTopology, Request, ThreadPolicy};
+use numa_repin::fit::{
+    self, Decision, DrainGuest, FitOptions, GuestTopology, Request, ThreadPolicy,
+};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -58,23 +60,36 @@ fn target(a: &Args) -> anyhow::Result<NumaFacts> {
     match (&a.host_facts, &a.uri) {
         (Some(f), None) => Ok(f.clone()),
         (None, Some(uri)) => facts::gather_live(uri, a.nova_conf.as_deref(), None),
-        (Some(_), Some(_)) => Err(Failure::new("pin_fit_check: give the target host as host_facts or as uri, not both").into()),
-        (None, None) => Err(Failure::new("pin_fit_check: the target host is missing: give host_facts (from numa_facts) or uri").into()),
+        (Some(_), Some(_)) => Err(Failure::new(
+            "pin_fit_check: give the target host as host_facts or as uri, not both",
+        )
+        .into()),
+        (None, None) => Err(Failure::new(
+            "pin_fit_check: the target host is missing: give host_facts (from numa_facts) or uri",
+        )
+        .into()),
     }
 }
 
 fn main() {
     ansible::run::<Args, _>("pin_fit_check", |a, _ctx| {
-        let opts = FitOptions { strict_memory: a.strict_memory };
+        let opts = FitOptions {
+            strict_memory: a.strict_memory,
+        };
         if let Some(d) = &a.drain {
-            if a.request.is_some() || a.guest.is_some() || a.host_facts.is_some() || a.uri.is_some() {
-                anyhow::bail!("pin_fit_check: drain planning takes only drain.sources and drain.candidates");
+            if a.request.is_some() || a.guest.is_some() || a.host_facts.is_some() || a.uri.is_some()
+            {
+                anyhow::bail!(
+                    "pin_fit_check: drain planning takes only drain.sources and drain.candidates"
+                );
             }
             return Ok(drain(d, &opts));
         }
         let host = target(&a)?;
         let (topo, name, exclude) = match (&a.request, &a.guest) {
-            (Some(r), None) => match fit::constraints(r).map_err(|e| Failure::new(format!("pin_fit_check: the request is invalid: {e}")))? {
+            (Some(r), None) => match fit::constraints(r)
+                .map_err(|e| Failure::new(format!("pin_fit_check: the request is invalid: {e}")))?
+            {
                 Some(t) => (t, None, None),
                 None => {
                     return Ok(Outcome::new(false, "the request asks for no NUMA placement (no hw:cpu_policy=dedicated, hw:numa_nodes or hw:mem_page_size): it fits anywhere Nova's other filters allow")
@@ -87,14 +102,32 @@ fn main() {
                 let src = match (&a.source_facts, &a.source_uri) {
                     (Some(f), None) => f.clone(),
                     (None, Some(u)) => facts::gather_live(u, None, None)?,
-                    _ => anyhow::bail!("pin_fit_check: with guest, give exactly one of source_facts or source_uri"),
+                    _ => anyhow::bail!(
+                        "pin_fit_check: with guest, give exactly one of source_facts or source_uri"
+                    ),
                 };
-                let guest = src.guests.iter().find(|x| &x.name == g || &x.uuid == g).ok_or_else(|| {
-                    Failure::new(format!("pin_fit_check: no guest '{g}' on {}; guests there: {}", src.host, src.guests.iter().map(|x| x.name.as_str()).collect::<Vec<_>>().join(", ")))
-                })?;
+                let guest = src
+                    .guests
+                    .iter()
+                    .find(|x| &x.name == g || &x.uuid == g)
+                    .ok_or_else(|| {
+                        Failure::new(format!(
+                            "pin_fit_check: no guest '{g}' on {}; guests there: {}",
+                            src.host,
+                            src.guests
+                                .iter()
+                                .map(|x| x.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ))
+                    })?;
                 let t = GuestTopology::from_guest(guest, a.thread_policy);
                 // Replanning a guest on the host it runs on: its own pins are not "taken".
-                let exclude = host.guests.iter().any(|x| x.uuid == guest.uuid).then(|| guest.uuid.clone());
+                let exclude = host
+                    .guests
+                    .iter()
+                    .any(|x| x.uuid == guest.uuid)
+                    .then(|| guest.uuid.clone());
                 (t, Some(guest.name.clone()), exclude)
             }
             _ => anyhow::bail!("pin_fit_check: give exactly one of request or guest"),
@@ -107,11 +140,27 @@ fn main() {
         let who = name.map(|n| format!("{n} ")).unwrap_or_default();
         Ok(match decision {
             Decision::Fits(p) => {
-                let cells: Vec<String> = p.cells.iter().map(|c| format!("guest cell {} -> host cell {}", c.guest_cell, c.host_cell)).collect();
-                Outcome::new(false, format!("{who}fits on {}: {}", host.host, cells.join(", "))).with("fits", true).with("numa", true).with("placement", &p).with("topology", &topo)
+                let cells: Vec<String> = p
+                    .cells
+                    .iter()
+                    .map(|c| format!("guest cell {} -> host cell {}", c.guest_cell, c.host_cell))
+                    .collect();
+                Outcome::new(
+                    false,
+                    format!("{who}fits on {}: {}", host.host, cells.join(", ")),
+                )
+                .with("fits", true)
+                .with("numa", true)
+                .with("placement", &p)
+                .with("topology", &topo)
             }
             Decision::NoFit(r) => {
-                let mut o = Outcome::new(false, r.msg.clone()).with("fits", false).with("numa", true).with("reasons", &r.reasons).with("placement", serde_json::Value::Null).with("topology", &topo);
+                let mut o = Outcome::new(false, r.msg.clone())
+                    .with("fits", false)
+                    .with("numa", true)
+                    .with("reasons", &r.reasons)
+                    .with("placement", serde_json::Value::Null)
+                    .with("topology", &topo);
                 o.failed = a.fail_on_no_fit;
                 o
             }
@@ -125,12 +174,23 @@ fn drain(d: &DrainArgs, opts: &FitOptions) -> Outcome {
     for s in &d.sources {
         for g in &s.guests {
             if d.guests.is_empty() || d.guests.iter().any(|w| w == &g.name || w == &g.uuid) {
-                guests.push(DrainGuest { name: g.name.clone(), uuid: g.uuid.clone(), source: s.host.clone(), topology: GuestTopology::from_guest(g, d.thread_policy) });
+                guests.push(DrainGuest {
+                    name: g.name.clone(),
+                    uuid: g.uuid.clone(),
+                    source: s.host.clone(),
+                    topology: GuestTopology::from_guest(g, d.thread_policy),
+                });
             }
         }
     }
     let hosts = d.candidates.iter().map(|f| f.host_state(None)).collect();
     let plan = fit::plan_drain(hosts, &guests, opts);
-    let msg = format!("drain plan: {} guests placed, {} cannot be placed", plan.moves.len(), plan.unplaced.len());
-    Outcome::new(false, msg).with("plan", &plan).with("fits", plan.unplaced.is_empty())
+    let msg = format!(
+        "drain plan: {} guests placed, {} cannot be placed",
+        plan.moves.len(),
+        plan.unplaced.len()
+    );
+    Outcome::new(false, msg)
+        .with("plan", &plan)
+        .with("fits", plan.unplaced.is_empty())
 }

@@ -37,23 +37,40 @@ impl ComputeConf {
     /// The pCPUs pinned guests may use: `cpu_dedicated_set` (Train+), else `vcpu_pin_set`,
     /// else None (= every host CPU).
     pub fn dedicated_set(&self) -> Option<&CpuSet> {
-        self.cpu_dedicated_set.as_ref().or(self.vcpu_pin_set.as_ref())
+        self.cpu_dedicated_set
+            .as_ref()
+            .or(self.vcpu_pin_set.as_ref())
     }
     pub fn reserved_pages(&self, node: u32, size_kb: u64) -> u64 {
-        self.reserved_huge_pages.iter().filter(|r| r.node == node && r.size_kb == size_kb).map(|r| r.count).sum()
+        self.reserved_huge_pages
+            .iter()
+            .filter(|r| r.node == node && r.size_kb == size_kb)
+            .map(|r| r.count)
+            .sum()
     }
 }
 
 /// Parse nova.conf text. Unknown sections and keys are ignored: only the keys above matter here.
 pub fn parse(text: &str, path: Option<&Path>) -> Result<ComputeConf, String> {
-    let name = path.map(|p| p.display().to_string()).unwrap_or_else(|| "nova.conf".into());
-    let opt = ParseOption { enabled_quote: false, enabled_escape: false, ..ParseOption::default() };
-    let ini = Ini::load_from_str_opt(text, opt).map_err(|e| format!("{name}: not a valid ini file: {e}"))?;
+    let name = path
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "nova.conf".into());
+    let opt = ParseOption {
+        enabled_quote: false,
+        enabled_escape: false,
+        ..ParseOption::default()
+    };
+    let ini = Ini::load_from_str_opt(text, opt)
+        .map_err(|e| format!("{name}: not a valid ini file: {e}"))?;
     let get = |section: &str, key: &str| -> Option<String> {
-        ini.section(Some(section)).and_then(|s| s.get_all(key).last().map(|v| v.trim().to_string())).filter(|v| !v.is_empty())
+        ini.section(Some(section))
+            .and_then(|s| s.get_all(key).last().map(|v| v.trim().to_string()))
+            .filter(|v| !v.is_empty())
     };
     let set = |section: &str, key: &str| -> Result<Option<CpuSet>, String> {
-        get(section, key).map(|v| cpuset::parse_spec(&v).map_err(|e| format!("{name}: [{section}] {key}: {e}"))).transpose()
+        get(section, key)
+            .map(|v| cpuset::parse_spec(&v).map_err(|e| format!("{name}: [{section}] {key}: {e}")))
+            .transpose()
     };
     let mut conf = ComputeConf {
         path: path.map(|p| p.display().to_string()),
@@ -64,15 +81,21 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<ComputeConf, String> {
         ..Default::default()
     };
     if let Some(v) = get("DEFAULT", "reserved_host_memory_mb") {
-        conf.reserved_host_memory_mb =
-            v.parse().map_err(|_| format!("{name}: [DEFAULT] reserved_host_memory_mb = {v:?} is not a number"))?;
+        conf.reserved_host_memory_mb = v.parse().map_err(|_| {
+            format!("{name}: [DEFAULT] reserved_host_memory_mb = {v:?} is not a number")
+        })?;
     }
     if let Some(v) = get("workarounds", "enable_numa_live_migration") {
-        conf.enable_numa_live_migration = matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "on");
+        conf.enable_numa_live_migration =
+            matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "on");
     }
     if let Some(section) = ini.section(Some("DEFAULT")) {
         for line in section.get_all("reserved_huge_pages") {
-            conf.reserved_huge_pages.push(parse_reserved(line).map_err(|e| format!("{name}: [DEFAULT] reserved_huge_pages = {line:?}: {e}"))?);
+            conf.reserved_huge_pages.push(
+                parse_reserved(line).map_err(|e| {
+                    format!("{name}: [DEFAULT] reserved_huge_pages = {line:?}: {e}")
+                })?,
+            );
         }
     }
     Ok(conf)
@@ -81,17 +104,33 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<ComputeConf, String> {
 fn parse_reserved(line: &str) -> Result<ReservedPages, String> {
     let (mut node, mut size, mut count) = (None, None, None);
     for kv in line.split(',') {
-        let (k, v) = kv.split_once(':').ok_or("expected key:value pairs like node:0,size:2048,count:64")?;
+        let (k, v) = kv
+            .split_once(':')
+            .ok_or("expected key:value pairs like node:0,size:2048,count:64")?;
         let v = v.trim();
         match k.trim() {
-            "node" => node = Some(v.parse::<u32>().map_err(|_| format!("node {v:?} is not a number"))?),
+            "node" => {
+                node = Some(
+                    v.parse::<u32>()
+                        .map_err(|_| format!("node {v:?} is not a number"))?,
+                )
+            }
             "size" => size = Some(parse_page_size(v)?),
-            "count" => count = Some(v.parse::<u64>().map_err(|_| format!("count {v:?} is not a number"))?),
+            "count" => {
+                count = Some(
+                    v.parse::<u64>()
+                        .map_err(|_| format!("count {v:?} is not a number"))?,
+                )
+            }
             other => return Err(format!("unknown key {other:?}")),
         }
     }
     match (node, size, count) {
-        (Some(node), Some(size_kb), Some(count)) => Ok(ReservedPages { node, size_kb, count }),
+        (Some(node), Some(size_kb), Some(count)) => Ok(ReservedPages {
+            node,
+            size_kb,
+            count,
+        }),
         _ => Err("node, size and count are all required".into()),
     }
 }
@@ -104,8 +143,13 @@ pub fn parse_page_size(v: &str) -> Result<u64, String> {
     }
     let lower = v.to_ascii_lowercase();
     let digits: String = lower.chars().take_while(|c| c.is_ascii_digit()).collect();
-    let unit = lower[digits.len()..].trim().trim_end_matches("ib").trim_end_matches('b');
-    let n: u64 = digits.parse().map_err(|_| format!("page size {v:?} is not a size"))?;
+    let unit = lower[digits.len()..]
+        .trim()
+        .trim_end_matches("ib")
+        .trim_end_matches('b');
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("page size {v:?} is not a size"))?;
     let kb = match unit {
         "k" => n,
         "m" => n * 1024,
@@ -121,13 +165,17 @@ pub fn parse_page_size(v: &str) -> Result<u64, String> {
 
 /// Where Kolla and distro installs keep nova-compute's config, in the order tried.
 pub fn default_paths() -> Vec<PathBuf> {
-    vec![PathBuf::from("/etc/kolla/nova-compute/nova.conf"), PathBuf::from("/etc/nova/nova.conf")]
+    vec![
+        PathBuf::from("/etc/kolla/nova-compute/nova.conf"),
+        PathBuf::from("/etc/nova/nova.conf"),
+    ]
 }
 
 /// Load the first existing file of `explicit` (must exist) or the defaults (absence is fine).
 pub fn load(explicit: Option<&Path>) -> Result<ComputeConf, String> {
     if let Some(p) = explicit {
-        let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read nova.conf {}: {e}", p.display()))?;
+        let text = std::fs::read_to_string(p)
+            .map_err(|e| format!("cannot read nova.conf {}: {e}", p.display()))?;
         return parse(&text, Some(p));
     }
     for p in default_paths() {
@@ -135,7 +183,10 @@ pub fn load(explicit: Option<&Path>) -> Result<ComputeConf, String> {
             return parse(&text, Some(&p));
         }
     }
-    Ok(ComputeConf { reserved_host_memory_mb: DEFAULT_RESERVED_HOST_MEMORY_MB, ..Default::default() })
+    Ok(ComputeConf {
+        reserved_host_memory_mb: DEFAULT_RESERVED_HOST_MEMORY_MB,
+        ..Default::default()
+    })
 }
 
 #[cfg(test)]
@@ -149,7 +200,10 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!(c.dedicated_set().unwrap().to_vec(), vec![2, 3, 4, 5, 7, 8, 9, 10, 11]);
+        assert_eq!(
+            c.dedicated_set().unwrap().to_vec(),
+            vec![2, 3, 4, 5, 7, 8, 9, 10, 11]
+        );
         assert_eq!(c.reserved_host_memory_mb, 4096);
         assert_eq!(c.reserved_pages(0, 2048), 64);
         assert_eq!(c.reserved_pages(1, 1048576), 1);
@@ -158,7 +212,11 @@ mod tests {
 
     #[test]
     fn train_dedicated_set_wins() {
-        let c = parse("[DEFAULT]\nvcpu_pin_set=0-3\n[compute]\ncpu_dedicated_set = 4-7\ncpu_shared_set=0-1\n", None).unwrap();
+        let c = parse(
+            "[DEFAULT]\nvcpu_pin_set=0-3\n[compute]\ncpu_dedicated_set = 4-7\ncpu_shared_set=0-1\n",
+            None,
+        )
+        .unwrap();
         assert_eq!(c.dedicated_set().unwrap().to_vec(), vec![4, 5, 6, 7]);
         assert_eq!(c.cpu_shared_set.unwrap().to_vec(), vec![0, 1]);
     }
@@ -168,9 +226,15 @@ mod tests {
         let c = parse("[DEFAULT]\n", None).unwrap();
         assert!(c.dedicated_set().is_none());
         assert_eq!(c.reserved_host_memory_mb, 512);
-        assert!(parse("[DEFAULT]\nvcpu_pin_set = 3-1\n", None).unwrap_err().contains("vcpu_pin_set"));
-        assert!(parse("[DEFAULT]\nreserved_huge_pages = node:0\n", None).unwrap_err().contains("required"));
-        assert!(parse("[DEFAULT]\nreserved_host_memory_mb = lots\n", None).unwrap_err().contains("not a number"));
+        assert!(parse("[DEFAULT]\nvcpu_pin_set = 3-1\n", None)
+            .unwrap_err()
+            .contains("vcpu_pin_set"));
+        assert!(parse("[DEFAULT]\nreserved_huge_pages = node:0\n", None)
+            .unwrap_err()
+            .contains("required"));
+        assert!(parse("[DEFAULT]\nreserved_host_memory_mb = lots\n", None)
+            .unwrap_err()
+            .contains("not a number"));
     }
 
     #[test]

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install what building and testing numa-repin needs on Debian 12 (root). Idempotent and quiet.
+# The lab (tests/lab/lab.sh) installs the daemons it runs; this is the build/test toolchain.
+set -euo pipefail
+need_apt=()
+for p in libvirt-dev libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu pkg-config libssl-dev gcc; do
+  dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "install-deps: apt-get install ${need_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+py=$(command -v python3)
+missing=()
+"$py" -c 'import ansible' 2>/dev/null || missing+=(ansible-core)
+"$py" -c 'import pytest' 2>/dev/null || missing+=(pytest)
+"$py" -c 'import pymysql' 2>/dev/null || missing+=(PyMySQL)
+"$py" -c 'import lxml' 2>/dev/null || missing+=(lxml)
+"$py" -c 'import yaml' 2>/dev/null || missing+=(PyYAML)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: pip install ${missing[*]}"
+  "$py" -m pip install -q --disable-pip-version-check "${missing[@]}"
+fi
+# pyenv shims: make sure ansible-playbook from this python is on PATH
+command -v ansible-playbook >/dev/null || { command -v pyenv >/dev/null && pyenv rehash; } || true
+command -v cargo >/dev/null || { echo "install-deps: cargo (Rust toolchain) is required" >&2; exit 1; }

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian 12 machine (root): installs what it needs, builds,
+# brings the lab up, runs every test. Prints the time of each phase. This is README's test command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+start=$(date +%s)
+phase() { # name, command...
+  local n=$1; shift
+  local t0=$(date +%s)
+  echo "=== phase: $n"
+  "$@"
+  echo "=== phase: $n took $(( $(date +%s) - t0 )) s"
+}
+phase deps bash scripts/install-deps.sh
+phase build bash scripts/build.sh
+phase cargo-test cargo test --release --quiet
+phase fuzz bash tests/fuzz.sh
+if [ -x tests/lab/lab.sh ] && [ "${NUMA_REPIN_NO_LAB:-0}" != 1 ]; then
+  phase lab-up tests/lab/lab.sh up
+fi
+phase pytest python3 -m pytest -q -p no:cacheprovider tests
+echo "=== all phases passed in $(( $(date +%s) - start )) s"
