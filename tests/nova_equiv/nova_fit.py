@@ -49,6 +49,21 @@ objects.register_all()
 from nova.virt import hardware  # noqa: E402
 
 
+def load_hardware(path):
+    """Load another release's nova/virt/hardware.py (Queens 17.x, Rocky 18.x: `pip download
+    --no-deps nova==17.0.13`, unzip) in place of Stein's, on Stein's objects. Queens's
+    hardware.py calls NUMACell.can_fit_hugepages (renamed can_fit_pagesize in Rocky, which added
+    use_free): it is provided with Queens's semantics (free pages)."""
+    import importlib.util
+    if not hasattr(objects.NUMACell, "can_fit_hugepages"):
+        objects.NUMACell.can_fit_hugepages = (
+            lambda self, pagesize, memory: self.can_fit_pagesize(pagesize, memory, use_free=True))
+    spec = importlib.util.spec_from_file_location("nova.virt.hardware_alt", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def build_host(h):
     cells = []
     for c in h["cells"]:
@@ -198,7 +213,12 @@ def main(argv=None):
     ap.add_argument("-o", "--output", default="-")
     ap.add_argument("--timing", type=int, default=0, metavar="N",
                     help="repeat each decision N times and emit its mean as ns")
+    ap.add_argument("--hardware", metavar="FILE",
+                    help="use this nova/virt/hardware.py (e.g. Queens 17.0.13's) instead of Stein's")
     args = ap.parse_args(argv)
+    if args.hardware:
+        global hardware
+        hardware = load_hardware(args.hardware)
     inp = sys.stdin if args.cases == "-" else open(args.cases)
     out = sys.stdout if args.output == "-" else open(args.output, "w")
     n = fits = nofit = errors = nonuma = crashes = 0
