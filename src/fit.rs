@@ -16,7 +16,6 @@
 //!   each; an isolated emulator pCPU comes from outside those cores, partly used cores first.
 
 use crate::cpuset::CpuSet;
-use crate::nova::conf::parse_page_size;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -195,70 +194,233 @@ fn spec_str(v: &Value) -> Option<String> {
     }
 }
 
-impl Request {
-    fn flavor(&self, key: &str) -> Option<String> {
-        self.extra_specs
-            .get(key)
-            .and_then(spec_str)
-            .filter(|s| !s.is_empty())
-    }
-    fn image(&self, key: &str) -> Option<&Value> {
-        self.image_properties.get(key).filter(|v| !v.is_null())
-    }
-    fn image_str(&self, key: &str) -> Option<String> {
-        self.image(key).and_then(spec_str).filter(|s| !s.is_empty())
-    }
-}
-
 /// Nova's request errors keep Nova's exception names, so operators can search for them.
 fn req_err(name: &str, msg: impl std::fmt::Display) -> String {
     format!("{name}: {msg}")
 }
 
-fn parse_pagesize(v: &str) -> Result<PageRequest, String> {
-    match v {
-        "small" => Ok(PageRequest::Small),
-        "large" => Ok(PageRequest::Large),
-        "any" => Ok(PageRequest::Any),
-        _ => match parse_page_size(v) {
-            Ok(kb) if kb > 0 => Ok(PageRequest::Kb(kb)),
-            _ => Err(req_err(
-                "MemoryPageSizeInvalid",
-                format!("Invalid memory page size '{v}'"),
-            )),
-        },
+/// Python's `int(text)`: surrounding whitespace, a sign, decimal digits (single `_` between).
+fn py_int(text: &str) -> Option<i64> {
+    let t = text.trim();
+    let (neg, digits) = match t.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, t.strip_prefix('+').unwrap_or(t)),
+    };
+    if digits.is_empty()
+        || digits.starts_with('_')
+        || digits.ends_with('_')
+        || digits.contains("__")
+    {
+        return None;
     }
+    if !digits.chars().all(|c| c.is_ascii_digit() || c == '_') {
+        return None;
+    }
+    let n: i64 = digits.replace('_', "").parse().ok()?;
+    Some(if neg { -n } else { n })
 }
 
-/// Nova's `numa_get_constraints`: the guest topology a request asks for, `None` when it asks
-/// for no NUMA placement at all (no pinning, no NUMA nodes, no page size), or Nova's error.
+/// oslo.utils `string_to_bytes(text, 'IEC', return_int=True)`: `<number>[KMGT][i](b|bit|B)`,
+/// powers of 1024, bits divided by 8, rounded up.
+fn iec_bytes(text: &str) -> Option<f64> {
+    let unit_end = if text.ends_with("bit") {
+        3
+    } else if text.ends_with('b') || text.ends_with('B') {
+        1
+    } else {
+        return None;
+    };
+    let bits = unit_end == 3 || text.ends_with('b');
+    let rest = &text[..text.len() - unit_end];
+    let (num, exp) = if let Some(r) = rest.strip_suffix('i') {
+        let (n, p) = r.split_at(r.len().saturating_sub(1));
+        (n, "KMGT".find(p)? as i32 + 1)
+    } else {
+        match rest.chars().last() {
+            Some(c @ ('K' | 'M' | 'G' | 'T')) => {
+                (&rest[..rest.len() - 1], "KMGT".find(c)? as i32 + 1)
+            }
+            _ => (rest, 0),
+        }
+    };
+    // ^[-+]?\d*\.?\d+
+    let body = num.strip_prefix(['-', '+']).unwrap_or(num);
+    let ok = !body.is_empty()
+        && body.chars().last().is_some_and(|c| c.is_ascii_digit())
+        && body.chars().all(|c| c.is_ascii_digit() || c == '.')
+        && body.matches('.').count() <= 1;
+    if !ok {
+        return None;
+    }
+    let mut mag: f64 = num.parse().ok()?;
+    if bits {
+        mag /= 8.0;
+    }
+    Some((mag * 1024f64.powi(exp)).ceil())
+}
+
+/// `hw:mem_page_size` as Nova reads it (`check_and_return_pages_size`).
+fn parse_pagesize(v: &str) -> Result<PageRequest, String> {
+    let kb: f64 = match v {
+        "small" => return Ok(PageRequest::Small),
+        "large" => return Ok(PageRequest::Large),
+        "any" => return Ok(PageRequest::Any),
+        _ => match py_int(v) {
+            Some(n) => n as f64,
+            None => iec_bytes(v).map(|b| b / 1024.0).unwrap_or(0.0),
+        },
+    };
+    if kb <= 0.0 {
+        let shown = if kb == 0.0 {
+            "0".to_string()
+        } else {
+            kb.to_string()
+        };
+        return Err(req_err(
+            "MemoryPageSizeInvalid",
+            format!("Invalid memory page size '{shown}'"),
+        ));
+    }
+    // A fractional size (e.g. "1.5MB") matches no host page pool, as in Nova; 0 stands for it.
+    Ok(PageRequest::Kb(if kb.fract() == 0.0 {
+        kb as u64
+    } else {
+        0
+    }))
+}
+
+/// The image properties as Nova's `ImageMetaProps.from_dict` types them; its coercion errors
+/// (`ValueError`, `Invalid`) come before anything else, as in Nova.
+struct ImageProps {
+    numa_nodes: Option<i64>,
+    cpu_policy: Option<String>,
+    cpu_thread_policy: Option<String>,
+    mem_page_size: Option<String>,
+    numa_cpus: Option<Vec<Vec<u32>>>,
+    numa_mem: Option<Vec<u64>>,
+    realtime_mask: Option<String>,
+}
+
+fn image_props(req: &Request) -> Result<ImageProps, String> {
+    let get = |k: &str| req.image_properties.get(k).filter(|v| !v.is_null());
+    let value_error = |v: &Value| {
+        req_err(
+            "ValueError",
+            format!(
+                "Field value {} is invalid",
+                spec_str(v).unwrap_or_else(|| v.to_string())
+            ),
+        )
+    };
+    let enum_field = |k: &str, allowed: &[&str]| -> Result<Option<String>, String> {
+        match get(k) {
+            None => Ok(None),
+            Some(v) => match spec_str(v) {
+                Some(s) if allowed.contains(&s.as_str()) => Ok(Some(s)),
+                _ => Err(value_error(v)),
+            },
+        }
+    };
+    let numa_nodes = match get("hw_numa_nodes") {
+        None => None,
+        Some(Value::Number(n)) => Some(
+            n.as_i64()
+                .ok_or_else(|| value_error(&Value::Number(n.clone())))?,
+        ),
+        Some(Value::Bool(b)) => Some(*b as i64),
+        Some(v) => Some(spec_str(v).and_then(|s| py_int(&s)).ok_or_else(|| {
+            req_err(
+                "ValueError",
+                format!("invalid literal for int() with base 10: {v}"),
+            )
+        })?),
+    };
+    // hw_numa_cpus.N / hw_numa_mem.N, consecutive from 0 (the plain list forms are ignored by
+    // from_dict).
+    let mut cpus = Vec::new();
+    while let Some(v) = get(&format!("hw_numa_cpus.{}", cpus.len())) {
+        let s = spec_str(v).unwrap_or_default();
+        cpus.push(
+            crate::cpuset::parse_spec(&s)
+                .map_err(|e| req_err("Invalid", e))?
+                .to_vec(),
+        );
+    }
+    let mut mems = Vec::new();
+    while let Some(v) = get(&format!("hw_numa_mem.{}", mems.len())) {
+        let s = spec_str(v).unwrap_or_default();
+        let m = py_int(&s).ok_or_else(|| {
+            req_err(
+                "ValueError",
+                format!("invalid literal for int() with base 10: '{s}'"),
+            )
+        })?;
+        mems.push(m.max(0) as u64);
+    }
+    Ok(ImageProps {
+        numa_nodes,
+        cpu_policy: enum_field("hw_cpu_policy", &["dedicated", "shared"])?,
+        cpu_thread_policy: enum_field("hw_cpu_thread_policy", &["prefer", "isolate", "require"])?,
+        mem_page_size: get("hw_mem_page_size").and_then(spec_str),
+        numa_cpus: (!cpus.is_empty()).then_some(cpus),
+        numa_mem: (!mems.is_empty()).then_some(mems),
+        realtime_mask: get("hw_cpu_realtime_mask")
+            .and_then(spec_str)
+            .filter(|s| !s.is_empty()),
+    })
+}
+
+/// Nova's `numa_get_constraints` (19.3.2): the guest topology a request asks for, `None` when
+/// it asks for no NUMA placement at all (no pinning, no NUMA nodes, no page size), or Nova's
+/// error. Checks run in Nova's order so the same request fails with the same exception.
 pub fn constraints(req: &Request) -> Result<Option<GuestTopology>, String> {
     if req.vcpus == 0 {
         return Err(req_err("InvalidRequest", "vcpus must be at least 1"));
     }
+    let image = image_props(req)?;
+    // Present flavor keys, empty values included (Nova tests presence for the .N maps and
+    // truthiness elsewhere).
+    let raw = |k: &str| {
+        req.extra_specs
+            .get(k)
+            .map(|v| spec_str(v).unwrap_or_default())
+    };
+    let flavor = |k: &str| raw(k).filter(|s| !s.is_empty());
+
     // hw:numa_nodes / hw_numa_nodes
-    let (fnodes, inodes) = (req.flavor("hw:numa_nodes"), req.image_str("hw_numa_nodes"));
-    if fnodes.is_some() && inodes.is_some() {
+    let fnodes = flavor("hw:numa_nodes");
+    if fnodes.is_some() && image.numa_nodes.is_some_and(|n| n != 0) {
         return Err(req_err("ImageNUMATopologyForbidden", "Image property 'hw_numa_nodes' is not permitted to override NUMA configuration set against the flavor"));
     }
-    let nodes: Option<u32> = match fnodes.or(inodes) {
-        None => None,
-        Some(n) => match n.trim().parse::<i64>() {
-            Ok(v) if v >= 1 && v <= 64 => Some(v as u32),
-            _ => return Err(req_err(
+    let nodes: Option<u32> = match (&fnodes, image.numa_nodes) {
+        (Some(f), _) => match f.parse::<i64>() {
+            // strutils.is_int_like: str(int(v)) == v, so "+1", "02", " 2" are refused
+            Ok(n) if n.to_string() == *f && n >= 1 => Some(n.min(u32::MAX as i64) as u32),
+            _ => {
+                return Err(req_err(
+                    "InvalidNUMANodesNumber",
+                    format!(
+                    "The property 'numa_nodes' cannot be '{f}'. It must be a number greater than 0"
+                ),
+                ))
+            }
+        },
+        (None, Some(n)) if n < 1 => {
+            return Err(req_err(
                 "InvalidNUMANodesNumber",
                 format!(
                     "The property 'numa_nodes' cannot be '{n}'. It must be a number greater than 0"
                 ),
-            )),
-        },
+            ))
+        }
+        (None, Some(n)) => Some(n.min(u32::MAX as i64) as u32),
+        (None, None) => None,
     };
     // hw:mem_page_size: the image may only choose when the flavor says large or any.
-    let (fpage, ipage) = (
-        req.flavor("hw:mem_page_size"),
-        req.image_str("hw_mem_page_size"),
-    );
-    let pagesize = match (fpage, ipage) {
+    let pagesize = match (
+        flavor("hw:mem_page_size"),
+        image.mem_page_size.clone().filter(|s| !s.is_empty()),
+    ) {
         (None, Some(i)) => {
             return Err(req_err(
                 "MemoryPageSizeForbidden",
@@ -285,21 +447,41 @@ pub fn constraints(req: &Request) -> Result<Option<GuestTopology>, String> {
     let mut cells = None;
     if nodes.is_some() || pagesize.is_some() {
         let nodes = nodes.unwrap_or(1);
-        let cpu_list = numa_map(req, "hw:numa_cpus", "hw_numa_cpus", |v| {
+        let flavor_map = |key: &str,
+                          parse: &dyn Fn(&str) -> Result<Vec<u32>, String>|
+         -> Result<Option<Vec<Vec<u32>>>, String> {
+            let mut out = Vec::new();
+            while let Some(v) = raw(&format!("{key}.{}", out.len())) {
+                out.push(parse(&v)?);
+            }
+            Ok((!out.is_empty()).then_some(out))
+        };
+        let fcpus = flavor_map("hw:numa_cpus", &|v| {
             crate::cpuset::parse_spec(v)
                 .map(|s| s.to_vec())
                 .map_err(|e| req_err("Invalid", e))
         })?;
-        let mem_list = numa_map(req, "hw:numa_mem", "hw_numa_mem", |v| {
-            v.trim()
-                .parse::<u64>()
-                .map(|m| vec![m as u32])
-                .map_err(|_| req_err("ValueError", format!("invalid literal for int(): '{v}'")))
+        let cpu_list = match (fcpus, &image.numa_cpus) {
+            (None, img) => img.clone(),
+            (Some(_), Some(_)) => return Err(req_err("ImageNUMATopologyForbidden", "Image property 'hw_numa_cpus' is not permitted to override NUMA configuration set against the flavor")),
+            (Some(f), None) => Some(f),
+        };
+        let fmem = flavor_map("hw:numa_mem", &|v| match py_int(v) {
+            Some(m) => Ok(vec![m.max(0) as u32]),
+            None => Err(req_err(
+                "ValueError",
+                format!("invalid literal for int() with base 10: '{v}'"),
+            )),
         })?;
+        let mem_list: Option<Vec<u64>> = match (fmem, &image.numa_mem) {
+            (None, img) => img.clone(),
+            (Some(_), Some(_)) => return Err(req_err("ImageNUMATopologyForbidden", "Image property 'hw_numa_mem' is not permitted to override NUMA configuration set against the flavor")),
+            (Some(f), None) => Some(f.into_iter().map(|m| m[0] as u64).collect()),
+        };
         let incomplete = || {
             req_err(
                 "ImageNUMATopologyIncomplete",
-                "Image NUMA topology must specify both CPUs and memory for every node",
+                "CPU and memory allocation must be provided for all NUMA nodes",
             )
         };
         if cpu_list.is_some() != mem_list.is_some() {
@@ -330,12 +512,11 @@ pub fn constraints(req: &Request) -> Result<Option<GuestTopology>, String> {
                             ));
                         }
                     }
-                    let mem = mems[n][0] as u64;
-                    total += mem;
+                    total += mems[n];
                     out.push(GuestCellReq {
                         id: n as u32,
                         vcpus: cpus[n].clone(),
-                        memory_mb: mem,
+                        memory_mb: mems[n],
                         pagesize,
                     });
                 }
@@ -349,7 +530,7 @@ pub fn constraints(req: &Request) -> Result<Option<GuestTopology>, String> {
                     return Err(req_err(
                         "ImageNUMATopologyMemoryOutOfRange",
                         format!(
-                            "Memory {total} MB is not equal to flavor memory {} MB",
+                            "{total} MB of memory assigned, but expected {} MB",
                             req.memory_mb
                         ),
                     ));
@@ -374,49 +555,43 @@ pub fn constraints(req: &Request) -> Result<Option<GuestTopology>, String> {
     }
 
     // hw:cpu_policy
-    let (fpol, ipol) = (req.flavor("hw:cpu_policy"), req.image_str("hw_cpu_policy"));
-    for (src, p) in [("flavor extra specs", &fpol), ("image properties", &ipol)] {
-        if let Some(p) = p {
-            if p != "dedicated" && p != "shared" {
-                return Err(req_err("InvalidCPUAllocationPolicy", format!("CPU policy '{p}' from {src} is invalid, must be one of ['dedicated', 'shared']")));
-            }
+    let fpol = flavor("hw:cpu_policy");
+    if let Some(p) = &fpol {
+        if p != "dedicated" && p != "shared" {
+            return Err(req_err("InvalidCPUAllocationPolicy", format!("CPU policy '{p}' from flavor extra specs is invalid, must be one of ['dedicated', 'shared']")));
         }
     }
-    let dedicated = match (fpol.as_deref(), ipol.as_deref()) {
+    let dedicated = match (fpol.as_deref(), image.cpu_policy.as_deref()) {
         (Some("dedicated"), _) => true,
         (Some("shared"), Some("dedicated")) => return Err(req_err("ImageCPUPinningForbidden", "Image property 'hw_cpu_policy' is not permitted to override CPU pinning policy set against the flavor")),
         (Some("shared"), _) => false,
         (None, Some("dedicated")) => true,
         _ => false,
     };
-    // hw:cpu_thread_policy
-    let (ftp, itp) = (
-        req.flavor("hw:cpu_thread_policy"),
-        req.image_str("hw_cpu_thread_policy"),
-    );
-    let parse_tp = |src: &str, p: &str| {
-        match p {
-        "prefer" => Ok(ThreadPolicy::Prefer),
-        "isolate" => Ok(ThreadPolicy::Isolate),
-        "require" => Ok(ThreadPolicy::Require),
-        _ => Err(req_err("InvalidCPUThreadAllocationPolicy", format!("CPU thread policy '{p}' from {src} is invalid, must be one of ['prefer', 'isolate', 'require']"))),
+    // hw:cpu_thread_policy: a present-but-empty flavor value is neither None nor prefer in Nova.
+    let ftp_raw = raw("hw:cpu_thread_policy");
+    if let Some(p) = ftp_raw.as_deref().filter(|p| !p.is_empty()) {
+        if !["prefer", "isolate", "require"].contains(&p) {
+            return Err(req_err("InvalidCPUThreadAllocationPolicy", format!("CPU thread policy '{p}' from flavor extra specs is invalid, must be one of ['prefer', 'isolate', 'require']")));
+        }
     }
+    let tp_of = |p: &str| match p {
+        "isolate" => ThreadPolicy::Isolate,
+        "require" => ThreadPolicy::Require,
+        _ => ThreadPolicy::Prefer,
     };
-    let ftp = ftp
-        .map(|p| parse_tp("flavor extra specs", &p))
-        .transpose()?;
-    let itp = itp.map(|p| parse_tp("image properties", &p)).transpose()?;
-    let thread_policy = match ftp {
-        None | Some(ThreadPolicy::Prefer) => ftp.or(itp),
+    let itp = image.cpu_thread_policy.as_deref();
+    let thread_policy: Option<String> = match ftp_raw.as_deref() {
+        None | Some("prefer") => ftp_raw.clone().or(itp.map(str::to_string)),
         Some(f) => {
             if itp.is_some_and(|i| i != f) {
                 return Err(req_err("ImageCPUThreadPolicyForbidden", "Image property 'hw_cpu_thread_policy' is not permitted to override CPU thread pinning policy set against the flavor"));
             }
-            Some(f)
+            Some(f.to_string())
         }
     };
     // hw:emulator_threads_policy (flavor only in Stein)
-    let emu = req.flavor("hw:emulator_threads_policy");
+    let emu = flavor("hw:emulator_threads_policy");
     if let Some(e) = &emu {
         if e != "share" && e != "isolate" {
             return Err(req_err(
@@ -428,18 +603,19 @@ pub fn constraints(req: &Request) -> Result<Option<GuestTopology>, String> {
         }
     }
     let emulator_isolate = emu.as_deref() == Some("isolate");
-    let realtime = req.flavor("hw:cpu_realtime").is_some_and(|v| {
+    let realtime = flavor("hw:cpu_realtime").is_some_and(|v| {
         matches!(
             v.to_ascii_lowercase().as_str(),
-            "true" | "1" | "yes" | "on" | "y" | "t"
+            "1" | "t" | "true" | "on" | "y" | "yes"
         )
     });
-    let rt_mask = req
-        .image_str("hw_cpu_realtime_mask")
-        .or_else(|| req.flavor("hw:cpu_realtime_mask"));
+    let rt_mask = image
+        .realtime_mask
+        .clone()
+        .or_else(|| flavor("hw:cpu_realtime_mask"));
 
     if !dedicated {
-        if thread_policy.is_some() {
+        if thread_policy.as_deref().is_some_and(|t| !t.is_empty()) {
             return Err(req_err(
                 "CPUThreadPolicyConfigurationInvalid",
                 "Cannot set cpu thread pinning policy in a non dedicated cpu pinning policy",
@@ -467,6 +643,11 @@ pub fn constraints(req: &Request) -> Result<Option<GuestTopology>, String> {
     if realtime && rt_mask.is_none() {
         return Err(req_err("RealtimeMaskNotFoundOrInvalid", "Realtime policy needs vCPU(s) mask configured with at least 1 RT vCPU and 1 ordinary vCPU. See hw:cpu_realtime_mask or hw_cpu_realtime_mask"));
     }
+    if thread_policy.as_deref() == Some("") {
+        // Nova sets the empty string on the cell object, whose enum field refuses it.
+        return Err(req_err("ValueError", "Field value  is invalid"));
+    }
+    let thread_policy = thread_policy.as_deref().map(tp_of);
     let cells = cells.unwrap_or_else(|| {
         vec![GuestCellReq {
             id: 0,
@@ -481,54 +662,6 @@ pub fn constraints(req: &Request) -> Result<Option<GuestTopology>, String> {
         thread_policy,
         emulator_isolate,
     }))
-}
-
-/// `hw:numa_cpus.N` in the flavor (consecutive from 0) or `hw_numa_cpus` (a list) in the image.
-fn numa_map(
-    req: &Request,
-    fkey: &str,
-    ikey: &str,
-    parse: impl Fn(&str) -> Result<Vec<u32>, String>,
-) -> Result<Option<Vec<Vec<u32>>>, String> {
-    let mut flavor = Vec::new();
-    for n in 0..128 {
-        match req.flavor(&format!("{fkey}.{n}")) {
-            Some(v) => flavor.push(parse(&v)?),
-            None => break,
-        }
-    }
-    let image = match req.image(ikey) {
-        None => None,
-        Some(Value::Array(items)) => Some(
-            items
-                .iter()
-                .map(|i| match i {
-                    Value::Array(xs) => Ok(xs
-                        .iter()
-                        .filter_map(|x| x.as_u64())
-                        .map(|x| x as u32)
-                        .collect()),
-                    Value::Number(n) => Ok(vec![n.as_u64().unwrap_or(0) as u32]),
-                    Value::String(s) => parse(s),
-                    _ => Err(req_err(
-                        "ValueError",
-                        format!("{ikey}: unreadable item {i}"),
-                    )),
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-        ),
-        Some(other) => {
-            return Err(req_err(
-                "ValueError",
-                format!("{ikey} must be a list, got {other}"),
-            ))
-        }
-    };
-    match (flavor.is_empty(), image) {
-        (true, img) => Ok(img),
-        (false, Some(_)) => Err(req_err("ImageNUMATopologyForbidden", format!("Image property '{ikey}' is not permitted to override NUMA configuration set against the flavor"))),
-        (false, None) => Ok(Some(flavor)),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -710,6 +843,10 @@ fn fit_cell(
         }
         return Ok(place);
     }
+    if n == 0 {
+        // Nova's packing returns no pinning for an empty cell and so refuses it.
+        return Err(format!("guest cell {} has no vCPUs to pin", g.id));
+    }
     let free = h.free_cpus();
     if free.len() < n + reserved {
         return Err(format!("{} free pCPUs, needs {}", free.len(), n + reserved));
@@ -743,10 +880,10 @@ fn free_cores(h: &HostCell, free: &CpuSet) -> Vec<Vec<u32>> {
         .filter(|f| !f.is_empty())
         .map(|f| (f.len(), f))
         .collect();
-    // CPUs that no sibling group names (no topology info) count as cores of their own.
-    let named: CpuSet = h.siblings.iter().fold(CpuSet::new(), |a, s| a.union(s));
-    for id in free.difference(&named).iter() {
-        cores.push((1, vec![id]));
+    // Nova only pins CPUs that some sibling group names; a cell with no sibling information at
+    // all (Nova crashes there) gets each CPU as a core of its own.
+    if h.siblings.is_empty() {
+        cores = free.iter().map(|id| (1, vec![id])).collect();
     }
     cores.sort_by(|a, b| a.0.cmp(&b.0).then(a.1[0].cmp(&b.1[0])));
     cores.into_iter().map(|c| c.1).collect()
