@@ -234,6 +234,13 @@ def gen_request(rng, host, tags):
         emu = weighted(rng, [(None, 92), ("isolate", 3), ("share", 5)])
     if thread_policy:
         spec["hw:cpu_thread_policy"] = thread_policy
+    if rng.random() < (0.04 if dedicated else 0.01):
+        spec["hw:cpu_realtime"] = rng.choice(["yes", "true", "1", "no", "False"])
+        where = rng.random()
+        if where < 0.6:
+            spec["hw:cpu_realtime_mask"] = rng.choice(["^0", "^0-1", "0-1"])
+        elif where < 0.8:
+            image["hw_cpu_realtime_mask"] = "^0"
     if emu:
         spec["hw:emulator_threads_policy"] = emu
     if rng.random() < 0.005:
