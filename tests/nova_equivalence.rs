@@ -32,8 +32,12 @@ const NOVA: &str = "tests/nova_equiv/fixtures/nova-19.3.2.jsonl";
 
 fn read_lines(rel: &str) -> Vec<Value> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("fixture line is JSON")).collect()
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("fixture line is JSON"))
+        .collect()
 }
 
 /// The checker's own view of a host cell (parsed independently of the engine's types).
@@ -88,9 +92,21 @@ fn from_nova(res: &Value) -> Vec<PCell> {
                 .map(|c| PCell {
                     guest_cell: c["guest_cell"].as_u64().unwrap() as u32,
                     host_cell: c["host_cell"].as_u64().unwrap() as u32,
-                    vcpus: c["vcpus"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect(),
-                    pins: c["pins"].as_object().map(|m| m.iter().map(|(k, v)| (k.parse().unwrap(), v.as_u64().unwrap() as u32)).collect()),
-                    reserved: c["cpuset_reserved"].as_array().map(|a| a.iter().map(|v| v.as_u64().unwrap() as u32).collect()).unwrap_or_default(),
+                    vcpus: c["vcpus"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_u64().unwrap() as u32)
+                        .collect(),
+                    pins: c["pins"].as_object().map(|m| {
+                        m.iter()
+                            .map(|(k, v)| (k.parse().unwrap(), v.as_u64().unwrap() as u32))
+                            .collect()
+                    }),
+                    reserved: c["cpuset_reserved"]
+                        .as_array()
+                        .map(|a| a.iter().map(|v| v.as_u64().unwrap() as u32).collect())
+                        .unwrap_or_default(),
                     pagesize: c["pagesize"].as_u64(),
                     memory: c["memory"].as_u64().unwrap(),
                 })
@@ -106,7 +122,16 @@ fn from_ours(p: &Placement) -> Vec<PCell> {
             guest_cell: c.guest_cell,
             host_cell: c.host_cell,
             vcpus: c.vcpus.clone(),
-            pins: if p.dedicated { Some(c.vcpu_pins.iter().map(|(k, v)| (k.parse().expect("vCPU key is a number"), *v)).collect()) } else { None },
+            pins: if p.dedicated {
+                Some(
+                    c.vcpu_pins
+                        .iter()
+                        .map(|(k, v)| (k.parse().expect("vCPU key is a number"), *v))
+                        .collect(),
+                )
+            } else {
+                None
+            },
             reserved: c.cpuset_reserved.clone(),
             pagesize: c.pagesize_kb,
             memory: c.memory_mb,
@@ -165,15 +190,25 @@ struct Policies {
 fn policies(req: &Value) -> Policies {
     let spec = &req["extra_specs"];
     let img = &req["image_properties"];
-    let (fp, ip) = (sval(spec.get("hw:cpu_policy")), sval(img.get("hw_cpu_policy")));
-    let dedicated = fp.as_deref() == Some("dedicated") || (fp.is_none() && ip.as_deref() == Some("dedicated"));
-    let (ft, it) = (sval(spec.get("hw:cpu_thread_policy")), sval(img.get("hw_cpu_thread_policy")));
+    let (fp, ip) = (
+        sval(spec.get("hw:cpu_policy")),
+        sval(img.get("hw_cpu_policy")),
+    );
+    let dedicated =
+        fp.as_deref() == Some("dedicated") || (fp.as_deref() != Some("shared") && ip.as_deref() == Some("dedicated"));
+    let (ft, it) = (
+        sval(spec.get("hw:cpu_thread_policy")),
+        sval(img.get("hw_cpu_thread_policy")),
+    );
     let thread = match ft.as_deref() {
         None | Some("prefer") => ft.clone().or(it),
         _ => ft,
     };
     let emu_isolate = sval(spec.get("hw:emulator_threads_policy")).as_deref() == Some("isolate");
-    let (fpage, ipage) = (sval(spec.get("hw:mem_page_size")), sval(img.get("hw_mem_page_size")));
+    let (fpage, ipage) = (
+        sval(spec.get("hw:mem_page_size")),
+        sval(img.get("hw_mem_page_size")),
+    );
     let page = match fpage {
         None => None,
         Some(f) => {
@@ -184,7 +219,12 @@ fn policies(req: &Value) -> Policies {
             }
         }
     };
-    Policies { dedicated, thread, emu_isolate, page }
+    Policies {
+        dedicated,
+        thread,
+        emu_isolate,
+        page,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -208,17 +248,25 @@ fn check_placement(case: &Value, cells: &[PCell]) -> Vec<String> {
             return errs;
         }
         if !seen.insert(c.host_cell) {
-            errs.push(format!("cells: two guest cells on host cell {}", c.host_cell));
+            errs.push(format!(
+                "cells: two guest cells on host cell {}",
+                c.host_cell
+            ));
         }
         all_vcpus.extend(c.vcpus.iter().copied());
         total_mem += c.memory;
     }
     all_vcpus.sort_unstable();
     if all_vcpus != (0..vcpus).collect::<Vec<_>>() {
-        errs.push(format!("cells: guest cells cover vCPUs {all_vcpus:?}, not 0..{}", vcpus.saturating_sub(1)));
+        errs.push(format!(
+            "cells: guest cells cover vCPUs {all_vcpus:?}, not 0..{}",
+            vcpus.saturating_sub(1)
+        ));
     }
     if total_mem != memory_mb {
-        errs.push(format!("cells: guest cell memory sums to {total_mem}, not {memory_mb}"));
+        errs.push(format!(
+            "cells: guest cell memory sums to {total_mem}, not {memory_mb}"
+        ));
     }
 
     let mut reserved_total: Vec<(u32, u32)> = Vec::new();
@@ -227,7 +275,11 @@ fn check_placement(case: &Value, cells: &[PCell]) -> Vec<String> {
         let tag = format!("guest cell {} on host cell {}", c.guest_cell, c.host_cell);
         let cpuset: BTreeSet<u32> = h.cpuset.iter().copied().collect();
         let pinned: BTreeSet<u32> = h.pinned_cpus.iter().copied().collect();
-        let siblings: Vec<BTreeSet<u32>> = h.siblings.iter().map(|s| s.iter().copied().collect()).collect();
+        let siblings: Vec<BTreeSet<u32>> = h
+            .siblings
+            .iter()
+            .map(|s| s.iter().copied().collect())
+            .collect();
         let tpc = siblings.iter().map(|s| s.len()).max().unwrap_or(1).max(1);
         reserved_total.extend(c.reserved.iter().map(|r| (c.guest_cell, *r)));
 
@@ -244,7 +296,10 @@ fn check_placement(case: &Value, cells: &[PCell]) -> Vec<String> {
             keys.sort_unstable();
             want.sort_unstable();
             if keys != want {
-                errs.push(format!("cpus: {tag}: pins {pins:?} do not map vCPUs {:?}", c.vcpus));
+                errs.push(format!(
+                    "cpus: {tag}: pins {pins:?} do not map vCPUs {:?}",
+                    c.vcpus
+                ));
             }
             pcpus = pins.values().copied().collect();
             let distinct: BTreeSet<u32> = pcpus.iter().copied().collect();
@@ -270,13 +325,21 @@ fn check_placement(case: &Value, cells: &[PCell]) -> Vec<String> {
             }
         }
         if c.vcpus.len() + c.reserved.len() > cpuset.len() {
-            errs.push(format!("cpus: {tag}: {} vCPUs + {} reserved > {} pCPUs", c.vcpus.len(), c.reserved.len(), cpuset.len()));
+            errs.push(format!(
+                "cpus: {tag}: {} vCPUs + {} reserved > {} pCPUs",
+                c.vcpus.len(),
+                c.reserved.len(),
+                cpuset.len()
+            ));
         }
 
         // memory
         let mem = c.memory;
         if c.pins.is_some() && mem as i64 > h.memory - h.memory_usage {
-            errs.push(format!("memory: {tag}: pinned {mem} MiB > {} MiB available", h.memory - h.memory_usage));
+            errs.push(format!(
+                "memory: {tag}: pinned {mem} MiB > {} MiB available",
+                h.memory - h.memory_usage
+            ));
         }
         let pools: BTreeMap<u64, &CPages> = h.mempages.iter().map(|p| (p.size_kb, p)).collect();
         match c.pagesize {
@@ -285,10 +348,14 @@ fn check_placement(case: &Value, cells: &[PCell]) -> Vec<String> {
                 Some(p) => {
                     let free = p.total.saturating_sub(p.used).saturating_sub(p.reserved);
                     if (mem * 1024) % ps != 0 {
-                        errs.push(format!("memory: {tag}: {mem} MiB is not a multiple of {ps} KiB pages"));
+                        errs.push(format!(
+                            "memory: {tag}: {mem} MiB is not a multiple of {ps} KiB pages"
+                        ));
                     }
                     if mem * 1024 > free * ps {
-                        errs.push(format!("memory: {tag}: {mem} MiB > {free} free {ps} KiB pages"));
+                        errs.push(format!(
+                            "memory: {tag}: {mem} MiB > {free} free {ps} KiB pages"
+                        ));
                     }
                 }
             },
@@ -298,7 +365,10 @@ fn check_placement(case: &Value, cells: &[PCell]) -> Vec<String> {
                         errs.push(format!("memory: {tag}: {mem} MiB > small page total"));
                     }
                 } else if mem as i64 > h.memory {
-                    errs.push(format!("memory: {tag}: {mem} MiB > cell memory {}", h.memory));
+                    errs.push(format!(
+                        "memory: {tag}: {mem} MiB > cell memory {}",
+                        h.memory
+                    ));
                 }
             }
         }
@@ -312,7 +382,10 @@ fn check_placement(case: &Value, cells: &[PCell]) -> Vec<String> {
             Some(PageReq::Kb(k)) => c.pagesize == Some(k),
         };
         if !ok {
-            errs.push(format!("pagesize: {tag}: requested {:?}, got {:?}", pol.page, c.pagesize));
+            errs.push(format!(
+                "pagesize: {tag}: requested {:?}, got {:?}",
+                pol.page, c.pagesize
+            ));
         }
 
         // thread policies
@@ -324,10 +397,14 @@ fn check_placement(case: &Value, cells: &[PCell]) -> Vec<String> {
                     Some(core) => {
                         *used.entry(core.iter().copied().collect()).or_default() += 1;
                         if core.len() != tpc {
-                            errs.push(format!("isolate: {tag}: pCPU {p} is on a partial core {core:?}"));
+                            errs.push(format!(
+                                "isolate: {tag}: pCPU {p} is on a partial core {core:?}"
+                            ));
                         }
                         if core.iter().any(|x| pinned.contains(x)) {
-                            errs.push(format!("isolate: {tag}: core {core:?} of pCPU {p} is partly pinned"));
+                            errs.push(format!(
+                                "isolate: {tag}: core {core:?} of pCPU {p} is partly pinned"
+                            ));
                         }
                     }
                 }
@@ -339,7 +416,9 @@ fn check_placement(case: &Value, cells: &[PCell]) -> Vec<String> {
             }
             for r in &c.reserved {
                 if used.keys().any(|core| core.contains(r)) {
-                    errs.push(format!("isolate: {tag}: reserved pCPU {r} shares a core with a vCPU"));
+                    errs.push(format!(
+                        "isolate: {tag}: reserved pCPU {r} shares a core with a vCPU"
+                    ));
                 }
             }
         }
@@ -349,24 +428,41 @@ fn check_placement(case: &Value, cells: &[PCell]) -> Vec<String> {
             } else {
                 let mut per_core: BTreeMap<Vec<u32>, usize> = BTreeMap::new();
                 for p in &pcpus {
-                    let core: Vec<u32> = siblings.iter().find(|s| s.contains(p)).map(|s| s.iter().copied().collect()).unwrap_or_else(|| vec![*p]);
+                    let core: Vec<u32> = siblings
+                        .iter()
+                        .find(|s| s.contains(p))
+                        .map(|s| s.iter().copied().collect())
+                        .unwrap_or_else(|| vec![*p]);
                     *per_core.entry(core).or_default() += 1;
                 }
                 let singles = per_core.values().filter(|n| **n == 1).count();
-                if singles > 1 || (singles > 0 && pcpus.len() > 1 && tpc == 2 && pcpus.len() % 2 == 0) {
-                    errs.push(format!("require: {tag}: {singles} cores hold a single vCPU ({:?})", c.pins));
+                if singles > 1
+                    || (singles > 0 && pcpus.len() > 1 && tpc == 2 && pcpus.len() % 2 == 0)
+                {
+                    errs.push(format!(
+                        "require: {tag}: {singles} cores hold a single vCPU ({:?})",
+                        c.pins
+                    ));
                 }
             }
         }
     }
     if pol.dedicated && pol.emu_isolate {
         if reserved_total.len() != 1 {
-            errs.push(format!("emulator: isolate: {} reserved pCPUs, expected 1", reserved_total.len()));
+            errs.push(format!(
+                "emulator: isolate: {} reserved pCPUs, expected 1",
+                reserved_total.len()
+            ));
         } else if reserved_total[0].0 != 0 {
-            errs.push(format!("emulator: isolate: reserved pCPU on the cell of guest cell {}", reserved_total[0].0));
+            errs.push(format!(
+                "emulator: isolate: reserved pCPU on the cell of guest cell {}",
+                reserved_total[0].0
+            ));
         }
     } else if !reserved_total.is_empty() {
-        errs.push(format!("emulator: reserved pCPUs {reserved_total:?} without emulator isolate"));
+        errs.push(format!(
+            "emulator: reserved pCPUs {reserved_total:?} without emulator isolate"
+        ));
     }
     errs
 }
@@ -415,13 +511,23 @@ fn short(case: &Value) -> String {
 
 fn fixture() -> Vec<(Value, Value)> {
     let cases = read_lines(CASES);
-    let nova: HashMap<u64, Value> = read_lines(NOVA).into_iter().map(|r| (r["id"].as_u64().unwrap(), r)).collect();
-    assert!(cases.len() >= 100, "fixture too small: {} cases", cases.len());
+    let nova: HashMap<u64, Value> = read_lines(NOVA)
+        .into_iter()
+        .map(|r| (r["id"].as_u64().unwrap(), r))
+        .collect();
+    assert!(
+        cases.len() >= 100,
+        "fixture too small: {} cases",
+        cases.len()
+    );
     cases
         .into_iter()
         .map(|c| {
             let id = c["id"].as_u64().unwrap();
-            let n = nova.get(&id).unwrap_or_else(|| panic!("no Nova answer for case {id}")).clone();
+            let n = nova
+                .get(&id)
+                .unwrap_or_else(|| panic!("no Nova answer for case {id}"))
+                .clone();
             (c, n)
         })
         .collect()
@@ -442,13 +548,22 @@ fn nova_placements_in_the_fixture_are_valid() {
             }
         }
     }
-    assert!(checked > 30, "only {checked} Nova placements in the fixture");
-    assert!(bad.is_empty(), "Nova placements the rules reject:\n{}", bad.join("\n"));
+    assert!(
+        checked > 30,
+        "only {checked} Nova placements in the fixture"
+    );
+    assert!(
+        bad.is_empty(),
+        "Nova placements the rules reject:\n{}",
+        bad.join("\n")
+    );
 }
 
 #[test]
 fn agrees_with_nova_19_3_2_on_every_fixture_case() {
-    let opts = FitOptions { strict_memory: false }; // Nova without limits lets unpinned NUMA guests overcommit
+    let opts = FitOptions {
+        strict_memory: false,
+    }; // Nova without limits lets unpinned NUMA guests overcommit
     let mut failures = Vec::new();
     let mut path_dependent = Vec::new();
     let mut nova_crashes: Vec<String> = Vec::new();
@@ -460,14 +575,18 @@ fn agrees_with_nova_19_3_2_on_every_fixture_case() {
         let host: HostState = match serde_json::from_value(case["host"].clone()) {
             Ok(h) => h,
             Err(e) => {
-                failures.push(format!("case {id}: our HostState does not read the host: {e}"));
+                failures.push(format!(
+                    "case {id}: our HostState does not read the host: {e}"
+                ));
                 continue;
             }
         };
         let req: Request = match serde_json::from_value(case["request"].clone()) {
             Ok(r) => r,
             Err(e) => {
-                failures.push(format!("case {id}: our Request does not read the request: {e}"));
+                failures.push(format!(
+                    "case {id}: our Request does not read the request: {e}"
+                ));
                 continue;
             }
         };
@@ -480,7 +599,11 @@ fn agrees_with_nova_19_3_2_on_every_fixture_case() {
             if let Ok(Decision::Fits(p)) = &d {
                 let errs = check_placement(&case, &from_ours(p));
                 if !errs.is_empty() {
-                    failures.push(format!("case {id}: our placement is invalid: {}\n    {}", errs.join("; "), short(&case)));
+                    failures.push(format!(
+                        "case {id}: our placement is invalid: {}\n    {}",
+                        errs.join("; "),
+                        short(&case)
+                    ));
                 }
             }
             continue;
@@ -492,7 +615,9 @@ fn agrees_with_nova_19_3_2_on_every_fixture_case() {
             want = Outcome::Fit;
             path_dependent.push(id);
         }
-        *counts.entry(format!("{want:?}").split('(').next().unwrap().to_string()).or_default() += 1;
+        *counts
+            .entry(format!("{want:?}").split('(').next().unwrap().to_string())
+            .or_default() += 1;
         if ours != want {
             let detail = match &d {
                 Err(e) => format!("error {e}"),
@@ -512,12 +637,18 @@ fn agrees_with_nova_19_3_2_on_every_fixture_case() {
         if let Ok(Decision::Fits(p)) = &d {
             let errs = check_placement(&case, &from_ours(p));
             if !errs.is_empty() {
-                failures.push(format!("case {id}: our placement is invalid: {}\n    {}", errs.join("; "), short(&case)));
+                failures.push(format!(
+                    "case {id}: our placement is invalid: {}\n    {}",
+                    errs.join("; "),
+                    short(&case)
+                ));
             }
             // and the engine's own validator agrees
             if let Ok(Some(topo)) = fit::constraints(&req) {
                 if let Err(e) = fit::validate(&host, &topo, p) {
-                    failures.push(format!("case {id}: fit::validate rejects our own placement: {e}"));
+                    failures.push(format!(
+                        "case {id}: fit::validate rejects our own placement: {e}"
+                    ));
                 }
             }
         }
@@ -527,5 +658,10 @@ fn agrees_with_nova_19_3_2_on_every_fixture_case() {
         path_dependent.len(),
         failures.len()
     );
-    assert!(failures.is_empty(), "{} of {n} cases disagree with Nova 19.3.2 or give invalid placements:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {n} cases disagree with Nova 19.3.2 or give invalid placements:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

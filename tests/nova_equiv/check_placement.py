@@ -80,7 +80,9 @@ def policies(req):
     spec = req.get("extra_specs", {})
     img = req.get("image_properties", {})
     fp, ip = spec.get("hw:cpu_policy"), img.get("hw_cpu_policy")
-    dedicated = fp == "dedicated" or (not fp and ip == "dedicated")
+    # (a flavor value other than dedicated/shared is refused from Stein on; Rocky and Queens fall
+    # through to the image's policy, as here)
+    dedicated = fp == "dedicated" or (fp != "shared" and ip == "dedicated")
     ft, it = spec.get("hw:cpu_thread_policy"), img.get("hw_cpu_thread_policy")
     thread = (ft or it) if ft in (None, "prefer") else ft
     emu = spec.get("hw:emulator_threads_policy")
