@@ -1,0 +1,1223 @@
+//! `repin_migrate`: live-migrate a pinned guest with its pinning recomputed for the destination
+//! (mode `migrate`), or move a running guest's pins to free pCPUs on its own host (mode `repin`).
+//!
+//! Migration flow:
+//! 1. read the guest on the source (live migratable XML, inactive XML, pins);
+//! 2. claim the destination: an exclusive `flock` on `<lock_dir>/dest-<libvirt host uuid>.lock`
+//!    held across fit + disk preparation + migration + verification, so parallel runs (forks,
+//!    several playbooks on one controller, or a `lock_dir` on a shared filesystem) never choose
+//!    the same pCPUs; the destination's live pinning is read *after* the lock is taken, i.e.
+//!    just before migrating, and checked again after;
+//! 3. fit the guest's topology on the live destination state (`vcpu_pin_set` from the
+//!    destination's nova.conf), or refuse before anything moves (`No numa available ...`);
+//! 4. check the guest CPU model against the destination (skipped, and said, for TCG guests);
+//! 5. block migration: prepare the destination over SSH like Nova's `pre_live_migration`;
+//! 6. `virDomainMigrateToURI3` peer-to-peer with DEST_XML and PERSIST_XML = the rewritten XML
+//!    (`repin::rewrite`), a monitor thread applying Nova's downtime steps, stall and completion
+//!    timeouts (abort or force complete);
+//! 7. verify: running only on the destination, live + persistent pins equal the plan, the real
+//!    thread affinity too when the QEMU process is visible, no overlap with other guests.
+//! A failed migration is checked to have left the guest running on the source with its old
+//! pins, and the failure says so.
+
+use crate::ansible::{Context, Failure, ModuleArgs, Outcome};
+use crate::cpuset::{format_spec, CpuSet};
+use crate::domain::Guest;
+use crate::facts::{self, NumaFacts};
+use crate::fit::{self, CellPlacement, FitOptions, GuestTopology, Placement, ThreadPolicy};
+use crate::libvirt::{self, sys, Host};
+use crate::repin;
+use crate::ssh::{quote, Ssh};
+use anyhow::{anyhow, Result};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use virt::domain::{Domain, MigrateParameters};
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    /// Disks on shared storage (or no disks): only memory moves.
+    Shared,
+    /// Local disks copied by libvirt (NON_SHARED_DISK); the destination is prepared over SSH.
+    Block,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeoutAction {
+    Abort,
+    ForceComplete,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Migrate,
+    Repin,
+}
+
+/// Live-migrate a CPU-pinned guest with its pinning recomputed for the destination, or repin it on its host.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Args {
+    /// The guest: libvirt name or uuid (Nova's instance uuid).
+    pub guest: String,
+    /// libvirt URI of the host the guest runs on.
+    pub source_uri: String,
+    /// libvirt URI of the destination (mode migrate). Mode repin: omit or equal to source_uri.
+    pub dest_uri: Option<String>,
+    /// Migration data address, e.g. tcp://10.0.0.3 (Nova's live_migration_inbound_addr). Default: libvirt's choice.
+    pub migrate_uri: Option<String>,
+    /// The destination's nova.conf (its vcpu_pin_set / cpu_dedicated_set). Mode repin: the host's.
+    pub dest_nova_conf: Option<PathBuf>,
+    /// The source's nova.conf, only to read its `[DEFAULT] host` name for the result.
+    pub source_nova_conf: Option<PathBuf>,
+    /// Nova host names for the result (default: `[DEFAULT] host` of the nova.conf, else libvirt's hostname).
+    pub source_host: Option<String>,
+    pub dest_host: Option<String>,
+    /// Nova node (compute_nodes.hypervisor_hostname) of the destination (default: dest_host).
+    pub dest_node: Option<String>,
+    #[serde(default = "d_mode")]
+    pub mode: Mode,
+    #[serde(default = "d_storage")]
+    pub storage: Storage,
+    #[serde(default)]
+    pub auto_converge: bool,
+    /// Allow post-copy (VIR_MIGRATE_POSTCOPY); used by timeout_action force_complete.
+    #[serde(default)]
+    pub post_copy: bool,
+    /// Bandwidth cap, MiB/s (0 = unlimited).
+    #[serde(default)]
+    pub bandwidth_mibps: u64,
+    /// Final allowed downtime, ms (Nova's live_migration_downtime).
+    #[serde(default = "d_downtime")]
+    pub max_downtime_ms: u64,
+    /// Nova's live_migration_downtime_steps.
+    #[serde(default = "d_steps")]
+    pub downtime_steps: u64,
+    /// Nova's live_migration_downtime_delay: seconds per GiB of data between steps.
+    #[serde(default = "d_delay")]
+    pub downtime_delay_s: u64,
+    /// Give up after this many seconds (default: Nova's 800 s per GiB of data; 0 = never).
+    pub completion_timeout_s: Option<u64>,
+    /// Give up when the remaining data has not shrunk for this many seconds (0 = never).
+    #[serde(default = "d_progress")]
+    pub progress_timeout_s: u64,
+    #[serde(default = "d_action")]
+    pub timeout_action: TimeoutAction,
+    /// Thread policy of the guest (libvirt does not record it). Default: prefer.
+    pub thread_policy: Option<ThreadPolicy>,
+    /// Directory of the per-destination lock files (shared by every run that may target the same hosts).
+    #[serde(default = "d_lock_dir")]
+    pub lock_dir: PathBuf,
+    /// How long to wait for another migration to the same destination to finish.
+    #[serde(default = "d_lock_timeout")]
+    pub lock_timeout_s: u64,
+    /// Block migration: the destination's sshd (Kolla nova_ssh).
+    pub ssh_host: Option<String>,
+    #[serde(default = "d_ssh_port")]
+    pub ssh_port: u16,
+    #[serde(default = "d_ssh_user")]
+    pub ssh_user: String,
+    pub ssh_key: Option<PathBuf>,
+    /// known_hosts file to check the destination's host key against (default: accept, report fingerprint).
+    pub ssh_known_hosts: Option<PathBuf>,
+    /// Block migration: directory, as seen over SSH, where the guest's disk files go on the
+    /// destination (Nova: /var/lib/nova/instances/<uuid>; `{uuid}` is replaced). Default: the
+    /// directory of each disk on the source.
+    pub instance_dir: Option<String>,
+    /// Check the real thread affinity in /proc when the guest's QEMU runs on this machine.
+    #[serde(default = "yes")]
+    pub verify_affinity: bool,
+}
+
+fn d_mode() -> Mode {
+    Mode::Migrate
+}
+fn d_storage() -> Storage {
+    Storage::Shared
+}
+fn d_downtime() -> u64 {
+    500
+}
+fn d_steps() -> u64 {
+    10
+}
+fn d_delay() -> u64 {
+    75
+}
+fn d_progress() -> u64 {
+    0
+}
+fn d_action() -> TimeoutAction {
+    TimeoutAction::Abort
+}
+fn d_lock_dir() -> PathBuf {
+    PathBuf::from("/run/lock/numa-repin")
+}
+fn d_lock_timeout() -> u64 {
+    3600
+}
+fn d_ssh_port() -> u16 {
+    8022
+}
+fn d_ssh_user() -> String {
+    "root".into()
+}
+fn yes() -> bool {
+    true
+}
+impl ModuleArgs for Args {}
+
+const M: &str = "repin_migrate";
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers.
+
+fn lv(e: virt::error::Error) -> String {
+    e.message().to_string()
+}
+
+/// `[DEFAULT] host` of a nova.conf.
+fn conf_host(path: Option<&Path>) -> Option<String> {
+    let text = std::fs::read_to_string(path?).ok()?;
+    let mut in_default = false;
+    for line in text.lines() {
+        let l = line.trim();
+        if l.starts_with('[') {
+            in_default = l.eq_ignore_ascii_case("[DEFAULT]");
+            continue;
+        }
+        if in_default {
+            if let Some((k, v)) = l.split_once('=') {
+                if k.trim() == "host" && !v.trim().is_empty() {
+                    return Some(v.trim().to_string());
+                }
+            }
+        }
+    }
+    None
+}
+
+/// libvirt's host uuid (capabilities `<host><uuid>`): names the destination's lock whatever URI
+/// spelling each run uses.
+fn host_uuid(h: &Host) -> Result<String> {
+    let caps = h.capabilities_xml()?;
+    let root = crate::xml::parse(&caps).map_err(|e| anyhow!("libvirt at {}: capabilities: {e}", h.uri))?;
+    root.path("host/uuid").map(|e| e.text.clone()).filter(|s| !s.is_empty()).ok_or_else(|| anyhow!("libvirt at {}: capabilities carry no host uuid", h.uri))
+}
+
+pub struct DestLock {
+    _file: std::fs::File,
+    pub path: PathBuf,
+    pub waited_ms: u64,
+}
+
+/// The exclusive per-destination claim (see module docs).
+pub fn lock_destination(dir: &Path, key: &str, timeout: Duration) -> Result<DestLock> {
+    std::fs::create_dir_all(dir).map_err(|e| anyhow!("{M}: cannot create lock_dir {}: {e}", dir.display()))?;
+    let safe: String = key.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    let path = dir.join(format!("dest-{safe}.lock"));
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| anyhow!("{M}: cannot open lock {}: {e}", path.display()))?;
+    let t0 = Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) => {
+                if t0.elapsed() > timeout {
+                    return Err(Failure::new(format!(
+                        "{M}: another migration to this destination holds {} for more than {} s; wait for it or raise lock_timeout_s",
+                        path.display(),
+                        timeout.as_secs()
+                    ))
+                    .into());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(anyhow!("{M}: cannot lock {}: {e}", path.display())),
+        }
+    }
+    use std::io::Write;
+    let mut f = &file;
+    let _ = f.set_len(0);
+    let _ = writeln!(f, "pid {}", std::process::id());
+    Ok(DestLock { _file: file, path, waited_ms: t0.elapsed().as_millis() as u64 })
+}
+
+fn cpumap(set: &CpuSet) -> Vec<u8> {
+    let max = set.iter().max().unwrap_or(0);
+    let mut m = vec![0u8; (max / 8 + 1) as usize];
+    for c in set.iter() {
+        m[(c / 8) as usize] |= 1 << (c % 8);
+    }
+    m
+}
+
+/// The placement a guest's current definition expresses (to validate it where it is).
+pub fn placement_of(g: &Guest, topo: &GuestTopology) -> Placement {
+    let reserved = g.reserved_cpus().map(|r| r.to_vec()).unwrap_or_default();
+    let cells = topo
+        .cells
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let host_cell = g.numa_cells.iter().find(|n| n.id == c.id).and_then(|n| n.host_nodes.first().copied()).or_else(|| g.memory_nodes.first().copied()).unwrap_or(0);
+            let vcpu_pins = if topo.dedicated {
+                c.vcpus.iter().filter_map(|v| g.vcpu_pins.get(&v.to_string()).and_then(|p| p.first()).map(|p| (v.to_string(), *p))).collect()
+            } else {
+                BTreeMap::new()
+            };
+            CellPlacement {
+                guest_cell: c.id,
+                host_cell,
+                vcpus: c.vcpus.clone(),
+                vcpu_pins,
+                memory_mb: c.memory_mb,
+                pagesize_kb: g.hugepage_kb,
+                cpuset_reserved: if i == 0 { reserved.clone() } else { vec![] },
+                thread_policy: topo.thread_policy,
+            }
+        })
+        .collect();
+    Placement { cells, emulator_pins: g.emulator_pins.clone(), dedicated: topo.dedicated }
+}
+
+/// Does the guest's definition carry exactly the plan's pins?
+fn pins_match(g: &Guest, p: &Placement) -> Result<(), String> {
+    let mut bad = Vec::new();
+    for c in &p.cells {
+        for (v, pc) in &c.vcpu_pins {
+            match g.vcpu_pins.get(v) {
+                Some(have) if have == &vec![*pc] => {}
+                other => bad.push(format!("vCPU {v}: {} instead of {pc}", other.map(|o| format_spec(&o.iter().copied().collect())).unwrap_or_else(|| "unpinned".into()))),
+            }
+        }
+    }
+    if !p.emulator_pins.is_empty() {
+        let want: CpuSet = p.emulator_pins.iter().copied().collect();
+        let have: CpuSet = g.emulator_pins.iter().copied().collect();
+        if want != have {
+            bad.push(format!("emulator: {} instead of {}", format_spec(&have), format_spec(&want)));
+        }
+    }
+    for c in &p.cells {
+        let have = g.numa_cells.iter().find(|n| n.id == c.guest_cell).map(|n| n.host_nodes.clone()).unwrap_or_else(|| g.memory_nodes.clone());
+        if !have.is_empty() && have != vec![c.host_cell] {
+            bad.push(format!("guest cell {} memory on host nodes {:?} instead of {}", c.guest_cell, have, c.host_cell));
+        }
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(bad.join("; "))
+    }
+}
+
+fn old_pins(g: &Guest) -> Value {
+    json!({"vcpu_pins": g.vcpu_pins, "emulator_pins": g.emulator_pins, "memory_nodes": g.numa_cells.iter().map(|c| (c.id.to_string(), c.host_nodes.clone())).collect::<BTreeMap<_,_>>()})
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real affinity from /proc (libvirt pins threads by affinity when there are no cgroups).
+
+#[derive(Debug, Serialize)]
+pub struct Affinity {
+    pub pid: u32,
+    pub vcpus: BTreeMap<String, Vec<u32>>,
+    pub emulator: Vec<u32>,
+}
+
+fn qemu_pids(uuid: &str) -> Vec<(u32, bool)> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else { return out };
+    for e in rd.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        if !args.first().is_some_and(|a| String::from_utf8_lossy(a).contains("qemu")) {
+            continue;
+        }
+        let has_uuid = args.windows(2).any(|w| w[0] == b"-uuid" && w[1] == uuid.as_bytes());
+        if has_uuid {
+            let incoming = args.iter().any(|a| *a == b"-incoming");
+            out.push((pid, incoming));
+        }
+    }
+    out
+}
+
+fn read_affinity(pid: u32) -> Option<Affinity> {
+    let mut vcpus = BTreeMap::new();
+    let mut emulator = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).ok()?.trim().to_string();
+        let status = std::fs::read_to_string(t.path().join("status")).ok()?;
+        let allowed = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).map(|s| s.trim().to_string())?;
+        let set = crate::cpuset::parse_spec(&allowed).ok()?.to_vec();
+        if let Some(rest) = comm.strip_prefix("CPU ") {
+            if let Some(n) = rest.split('/').next().and_then(|n| n.parse::<u32>().ok()) {
+                vcpus.insert(n.to_string(), set);
+                continue;
+            }
+        }
+        if t.file_name().to_string_lossy() == pid.to_string() {
+            emulator = set;
+        }
+    }
+    Some(Affinity { pid, vcpus, emulator })
+}
+
+/// The guest's QEMU on this machine after a migration: wait for the source QEMU to go.
+fn local_affinity(uuid: &str) -> Option<Affinity> {
+    let t0 = Instant::now();
+    loop {
+        let pids = qemu_pids(uuid);
+        if pids.len() == 1 {
+            return read_affinity(pids[0].0);
+        }
+        if pids.is_empty() || t0.elapsed() > Duration::from_secs(5) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn affinity_matches(a: &Affinity, p: &Placement) -> Result<(), String> {
+    let mut bad = Vec::new();
+    for c in &p.cells {
+        for (v, pc) in &c.vcpu_pins {
+            match a.vcpus.get(v) {
+                Some(have) if have == &vec![*pc] => {}
+                Some(have) => bad.push(format!("vCPU {v} thread runs on {have:?}, plan {pc}")),
+                None => bad.push(format!("vCPU {v}: no thread found")),
+            }
+        }
+    }
+    if !p.emulator_pins.is_empty() && a.emulator != p.emulator_pins {
+        bad.push(format!("emulator thread runs on {:?}, plan {:?}", a.emulator, p.emulator_pins));
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(bad.join("; "))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU model check.
+
+fn cpu_check(src: &Host, dst: &Host, xml: &str) -> Result<Value> {
+    let root = crate::xml::parse(xml).map_err(|e| anyhow!("{e}"))?;
+    let dtype = root.attr("type").unwrap_or("");
+    let cpu = root.child("cpu");
+    let mode = cpu.and_then(|c| c.attr("mode")).unwrap_or(if cpu.and_then(|c| c.child("model")).is_some() { "custom" } else { "" });
+    if dtype == "qemu" {
+        return Ok(json!({"checked": false, "reason": "TCG guest (domain type qemu): QEMU emulates the CPU model, the destination's host CPU does not matter"}));
+    }
+    let cpu_xml = match mode {
+        "custom" => repin::child_element(xml, "cpu").ok_or_else(|| anyhow!("cannot extract <cpu>"))?,
+        "host-model" | "host-passthrough" | "maximum" => {
+            let caps = src.capabilities_xml()?;
+            repin::host_cpu_element(&caps).ok_or_else(|| anyhow!("source capabilities have no <host><cpu>"))?
+        }
+        _ => return Ok(json!({"checked": false, "reason": "the guest names no CPU model (hypervisor default): nothing to compare"})),
+    };
+    match dst.conn.compare_cpu(&cpu_xml, 0) {
+        Ok(r) if r == sys::VIR_CPU_COMPARE_INCOMPATIBLE => Err(Failure::new(format!(
+            "{M}: the guest's CPU (mode {mode}) is not compatible with the destination's CPU; nothing was changed. Give the guests a common model (nova.conf cpu_mode=custom, cpu_model=...) or choose another destination"
+        ))
+        .into()),
+        Ok(r) => Ok(json!({"checked": true, "mode": mode, "result": if r == sys::VIR_CPU_COMPARE_IDENTICAL { "identical" } else { "superset" }})),
+        Err(e) => Ok(json!({"checked": false, "mode": mode, "reason": format!("libvirt could not compare: {}", lv(e))})),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Block migration: disks and destination preparation.
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Disk {
+    pub target: String,
+    pub path: String,
+    pub format: String,
+    pub capacity_bytes: u64,
+    /// Where it goes on the destination, as seen over SSH.
+    pub dest_path: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub created: bool,
+}
+
+fn local_disks(dom: &Domain, xml: &str) -> Result<Vec<Disk>> {
+    let root = crate::xml::parse(xml).map_err(|e| anyhow!("{e}"))?;
+    let mut out = Vec::new();
+    if let Some(devs) = root.child("devices") {
+        for d in devs.children("disk") {
+            if d.attr("type") != Some("file") || d.attr("device").unwrap_or("disk") != "disk" || d.child("readonly").is_some() || d.child("shareable").is_some() {
+                continue;
+            }
+            let Some(path) = d.child("source").and_then(|s| s.attr("file")) else { continue };
+            let target = d.child("target").and_then(|t| t.attr("dev")).unwrap_or("").to_string();
+            let format = d.child("driver").and_then(|t| t.attr("type")).unwrap_or("raw").to_string();
+            if let Some(bs) = d.child("backingStore") {
+                if bs.child("source").is_some() {
+                    return Err(Failure::new(format!(
+                        "{M}: disk {target} ({path}) has a backing file; block migration of backing chains is not supported here (Nova copies the base image first): nothing was changed"
+                    ))
+                    .into());
+                }
+            }
+            let info = dom.block_info(&target, 0).map_err(|e| anyhow!("{M}: cannot read the size of disk {target}: {}", lv(e)))?;
+            out.push(Disk { target, path: path.to_string(), format, capacity_bytes: info.capacity, dest_path: String::new(), created: false });
+        }
+    }
+    Ok(out)
+}
+
+fn ssh_connect(a: &Args) -> Result<Ssh> {
+    let host = a.ssh_host.as_deref().ok_or_else(|| Failure::new(format!("{M}: storage block needs ssh_host (the destination's sshd, Kolla nova_ssh) to prepare its disks")))?;
+    let key = a.ssh_key.as_deref().ok_or_else(|| Failure::new(format!("{M}: storage block needs ssh_key (private key accepted by the destination's sshd)")))?;
+    Ssh::connect(host, a.ssh_port, &a.ssh_user, key, a.ssh_known_hosts.as_deref(), Duration::from_secs(20))
+}
+
+/// Nova's pre_live_migration for a block migration: instance dir and empty disks of the same
+/// virtual size and format. Existing files of the right size are kept (rerun after a failure).
+fn prepare_disks(ssh: &Ssh, disks: &mut [Disk], instance_dir: Option<&str>, uuid: &str) -> Result<()> {
+    for d in disks.iter_mut() {
+        let file = Path::new(&d.path).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| "disk".into());
+        let dir = match instance_dir {
+            Some(i) => i.replace("{uuid}", uuid),
+            None => Path::new(&d.path).parent().map(|p| p.display().to_string()).unwrap_or_else(|| "/".into()),
+        };
+        d.dest_path = format!("{}/{}", dir.trim_end_matches('/'), file);
+        let qd = quote(&d.dest_path);
+        ssh.run(&format!("mkdir -p {}", quote(&dir)))?;
+        let exists = ssh.exec(&format!("test -e {qd}"))?.status == 0;
+        if exists {
+            let info = ssh.run(&format!("qemu-img info --output=json -U {qd}"))?;
+            let v: Value = serde_json::from_str(&info).unwrap_or(Value::Null);
+            let size = v["virtual-size"].as_u64().unwrap_or(0);
+            let fmt = v["format"].as_str().unwrap_or("");
+            if size != d.capacity_bytes || fmt != d.format {
+                return Err(Failure::new(format!(
+                    "{M}: {} already exists on the destination as {fmt} of {size} bytes, the guest's disk {} is {} of {} bytes; remove it (or check it is not another guest's) and rerun: nothing was migrated",
+                    d.dest_path, d.target, d.format, d.capacity_bytes
+                ))
+                .into());
+            }
+            continue;
+        }
+        ssh.run(&format!("qemu-img create -q -f {} {qd} {}", quote(&d.format), d.capacity_bytes))?;
+        d.created = true;
+    }
+    Ok(())
+}
+
+fn cleanup_disks(ssh: &Ssh, disks: &[Disk]) -> Vec<String> {
+    let mut removed = Vec::new();
+    for d in disks.iter().filter(|d| d.created) {
+        if ssh.exec(&format!("rm -f {}", quote(&d.dest_path))).map(|o| o.status == 0).unwrap_or(false) {
+            removed.push(d.dest_path.clone());
+        }
+    }
+    removed
+}
+
+// ---------------------------------------------------------------------------------------------
+// Job monitor.
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct JobFigures {
+    pub samples: u64,
+    pub elapsed_ms: u64,
+    pub data_total_bytes: u64,
+    pub data_processed_bytes: u64,
+    pub data_remaining_bytes: u64,
+    pub memory_iterations: u64,
+    pub downtime_set_ms: Vec<(u64, u64)>,
+    pub timeout: Option<String>,
+    pub action_taken: Option<String>,
+    pub paused_source: bool,
+    pub errors: Vec<String>,
+}
+
+struct MonitorCfg {
+    steps: Vec<(u64, u64)>, // (delay s, downtime ms)
+    completion_timeout_s: u64,
+    progress_timeout_s: u64,
+    action: TimeoutAction,
+    post_copy: bool,
+}
+
+/// Nova's downtime steps (`nova.virt.libvirt.migration.downtime_steps`).
+pub fn downtime_steps(max_ms: u64, steps: u64, delay_per_gib: u64, data_gib: f64) -> Vec<(u64, u64)> {
+    let steps = steps.max(1);
+    let delay = (delay_per_gib as f64 * data_gib) as u64;
+    let base = max_ms / steps;
+    let offset = (max_ms - base) / steps;
+    (0..=steps).map(|i| (delay * i, base + offset * i)).collect()
+}
+
+fn monitor(dom: Domain, cfg: MonitorCfg, stop: Arc<AtomicBool>, figs: Arc<Mutex<JobFigures>>) {
+    let t0 = Instant::now();
+    let mut step = 0usize;
+    let mut last_remaining = u64::MAX;
+    let mut last_progress = Instant::now();
+    let mut acted = false;
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+        let st = match dom.job_stats(0) {
+            Ok(s) => s,
+            Err(_) => continue,
+        };
+        if st.r#type != sys::VIR_DOMAIN_JOB_BOUNDED as i32 && st.r#type != sys::VIR_DOMAIN_JOB_UNBOUNDED as i32 {
+            continue;
+        }
+        let elapsed = t0.elapsed();
+        let mut f = figs.lock().unwrap_or_else(|p| p.into_inner());
+        f.samples += 1;
+        f.elapsed_ms = st.time_elapsed.unwrap_or(elapsed.as_millis() as u64);
+        f.data_total_bytes = st.data_total.unwrap_or(f.data_total_bytes);
+        f.data_processed_bytes = st.data_processed.unwrap_or(f.data_processed_bytes);
+        let remaining = st.data_remaining.unwrap_or(0);
+        f.data_remaining_bytes = remaining;
+        f.memory_iterations = f.memory_iterations.max(st.mem_iteration.unwrap_or(0));
+        // Downtime steps: the next step when its delay has passed.
+        while step < cfg.steps.len() && elapsed.as_secs() >= cfg.steps[step].0 {
+            let ms = cfg.steps[step].1;
+            match dom.migrate_set_max_downtime(ms, 0) {
+                Ok(()) => f.downtime_set_ms.push((elapsed.as_millis() as u64, ms)),
+                Err(e) => f.errors.push(format!("set max downtime {ms} ms: {}", lv(e))),
+            }
+            step += 1;
+        }
+        if remaining < last_remaining {
+            last_remaining = remaining;
+            last_progress = Instant::now();
+        }
+        if acted {
+            continue;
+        }
+        let why = if cfg.completion_timeout_s > 0 && elapsed.as_secs() >= cfg.completion_timeout_s {
+            Some(format!("not complete after {} s (completion_timeout_s)", cfg.completion_timeout_s))
+        } else if cfg.progress_timeout_s > 0 && last_progress.elapsed().as_secs() >= cfg.progress_timeout_s {
+            Some(format!("no progress for {} s (progress_timeout_s; {remaining} bytes remaining)", cfg.progress_timeout_s))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            acted = true;
+            f.timeout = Some(why);
+            let res = match cfg.action {
+                TimeoutAction::Abort => {
+                    f.action_taken = Some("abort".into());
+                    // SAFETY: dom is a valid domain handle owned by this thread.
+                    let r = unsafe { sys::virDomainAbortJob(dom.as_ptr()) };
+                    (r >= 0).then_some(()).ok_or_else(|| virt::error::Error::last_error())
+                }
+                TimeoutAction::ForceComplete if cfg.post_copy => {
+                    f.action_taken = Some("force_complete: switch to post-copy".into());
+                    // SAFETY: as above.
+                    let r = unsafe { sys::virDomainMigrateStartPostCopy(dom.as_ptr(), 0) };
+                    (r >= 0).then_some(()).ok_or_else(|| virt::error::Error::last_error())
+                }
+                TimeoutAction::ForceComplete => {
+                    f.action_taken = Some("force_complete: pause the guest so the migration completes".into());
+                    let r = dom.suspend();
+                    if r.is_ok() {
+                        f.paused_source = true;
+                    }
+                    r
+                }
+            };
+            if let Err(e) = res {
+                let what = f.action_taken.clone().unwrap_or_default();
+                f.errors.push(format!("{what}: {}", lv(e)));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The module.
+
+struct SourceGuest {
+    dom: Domain,
+    guest: Guest,
+    live_xml: String,
+    inactive_xml: String,
+    persistent: bool,
+}
+
+fn read_source(src: &Host, name: &str) -> Result<Option<SourceGuest>> {
+    let Ok(dom) = src.lookup(name) else { return Ok(None) };
+    let guest = libvirt::guest_of(&dom)?;
+    let live_xml = dom.xml_desc(sys::VIR_DOMAIN_XML_MIGRATABLE).map_err(|e| anyhow!("guest {name}: cannot read its XML: {}", lv(e)))?;
+    let persistent = dom.is_persistent().unwrap_or(false);
+    let inactive_xml = if persistent {
+        dom.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE | sys::VIR_DOMAIN_XML_MIGRATABLE).map_err(|e| anyhow!("guest {name}: cannot read its inactive XML: {}", lv(e)))?
+    } else {
+        live_xml.clone()
+    };
+    Ok(Some(SourceGuest { dom, guest, live_xml, inactive_xml, persistent }))
+}
+
+fn diff_value(before: &str, after: &str, header: &str) -> Value {
+    json!({"before": before, "after": after, "before_header": format!("{header} (before)"), "after_header": format!("{header} (after)")})
+}
+
+fn placement_msg(p: &Placement) -> String {
+    p.cells
+        .iter()
+        .map(|c| {
+            let pins: Vec<String> = c.vcpu_pins.iter().map(|(v, p)| format!("{v}->{p}")).collect();
+            format!("guest cell {} -> host cell {} [{}]", c.guest_cell, c.host_cell, pins.join(" "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn base_fields(o: &mut Outcome, uuid: &str, source_host: &str, dest_host: &str, dest_node: &str, p: &Placement) {
+    o.set("instance_uuid", uuid);
+    o.set("source_host", source_host);
+    o.set("dest_host", dest_host);
+    o.set("dest_node", dest_node);
+    o.set("placement", p);
+}
+
+/// Validate a guest's current placement on a host (for idempotency and post checks).
+fn current_valid(facts: &NumaFacts, g: &Guest, tp: Option<ThreadPolicy>) -> (GuestTopology, Placement, Result<(), String>) {
+    let topo = GuestTopology::from_guest(g, tp);
+    let p = placement_of(g, &topo);
+    let state = facts.host_state(Some(&g.uuid));
+    let mut r = fit::validate(&state, &topo, &p);
+    if r.is_ok() {
+        if let Some(o) = facts.overlaps.iter().find(|o| o.guests.contains(&g.name)) {
+            r = Err(format!("pCPU {} is pinned by {}", o.cpu, o.guests.join(" and ")));
+        }
+    }
+    (topo, p, r)
+}
+
+pub fn run(a: Args, ctx: &Context) -> Result<Outcome> {
+    let same = a.dest_uri.as_deref().is_none_or(|d| d == a.source_uri);
+    match a.mode {
+        Mode::Repin => {
+            if !same {
+                return Err(Failure::new(format!("{M}: mode repin works on one host: give source_uri only (or dest_uri equal to it)")).into());
+            }
+            repin_in_place(&a, ctx)
+        }
+        Mode::Migrate => {
+            if same {
+                return Err(Failure::new(format!("{M}: dest_uri is missing or equals source_uri; to move pins on the same host use mode: repin")).into());
+            }
+            migrate(&a, ctx)
+        }
+    }
+}
+
+fn migrate(a: &Args, ctx: &Context) -> Result<Outcome> {
+    let dest_uri = a.dest_uri.clone().unwrap_or_default();
+    let src = libvirt::connect(&a.source_uri)?;
+    let dst = libvirt::connect(&dest_uri)?;
+    let source_host = a.source_host.clone().or_else(|| conf_host(a.source_nova_conf.as_deref())).unwrap_or_else(|| src.hostname());
+    let dest_host = a.dest_host.clone().or_else(|| conf_host(a.dest_nova_conf.as_deref())).unwrap_or_else(|| dst.hostname());
+    let dest_node = a.dest_node.clone().unwrap_or_else(|| dest_host.clone());
+
+    let sg = read_source(&src, &a.guest)?;
+    let on_source_active = sg.as_ref().is_some_and(|s| s.dom.is_active().unwrap_or(false));
+    if !on_source_active {
+        // Idempotency: already on the destination with a valid placement?
+        if let Ok(ddom) = dst.lookup(&a.guest) {
+            if ddom.is_active().unwrap_or(false) {
+                let f = facts::gather_live(&dest_uri, a.dest_nova_conf.as_deref(), Some(&dest_host))?;
+                let g = libvirt::guest_of(&ddom)?;
+                let (_, p, valid) = current_valid(&f, &g, a.thread_policy);
+                let mut o = Outcome::new(false, format!("{} already runs on {dest_host} with a valid placement: {}", g.name, placement_msg(&p)));
+                base_fields(&mut o, &g.uuid, &source_host, &dest_host, &dest_node, &p);
+                o.set("guest", &g.name);
+                if let Err(why) = valid {
+                    o.failed = true;
+                    o.msg = format!("{} already runs on {dest_host} but its placement is not valid there ({why}); fix it with mode: repin on {dest_uri}", g.name);
+                }
+                return Ok(o);
+            }
+        }
+        return Err(match sg {
+            Some(_) => Failure::new(format!("{M}: {} is not running on {}; live migration needs a running guest (start it, or move a stopped guest offline)", a.guest, a.source_uri)),
+            None => Failure::new(format!("{M}: no guest named or with uuid '{}' on {} nor running on {dest_uri}", a.guest, a.source_uri)),
+        }
+        .into());
+    }
+    let sg = sg.expect("checked above");
+    let g = &sg.guest;
+    if let Ok(ddom) = dst.lookup(&g.uuid) {
+        if ddom.is_active().unwrap_or(false) {
+            return Err(Failure::new(format!("{M}: {} runs on both {} and {dest_uri}; resolve that by hand first (destroy the stale copy)", g.name, a.source_uri)).into());
+        }
+    }
+    let topo = GuestTopology::from_guest(g, a.thread_policy);
+    let cpu = cpu_check(&src, &dst, &sg.live_xml)?;
+
+    // The claim: exclusive per destination, held to the end of this function.
+    let lock = if ctx.check_mode {
+        None
+    } else {
+        let key = host_uuid(&dst)?;
+        Some(lock_destination(&a.lock_dir, &key, Duration::from_secs(a.lock_timeout_s))?)
+    };
+    // The destination's live state, read under the lock.
+    let dfacts = facts::gather_live(&dest_uri, a.dest_nova_conf.as_deref(), Some(&dest_host))?;
+    let state = dfacts.host_state(Some(&g.uuid));
+    let placement = match fit::fit_topology(&state, &topo, &FitOptions::default()) {
+        Ok(p) => p,
+        Err(r) => {
+            return Err(Failure::new(r.msg.clone())
+                .with("reasons", &r.reasons)
+                .with("instance_uuid", &g.uuid)
+                .with("guest", &g.name)
+                .with("dest_host", &dest_host)
+                .with("guest_on_source", true)
+                .with("hint", format!("nothing was changed: {} keeps running on {source_host} with its pins; choose another destination or free pCPUs/memory on {dest_host}", g.name))
+                .into());
+        }
+    };
+    let dest_xml = repin::rewrite(&sg.live_xml, &placement).map_err(|e| Failure::new(format!("{M}: cannot rewrite the guest XML: {e}; nothing was changed")))?;
+    let persist_xml = repin::rewrite(&sg.inactive_xml, &placement).map_err(|e| Failure::new(format!("{M}: cannot rewrite the persistent XML: {e}; nothing was changed")))?;
+    let diff = diff_value(&sg.live_xml, &dest_xml, &format!("{} on {source_host} -> {dest_host}", g.name));
+    let data_gib = (g.memory_mb as f64 / 1024.0).max(2.0);
+
+    let mut disks = match a.storage {
+        Storage::Block => local_disks(&sg.dom, &sg.live_xml)?,
+        Storage::Shared => Vec::new(),
+    };
+    let disk_gib: f64 = disks.iter().map(|d| d.capacity_bytes as f64 / (1u64 << 30) as f64).sum();
+    let data_gib = data_gib + disk_gib;
+
+    let mut o = Outcome::new(true, String::new());
+    base_fields(&mut o, &g.uuid, &source_host, &dest_host, &dest_node, &placement);
+    o.set("guest", &g.name);
+    o.set("old_pins", old_pins(g));
+    o.set("cpu_check", &cpu);
+    o.set("storage", a.storage);
+    o.diff = Some(diff);
+    if ctx.check_mode {
+        o.msg = format!("would migrate {} from {source_host} to {dest_host}: {}", g.name, placement_msg(&placement));
+        o.set("dest_xml", &dest_xml);
+        o.set("xml_diff", repin::line_diff(&sg.live_xml, &dest_xml));
+        o.set("disks", &disks);
+        return Ok(o);
+    }
+    if let Some(l) = &lock {
+        o.set("lock", json!({"path": l.path, "waited_ms": l.waited_ms}));
+    }
+
+    // Block migration: prepare the destination.
+    let ssh = if a.storage == Storage::Block && !disks.is_empty() {
+        let s = ssh_connect(a)?;
+        prepare_disks(&s, &mut disks, a.instance_dir.as_deref(), &g.uuid).map_err(|e| {
+            let removed = cleanup_disks(&s, &disks);
+            match e.downcast::<Failure>() {
+                Ok(f) => anyhow::Error::new(f.with("removed_on_destination", &removed)),
+                Err(e) => anyhow::Error::new(Failure::new(format!("{M}: preparing the destination over SSH failed: {e:#}; nothing was migrated")).with("removed_on_destination", &removed)),
+            }
+        })?;
+        o.set("ssh_host_key_sha256", &s.host_key_sha256);
+        Some(s)
+    } else {
+        None
+    };
+    o.set("disks", &disks);
+
+    // Migrate.
+    let mut flags = sys::VIR_MIGRATE_LIVE | sys::VIR_MIGRATE_PEER2PEER | sys::VIR_MIGRATE_PERSIST_DEST | sys::VIR_MIGRATE_UNDEFINE_SOURCE | sys::VIR_MIGRATE_ABORT_ON_ERROR;
+    if a.auto_converge {
+        flags |= sys::VIR_MIGRATE_AUTO_CONVERGE;
+    }
+    if a.post_copy {
+        flags |= sys::VIR_MIGRATE_POSTCOPY;
+    }
+    if a.storage == Storage::Block && !disks.is_empty() {
+        flags |= sys::VIR_MIGRATE_NON_SHARED_DISK;
+    }
+    if !sg.persistent {
+        flags &= !sys::VIR_MIGRATE_UNDEFINE_SOURCE;
+    }
+    let params = MigrateParameters {
+        dest_xml: Some(dest_xml.clone()),
+        persist_xml: sg.persistent.then(|| persist_xml.clone()),
+        uri: a.migrate_uri.clone(),
+        bandwidth: (a.bandwidth_mibps > 0).then_some(a.bandwidth_mibps),
+        migrate_disks: if flags & sys::VIR_MIGRATE_NON_SHARED_DISK != 0 { disks.iter().map(|d| d.target.clone()).collect() } else { Vec::new() },
+        ..Default::default()
+    };
+    let completion = a.completion_timeout_s.unwrap_or((800.0 * data_gib) as u64);
+    let cfg = MonitorCfg {
+        steps: downtime_steps(a.max_downtime_ms, a.downtime_steps, a.downtime_delay_s, data_gib),
+        completion_timeout_s: completion,
+        progress_timeout_s: a.progress_timeout_s,
+        action: a.timeout_action,
+        post_copy: a.post_copy,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let figs = Arc::new(Mutex::new(JobFigures::default()));
+    let mon = {
+        let (d, s, f) = (sg.dom.clone(), stop.clone(), figs.clone());
+        std::thread::spawn(move || monitor(d, cfg, s, f))
+    };
+    let t0 = Instant::now();
+    let res = sg.dom.migrate_to_uri3(Some(&dest_uri), params, flags);
+    let total_ms = t0.elapsed().as_millis() as u64;
+    stop.store(true, Ordering::SeqCst);
+    let _ = mon.join();
+    let figs = figs.lock().map(|f| f.clone()).unwrap_or_default();
+
+    if let Err(e) = res {
+        return Err(migration_failed(a, &src, &dst, &sg, &dest_host, &source_host, &lv(e), &figs, total_ms, ssh.as_ref(), &disks).into());
+    }
+
+    // Figures: the destination keeps the completed job's statistics.
+    let ddom = dst.lookup(&g.uuid).map_err(|_| anyhow!("{M}: the migration returned success but {} is not on {dest_uri}", g.name))?;
+    let done = ddom.job_stats(sys::VIR_DOMAIN_JOB_STATS_COMPLETED).ok();
+    let mig = json!({
+        "total_time_ms": total_ms,
+        "job_time_ms": done.as_ref().and_then(|d| d.time_elapsed).unwrap_or(figs.elapsed_ms),
+        "downtime_ms": done.as_ref().and_then(|d| d.downtime),
+        "data_total_bytes": done.as_ref().and_then(|d| d.data_total).unwrap_or(figs.data_total_bytes),
+        "data_processed_bytes": done.as_ref().and_then(|d| d.data_processed).unwrap_or(figs.data_processed_bytes),
+        "memory_iterations": done.as_ref().and_then(|d| d.mem_iteration).unwrap_or(figs.memory_iterations).max(figs.memory_iterations),
+        "disk_processed_bytes": done.as_ref().and_then(|d| d.disk_processed),
+        "monitor": figs,
+        "flags": flags,
+    });
+    o.set("migration", &mig);
+    if figs.paused_source {
+        // force_complete paused the guest: it must run on the destination.
+        if let Ok((virt::enumutil::Enum::Known(virt::domain::DomainState::Paused), _)) = ddom.state() {
+            let _ = ddom.resume();
+        }
+    }
+
+    // Verify.
+    let verify = verify_after(a, &src, &dst, &dest_uri, &dest_host, g, &placement);
+    o.set("verify", &verify.0);
+    if let Err(why) = verify.1 {
+        o.failed = true;
+        o.msg = format!("{} migrated to {dest_host} but the check after failed: {why}; the guest runs on {dest_host}: fix its pins with mode: repin there", g.name);
+        return Ok(o);
+    }
+    o.msg = format!("migrated {} from {source_host} to {dest_host} in {total_ms} ms: {}", g.name, placement_msg(&placement));
+    drop(lock);
+    Ok(o)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn migration_failed(a: &Args, src: &Host, dst: &Host, sg: &SourceGuest, dest_host: &str, source_host: &str, err: &str, figs: &JobFigures, total_ms: u64, ssh: Option<&Ssh>, disks: &[Disk]) -> Failure {
+    let g = &sg.guest;
+    // Where is the guest now, and with which pins?
+    let mut notes = Vec::new();
+    if figs.paused_source {
+        if let Ok(d) = src.lookup(&g.uuid) {
+            if d.resume().is_ok() {
+                notes.push("resumed the guest on the source (force_complete had paused it)".to_string());
+            }
+        }
+    }
+    let (on_source, source_state, pins_unchanged) = match src.lookup(&g.uuid).and_then(|d| libvirt::guest_of(&d)) {
+        Ok(now) => {
+            let same = now.vcpu_pins == g.vcpu_pins && now.emulator_pins == g.emulator_pins;
+            (true, now.state.clone(), same)
+        }
+        Err(_) => (false, "absent".to_string(), false),
+    };
+    let on_dest = dst.lookup(&g.uuid).map(|d| d.is_active().unwrap_or(false)).unwrap_or(false);
+    let removed = ssh.map(|s| cleanup_disks(s, disks)).unwrap_or_default();
+    let state_msg = if on_source && source_state == "running" && pins_unchanged && !on_dest {
+        format!("{} keeps running on {source_host} with its old pinning (checked)", g.name)
+    } else {
+        format!("CHECK BY HAND: {} on {source_host}: {source_state}, old pins kept: {pins_unchanged}; running on {dest_host}: {on_dest}", g.name)
+    };
+    let timeout = figs.timeout.as_ref().map(|t| format!(" after {t} ({})", figs.action_taken.clone().unwrap_or_default())).unwrap_or_default();
+    let hint = if figs.timeout.is_some() {
+        "raise completion_timeout_s/progress_timeout_s, allow auto_converge or post_copy, or migrate when the guest is less busy"
+    } else if a.migrate_uri.is_some() && (err.contains("connect") || err.contains("address") || err.contains("refused") || err.contains("route")) {
+        "check migrate_uri: the destination must listen on that address (Nova's live_migration_inbound_addr) and the source must reach it"
+    } else {
+        "check that libvirtd runs on both hosts and that they reach each other, then rerun"
+    };
+    Failure::new(format!("{M}: migration of {} to {dest_host} failed{timeout}: {err}; {state_msg}; {hint}", g.name))
+        .with("instance_uuid", &g.uuid)
+        .with("guest", &g.name)
+        .with("source_host", source_host)
+        .with("dest_host", dest_host)
+        .with("guest_on_source", on_source)
+        .with("source_state", &source_state)
+        .with("source_pins_unchanged", pins_unchanged)
+        .with("running_on_destination", on_dest)
+        .with("old_pins", old_pins(g))
+        .with("migration", json!({"total_time_ms": total_ms, "monitor": figs}))
+        .with("removed_on_destination", removed)
+        .with("notes", notes)
+}
+
+fn verify_after(a: &Args, src: &Host, dst: &Host, dest_uri: &str, dest_host: &str, g: &Guest, p: &Placement) -> (Value, Result<(), String>) {
+    let mut v = serde_json::Map::new();
+    let mut bad = Vec::new();
+    match src.lookup(&g.uuid) {
+        Ok(d) => {
+            let active = d.is_active().unwrap_or(false);
+            v.insert("source_defined".into(), json!(true));
+            bad.push(format!("{} is still defined on the source (active: {active})", g.name));
+        }
+        Err(_) => {
+            v.insert("source_defined".into(), json!(false));
+        }
+    }
+    match dst.lookup(&g.uuid) {
+        Err(_) => bad.push(format!("{} is not on {dest_uri}", g.name)),
+        Ok(d) => {
+            let live = libvirt::guest_of(&d);
+            match &live {
+                Ok(live) => {
+                    v.insert("dest_state".into(), json!(live.state));
+                    if live.state != "running" {
+                        bad.push(format!("state on the destination is {}", live.state));
+                    }
+                    let r = pins_match(live, p);
+                    v.insert("live_pins_match".into(), json!(r.is_ok()));
+                    if let Err(e) = r {
+                        bad.push(format!("live definition: {e}"));
+                    }
+                }
+                Err(e) => bad.push(format!("cannot read the live definition: {e:#}")),
+            }
+            match d.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE).map_err(lv).and_then(|x| crate::domain::parse_guest(&x)) {
+                Ok(inactive) => {
+                    let r = pins_match(&inactive, p);
+                    v.insert("persistent_pins_match".into(), json!(r.is_ok()));
+                    if let Err(e) = r {
+                        bad.push(format!("persistent definition (used at the next start): {e}"));
+                    }
+                }
+                Err(e) => bad.push(format!("cannot read the persistent definition: {e}")),
+            }
+            v.insert("persistent".into(), json!(d.is_persistent().unwrap_or(false)));
+        }
+    }
+    if a.verify_affinity {
+        match local_affinity(&g.uuid) {
+            Some(aff) => {
+                let r = affinity_matches(&aff, p);
+                v.insert("affinity_match".into(), json!(r.is_ok()));
+                if let Err(e) = r {
+                    bad.push(format!("real thread affinity: {e}"));
+                }
+                v.insert("affinity".into(), serde_json::to_value(&aff).unwrap_or(Value::Null));
+            }
+            None => {
+                v.insert("affinity".into(), json!("not checked: the guest's QEMU process is not visible on this machine"));
+            }
+        }
+    }
+    match facts::gather_live(dest_uri, a.dest_nova_conf.as_deref(), Some(dest_host)) {
+        Ok(f) => {
+            let mine: Vec<_> = f.overlaps.iter().filter(|o| o.guests.contains(&g.name)).collect();
+            v.insert("overlaps".into(), json!(mine));
+            if !mine.is_empty() {
+                bad.push(format!("pCPUs shared with other guests: {}", mine.iter().map(|o| format!("{} ({})", o.cpu, o.guests.join(", "))).collect::<Vec<_>>().join("; ")));
+            }
+        }
+        Err(e) => bad.push(format!("cannot read the destination's facts: {e:#}")),
+    }
+    (Value::Object(v), if bad.is_empty() { Ok(()) } else { Err(bad.join("; ")) })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mode repin: same host.
+
+fn repin_in_place(a: &Args, ctx: &Context) -> Result<Outcome> {
+    let h = libvirt::connect(&a.source_uri)?;
+    let host_name = a.dest_host.clone().or_else(|| a.source_host.clone()).or_else(|| conf_host(a.dest_nova_conf.as_deref())).unwrap_or_else(|| h.hostname());
+    let node = a.dest_node.clone().unwrap_or_else(|| host_name.clone());
+    let dom = h.lookup(&a.guest)?;
+    let active = dom.is_active().unwrap_or(false);
+    let lock = if ctx.check_mode { None } else { Some(lock_destination(&a.lock_dir, &host_uuid(&h)?, Duration::from_secs(a.lock_timeout_s))?) };
+    let f = facts::gather_live(&a.source_uri, a.dest_nova_conf.as_deref(), Some(&host_name))?;
+    let g = libvirt::guest_of(&dom)?;
+    let (topo, current, valid) = current_valid(&f, &g, a.thread_policy);
+    if valid.is_ok() {
+        let mut o = Outcome::new(false, format!("{} on {host_name} already has a valid placement: {}", g.name, placement_msg(&current)));
+        base_fields(&mut o, &g.uuid, &host_name, &host_name, &node, &current);
+        o.set("guest", &g.name);
+        return Ok(o);
+    }
+    let why_invalid = valid.err().unwrap_or_default();
+    // Memory stays where it is: only the host cells the guest's memory is on are candidates.
+    let mut state = f.host_state(Some(&g.uuid));
+    let cells_now: Vec<u32> = current.cells.iter().map(|c| c.host_cell).collect();
+    state.cells.retain(|c| cells_now.contains(&c.id));
+    let placement = match fit::fit_topology(&state, &topo, &FitOptions::default()) {
+        Ok(p) => p,
+        Err(r) => {
+            return Err(Failure::new(format!(
+                "{}: no free pCPUs for {} in the host cell(s) {:?} that hold its memory (repin never moves memory between cells; migrate it instead); nothing was changed",
+                r.msg, g.name, cells_now
+            ))
+            .with("reasons", &r.reasons)
+            .with("invalid_because", &why_invalid)
+            .into());
+        }
+    };
+    for (c, old) in placement.cells.iter().zip(&current.cells) {
+        if c.host_cell != old.host_cell || c.guest_cell != old.guest_cell {
+            return Err(Failure::new(format!("{M}: repinning {} would move guest cell {} from host cell {} to {}: memory would have to change cell; migrate it instead. Nothing was changed", g.name, c.guest_cell, old.host_cell, c.host_cell)).into());
+        }
+    }
+    let live_xml = dom.xml_desc(0).map_err(|e| anyhow!("{}: {}", g.name, lv(e)))?;
+    let new_xml = repin::rewrite(&live_xml, &placement).map_err(|e| Failure::new(format!("{M}: {e}")))?;
+    let mut o = Outcome::new(true, String::new());
+    base_fields(&mut o, &g.uuid, &host_name, &host_name, &node, &placement);
+    o.set("guest", &g.name);
+    o.set("old_pins", old_pins(&g));
+    o.set("invalid_because", &why_invalid);
+    o.diff = Some(diff_value(&live_xml, &new_xml, &format!("{} on {host_name}", g.name)));
+    if ctx.check_mode {
+        o.msg = format!("would repin {} on {host_name}: {}", g.name, placement_msg(&placement));
+        o.set("xml_diff", repin::line_diff(&live_xml, &new_xml));
+        return Ok(o);
+    }
+    let flags = if active { sys::VIR_DOMAIN_AFFECT_LIVE | sys::VIR_DOMAIN_AFFECT_CONFIG } else { sys::VIR_DOMAIN_AFFECT_CONFIG };
+    let persistent = dom.is_persistent().unwrap_or(false);
+    let flags = if persistent { flags } else { sys::VIR_DOMAIN_AFFECT_LIVE };
+    let apply = |p: &Placement| -> Result<(), String> {
+        for c in &p.cells {
+            for (v, pc) in &c.vcpu_pins {
+                let v: u32 = v.parse().map_err(|_| format!("bad vCPU {v}"))?;
+                dom.pin_vcpu_flags(v, &cpumap(&std::iter::once(*pc).collect()), flags).map_err(|e| format!("pin vCPU {v} to {pc}: {}", lv(e)))?;
+            }
+        }
+        if !p.emulator_pins.is_empty() {
+            dom.pin_emulator(&cpumap(&p.emulator_pins.iter().copied().collect()), flags).map_err(|e| format!("pin emulator to {:?}: {}", p.emulator_pins, lv(e)))?;
+        }
+        Ok(())
+    };
+    if let Err(e) = apply(&placement) {
+        let rolled = apply(&current).is_ok();
+        return Err(Failure::new(format!(
+            "{M}: repinning {} failed: {e}; {}",
+            g.name,
+            if rolled { "its old pins were put back (checked)" } else { "CHECK BY HAND: its old pins could not all be put back" }
+        ))
+        .with("old_pins", old_pins(&g))
+        .into());
+    }
+    // Verify.
+    let mut v = serde_json::Map::new();
+    let mut bad = Vec::new();
+    match libvirt::guest_of(&dom) {
+        Ok(live) => {
+            if let Err(e) = pins_match(&live, &placement) {
+                bad.push(format!("live: {e}"));
+            }
+        }
+        Err(e) => bad.push(format!("{e:#}")),
+    }
+    if persistent {
+        match dom.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE).map_err(lv).and_then(|x| crate::domain::parse_guest(&x)) {
+            Ok(inactive) => {
+                let r = pins_match(&inactive, &placement);
+                v.insert("persistent_pins_match".into(), json!(r.is_ok()));
+                if let Err(e) = r {
+                    bad.push(format!("persistent: {e}"));
+                }
+            }
+            Err(e) => bad.push(e),
+        }
+    }
+    if active && a.verify_affinity {
+        if let Some(aff) = qemu_pids(&g.uuid).first().and_then(|(pid, _)| read_affinity(*pid)) {
+            let r = affinity_matches(&aff, &placement);
+            v.insert("affinity_match".into(), json!(r.is_ok()));
+            if let Err(e) = r {
+                bad.push(format!("real thread affinity: {e}"));
+            }
+            v.insert("affinity".into(), serde_json::to_value(&aff).unwrap_or(Value::Null));
+        }
+    }
+    if let Ok(f2) = facts::gather_live(&a.source_uri, a.dest_nova_conf.as_deref(), Some(&host_name)) {
+        let mine: Vec<_> = f2.overlaps.iter().filter(|o| o.guests.contains(&g.name)).collect();
+        if !mine.is_empty() {
+            bad.push(format!("still shares pCPUs: {mine:?}"));
+        }
+        v.insert("overlaps".into(), json!(mine));
+    }
+    o.set("verify", Value::Object(v));
+    if !bad.is_empty() {
+        o.failed = true;
+        o.msg = format!("{} was repinned on {host_name} but the check after failed: {}", g.name, bad.join("; "));
+        return Ok(o);
+    }
+    o.msg = format!("repinned {} on {host_name}: {}", g.name, placement_msg(&placement));
+    drop(lock);
+    Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nova_downtime_steps() {
+        // Nova: downtime 500, steps 10, delay 75, 2 GiB -> (0,50), (150,95), ..., (1500,500)
+        let s = downtime_steps(500, 10, 75, 2.0);
+        assert_eq!(s.len(), 11);
+        assert_eq!(s[0], (0, 50));
+        assert_eq!(s[1], (150, 95));
+        assert_eq!(s[10], (1500, 500));
+    }
+
+    #[test]
+    fn cpumaps() {
+        assert_eq!(cpumap(&[0].into_iter().collect()), vec![1]);
+        assert_eq!(cpumap(&[1, 9].into_iter().collect()), vec![2, 2]);
+    }
+
+    #[test]
+    fn locks_are_exclusive() {
+        let d = tempfile::tempdir().unwrap();
+        let l1 = lock_destination(d.path(), "host-1", Duration::from_secs(1)).unwrap();
+        let e = lock_destination(d.path(), "host-1", Duration::from_millis(200)).err().unwrap();
+        assert!(e.to_string().contains("holds"), "{e}");
+        let _other = lock_destination(d.path(), "host-2", Duration::from_millis(200)).unwrap();
+        drop(l1);
+        lock_destination(d.path(), "host-1", Duration::from_millis(200)).unwrap();
+    }
+
+    #[test]
+    fn placement_of_a_guest_and_pin_match() {
+        let x = crate::domain::fixtures::pinned("vm1", "u-1", &[2, 3], None, 1, 2048);
+        let g = crate::domain::parse_guest(&x).unwrap();
+        let t = GuestTopology::from_guest(&g, None);
+        let p = placement_of(&g, &t);
+        assert_eq!(p.cells[0].host_cell, 1);
+        assert_eq!(p.cells[0].vcpu_pins["1"], 3);
+        assert!(pins_match(&g, &p).is_ok());
+        let mut q = p.clone();
+        q.cells[0].vcpu_pins.insert("0".into(), 5);
+        assert!(pins_match(&g, &q).unwrap_err().contains("vCPU 0"));
+    }
+
+    #[test]
+    fn conf_host_name() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("nova.conf");
+        std::fs::write(&p, "[DEFAULT]\nhost = cmp2\n[libvirt]\nhost = x\n").unwrap();
+        assert_eq!(conf_host(Some(&p)).as_deref(), Some("cmp2"));
+    }
+}

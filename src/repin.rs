@@ -86,7 +86,12 @@ pub fn rewrite_plan(xml: &str, plan: &PinPlan) -> Result<String, String> {
     let mut pos = 0usize;
     let numa = !plan.memnodes.is_empty();
     loop {
-        let ev = reader.read_event().map_err(|e| format!("domain XML: malformed at byte {}: {e}", reader.error_position()))?;
+        let ev = reader.read_event().map_err(|e| {
+            format!(
+                "domain XML: malformed at byte {}: {e}",
+                reader.error_position()
+            )
+        })?;
         let end = reader.buffer_position() as usize;
         let raw = &xml[pos..end];
         pos = end;
@@ -243,7 +248,10 @@ pub fn rewrite_plan(xml: &str, plan: &PinPlan) -> Result<String, String> {
         pending_ws = None;
     }
     if !path.is_empty() {
-        return Err(format!("domain XML: truncated, <{}> is never closed", path.last().map(String::as_str).unwrap_or("?")));
+        return Err(format!(
+            "domain XML: truncated, <{}> is never closed",
+            path.last().map(String::as_str).unwrap_or("?")
+        ));
     }
     String::from_utf8(out.into_inner()).map_err(|e| format!("cannot write XML: {e}"))
 }
@@ -266,12 +274,18 @@ fn cputune_body(plan: &PinPlan, seen: &Scope, indent: &str) -> String {
     if plan.dedicated {
         for (v, set) in &plan.vcpu_pins {
             if !seen.seen_vcpus.contains(v) {
-                s += &format!("{indent}<vcpupin vcpu='{v}' cpuset='{}'/>", format_spec(set));
+                s += &format!(
+                    "{indent}<vcpupin vcpu='{v}' cpuset='{}'/>",
+                    format_spec(set)
+                );
             }
         }
     }
     if !seen.seen_emulator && !plan.emulator.is_empty() {
-        s += &format!("{indent}<emulatorpin cpuset='{}'/>", format_spec(&plan.emulator));
+        s += &format!(
+            "{indent}<emulatorpin cpuset='{}'/>",
+            format_spec(&plan.emulator)
+        );
     }
     s
 }
@@ -279,7 +293,10 @@ fn cputune_body(plan: &PinPlan, seen: &Scope, indent: &str) -> String {
 fn numatune_body(plan: &PinPlan, seen: &Scope, indent: &str) -> String {
     let mut s = String::new();
     if !seen.seen_memory {
-        s += &format!("{indent}<memory mode='strict' nodeset='{}'/>", plan.nodeset());
+        s += &format!(
+            "{indent}<memory mode='strict' nodeset='{}'/>",
+            plan.nodeset()
+        );
     }
     for (c, h) in &plan.memnodes {
         if !seen.seen_memnodes.contains(c) {
@@ -301,7 +318,11 @@ fn check_attrs(s: &BytesStart) -> Result<(), String> {
 fn tag_content(raw: &str, empty: bool) -> String {
     let inner = raw.strip_prefix('<').unwrap_or(raw);
     let inner = inner.strip_suffix('>').unwrap_or(inner);
-    let inner = if empty { inner.strip_suffix('/').unwrap_or(inner) } else { inner };
+    let inner = if empty {
+        inner.strip_suffix('/').unwrap_or(inner)
+    } else {
+        inner
+    };
     inner.to_string()
 }
 
@@ -352,7 +373,10 @@ fn attr_spans(content: &str) -> Vec<(String, usize, usize)> {
 }
 
 fn attr_value(content: &str, name: &str) -> Option<String> {
-    attr_spans(content).into_iter().find(|(k, _, _)| k == name).map(|(_, s, e)| content[s..e].to_string())
+    attr_spans(content)
+        .into_iter()
+        .find(|(k, _, _)| k == name)
+        .map(|(_, s, e)| content[s..e].to_string())
 }
 
 /// Replace an attribute's value in place (quotes and the rest untouched), or append it.
@@ -365,6 +389,54 @@ fn set_attr(content: &str, name: &str, value: &str) -> String {
             format!("{trimmed} {name}='{value}'{tail}")
         }
     }
+}
+
+/// The raw text of the first element at `path` (e.g. `["domain", "cpu"]`), tags included.
+pub fn element_at(xml: &str, path: &[&str]) -> Option<String> {
+    let mut reader = Reader::from_str(xml);
+    let mut stack: Vec<String> = Vec::new();
+    let mut start: Option<usize> = None;
+    let mut pos = 0usize;
+    loop {
+        let ev = reader.read_event().ok()?;
+        let end = reader.buffer_position() as usize;
+        let here = pos;
+        pos = end;
+        match ev {
+            Event::Start(s) => {
+                stack.push(String::from_utf8_lossy(s.name().as_ref()).into_owned());
+                if start.is_none() && stack.len() == path.len() && stack.iter().zip(path).all(|(a, b)| a == b) {
+                    start = Some(here);
+                }
+            }
+            Event::Empty(s) => {
+                let name = String::from_utf8_lossy(s.name().as_ref()).into_owned();
+                if start.is_none() && stack.len() + 1 == path.len() && stack.iter().zip(path).all(|(a, b)| a == b) && name == path[path.len() - 1] {
+                    return Some(xml[here..end].to_string());
+                }
+            }
+            Event::End(_) => {
+                if stack.len() == path.len() {
+                    if let Some(s0) = start {
+                        return Some(xml[s0..end].to_string());
+                    }
+                }
+                stack.pop();
+            }
+            Event::DocType(_) | Event::Eof => return None,
+            _ => {}
+        }
+    }
+}
+
+/// The guest's `<cpu>` element (for `virConnectCompareCPU`).
+pub fn child_element(domain_xml: &str, name: &str) -> Option<String> {
+    element_at(domain_xml, &["domain", name])
+}
+
+/// The host's `<cpu>` from capabilities.
+pub fn host_cpu_element(caps_xml: &str) -> Option<String> {
+    element_at(caps_xml, &["capabilities", "host", "cpu"])
 }
 
 /// A unified-style line diff of two XML texts (for messages and logs; Ansible renders its own
@@ -415,7 +487,11 @@ mod tests {
                 guest_cell: 0,
                 host_cell,
                 vcpus: (0..pins.len() as u32).collect(),
-                vcpu_pins: pins.iter().enumerate().map(|(v, p)| (v.to_string(), *p)).collect(),
+                vcpu_pins: pins
+                    .iter()
+                    .enumerate()
+                    .map(|(v, p)| (v.to_string(), *p))
+                    .collect(),
                 memory_mb: 64,
                 pagesize_kb: None,
                 cpuset_reserved: vec![],
@@ -484,11 +560,18 @@ mod tests {
         let out = rewrite(LAB_GUEST, &p).unwrap();
         assert_eq!(strip_owned(&out), strip_owned(LAB_GUEST));
         assert!(out.contains("<vcpupin vcpu='0' cpuset='5'/>"), "{out}");
-        assert!(out.contains(r#"<vcpupin  vcpu="1"   cpuset="7" />"#), "{out}");
+        assert!(
+            out.contains(r#"<vcpupin  vcpu="1"   cpuset="7" />"#),
+            "{out}"
+        );
         assert!(out.contains("<emulatorpin cpuset='5,7'/>"));
         assert!(out.contains("<memory mode='strict' nodeset='1'/>"));
         assert!(out.contains("<memnode cellid='0' mode='strict' nodeset='1'/>"));
-        assert!(out.contains("<!-- keep me -->") && out.contains("<![CDATA[+0:+0]]>") && out.contains("vm &amp; disk"));
+        assert!(
+            out.contains("<!-- keep me -->")
+                && out.contains("<![CDATA[+0:+0]]>")
+                && out.contains("vm &amp; disk")
+        );
         let g = parse_guest(&out).unwrap();
         assert_eq!(g.vcpu_pins["0"], vec![5]);
         assert_eq!(g.vcpu_pins["1"], vec![7]);
@@ -548,7 +631,10 @@ mod tests {
         p.cells[0].pagesize_kb = Some(2048);
         let out = rewrite(x, &p).unwrap();
         assert!(out.contains("<vcpu cpuset='9'>1</vcpu>"));
-        assert!(out.contains("<page size='2048' unit='KiB' nodeset='0'/>"), "guest-node nodeset stays");
+        assert!(
+            out.contains("<page size='2048' unit='KiB' nodeset='0'/>"),
+            "guest-node nodeset stays"
+        );
         p.cells[0].pagesize_kb = Some(1048576);
         assert!(rewrite(x, &p).unwrap_err().contains("page size"));
     }
@@ -556,15 +642,40 @@ mod tests {
     #[test]
     fn hostile_or_broken_input_is_refused() {
         let p = placement(&[1], 0, &[1]);
-        assert!(rewrite("<!DOCTYPE d [<!ENTITY a 'x'>]><domain><name>&a;</name></domain>", &p).unwrap_err().contains("DOCTYPE"));
-        assert!(rewrite("<domain><name>&x;</name></domain>", &p).unwrap_err().contains("entities"));
-        assert!(rewrite("<domain><cputune>", &p).unwrap_err().contains("truncated"));
-        assert!(rewrite("<domain><cputune><vcpupin vcpu='3' cpuset='1'/></cputune></domain>", &p).unwrap_err().contains("vCPU 3"));
+        assert!(rewrite(
+            "<!DOCTYPE d [<!ENTITY a 'x'>]><domain><name>&a;</name></domain>",
+            &p
+        )
+        .unwrap_err()
+        .contains("DOCTYPE"));
+        assert!(rewrite("<domain><name>&x;</name></domain>", &p)
+            .unwrap_err()
+            .contains("entities"));
+        assert!(rewrite("<domain><cputune>", &p)
+            .unwrap_err()
+            .contains("truncated"));
+        assert!(rewrite(
+            "<domain><cputune><vcpupin vcpu='3' cpuset='1'/></cputune></domain>",
+            &p
+        )
+        .unwrap_err()
+        .contains("vCPU 3"));
+    }
+
+    #[test]
+    fn element_extraction() {
+        let cpu = child_element(LAB_GUEST, "cpu").unwrap();
+        assert!(cpu.starts_with("<cpu mode='custom'") && cpu.ends_with("</cpu>"), "{cpu}");
+        assert_eq!(element_at("<a><b x='1'/></a>", &["a", "b"]).as_deref(), Some("<b x='1'/>"));
+        assert!(child_element(LAB_GUEST, "nothere").is_none());
     }
 
     #[test]
     fn attr_scanner() {
-        assert_eq!(set_attr("a x=\"cpuset='1'\" cpuset='2'", "cpuset", "9"), "a x=\"cpuset='1'\" cpuset='9'");
+        assert_eq!(
+            set_attr("a x=\"cpuset='1'\" cpuset='2'", "cpuset", "9"),
+            "a x=\"cpuset='1'\" cpuset='9'"
+        );
         assert_eq!(set_attr("a x='1' ", "cpuset", "9"), "a x='1' cpuset='9' ");
         assert_eq!(attr_value("a  k = \"v\"", "k").as_deref(), Some("v"));
     }
