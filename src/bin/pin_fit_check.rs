@@ -23,7 +23,9 @@ struct Args {
     request: Option<Request>,
     /// An existing guest (name or uuid) to place, read from `source_facts` or `source_uri`.
     guest: Option<String>,
+    /// Facts of the host `guest` runs on (from numa_facts).
     source_facts: Option<NumaFacts>,
+    /// libvirt URI of the host `guest` runs on (instead of `source_facts`).
     source_uri: Option<String>,
     /// Thread policy of the existing guest (libvirt does not record it). Default: prefer.
     thread_policy: Option<ThreadPolicy>,
