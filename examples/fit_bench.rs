@@ -51,10 +51,16 @@ fn placement_json(p: &Placement) -> Value {
 fn decide_json(id: u64, d: &Result<Decision, String>) -> Value {
     match d {
         Err(e) => json!({"id": id, "numa": false, "fits": false, "error": e, "cells": []}),
-        Ok(Decision::NotNuma) => json!({"id": id, "numa": false, "fits": true, "error": null, "cells": []}),
-        Ok(Decision::NoFit(r)) => json!({"id": id, "numa": true, "fits": false, "error": null, "cells": [], "msg": r.msg, "reasons": r.reasons}),
-        Ok(Decision::Fits(p)) => json!({"id": id, "numa": true, "fits": true, "error": null, "cells": placement_json(p),
-                                         "emulator_pins": p.emulator_pins}),
+        Ok(Decision::NotNuma) => {
+            json!({"id": id, "numa": false, "fits": true, "error": null, "cells": []})
+        }
+        Ok(Decision::NoFit(r)) => {
+            json!({"id": id, "numa": true, "fits": false, "error": null, "cells": [], "msg": r.msg, "reasons": r.reasons})
+        }
+        Ok(Decision::Fits(p)) => {
+            json!({"id": id, "numa": true, "fits": true, "error": null, "cells": placement_json(p),
+                                         "emulator_pins": p.emulator_pins})
+        }
     }
 }
 
@@ -63,18 +69,27 @@ fn main() {
     let mut path = None;
     let mut repeat: u32 = 200;
     let mut out_path = None;
-    let mut opts = FitOptions { strict_memory: false };
+    let mut opts = FitOptions {
+        strict_memory: false,
+    };
     let mut breakdown = false;
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
             "--repeat" => {
                 i += 1;
-                repeat = args.get(i).and_then(|s| s.parse().ok()).unwrap_or_else(|| die("--repeat needs a number"));
+                repeat = args
+                    .get(i)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_else(|| die("--repeat needs a number"));
             }
             "-o" => {
                 i += 1;
-                out_path = Some(args.get(i).cloned().unwrap_or_else(|| die("-o needs a path")));
+                out_path = Some(
+                    args.get(i)
+                        .cloned()
+                        .unwrap_or_else(|| die("-o needs a path")),
+                );
             }
             "--strict-memory" => opts.strict_memory = true,
             "--breakdown" => breakdown = true,
@@ -90,27 +105,41 @@ fn main() {
     let reader: Box<dyn BufRead> = if path == "-" {
         Box::new(std::io::BufReader::new(std::io::stdin()))
     } else {
-        Box::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap_or_else(|e| die(&format!("cannot open {path}: {e}")))))
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(&path).unwrap_or_else(|e| die(&format!("cannot open {path}: {e}"))),
+        ))
     };
     let mut out: Box<dyn Write> = match &out_path {
-        Some(p) => Box::new(BufWriter::new(std::fs::File::create(p).unwrap_or_else(|e| die(&format!("cannot create {p}: {e}"))))),
+        Some(p) => Box::new(BufWriter::new(
+            std::fs::File::create(p).unwrap_or_else(|e| die(&format!("cannot create {p}: {e}"))),
+        )),
         None => Box::new(BufWriter::new(std::io::stdout())),
     };
-    let (mut n, mut fits, mut nofit, mut errors, mut nonuma, mut total_ns) = (0u64, 0u64, 0u64, 0u64, 0u64, 0u128);
+    let (mut n, mut fits, mut nofit, mut errors, mut nonuma, mut total_ns) =
+        (0u64, 0u64, 0u64, 0u64, 0u64, 0u128);
     let (mut total_c_ns, mut total_f_ns, mut n_f) = (0u128, 0u128, 0u128);
     for (lineno, line) in reader.lines().enumerate() {
         let line = line.unwrap_or_else(|e| die(&format!("read error: {e}")));
         if line.trim().is_empty() {
             continue;
         }
-        let case: Case = serde_json::from_str(&line).unwrap_or_else(|e| die(&format!("line {}: bad case: {e}", lineno + 1)));
+        let case: Case = serde_json::from_str(&line)
+            .unwrap_or_else(|e| die(&format!("line {}: bad case: {e}", lineno + 1)));
         let d = fit::fit_request(&case.host, &case.request, &opts);
         let mut v = decide_json(case.id, &d);
         if repeat > 0 {
-            let _ = black_box(fit::fit_request(black_box(&case.host), black_box(&case.request), &opts));
+            let _ = black_box(fit::fit_request(
+                black_box(&case.host),
+                black_box(&case.request),
+                &opts,
+            ));
             let t0 = Instant::now();
             for _ in 0..repeat {
-                let _ = black_box(fit::fit_request(black_box(&case.host), black_box(&case.request), &opts));
+                let _ = black_box(fit::fit_request(
+                    black_box(&case.host),
+                    black_box(&case.request),
+                    &opts,
+                ));
             }
             let ns = t0.elapsed().as_nanos() / repeat as u128;
             total_ns += ns;
@@ -127,7 +156,11 @@ fn main() {
                 if let Ok(Some(topo)) = fit::constraints(&case.request) {
                     let t0 = Instant::now();
                     for _ in 0..repeat {
-                        let _ = black_box(fit::fit_topology(black_box(&case.host), black_box(&topo), &opts));
+                        let _ = black_box(fit::fit_topology(
+                            black_box(&case.host),
+                            black_box(&topo),
+                            &opts,
+                        ));
                     }
                     let f_ns = t0.elapsed().as_nanos() / repeat as u128;
                     v["fit_topology_ns"] = json!(f_ns as u64);
@@ -145,7 +178,8 @@ fn main() {
         n += 1;
         writeln!(out, "{v}").unwrap_or_else(|e| die(&format!("write error: {e}")));
     }
-    out.flush().unwrap_or_else(|e| die(&format!("write error: {e}")));
+    out.flush()
+        .unwrap_or_else(|e| die(&format!("write error: {e}")));
     let mut summary = json!({"cases": n, "fit": fits, "no_fit": nofit, "request_error": errors, "no_numa": nonuma});
     if repeat > 0 && n > 0 {
         summary["mean_ns_per_decision"] = json!((total_ns / n as u128) as u64);
