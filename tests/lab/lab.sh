@@ -65,13 +65,14 @@ phase() { # phase <name> <function> [args...]: run it and print how long it took
 }
 hostdir() { echo "$LAB_DIR/$1"; }
 uri() { echo "qemu+tcp://${ADDR[$1]}/system"; }
+running() { # running <pid>: exists and is no zombie (PID 1 here reaps orphans late: a dead daemon lingers as Z)
+  case "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)" in Z|X|"") return 1 ;; *) return 0 ;; esac
+}
 alive() { # alive <pidfile> [comm-regex]: the pid file names a living process (whose comm matches)
   local f=$1 pid
   [ -s "$f" ] || return 1
   pid=$(tr -dc 0-9 <"$f")
-  [ -n "$pid" ] && [ -d "/proc/$pid" ] || return 1
-  # A killed daemon can linger as a zombie when PID 1 does not reap orphans: that is dead too.
-  case "$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -c1)" in Z|X|"") return 1 ;; esac
+  [ -n "$pid" ] && running "$pid" || return 1
   if [ -n "${2:-}" ]; then grep -Eq "$2" "/proc/$pid/comm" 2>/dev/null || return 1; fi
   return 0
 }
@@ -81,8 +82,8 @@ stop_pidfile() { # stop_pidfile <pidfile> <comm-regex> <label>: TERM, wait up to
   alive "$f" "$re" || { rm -f "$f"; return 0; }
   pid=$(pidof_file "$f")
   kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 150); do [ -d "/proc/$pid" ] || break; sleep 0.1; done
-  if [ -d "/proc/$pid" ]; then kill -KILL "$pid" 2>/dev/null || true; sleep 0.2; fi
+  for i in $(seq 150); do running "$pid" || break; sleep 0.1; done
+  if running "$pid"; then kill -KILL "$pid" 2>/dev/null || true; sleep 0.2; fi
   rm -f "$f"
   log "stopped $what (pid $pid)"
 }
@@ -803,9 +804,12 @@ stop_host() {
   holder=$(mount_ns_holder "$h") && ns=$(readlink "/proc/$holder/ns/mnt")
   if alive "$d/run/libvirtd.pid" libvirtd; then
     local g
+    local g pids=()
     for g in $(timeout 20 virsh -q -c "$(uri "$h")" list --name 2>/dev/null); do
-      timeout 20 virsh -q -c "$(uri "$h")" destroy "$g" >/dev/null 2>&1 || true
+      timeout 20 virsh -q -c "$(uri "$h")" destroy "$g" >/dev/null 2>&1 &
+      pids+=($!)
     done
+    [ ${#pids[@]} = 0 ] || wait "${pids[@]}" || true
   fi
   stop_pidfile "$d/run/libvirtd.pid" libvirtd "$h libvirtd"
   stop_pidfile "$d/run/virtlogd.pid" virtlogd "$h virtlogd"
@@ -822,6 +826,23 @@ stop_host() {
 cmd_down() {
   local purge=0; [ "${1:-}" = --purge ] && purge=1
   [ -d "$LAB_DIR" ] || { log "nothing to stop ($LAB_DIR missing)"; return 0; }
+  phase containers down_containers "$@"
+  local h
+  for h in "${HOSTS[@]}"; do phase "$h" stop_host "$h"; done
+  phase mariadb stop_pidfile "$DB_PID" mariadbd mariadbd
+  phase sshd stop_pidfile "$SSH_DIR/sshd.pid" sshd sshd
+  umount_under "$LAB_DIR"
+  umount_under "$CACHE"
+  if [ -f "$LAB_DIR/created-mountpoints" ]; then
+    local m
+    sort -ru "$LAB_DIR/created-mountpoints" | while read -r m; do rmdir "$m" 2>/dev/null || true; done
+    rm -f "$LAB_DIR/created-mountpoints"
+  fi
+  if [ $purge = 1 ]; then rm -rf "$LAB_DIR"; log "purged $LAB_DIR"; fi
+  log "down"
+}
+down_containers() {
+  local purge=0; [ "${1:-}" = --purge ] && purge=1
   if docker_ok; then
     local ids; ids=$(docker ps -aq --filter "label=$LABEL")
     [ -z "$ids" ] || { docker rm -f $ids >/dev/null; log "removed lab containers"; }
@@ -832,19 +853,6 @@ cmd_down() {
     [ -z "$pids" ] || podman rm -f $pids >/dev/null 2>&1 || true
   fi
   stop_pidfile "$DOCKER_DIR/dockerd.pid" dockerd dockerd
-  local h
-  for h in "${HOSTS[@]}"; do stop_host "$h"; done
-  stop_pidfile "$DB_PID" mariadbd mariadbd
-  stop_pidfile "$SSH_DIR/sshd.pid" sshd sshd
-  umount_under "$LAB_DIR"
-  umount_under "$CACHE"
-  if [ -f "$LAB_DIR/created-mountpoints" ]; then
-    local m
-    sort -ru "$LAB_DIR/created-mountpoints" | while read -r m; do rmdir "$m" 2>/dev/null || true; done
-    rm -f "$LAB_DIR/created-mountpoints"
-  fi
-  if [ $purge = 1 ]; then rm -rf "$LAB_DIR"; log "purged $LAB_DIR"; fi
-  log "down"
 }
 
 # --------------------------------------------------------------------------------------------- up
