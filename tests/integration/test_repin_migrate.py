@@ -1,0 +1,398 @@
+"""repin_migrate on the real lab (tests/lab/lab.sh up): field cases, block migration over SSH,
+parallel migrations to one destination, faults, reboot safety, mode repin.
+
+Lab facts these tests rely on: cmp1 (vcpu_pin_set 0-1) and cmp2 (vcpu_pin_set 1, seeded guest
+c2-resident pinned to pCPU 1; nova-allcpus.conf allows 0-1), TCG guests of 64 MiB. Every test
+makes its own guests (removed at teardown wherever they went) and leaves the seeded ones alone.
+Most scenarios run through ansible-playbook (tests/playbooks/repin_*.yml).
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lablib  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+PLAYBOOKS = REPO / "tests" / "playbooks"
+SRC, DST = "cmp1", "cmp2"
+SHARED_DIR = Path("/var/lib/numa-repin-lab/repin-test-shared")  # outside the per-host bind mounts
+
+
+@pytest.fixture(scope="session", autouse=True)
+def module_installed(lab):
+    """Build and install the module into library/ when the installed one is missing or stale."""
+    lib = REPO / "library" / "repin_migrate"
+    srcs = [REPO / "src" / p for p in ("migrate.rs", "repin.rs", "ssh.rs", "bin/repin_migrate.rs")]
+    if not lib.exists() or any(s.stat().st_mtime > lib.stat().st_mtime for s in srcs if s.exists()):
+        subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "repin_migrate"], cwd=REPO, check=True,
+                       timeout=1800)
+        subprocess.run(["install", "-m", "0755", str(REPO / "target/release/repin_migrate"), str(lib)], check=True)
+    return lib
+
+
+@pytest.fixture
+def conf_allcpus(lab):
+    return lab.hosts[DST]["nova_conf_allcpus"]
+
+
+@pytest.fixture
+def conf_only(lab, tmp_path):
+    """A copy of cmp2's nova.conf with another vcpu_pin_set."""
+    def make(pin_set):
+        text = Path(lab.nova_conf(DST)).read_text()
+        out = []
+        for line in text.splitlines():
+            out.append("vcpu_pin_set = %s" % pin_set if line.strip().startswith("vcpu_pin_set") else line)
+        p = tmp_path / ("nova-%s.conf" % pin_set.replace(",", "_"))
+        p.write_text("\n".join(out) + "\n")
+        return str(p)
+    return make
+
+
+def facts(run_module, host_uri, conf):
+    rc, out = run_module("numa_facts", {"uri": host_uri, "nova_conf": conf})
+    assert rc == 0, out
+    return out["ansible_facts"]["numa"]
+
+
+def free_cpus(lab, run_module, conf):
+    f = facts(run_module, lab.uri(DST), conf)
+    return sorted(c for cells in f["usage"]["free_cpus"].values() for c in cells)
+
+
+def playbook(lab, name, extra, **kw):
+    p = lab.ansible_playbook(PLAYBOOKS / name, extra_vars=extra, **kw)
+    return p
+
+
+def ok(p):
+    assert p.returncode == 0, (p.stdout[-6000:] + p.stderr[-3000:])
+    assert "failed=0" in p.stdout
+    return p
+
+
+def expect_pin(lab, run_module, conf):
+    free = free_cpus(lab, run_module, conf)
+    if not free:
+        pytest.fail("cmp2 has no free allowed pCPU under %s (another test's guest there?): %s" % (conf, free),
+                    pytrace=False)
+    return free[0]
+
+
+# ---------------------------------------------------------------------------------------------- field cases
+
+def test_case1_destination_pcpu_taken_migrates_onto_free_one(lab, fresh_guest, run_module, conf_allcpus):
+    """Source pin 1 is held by another guest on cmp2: the guest lands on the free pCPU instead."""
+    f = facts(run_module, lab.uri(DST), conf_allcpus)
+    if 1 not in f["usage"]["pinned_cpus"]:
+        fresh_guest(DST, [1])  # the seeded c2-resident is not there (moved by another test): our own blocker
+    pin = expect_pin(lab, run_module, conf_allcpus)
+    g = fresh_guest(SRC, [1])
+    ok(playbook(lab, "repin_migrate.yml", {"guest": g.name, "src": SRC, "dst": DST, "dest_conf": conf_allcpus,
+                                           "expect_pins": {"0": pin}}, diff=True))
+    assert lab.affinity(DST, g.name) == {"vcpus": {0: {pin}}, "emulator": {pin}}
+    f = facts(run_module, lab.uri(DST), conf_allcpus)
+    assert not [o for o in f["overlaps"] if g.name in o["guests"]]
+
+    # Reboot safety: a hard restart on the destination keeps the new pins (persistent definition).
+    lab.virsh(DST, "destroy", g.name)
+    lab.virsh(DST, "start", g.name)
+    lab.wait_running(DST, g.name)
+    assert lab.affinity(DST, g.name) == {"vcpus": {0: {pin}}, "emulator": {pin}}
+    assert "<vcpupin vcpu='0' cpuset='%d'/>" % pin in lab.dumpxml(DST, g.name)
+
+
+def test_case2_pinned_pcpu_not_allowed_on_destination_is_remapped(lab, fresh_guest, run_module, conf_only):
+    """The destination allows only pCPU 0 (vcpu_pin_set = 0): a guest pinned to 1 is remapped to 0."""
+    conf = conf_only("0")
+    assert expect_pin(lab, run_module, conf) == 0
+    g = fresh_guest(SRC, [1])
+    ok(playbook(lab, "repin_migrate.yml", {"guest": g.name, "src": SRC, "dst": DST, "dest_conf": conf,
+                                           "expect_pins": {"0": 0}}))
+    assert lab.affinity(DST, g.name)["vcpus"] == {0: {0}}
+
+
+def test_case3_no_single_cell_fits_refused_before_anything_moves(lab, fresh_guest, run_module, conf_allcpus):
+    """2 vCPUs, but cmp2 has one free pCPU: Nova's in-band message, guest untouched on the source."""
+    f = facts(run_module, lab.uri(DST), conf_allcpus)
+    if 1 not in f["usage"]["pinned_cpus"]:
+        fresh_guest(DST, [1])
+    g = fresh_guest(SRC, [0, 1])
+    before = lab.dumpxml(SRC, g.name)
+    ok(playbook(lab, "repin_refused.yml", {"guest": g.name, "src": SRC, "dst": DST, "dest_conf": conf_allcpus,
+                                           "vcpus": 2, "memory_mb": 64}))
+    assert lab.dumpxml(SRC, g.name) == before
+    rc, out = run_module("repin_migrate", {"guest": g.name, "source_uri": lab.uri(SRC), "dest_uri": lab.uri(DST),
+                                           "dest_nova_conf": conf_allcpus})
+    assert rc == 1 and out["msg"] == "No numa available with 2 vcpu and 64 memory", out
+    assert any("free pCPUs" in r for r in out["reasons"]), out
+
+
+# ---------------------------------------------------------------------------------------------- block migration
+
+def test_block_migration_qcow2_destination_prepared_over_ssh(lab, fresh_guest, run_module, conf_allcpus):
+    pin = expect_pin(lab, run_module, conf_allcpus)
+    g = fresh_guest(SRC, [1], disk_mib=16, start=False)
+    src_disk = lab.images_dir(SRC) / ("%s.qcow2" % g.name)
+    dst_disk = lab.images_dir(DST) / ("%s.qcow2" % g.name)
+    assert not dst_disk.exists()
+    # A recognisable pattern at 4 MiB, to prove the contents were copied.
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0xab 4M 1M", str(src_disk)], check=True,
+                   capture_output=True)
+    lab.virsh(SRC, "start", g.name)
+    s = lab.data["ssh"]
+    ok(playbook(lab, "repin_migrate.yml", {
+        "guest": g.name, "src": SRC, "dst": DST, "dest_conf": conf_allcpus, "expect_pins": {"0": pin},
+        "storage": "block", "ssh_host": s["address"], "ssh_port": s["port"], "ssh_user": s["user"],
+        "ssh_key": s["key"], "instance_dir": str(lab.images_dir(DST))}))
+    assert dst_disk.exists()
+    info = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json", str(dst_disk)], check=True,
+                                     capture_output=True, text=True).stdout)
+    assert info["format"] == "qcow2" and info["virtual-size"] == 16 * 1024 * 1024
+    r = subprocess.run(["qemu-io", "-U", "-r", "-f", "qcow2", "-c", "read -P 0xab 4M 1M", str(dst_disk)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "Pattern verification failed" not in r.stdout, r.stdout + r.stderr
+    assert lab.affinity(DST, g.name)["vcpus"] == {0: {pin}}
+
+
+def test_block_migration_without_ssh_settings_fails_before_anything_moves(lab, fresh_guest, run_module,
+                                                                           conf_allcpus):
+    g = fresh_guest(SRC, [1], disk_mib=16)
+    rc, out = run_module("repin_migrate", {"guest": g.name, "source_uri": lab.uri(SRC), "dest_uri": lab.uri(DST),
+                                           "dest_nova_conf": conf_allcpus, "storage": "block"})
+    assert rc == 1 and "ssh_host" in out["msg"], out
+    assert lab.domstate(SRC, g.name) == "running"
+
+
+# ---------------------------------------------------------------------------------------------- parallel
+
+def _race(lab, run_module, names, conf):
+    def one(n):
+        return run_module("repin_migrate", {"guest": n, "source_uri": lab.uri(SRC), "dest_uri": lab.uri(DST),
+                                            "dest_nova_conf": conf})
+    with ThreadPoolExecutor(len(names)) as ex:
+        return list(ex.map(one, names))
+
+
+def _double_pinned(lab, run_module, conf):
+    """pCPUs on cmp2 pinned by more than one guest, counted from the kernel's affinity of every running guest
+    plus libvirt's view (numa_facts overlaps)."""
+    f = facts(run_module, lab.uri(DST), conf)
+    holders = {}
+    for g in f["guests"]:
+        if g["state"] != "running":
+            continue
+        aff = lab.affinity(DST, g["name"])
+        for cpus in aff["vcpus"].values():
+            if len(cpus) == 1:
+                holders.setdefault(next(iter(cpus)), []).append(g["name"])
+    kernel = {c: gs for c, gs in holders.items() if len(gs) > 1}
+    return kernel, f["overlaps"]
+
+
+def test_parallel_migrations_never_double_pin(lab, fresh_guest, run_module, conf_allcpus):
+    """Repeated races of 3 guests for cmp2's free pCPUs: winners == free pCPUs, the others refused with the
+    no-fit message, zero double-pinned pCPUs (kernel affinity and libvirt) after every trial. The first trial
+    runs through ansible-playbook (one Ansible host per guest, parallel forks), the others as parallel
+    module processes."""
+    trials, per_trial = 6, 3
+    stats = {"trials": 0, "migrated": 0, "refused": 0, "double_pinned": 0}
+    for t in range(trials):
+        free = free_cpus(lab, run_module, conf_allcpus)
+        assert free, "cmp2 has no free pCPU: cannot run the race"
+        names = [fresh_guest(SRC, [1]).name for _ in range(per_trial)]
+        if t == 0:
+            p = playbook(lab, "repin_parallel.yml", {"guests": names, "src": SRC, "dst": DST,
+                                                     "dest_conf": conf_allcpus,
+                                                     "lock_dir": "/run/lock/numa-repin"}, extra_args=["-f", "10"])
+            assert p.returncode == 0, p.stdout[-6000:] + p.stderr[-2000:]
+            results = []
+            for n in names:
+                results.append((0, {"failed": lab.guest_host(n) != DST,
+                                    "msg": "No numa available with" if lab.guest_host(n) != DST else "ok"}))
+        else:
+            results = _race(lab, run_module, names, conf_allcpus)
+        won = [n for n, (rc, r) in zip(names, results) if not r["failed"]]
+        lost = [r for rc, r in results if r["failed"]]
+        assert all(r["msg"].startswith("No numa available with") for r in lost), lost
+        assert len(won) == min(len(free), per_trial), (free, results)
+        kernel, overlaps = _double_pinned(lab, run_module, conf_allcpus)
+        mine = [o for o in overlaps if set(o["guests"]) & set(names)]
+        assert not kernel and not mine, (kernel, mine)
+        stats["trials"] += 1
+        stats["migrated"] += len(won)
+        stats["refused"] += len(lost)
+        stats["double_pinned"] += len(kernel) + len(mine)
+        for n in names:
+            lab.remove_guest(n)
+    print("parallel:", json.dumps(stats))
+    assert stats["double_pinned"] == 0
+
+
+# ---------------------------------------------------------------------------------------------- faults
+
+BOOT_SECTOR = bytes.fromhex(
+    # cli; xor bx,bx; L1: mov dx,0x1000; L2: mov es,dx; xor di,di; mov cx,0x8000; mov ax,bx; rep stosw;
+    # add dx,0x1000; cmp dx,0x9000; jb L2; inc bx; jmp L1   -> rewrites 512 KiB of RAM forever
+    "fa31dbba00108ec231ffb90080" "89d8f3ab81c2001081fa009072eb43ebe5")
+
+
+def busy_guest(lab, host, pins, request):
+    """A guest that dirties 512 KiB of memory in a tight loop (a boot sector), on a raw disk outside the
+    per-host bind mounts (shared storage for both lab hosts). Migrations of it converge only with bandwidth."""
+    import render_guest
+    name = "t-busy-%s" % os.urandom(3).hex()
+    SHARED_DIR.mkdir(parents=True, exist_ok=True)
+    img = SHARED_DIR / ("%s.img" % name)
+    sector = BOOT_SECTOR + b"\0" * (510 - len(BOOT_SECTOR)) + b"\x55\xaa"
+    img.write_bytes(sector + b"\0" * (1024 * 1024 - 512))
+    xml = render_guest.render(name, None, len(pins), list(pins), 64, str(img)).replace("type='qcow2'", "type='raw'")
+    with tempfile.NamedTemporaryFile("w", suffix=".xml", delete=False) as f:
+        f.write(xml)
+    try:
+        lab.virsh(host, "define", f.name)
+    finally:
+        os.unlink(f.name)
+    lab.virsh(host, "start", name)
+
+    def cleanup():
+        lab.remove_guest(name)
+        img.unlink(missing_ok=True)
+    request.addfinalizer(cleanup)
+    time.sleep(1.0)  # let it boot into the loop
+    return name
+
+
+def test_fault_timeout_abort_then_rerun(lab, run_module, conf_allcpus, request):
+    pin = expect_pin(lab, run_module, conf_allcpus)
+    name = busy_guest(lab, SRC, [1], request)
+    ok(playbook(lab, "repin_fault.yml", {
+        "guest": name, "src": SRC, "dst": DST, "dest_conf": conf_allcpus, "old_pins": {"0": [1]},
+        "expect_msg": "not complete after 3 s",
+        "mig_extra": {"bandwidth_mibps": 1, "max_downtime_ms": 10, "completion_timeout_s": 3,
+                      "timeout_action": "abort"}}))
+    assert lab.affinity(SRC, name)["vcpus"] == {0: {1}}
+    ok(playbook(lab, "repin_migrate.yml", {"guest": name, "src": SRC, "dst": DST, "dest_conf": conf_allcpus,
+                                           "expect_pins": {"0": pin}}))
+
+
+def test_timeout_force_complete_pauses_and_completes(lab, run_module, conf_allcpus, request):
+    pin = expect_pin(lab, run_module, conf_allcpus)
+    name = busy_guest(lab, SRC, [1], request)
+    rc, out = run_module("repin_migrate", {"guest": name, "source_uri": lab.uri(SRC), "dest_uri": lab.uri(DST),
+                                           "dest_nova_conf": conf_allcpus, "bandwidth_mibps": 1,
+                                           "max_downtime_ms": 10, "completion_timeout_s": 2,
+                                           "timeout_action": "force_complete"})
+    assert rc == 0 and out["changed"], out
+    assert out["migration"]["monitor"]["action_taken"].startswith("force_complete")
+    assert lab.domstate(DST, name) == "running"
+    assert lab.affinity(DST, name)["vcpus"] == {0: {pin}}
+
+
+def test_fault_migration_address_unreachable_then_rerun(lab, fresh_guest, run_module, conf_allcpus):
+    pin = expect_pin(lab, run_module, conf_allcpus)
+    g = fresh_guest(SRC, [1])
+    ok(playbook(lab, "repin_fault.yml", {
+        "guest": g.name, "src": SRC, "dst": DST, "dest_conf": conf_allcpus, "old_pins": {"0": [1]},
+        "expect_msg": "migrate_uri", "mig_extra": {"migrate_uri": "tcp://127.0.0.9:49999"}}))
+    ok(playbook(lab, "repin_migrate.yml", {"guest": g.name, "src": SRC, "dst": DST, "dest_conf": conf_allcpus,
+                                           "expect_pins": {"0": pin}}))
+
+
+def _incoming_qemu(uuid):
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            args = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"-incoming" in args and uuid.encode() in args:
+            return int(d.name)
+    return None
+
+
+def test_fault_destination_libvirtd_killed_mid_migration_then_rerun(lab, run_module, conf_allcpus, request):
+    pin = expect_pin(lab, run_module, conf_allcpus)
+    name = busy_guest(lab, SRC, [1], request)
+    uuid = lab.virsh(SRC, "domuuid", name).stdout.strip()
+    args = {"guest": name, "source_uri": lab.uri(SRC), "dest_uri": lab.uri(DST), "dest_nova_conf": conf_allcpus,
+            "bandwidth_mibps": 1, "max_downtime_ms": 10, "completion_timeout_s": 120}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(args, f)
+    proc = subprocess.Popen([str(REPO / "library" / "repin_migrate"), f.name], stdout=subprocess.PIPE, text=True)
+    pidfile = Path(lab.hosts[DST]["libvirtd_pid_file"])
+    try:
+        end = time.time() + 30
+        while time.time() < end and _incoming_qemu(uuid) is None:
+            time.sleep(0.02)
+        assert _incoming_qemu(uuid), "the migration never reached the destination"
+        time.sleep(1.0)  # well inside the memory copy (the guest keeps dirtying 512 KiB at 1 MiB/s)
+        libvirtd = int(pidfile.read_text().strip())
+        os.kill(libvirtd, 9)
+        out = json.loads(proc.communicate(timeout=180)[0])
+    finally:
+        os.unlink(f.name)
+        if proc.poll() is None:
+            proc.kill()
+        r = lab.lab_sh("_phase", "libvirt")
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert out["failed"], out
+    assert "keeps running on" in out["msg"] and out["source_pins_unchanged"] and out["guest_on_source"], out
+    assert lab.domstate(SRC, name) == "running"
+    assert lab.affinity(SRC, name)["vcpus"] == {0: {1}}
+    # The restarted destination libvirtd cleans up the half-arrived guest; then a rerun succeeds.
+    end = time.time() + 30
+    while time.time() < end and (_incoming_qemu(uuid) or lab.guest_host(name) == DST):
+        time.sleep(0.5)
+    ok(playbook(lab, "repin_migrate.yml", {"guest": name, "src": SRC, "dst": DST, "dest_conf": conf_allcpus,
+                                           "expect_pins": {"0": pin}}))
+
+
+# ---------------------------------------------------------------------------------------------- mode repin, misc
+
+def test_mode_repin_moves_pins_live_and_persistently(lab, fresh_guest, run_module, conf_allcpus):
+    pin = expect_pin(lab, run_module, conf_allcpus)
+    g = fresh_guest(DST, [1])  # overlaps c2-resident on pCPU 1
+    args = {"guest": g.name, "mode": "repin", "source_uri": lab.uri(DST), "dest_nova_conf": conf_allcpus}
+    rc, plan = run_module("repin_migrate", args, check_mode=True, diff=True)
+    assert rc == 0 and plan["changed"] and plan["placement"]["cells"][0]["vcpu_pins"] == {"0": pin}, plan
+    assert "cpuset='%d'" % pin in plan["diff"]["after"]
+    assert lab.affinity(DST, g.name)["vcpus"] == {0: {1}}, "check mode changed nothing"
+    rc, out = run_module("repin_migrate", args)
+    assert rc == 0 and out["changed"] and out["verify"]["affinity_match"], out
+    assert lab.affinity(DST, g.name) == {"vcpus": {0: {pin}}, "emulator": {pin}}
+    assert "<vcpupin vcpu='0' cpuset='%d'/>" % pin in lab.dumpxml(DST, g.name, inactive=True)
+    rc, again = run_module("repin_migrate", args)
+    assert rc == 0 and not again["changed"], again
+
+
+def test_mode_repin_refuses_when_no_free_pcpu(lab, fresh_guest, run_module, conf_only):
+    g = fresh_guest(DST, [1])
+    rc, out = run_module("repin_migrate", {"guest": g.name, "mode": "repin", "source_uri": lab.uri(DST),
+                                           "dest_nova_conf": conf_only("1")})
+    assert rc == 1 and "No numa available" in out["msg"] and "nothing was changed" in out["msg"], out
+    assert lab.affinity(DST, g.name)["vcpus"] == {0: {1}}
+
+
+def test_arguments_and_never_a_trace(lab, run_module):
+    rc, out = run_module("repin_migrate", {"guest": "x", "source_uri": lab.uri(SRC), "bogus": 1})
+    assert rc == 1 and "unsupported argument(s): bogus" in out["msg"]
+    rc, out = run_module("repin_migrate", {"guest": "nope-nope", "source_uri": lab.uri(SRC),
+                                           "dest_uri": lab.uri(DST)})
+    assert rc == 1 and "no guest named" in out["msg"], out
+    rc, out = run_module("repin_migrate", {"guest": "x", "source_uri": lab.uri(SRC), "dest_uri": lab.uri(SRC)})
+    assert rc == 1 and "mode: repin" in out["msg"]
+    rc, out = run_module("repin_migrate", {"guest": "x", "source_uri": "qemu+tcp://127.0.0.9/system",
+                                           "dest_uri": lab.uri(DST)})
+    assert rc == 1 and "cannot connect to libvirt" in out["msg"]
+    for r in (out,):
+        assert "panicked" not in json.dumps(r)
