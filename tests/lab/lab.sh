@@ -893,6 +893,6 @@ case "${1:-}" in
   down) shift; cmd_down "$@" ;;
   status) cmd_status ;;
   seed) cmd_seed ;;
-  _phase) shift; for p in "$@"; do phase "$p" "do_${p//-/_}"; done ;;  # development: run single phases
+  _phase) shift; mkdir -p "$LAB_DIR" "$CACHE"; for p in "$@"; do phase "$p" "do_${p//-/_}"; done ;;  # development: run single phases
   *) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
