@@ -888,6 +888,14 @@ cmd_seed() {
   phase seed-db do_seed_db --reset
 }
 
+# One up/down/seed at a time (several engineers and test runs share the lab). flock -o: the daemons started
+# below do not inherit the lock.
+case "${1:-}" in up|down|seed)
+  if [ -z "${LAB_LOCKED:-}" ]; then
+    mkdir -p /run/lock
+    LAB_LOCKED=1 exec flock -o -w 1800 /run/lock/numa-repin-lab.lock "$0" "$@"
+  fi ;;
+esac
 case "${1:-}" in
   up) cmd_up ;;
   down) shift; cmd_down "$@" ;;
