@@ -8,8 +8,9 @@ Runs in the Nova 19.3.2 venv (tests/lab/venv.sh nova), so the JSON is Nova's own
   (--reset: deleted first). instance_extra.numa_topology and .flavor come from Nova's objects (Stein format);
   the guest marked "numa_format": "victoria" gets the Victoria+ layout (InstanceNUMACell 1.5 with pcpuset), which
   Stein's objects cannot produce: labdb.py writes it, and its Stein part is checked against Nova's objects.
-- services + compute_nodes (cmp1, cmp2) with numa_topology (NUMATopology 1.2 / NUMACell 1.3) recomputed every run
-  from the instances on each host and the host's vcpu_pin_set, plus nova_api.host_mappings.
+- services + compute_nodes (cmp1, cmp2) with numa_topology (NUMATopology 1.2 / NUMACell 1.3) recomputed on every
+  run from the instances on each host and the host's vcpu_pin_set, plus nova_api.host_mappings. (lab.sh up runs
+  this only when some standard rows are missing.)
 - placement: a resource provider per compute node (VCPU, MEMORY_MB, DISK_GB, PCPU inventories) and allocations
   per instance (Stein format: VCPU + MEMORY_MB; Victoria format: PCPU + MEMORY_MB).
 - neutron: a network, one port per instance with its ml2_port_bindings row on the instance's host.
