@@ -105,7 +105,21 @@ impl CpuSet {
         CpuSet { words }
     }
     pub fn is_subset(&self, o: &CpuSet) -> bool {
-        self.difference(o).is_empty()
+        self.words
+            .iter()
+            .enumerate()
+            .all(|(i, w)| w & !o.words.get(i).copied().unwrap_or(0) == 0)
+    }
+    /// `|self ∖ minus|`, or `|(self ∩ within) ∖ minus|`: counted without building a set.
+    pub fn count_and_not(&self, minus: &CpuSet, within: Option<&CpuSet>) -> usize {
+        self.words
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let keep = within.map_or(u64::MAX, |s| s.words.get(i).copied().unwrap_or(0));
+                (w & keep & !minus.words.get(i).copied().unwrap_or(0)).count_ones() as usize
+            })
+            .sum()
     }
     pub fn first(&self) -> Option<u32> {
         self.iter().next()

@@ -19,6 +19,7 @@ use crate::cpuset::CpuSet;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 // ---------------------------------------------------------------------------------------------
@@ -185,11 +186,12 @@ impl GuestTopology {
     }
 }
 
-fn spec_str(v: &Value) -> Option<String> {
+/// An extra spec or image property as the string Nova sees (borrowed: decisions are hot).
+fn spec_str(v: &Value) -> Option<Cow<'_, str>> {
     match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(if *b { "True".into() } else { "False".into() }),
+        Value::String(s) => Some(Cow::Borrowed(s.as_str())),
+        Value::Number(n) => Some(Cow::Owned(n.to_string())),
+        Value::Bool(b) => Some(Cow::Borrowed(if *b { "True" } else { "False" })),
         _ => None,
     }
 }
@@ -302,13 +304,26 @@ struct ImageProps {
 }
 
 fn image_props(req: &Request) -> Result<ImageProps, String> {
+    if req.image_properties.is_empty() {
+        return Ok(ImageProps {
+            numa_nodes: None,
+            cpu_policy: None,
+            cpu_thread_policy: None,
+            mem_page_size: None,
+            numa_cpus: None,
+            numa_mem: None,
+            realtime_mask: None,
+        });
+    }
     let get = |k: &str| req.image_properties.get(k).filter(|v| !v.is_null());
     let value_error = |v: &Value| {
         req_err(
             "ValueError",
             format!(
                 "Field value {} is invalid",
-                spec_str(v).unwrap_or_else(|| v.to_string())
+                spec_str(v)
+                    .map(Cow::into_owned)
+                    .unwrap_or_else(|| v.to_string())
             ),
         )
     };
@@ -316,7 +331,7 @@ fn image_props(req: &Request) -> Result<ImageProps, String> {
         match get(k) {
             None => Ok(None),
             Some(v) => match spec_str(v) {
-                Some(s) if allowed.contains(&s.as_str()) => Ok(Some(s)),
+                Some(s) if allowed.contains(&s.as_ref()) => Ok(Some(s.into_owned())),
                 _ => Err(value_error(v)),
             },
         }
@@ -361,12 +376,15 @@ fn image_props(req: &Request) -> Result<ImageProps, String> {
         numa_nodes,
         cpu_policy: enum_field("hw_cpu_policy", &["dedicated", "shared"])?,
         cpu_thread_policy: enum_field("hw_cpu_thread_policy", &["prefer", "isolate", "require"])?,
-        mem_page_size: get("hw_mem_page_size").and_then(spec_str),
+        mem_page_size: get("hw_mem_page_size")
+            .and_then(spec_str)
+            .map(Cow::into_owned),
         numa_cpus: (!cpus.is_empty()).then_some(cpus),
         numa_mem: (!mems.is_empty()).then_some(mems),
         realtime_mask: get("hw_cpu_realtime_mask")
             .and_then(spec_str)
-            .filter(|s| !s.is_empty()),
+            .filter(|s| !s.is_empty())
+            .map(Cow::into_owned),
     })
 }
 
@@ -582,7 +600,7 @@ pub fn constraints(req: &Request) -> Result<Option<GuestTopology>, String> {
     };
     let itp = image.cpu_thread_policy.as_deref();
     let thread_policy: Option<String> = match ftp_raw.as_deref() {
-        None | Some("prefer") => ftp_raw.clone().or(itp.map(str::to_string)),
+        None | Some("prefer") => ftp_raw.as_deref().or(itp).map(str::to_string),
         Some(f) => {
             if itp.is_some_and(|i| i != f) {
                 return Err(req_err("ImageCPUThreadPolicyForbidden", "Image property 'hw_cpu_thread_policy' is not permitted to override CPU thread pinning policy set against the flavor"));
@@ -612,7 +630,7 @@ pub fn constraints(req: &Request) -> Result<Option<GuestTopology>, String> {
     let rt_mask = image
         .realtime_mask
         .clone()
-        .or_else(|| flavor("hw:cpu_realtime_mask"));
+        .or_else(|| flavor("hw:cpu_realtime_mask").map(Cow::into_owned));
 
     if !dedicated {
         if thread_policy.as_deref().is_some_and(|t| !t.is_empty()) {
@@ -735,94 +753,247 @@ pub fn no_numa_msg(vcpus: usize, memory_mb: u64) -> String {
 }
 
 /// Why a guest cell does not fit on a host cell, or which page size it gets.
-fn cell_memory_check(h: &HostCell, g: &GuestCellReq) -> Result<Option<u64>, String> {
+/// Why a guest cell does not fit on a host cell. Kept as data while searching (a decision
+/// formats nothing) and put into words only for a refusal.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Why {
+    Pages(PageRequest),
+    SmallPages { small_mb: u64 },
+    Memory { have: u64 },
+    Usable { have: usize, need: usize },
+    FreeMemory { have: i64 },
+    NoVcpus,
+    Free { have: usize, need: usize },
+    IsolateCores { have: usize, need: usize },
+    IsolateReserved { n: usize },
+    RequireNoSmt,
+    RequirePairs { n: usize },
+    NoReserved,
+}
+
+impl Why {
+    fn describe(&self, h: &HostCell, g: &GuestCellReq) -> String {
+        match *self {
+            Why::Pages(req) => {
+                let detail: Vec<String> = page_candidates(h, req)
+                    .map(|s| match h.mempages.iter().find(|p| p.size_kb == s) {
+                        Some(p) => format!("{} free {} KiB pages", p.free(), s),
+                        None => format!("no {s} KiB pages"),
+                    })
+                    .collect();
+                let what = match req {
+                    PageRequest::Kb(k) => format!("{k} KiB"),
+                    other => format!("{other:?}").to_lowercase(),
+                };
+                let detail = if detail.is_empty() { "no page pools".to_string() } else { detail.join(", ") };
+                format!("{} MiB in pages of {what} not available ({detail})", g.memory_mb)
+            }
+            Why::SmallPages { small_mb } => format!("{} MiB does not fit in {small_mb} MiB of small pages", g.memory_mb),
+            Why::Memory { have } => format!("{have} MiB memory, needs {}", g.memory_mb),
+            Why::Usable { have, need } => format!("{have} pCPUs usable for pinning, needs {need}"),
+            Why::FreeMemory { have } => format!("{} MiB free memory, needs {}", have.max(0), g.memory_mb),
+            Why::NoVcpus => format!("guest cell {} has no vCPUs to pin", g.id),
+            Why::Free { have, need } => format!("{have} free pCPUs, needs {need}"),
+            Why::IsolateCores { have, need } => format!("thread policy isolate needs {need} fully free cores, {have} free"),
+            Why::IsolateReserved { n } => format!("thread policy isolate: no pCPU left outside the {n} isolated cores for the emulator threads"),
+            Why::RequireNoSmt => "thread policy require needs SMT (thread siblings), the host has none".into(),
+            Why::RequirePairs { n } => format!("thread policy require: {n} vCPUs do not fit on free sibling pairs"),
+            Why::NoReserved => "no free pCPU left for the isolated emulator threads".into(),
+        }
+    }
+}
+
+/// The page sizes a request may use on a cell, in the order Nova tries them (largest first).
+fn page_candidates(h: &HostCell, req: PageRequest) -> impl Iterator<Item = u64> + '_ {
+    let smallest = h.mempages.iter().map(|p| p.size_kb).min();
+    let mut last = u64::MAX;
+    // Descending sizes without allocating: pools are few (4K, 2M, 1G).
+    let desc = std::iter::from_fn(move || {
+        let next = h
+            .mempages
+            .iter()
+            .map(|p| p.size_kb)
+            .filter(|s| *s < last)
+            .max()?;
+        last = next;
+        Some(next)
+    });
+    let explicit = match req {
+        PageRequest::Kb(k) => Some(k),
+        _ => None,
+    };
+    desc.filter(move |s| match req {
+        PageRequest::Small => Some(*s) == smallest,
+        PageRequest::Large => Some(*s) != smallest,
+        PageRequest::Any => true,
+        PageRequest::Kb(_) => false,
+    })
+    .chain(explicit)
+}
+
+/// Nova's memory checks for one cell: the page size it gets, or why not.
+fn cell_memory_check(h: &HostCell, g: &GuestCellReq) -> Result<Option<u64>, Why> {
     let mem_kb = g.memory_mb * 1024;
-    let pagesize = match g.pagesize {
+    match g.pagesize {
         Some(req) => {
-            let mut sizes: Vec<u64> = h.mempages.iter().map(|p| p.size_kb).collect();
-            sizes.sort_unstable_by(|a, b| b.cmp(a));
-            let candidates: Vec<u64> = match req {
-                PageRequest::Small => sizes.last().copied().into_iter().collect(),
-                PageRequest::Large => sizes
-                    .iter()
-                    .take(sizes.len().saturating_sub(1))
-                    .copied()
-                    .collect(),
-                PageRequest::Any => sizes.clone(),
-                PageRequest::Kb(k) => vec![k],
-            };
             let fits = |size: u64| {
                 h.mempages
                     .iter()
                     .find(|p| p.size_kb == size)
                     .is_some_and(|p| mem_kb <= p.free() * p.size_kb && mem_kb % p.size_kb == 0)
             };
-            match candidates.iter().copied().find(|s| fits(*s)) {
-                Some(s) => Some(s),
-                None => {
-                    let detail: Vec<String> = candidates
-                        .iter()
-                        .map(|s| match h.mempages.iter().find(|p| p.size_kb == *s) {
-                            Some(p) => format!("{} free {} KiB pages", p.free(), s),
-                            None => format!("no {s} KiB pages"),
-                        })
-                        .collect();
-                    return Err(format!(
-                        "{} MiB in pages of {} not available ({})",
-                        g.memory_mb,
-                        match req {
-                            PageRequest::Kb(k) => format!("{k} KiB"),
-                            other => format!("{other:?}").to_lowercase(),
-                        },
-                        if detail.is_empty() {
-                            "no page pools".into()
-                        } else {
-                            detail.join(", ")
-                        }
-                    ));
-                }
+            match page_candidates(h, req).find(|s| fits(*s)) {
+                Some(s) => Ok(Some(s)),
+                None => Err(Why::Pages(req)),
             }
         }
         None => {
             match h.mempages.iter().min_by_key(|p| p.size_kb) {
                 Some(small) => {
                     if mem_kb > small.total * small.size_kb || mem_kb % small.size_kb != 0 {
-                        return Err(format!(
-                            "{} MiB does not fit in {} MiB of small pages",
-                            g.memory_mb,
-                            small.total * small.size_kb / 1024
-                        ));
+                        return Err(Why::SmallPages {
+                            small_mb: small.total * small.size_kb / 1024,
+                        });
                     }
                 }
                 None => {
                     if g.memory_mb > h.memory {
-                        return Err(format!("{} MiB memory, needs {}", h.memory, g.memory_mb));
+                        return Err(Why::Memory { have: h.memory });
                     }
                 }
             }
-            None
+            Ok(None)
         }
-    };
-    Ok(pagesize)
+    }
 }
 
-/// Fit one guest cell on one host cell: the pins, or the reason it cannot.
-fn fit_cell(
+/// Free threads of one core: in the cell's usable set and not pinned.
+fn core_free(core: &CpuSet, h: &HostCell) -> usize {
+    core.count_and_not(&h.pinned_cpus, Some(&h.cpuset))
+}
+
+/// Can the guest cell go on the host cell? Nova 19.3.2's conditions (`_numa_fit_instance_cell`,
+/// `_numa_fit_instance_cell_with_pinning`, `_pack_instance_onto_cores`), counted without
+/// building anything; `place_cell` then picks the pCPUs for the chosen cell only.
+fn check_cell(
     h: &HostCell,
     g: &GuestCellReq,
     topo: &GuestTopology,
     reserved: usize,
     opts: &FitOptions,
-) -> Result<CellPlacement, String> {
-    let pagesize_kb = cell_memory_check(h, g)?;
+) -> Result<Option<u64>, Why> {
+    let pagesize = cell_memory_check(h, g)?;
     let n = g.vcpus.len();
-    if n + reserved > h.cpuset.len() {
-        return Err(format!(
-            "{} pCPUs usable for pinning, needs {}",
-            h.cpuset.len(),
-            n + reserved
-        ));
+    let usable = h.cpuset.len();
+    if n + reserved > usable {
+        return Err(Why::Usable {
+            have: usable,
+            need: n + reserved,
+        });
     }
+    if !topo.dedicated {
+        if opts.strict_memory && (g.memory_mb as i64) > h.avail_memory() {
+            return Err(Why::FreeMemory {
+                have: h.avail_memory(),
+            });
+        }
+        return Ok(pagesize);
+    }
+    if n == 0 {
+        // Nova's packing returns no pinning for an empty cell and so refuses it.
+        return Err(Why::NoVcpus);
+    }
+    let free = h.cpuset.count_and_not(&h.pinned_cpus, None);
+    if free < n + reserved {
+        return Err(Why::Free {
+            have: free,
+            need: n + reserved,
+        });
+    }
+    if (g.memory_mb as i64) > h.avail_memory() {
+        return Err(Why::FreeMemory {
+            have: h.avail_memory(),
+        });
+    }
+    // Nova only pins CPUs that a sibling group names; with no sibling information at all
+    // (Nova crashes there) every free CPU is a core of its own.
+    let (sib_free, tpc) = if h.siblings.is_empty() {
+        (free, 1)
+    } else {
+        (
+            h.siblings.iter().map(|s| core_free(s, h)).sum(),
+            h.threads_per_core(),
+        )
+    };
+    match topo.thread_policy {
+        Some(ThreadPolicy::Isolate) => {
+            let whole = if h.siblings.is_empty() {
+                free
+            } else {
+                h.siblings
+                    .iter()
+                    .filter(|s| s.len() == tpc && core_free(s, h) == tpc)
+                    .count()
+            };
+            if whole < n {
+                return Err(Why::IsolateCores {
+                    have: whole,
+                    need: n,
+                });
+            }
+            if sib_free < n * tpc + reserved {
+                return Err(Why::IsolateReserved { n });
+            }
+        }
+        Some(ThreadPolicy::Require) => {
+            if tpc <= 1 {
+                return Err(Why::RequireNoSmt);
+            }
+            let count_ge = |t: usize| h.siblings.iter().filter(|s| core_free(s, h) >= t).count();
+            if !(2..=tpc).any(|t| t * count_ge(t) >= n) {
+                return Err(Why::RequirePairs { n });
+            }
+            if sib_free < n + reserved {
+                return Err(Why::NoReserved);
+            }
+        }
+        None | Some(ThreadPolicy::Prefer) => {
+            if sib_free < n + reserved {
+                return Err(Why::Free {
+                    have: sib_free,
+                    need: n + reserved,
+                });
+            }
+        }
+    }
+    Ok(pagesize)
+}
+
+/// The free threads of each core of the cell (cores with none left are dropped), in the
+/// packing order: fewest free threads first, then by lowest thread id.
+fn free_cores(h: &HostCell) -> Vec<Vec<u32>> {
+    let free = h.free_cpus();
+    let mut cores: Vec<Vec<u32>> = if h.siblings.is_empty() {
+        free.iter().map(|id| vec![id]).collect()
+    } else {
+        h.siblings
+            .iter()
+            .map(|s| s.intersection(&free).to_vec())
+            .filter(|f| !f.is_empty())
+            .collect()
+    };
+    cores.sort_by(|a, b| a.len().cmp(&b.len()).then(a[0].cmp(&b[0])));
+    cores
+}
+
+/// Pick the pCPUs of a cell `check_cell` accepted: our packing policy (module docs).
+fn place_cell(
+    h: &HostCell,
+    g: &GuestCellReq,
+    topo: &GuestTopology,
+    reserved: usize,
+    pagesize_kb: Option<u64>,
+) -> CellPlacement {
     let mut place = CellPlacement {
         guest_cell: g.id,
         host_cell: h.id,
@@ -834,31 +1005,64 @@ fn fit_cell(
         thread_policy: topo.thread_policy,
     };
     if !topo.dedicated {
-        if opts.strict_memory && (g.memory_mb as i64) > h.avail_memory() {
-            return Err(format!(
-                "{} MiB free memory, needs {}",
-                h.avail_memory().max(0),
-                g.memory_mb
-            ));
+        return place;
+    }
+    let n = g.vcpus.len();
+    let cores = free_cores(h);
+    let tpc = if h.siblings.is_empty() {
+        1
+    } else {
+        h.threads_per_core()
+    };
+    // The emulator's pCPU: partly used cores first (`cores` is in that order); with isolate
+    // never on a core the vCPUs use.
+    let take_reserved = |used: &CpuSet, skip_cores: bool| -> Vec<u32> {
+        let mut out = Vec::new();
+        for c in &cores {
+            if skip_cores && c.iter().any(|x| used.contains(*x)) {
+                continue;
+            }
+            out.extend(
+                c.iter()
+                    .copied()
+                    .filter(|x| !used.contains(*x))
+                    .take(reserved - out.len()),
+            );
         }
-        return Ok(place);
-    }
-    if n == 0 {
-        // Nova's packing returns no pinning for an empty cell and so refuses it.
-        return Err(format!("guest cell {} has no vCPUs to pin", g.id));
-    }
-    let free = h.free_cpus();
-    if free.len() < n + reserved {
-        return Err(format!("{} free pCPUs, needs {}", free.len(), n + reserved));
-    }
-    if (g.memory_mb as i64) > h.avail_memory() {
-        return Err(format!(
-            "{} MiB free memory, needs {}",
-            h.avail_memory().max(0),
-            g.memory_mb
-        ));
-    }
-    let (pins, res) = pack(h, &free, n, reserved, topo.thread_policy)?;
+        out
+    };
+    let (pins, res): (Vec<u32>, Vec<u32>) = match topo.thread_policy {
+        Some(ThreadPolicy::Isolate) => {
+            // Whole free cores, lowest first, one thread each.
+            let mut whole: Vec<&Vec<u32>> = cores.iter().filter(|c| c.len() == tpc).collect();
+            whole.sort_by_key(|c| c[0]);
+            let pins = whole.iter().take(n).map(|c| c[0]).collect();
+            let used: CpuSet = whole
+                .iter()
+                .take(n)
+                .flat_map(|c| c.iter().copied())
+                .collect();
+            (pins, take_reserved(&used, true))
+        }
+        Some(ThreadPolicy::Require) => {
+            // The largest sibling groups that hold the guest, as Nova chooses them.
+            let count_ge = |t: usize| cores.iter().filter(|c| c.len() >= t).count();
+            let t = (2..=tpc).rev().find(|t| t * count_ge(*t) >= n).unwrap_or(2);
+            let pins: Vec<u32> = cores
+                .iter()
+                .filter(|c| c.len() >= t)
+                .flat_map(|c| c.iter().take(t).copied())
+                .take(n)
+                .collect();
+            let used: CpuSet = pins.iter().copied().collect();
+            (pins, take_reserved(&used, false))
+        }
+        None | Some(ThreadPolicy::Prefer) => {
+            let pins: Vec<u32> = cores.iter().flatten().copied().take(n).collect();
+            let used: CpuSet = pins.iter().copied().collect();
+            (pins, take_reserved(&used, false))
+        }
+    };
     let mut vcpus = g.vcpus.clone();
     vcpus.sort_unstable();
     place.vcpu_pins = vcpus
@@ -867,121 +1071,89 @@ fn fit_cell(
         .map(|(v, p)| (v.to_string(), p))
         .collect();
     place.cpuset_reserved = res;
-    Ok(place)
+    place
 }
 
-/// The free threads of each core of the cell (cores with none left are dropped), in the
-/// packing order: fewest free threads first, then by lowest thread id.
-fn free_cores(h: &HostCell, free: &CpuSet) -> Vec<Vec<u32>> {
-    let mut cores: Vec<(usize, Vec<u32>)> = h
-        .siblings
+fn reserved_of(topo: &GuestTopology, gi: usize) -> usize {
+    usize::from(topo.emulator_isolate && gi == 0)
+}
+
+/// Every (guest cell, host cell) pair once, row-major: the cell fits are independent.
+fn cell_table(
+    host: &HostState,
+    topo: &GuestTopology,
+    opts: &FitOptions,
+) -> Vec<Result<Option<u64>, Why>> {
+    topo.cells
         .iter()
-        .map(|s| s.intersection(free).to_vec())
-        .filter(|f| !f.is_empty())
-        .map(|f| (f.len(), f))
-        .collect();
-    // Nova only pins CPUs that some sibling group names; a cell with no sibling information at
-    // all (Nova crashes there) gets each CPU as a core of its own.
-    if h.siblings.is_empty() {
-        cores = free.iter().map(|id| (1, vec![id])).collect();
-    }
-    cores.sort_by(|a, b| a.0.cmp(&b.0).then(a.1[0].cmp(&b.1[0])));
-    cores.into_iter().map(|c| c.1).collect()
+        .enumerate()
+        .flat_map(|(gi, g)| {
+            host.cells
+                .iter()
+                .map(move |h| check_cell(h, g, topo, reserved_of(topo, gi), opts))
+        })
+        .collect()
 }
 
-/// Choose `n` pCPUs for the vCPUs and `reserved` more for the emulator, per thread policy.
-/// The feasibility conditions are Nova's `_pack_instance_onto_cores` (19.3.2); the choice of
-/// cores is our packing policy (module docs).
-fn pack(
-    h: &HostCell,
-    free: &CpuSet,
-    n: usize,
-    reserved: usize,
-    policy: Option<ThreadPolicy>,
-) -> Result<(Vec<u32>, Vec<u32>), String> {
-    let tpc = h.threads_per_core();
-    let cores = free_cores(h, free);
-    let count_ge = |t: usize| cores.iter().filter(|c| c.len() >= t).count();
-    let take_reserved = |used: &CpuSet, skip_cores: bool| -> Vec<u32> {
-        // Partly used cores first (cores is in that order); with isolate, never a used core.
-        let mut out = Vec::new();
-        for c in &cores {
-            if skip_cores && c.iter().any(|x| used.contains(*x)) {
-                continue;
-            }
-            for x in c {
-                if out.len() < reserved && !used.contains(*x) {
-                    out.push(*x);
-                }
-            }
-        }
-        out
-    };
-    match policy {
-        Some(ThreadPolicy::Isolate) => {
-            // Whole free cores only: all `tpc` threads of the core free; one thread used each.
-            let mut whole: Vec<Vec<u32>> = h
-                .siblings
-                .iter()
-                .filter(|s| s.len() == tpc && s.is_subset(free))
-                .map(|s| s.to_vec())
-                .collect();
-            if whole.len() < n {
-                return Err(format!(
-                    "thread policy isolate needs {n} fully free cores, {} free",
-                    whole.len()
-                ));
-            }
-            whole.sort();
-            let pins: Vec<u32> = whole.iter().take(n).map(|c| c[0]).collect();
-            let used: CpuSet = whole
-                .iter()
-                .take(n)
-                .flat_map(|c| c.iter().copied())
-                .collect();
-            let res = take_reserved(&used, true);
-            if res.len() < reserved {
-                return Err(format!("thread policy isolate: no pCPU left outside the {n} isolated cores for the emulator threads"));
-            }
-            Ok((pins, res))
-        }
-        Some(ThreadPolicy::Require) => {
-            if tpc <= 1 {
-                return Err(
-                    "thread policy require needs SMT (thread siblings), the host has none".into(),
-                );
-            }
-            let t = (2..=tpc).rev().find(|t| t * count_ge(*t) >= n);
-            let Some(t) = t else {
-                return Err(format!(
-                    "thread policy require: {n} vCPUs do not fit on free sibling pairs"
-                ));
-            };
-            let mut pins = Vec::new();
-            for c in cores.iter().filter(|c| c.len() >= t) {
-                for x in c.iter().take(t) {
-                    if pins.len() < n {
-                        pins.push(*x);
-                    }
-                }
-            }
-            let used: CpuSet = pins.iter().copied().collect();
-            let res = take_reserved(&used, false);
-            if res.len() < reserved {
-                return Err("no free pCPU left for the isolated emulator threads".into());
-            }
-            Ok((pins, res))
-        }
-        None | Some(ThreadPolicy::Prefer) => {
-            let pins: Vec<u32> = cores.iter().flatten().copied().take(n).collect();
-            let used: CpuSet = pins.iter().copied().collect();
-            let res = take_reserved(&used, false);
-            if pins.len() < n || res.len() < reserved {
-                return Err(format!("{} free pCPUs, needs {}", free.len(), n + reserved));
-            }
-            Ok((pins, res))
-        }
+/// The decision alone, as Nova's `numa_fit_instance_to_host` makes it: a placement or None.
+/// No explanation is built; `fit_topology` adds one for refusals.
+pub fn place(host: &HostState, topo: &GuestTopology, opts: &FitOptions) -> Option<Placement> {
+    if host.cells.len() < topo.cells.len() {
+        return None;
     }
+    let hc = host.cells.len();
+    let table = cell_table(host, topo, opts);
+    let free_of = |h: &HostCell| h.cpuset.count_and_not(&h.pinned_cpus, None);
+    let chosen: Vec<usize> = if topo.cells.len() == 1 {
+        // The common case: the best-fit cell directly (fewest free pCPUs, then lowest id).
+        vec![(0..hc)
+            .filter(|i| table[*i].is_ok())
+            .min_by_key(|i| (free_of(&host.cells[*i]), host.cells[*i].id))?]
+    } else {
+        let order: Vec<Vec<usize>> = (0..topo.cells.len())
+            .map(|gi| {
+                let mut idx: Vec<usize> = (0..hc).filter(|i| table[gi * hc + i].is_ok()).collect();
+                idx.sort_by_key(|i| (free_of(&host.cells[*i]), host.cells[*i].id));
+                idx
+            })
+            .collect();
+        let mut chosen = Vec::new();
+        if !assign(&order, 0, &mut chosen) {
+            return None;
+        }
+        chosen
+    };
+    let cells: Vec<CellPlacement> = chosen
+        .iter()
+        .enumerate()
+        .map(|(gi, hi)| {
+            let pagesize = table[gi * hc + hi].unwrap_or(None);
+            place_cell(
+                &host.cells[*hi],
+                &topo.cells[gi],
+                topo,
+                reserved_of(topo, gi),
+                pagesize,
+            )
+        })
+        .collect();
+    let emulator_pins = if topo.emulator_isolate {
+        cells
+            .iter()
+            .flat_map(|c| c.cpuset_reserved.iter().copied())
+            .collect()
+    } else {
+        let all: CpuSet = cells
+            .iter()
+            .flat_map(|c| c.vcpu_pins.values().copied())
+            .collect();
+        all.to_vec()
+    };
+    Some(Placement {
+        cells,
+        emulator_pins,
+        dedicated: topo.dedicated,
+    })
 }
 
 /// Place a guest topology on a host, or say per cell why not.
@@ -990,79 +1162,35 @@ pub fn fit_topology(
     topo: &GuestTopology,
     opts: &FitOptions,
 ) -> Result<Placement, Refusal> {
-    let refuse = |reasons: Vec<String>| Refusal {
-        msg: no_numa_msg(topo.total_vcpus(), topo.total_memory_mb()),
-        reasons,
-    };
+    place(host, topo, opts).ok_or_else(|| explain(host, topo, opts))
+}
+
+/// The refusal: Nova's message and, per host cell, what is short.
+fn explain(host: &HostState, topo: &GuestTopology, opts: &FitOptions) -> Refusal {
+    let msg = no_numa_msg(topo.total_vcpus(), topo.total_memory_mb());
     if host.cells.len() < topo.cells.len() {
-        return Err(refuse(vec![format!(
+        let why = format!(
             "the guest has {} NUMA cells, the host only {}",
             topo.cells.len(),
             host.cells.len()
-        )]));
-    }
-    // Every (guest cell, host cell) pair once: the cell fits are independent of each other.
-    let mut table: Vec<Vec<Result<CellPlacement, String>>> = Vec::with_capacity(topo.cells.len());
-    for (gi, g) in topo.cells.iter().enumerate() {
-        let reserved = if topo.emulator_isolate && gi == 0 {
-            1
-        } else {
-            0
-        };
-        table.push(
-            host.cells
-                .iter()
-                .map(|h| fit_cell(h, g, topo, reserved, opts))
-                .collect(),
         );
-    }
-    // Candidate order per guest cell: best fit (fewest free pCPUs left), then cell id.
-    let order: Vec<Vec<usize>> = table
-        .iter()
-        .map(|row| {
-            let mut idx: Vec<usize> = (0..row.len()).filter(|i| row[*i].is_ok()).collect();
-            idx.sort_by_key(|i| (host.cells[*i].free_cpus().len(), host.cells[*i].id));
-            idx
-        })
-        .collect();
-    let mut chosen: Vec<usize> = Vec::new();
-    if assign(&order, 0, &mut chosen) {
-        let cells: Vec<CellPlacement> = chosen
-            .iter()
-            .enumerate()
-            .map(|(gi, hi)| table[gi][*hi].clone().expect("assign picks fitting cells"))
-            .collect();
-        let emulator_pins = if topo.emulator_isolate {
-            cells
-                .iter()
-                .flat_map(|c| c.cpuset_reserved.iter().copied())
-                .collect()
-        } else {
-            let all: CpuSet = cells
-                .iter()
-                .flat_map(|c| c.vcpu_pins.values().copied())
-                .collect();
-            all.to_vec()
+        return Refusal {
+            msg,
+            reasons: vec![why],
         };
-        return Ok(Placement {
-            cells,
-            emulator_pins,
-            dedicated: topo.dedicated,
-        });
     }
+    let hc = host.cells.len();
+    let table = cell_table(host, topo, opts);
     let mut reasons = Vec::new();
-    for (gi, row) in table.iter().enumerate() {
-        for (hi, r) in row.iter().enumerate() {
+    for (gi, g) in topo.cells.iter().enumerate() {
+        for (hi, h) in host.cells.iter().enumerate() {
             let prefix = if topo.cells.len() > 1 {
-                format!(
-                    "guest cell {} on cell {}",
-                    topo.cells[gi].id, host.cells[hi].id
-                )
+                format!("guest cell {} on cell {}", g.id, h.id)
             } else {
-                format!("cell {}", host.cells[hi].id)
+                format!("cell {}", h.id)
             };
-            match r {
-                Err(why) => reasons.push(format!("{prefix}: {why}")),
+            match &table[gi * hc + hi] {
+                Err(why) => reasons.push(format!("{prefix}: {}", why.describe(h, g))),
                 Ok(_) if topo.cells.len() > 1 => reasons.push(format!("{prefix}: fits alone")),
                 Ok(_) => {}
             }
@@ -1071,7 +1199,7 @@ pub fn fit_topology(
     if topo.cells.len() > 1 {
         reasons.push("no assignment puts every guest cell on a distinct host cell".into());
     }
-    Err(refuse(reasons))
+    Refusal { msg, reasons }
 }
 
 fn assign(order: &[Vec<usize>], gi: usize, chosen: &mut Vec<usize>) -> bool {
@@ -1337,17 +1465,17 @@ pub fn plan_drain(
             0
         };
         let mut placed = None;
-        let mut last_refusal = None;
+        let mut last_tried = None;
         for &(s, hi) in index.range((need, 0)..) {
             if hosts[hi].name == g.source {
                 continue;
             }
-            match fit_topology(&hosts[hi], &g.topology, opts) {
-                Ok(p) => {
+            match place(&hosts[hi], &g.topology, opts) {
+                Some(p) => {
                     placed = Some((s, hi, p));
                     break;
                 }
-                Err(r) => last_refusal = Some(r),
+                None => last_tried = Some(hi),
             }
         }
         match placed {
@@ -1365,8 +1493,12 @@ pub fn plan_drain(
             }
             None => {
                 let msg = no_numa_msg(g.topology.total_vcpus(), g.topology.total_memory_mb());
-                let reasons = match last_refusal {
-                    Some(r) => r.reasons,
+                let reasons = match last_tried {
+                    Some(hi) => explain(&hosts[hi], &g.topology, opts)
+                        .reasons
+                        .into_iter()
+                        .map(|r| format!("{}: {r}", hosts[hi].name))
+                        .collect(),
                     None => vec![format!(
                         "no candidate host has a cell with {need} free pCPUs"
                     )],
