@@ -3,7 +3,8 @@
 # The lab (tests/lab/lab.sh) installs the daemons it runs; this is the build/test toolchain.
 set -euo pipefail
 need_apt=()
-for p in libvirt-dev libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu pkg-config libssl-dev gcc; do
+# chromium: the fleet report's PNG export and its rendering test
+for p in libvirt-dev libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu pkg-config libssl-dev gcc chromium; do
   dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -18,6 +19,7 @@ missing=()
 "$py" -c 'import pymysql' 2>/dev/null || missing+=(PyMySQL)
 "$py" -c 'import lxml' 2>/dev/null || missing+=(lxml)
 "$py" -c 'import yaml' 2>/dev/null || missing+=(PyYAML)
+command -v ansible-lint >/dev/null || missing+=(ansible-lint)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: pip install ${missing[*]}"
   "$py" -m pip install -q --disable-pip-version-check "${missing[@]}"
