@@ -60,6 +60,25 @@ def test_fresh_guest_is_pinned_and_removed(lab, fresh_guest):
     assert (lab.images_dir("cmp1") / ("%s.qcow2" % g2.name)).exists()
 
 
+@pytest.mark.parametrize("disk_mib", [0, 8])
+def test_live_migration_between_the_hosts(lab, fresh_guest, disk_mib, tmp_path):
+    """The lab's hosts migrate to each other (disk guests by block migration onto a pre-created disk)."""
+    g = fresh_guest("cmp1", [1], disk_mib=disk_mib)
+    xml = g.xml.replace("cpuset='1'", "cpuset='0'")  # repinned, as the modules do
+    path = tmp_path / "dest.xml"
+    path.write_text(xml)
+    args = ["migrate", "--live", "--p2p", "--persistent", "--undefinesource", "--xml", str(path),
+            "--persistent-xml", str(path)]
+    if disk_mib:
+        lab.create_disk("cmp2", g.name, disk_mib)
+        args.append("--copy-storage-all")
+    lab.virsh("cmp1", *(args + [g.name, lab.uri("cmp2")]), timeout=120)
+    assert lab.guest_host(g.uuid) == "cmp2"
+    assert lab.domstate("cmp2", g.name) == "running"
+    assert lab.affinity("cmp2", g.name) == {"vcpus": {0: {0}}, "emulator": {0}}
+    assert "cpuset='0'" in lab.dumpxml("cmp2", g.name, inactive=True)
+
+
 def test_db_has_the_stein_schemas(db):
     for schema, tables in STEIN_TABLES.items():
         have = {r[0] for r in q(db, "SELECT table_name FROM information_schema.tables WHERE table_schema=%s",
