@@ -646,7 +646,8 @@ do_tools() {
   if [ -n "$py" ] && [ "$py" != "$SYS_PY" ] &&
      "$py" -c 'import sys,os,sysconfig; sys.exit(os.path.exists(os.path.join(sysconfig.get_path("stdlib"),"EXTERNALLY-MANAGED")))' 2>/dev/null; then
     "$py" -c 'import pytest, pymysql' 2>/dev/null ||
-      { "$py" -m pip install -q --disable-pip-version-check pytest PyMySQL && log "pytest + PyMySQL installed for $py"; }
+      { "$py" -m pip install -q --disable-pip-version-check pytest PyMySQL && log "pytest + PyMySQL installed for $py" ||
+        log "warning: could not pip install pytest PyMySQL for $py (the tools venv has them)"; }
   fi
 }
 
