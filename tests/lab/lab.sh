@@ -23,7 +23,7 @@ PY37=${PY37:-$(pyenv root 2>/dev/null || echo /root/.pyenv)/versions/3.7.16}
 HOSTS=(cmp1 cmp2)
 declare -A ADDR=([cmp1]=127.0.0.2 [cmp2]=127.0.0.3)
 declare -A MIGPORTS=([cmp1]="49152 49215" [cmp2]="49216 49279")
-declare -A PIN_SET=([cmp1]="0-1" [cmp2]="1")
+declare -A PIN_SET=([cmp1]="0-1" [cmp2]="0-1")
 LIBVIRT_PORT=16509
 SSH_ADDR=127.0.0.4
 SSH_PORT=8022
@@ -673,7 +673,7 @@ L, R = os.environ["LAB_DIR"], os.environ["REPO"]
 pw = os.environ["PW"]
 std = json.load(open(os.path.join(R, "tests/lab/guests/standard.json")))
 hosts = {}
-for h, a, pins in (("cmp1", "127.0.0.2", "0-1"), ("cmp2", "127.0.0.3", "1")):
+for h, a, pins in (("cmp1", "127.0.0.2", "0-1"), ("cmp2", "127.0.0.3", "0-1")):
     d = os.path.join(L, h)
     hosts[h] = {
         "name": h, "address": a, "libvirt_uri": "qemu+tcp://%s/system" % a, "migrate_address": a,
