@@ -209,8 +209,12 @@ fn conf_host(path: Option<&Path>) -> Option<String> {
 /// spelling each run uses.
 fn host_uuid(h: &Host) -> Result<String> {
     let caps = h.capabilities_xml()?;
-    let root = crate::xml::parse(&caps).map_err(|e| anyhow!("libvirt at {}: capabilities: {e}", h.uri))?;
-    root.path("host/uuid").map(|e| e.text.clone()).filter(|s| !s.is_empty()).ok_or_else(|| anyhow!("libvirt at {}: capabilities carry no host uuid", h.uri))
+    let root =
+        crate::xml::parse(&caps).map_err(|e| anyhow!("libvirt at {}: capabilities: {e}", h.uri))?;
+    root.path("host/uuid")
+        .map(|e| e.text.clone())
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| anyhow!("libvirt at {}: capabilities carry no host uuid", h.uri))
 }
 
 pub struct DestLock {
@@ -221,10 +225,25 @@ pub struct DestLock {
 
 /// The exclusive per-destination claim (see module docs).
 pub fn lock_destination(dir: &Path, key: &str, timeout: Duration) -> Result<DestLock> {
-    std::fs::create_dir_all(dir).map_err(|e| anyhow!("{M}: cannot create lock_dir {}: {e}", dir.display()))?;
-    let safe: String = key.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    std::fs::create_dir_all(dir)
+        .map_err(|e| anyhow!("{M}: cannot create lock_dir {}: {e}", dir.display()))?;
+    let safe: String = key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     let path = dir.join(format!("dest-{safe}.lock"));
-    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| anyhow!("{M}: cannot open lock {}: {e}", path.display()))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| anyhow!("{M}: cannot open lock {}: {e}", path.display()))?;
     let t0 = Instant::now();
     loop {
         match file.try_lock() {
@@ -240,14 +259,20 @@ pub fn lock_destination(dir: &Path, key: &str, timeout: Duration) -> Result<Dest
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(anyhow!("{M}: cannot lock {}: {e}", path.display())),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(anyhow!("{M}: cannot lock {}: {e}", path.display()))
+            }
         }
     }
     use std::io::Write;
     let mut f = &file;
     let _ = f.set_len(0);
     let _ = writeln!(f, "pid {}", std::process::id());
-    Ok(DestLock { _file: file, path, waited_ms: t0.elapsed().as_millis() as u64 })
+    Ok(DestLock {
+        _file: file,
+        path,
+        waited_ms: t0.elapsed().as_millis() as u64,
+    })
 }
 
 fn cpumap(set: &CpuSet) -> Vec<u8> {
@@ -267,9 +292,23 @@ pub fn placement_of(g: &Guest, topo: &GuestTopology) -> Placement {
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let host_cell = g.numa_cells.iter().find(|n| n.id == c.id).and_then(|n| n.host_nodes.first().copied()).or_else(|| g.memory_nodes.first().copied()).unwrap_or(0);
+            let host_cell = g
+                .numa_cells
+                .iter()
+                .find(|n| n.id == c.id)
+                .and_then(|n| n.host_nodes.first().copied())
+                .or_else(|| g.memory_nodes.first().copied())
+                .unwrap_or(0);
             let vcpu_pins = if topo.dedicated {
-                c.vcpus.iter().filter_map(|v| g.vcpu_pins.get(&v.to_string()).and_then(|p| p.first()).map(|p| (v.to_string(), *p))).collect()
+                c.vcpus
+                    .iter()
+                    .filter_map(|v| {
+                        g.vcpu_pins
+                            .get(&v.to_string())
+                            .and_then(|p| p.first())
+                            .map(|p| (v.to_string(), *p))
+                    })
+                    .collect()
             } else {
                 BTreeMap::new()
             };
@@ -285,7 +324,11 @@ pub fn placement_of(g: &Guest, topo: &GuestTopology) -> Placement {
             }
         })
         .collect();
-    Placement { cells, emulator_pins: g.emulator_pins.clone(), dedicated: topo.dedicated }
+    Placement {
+        cells,
+        emulator_pins: g.emulator_pins.clone(),
+        dedicated: topo.dedicated,
+    }
 }
 
 /// Does the guest's definition carry exactly the plan's pins?
@@ -295,7 +338,12 @@ fn pins_match(g: &Guest, p: &Placement) -> Result<(), String> {
         for (v, pc) in &c.vcpu_pins {
             match g.vcpu_pins.get(v) {
                 Some(have) if have == &vec![*pc] => {}
-                other => bad.push(format!("vCPU {v}: {} instead of {pc}", other.map(|o| format_spec(&o.iter().copied().collect())).unwrap_or_else(|| "unpinned".into()))),
+                other => bad.push(format!(
+                    "vCPU {v}: {} instead of {pc}",
+                    other
+                        .map(|o| format_spec(&o.iter().copied().collect()))
+                        .unwrap_or_else(|| "unpinned".into())
+                )),
             }
         }
     }
@@ -303,13 +351,25 @@ fn pins_match(g: &Guest, p: &Placement) -> Result<(), String> {
         let want: CpuSet = p.emulator_pins.iter().copied().collect();
         let have: CpuSet = g.emulator_pins.iter().copied().collect();
         if want != have {
-            bad.push(format!("emulator: {} instead of {}", format_spec(&have), format_spec(&want)));
+            bad.push(format!(
+                "emulator: {} instead of {}",
+                format_spec(&have),
+                format_spec(&want)
+            ));
         }
     }
     for c in &p.cells {
-        let have = g.numa_cells.iter().find(|n| n.id == c.guest_cell).map(|n| n.host_nodes.clone()).unwrap_or_else(|| g.memory_nodes.clone());
+        let have = g
+            .numa_cells
+            .iter()
+            .find(|n| n.id == c.guest_cell)
+            .map(|n| n.host_nodes.clone())
+            .unwrap_or_else(|| g.memory_nodes.clone());
         if !have.is_empty() && have != vec![c.host_cell] {
-            bad.push(format!("guest cell {} memory on host nodes {:?} instead of {}", c.guest_cell, have, c.host_cell));
+            bad.push(format!(
+                "guest cell {} memory on host nodes {:?} instead of {}",
+                c.guest_cell, have, c.host_cell
+            ));
         }
     }
     if bad.is_empty() {
@@ -335,15 +395,26 @@ pub struct Affinity {
 
 fn qemu_pids(uuid: &str) -> Vec<(u32, bool)> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else { return out };
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
     for e in rd.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
         let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-        if !args.first().is_some_and(|a| String::from_utf8_lossy(a).contains("qemu")) {
+        if !args
+            .first()
+            .is_some_and(|a| String::from_utf8_lossy(a).contains("qemu"))
+        {
             continue;
         }
-        let has_uuid = args.windows(2).any(|w| w[0] == b"-uuid" && w[1] == uuid.as_bytes());
+        let has_uuid = args
+            .windows(2)
+            .any(|w| w[0] == b"-uuid" && w[1] == uuid.as_bytes());
         if has_uuid {
             let incoming = args.iter().any(|a| *a == b"-incoming");
             out.push((pid, incoming));
@@ -355,10 +426,19 @@ fn qemu_pids(uuid: &str) -> Vec<(u32, bool)> {
 fn read_affinity(pid: u32) -> Option<Affinity> {
     let mut vcpus = BTreeMap::new();
     let mut emulator = Vec::new();
-    for t in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
-        let comm = std::fs::read_to_string(t.path().join("comm")).ok()?.trim().to_string();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(t.path().join("comm"))
+            .ok()?
+            .trim()
+            .to_string();
         let status = std::fs::read_to_string(t.path().join("status")).ok()?;
-        let allowed = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).map(|s| s.trim().to_string())?;
+        let allowed = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .map(|s| s.trim().to_string())?;
         let set = crate::cpuset::parse_spec(&allowed).ok()?.to_vec();
         if let Some(rest) = comm.strip_prefix("CPU ") {
             if let Some(n) = rest.split('/').next().and_then(|n| n.parse::<u32>().ok()) {
@@ -370,7 +450,11 @@ fn read_affinity(pid: u32) -> Option<Affinity> {
             emulator = set;
         }
     }
-    Some(Affinity { pid, vcpus, emulator })
+    Some(Affinity {
+        pid,
+        vcpus,
+        emulator,
+    })
 }
 
 /// The guest's QEMU on this machine after a migration: wait for the source QEMU to go.
@@ -400,7 +484,10 @@ fn affinity_matches(a: &Affinity, p: &Placement) -> Result<(), String> {
         }
     }
     if !p.emulator_pins.is_empty() && a.emulator != p.emulator_pins {
-        bad.push(format!("emulator thread runs on {:?}, plan {:?}", a.emulator, p.emulator_pins));
+        bad.push(format!(
+            "emulator thread runs on {:?}, plan {:?}",
+            a.emulator, p.emulator_pins
+        ));
     }
     if bad.is_empty() {
         Ok(())
@@ -416,17 +503,32 @@ fn cpu_check(src: &Host, dst: &Host, xml: &str) -> Result<Value> {
     let root = crate::xml::parse(xml).map_err(|e| anyhow!("{e}"))?;
     let dtype = root.attr("type").unwrap_or("");
     let cpu = root.child("cpu");
-    let mode = cpu.and_then(|c| c.attr("mode")).unwrap_or(if cpu.and_then(|c| c.child("model")).is_some() { "custom" } else { "" });
+    let mode = cpu.and_then(|c| c.attr("mode")).unwrap_or(
+        if cpu.and_then(|c| c.child("model")).is_some() {
+            "custom"
+        } else {
+            ""
+        },
+    );
     if dtype == "qemu" {
-        return Ok(json!({"checked": false, "reason": "TCG guest (domain type qemu): QEMU emulates the CPU model, the destination's host CPU does not matter"}));
+        return Ok(
+            json!({"checked": false, "reason": "TCG guest (domain type qemu): QEMU emulates the CPU model, the destination's host CPU does not matter"}),
+        );
     }
     let cpu_xml = match mode {
-        "custom" => repin::child_element(xml, "cpu").ok_or_else(|| anyhow!("cannot extract <cpu>"))?,
+        "custom" => {
+            repin::child_element(xml, "cpu").ok_or_else(|| anyhow!("cannot extract <cpu>"))?
+        }
         "host-model" | "host-passthrough" | "maximum" => {
             let caps = src.capabilities_xml()?;
-            repin::host_cpu_element(&caps).ok_or_else(|| anyhow!("source capabilities have no <host><cpu>"))?
+            repin::host_cpu_element(&caps)
+                .ok_or_else(|| anyhow!("source capabilities have no <host><cpu>"))?
         }
-        _ => return Ok(json!({"checked": false, "reason": "the guest names no CPU model (hypervisor default): nothing to compare"})),
+        _ => {
+            return Ok(
+                json!({"checked": false, "reason": "the guest names no CPU model (hypervisor default): nothing to compare"}),
+            )
+        }
     };
     match dst.conn.compare_cpu(&cpu_xml, 0) {
         Ok(r) if r == sys::VIR_CPU_COMPARE_INCOMPATIBLE => Err(Failure::new(format!(
@@ -458,12 +560,26 @@ fn local_disks(dom: &Domain, xml: &str) -> Result<Vec<Disk>> {
     let mut out = Vec::new();
     if let Some(devs) = root.child("devices") {
         for d in devs.children("disk") {
-            if d.attr("type") != Some("file") || d.attr("device").unwrap_or("disk") != "disk" || d.child("readonly").is_some() || d.child("shareable").is_some() {
+            if d.attr("type") != Some("file")
+                || d.attr("device").unwrap_or("disk") != "disk"
+                || d.child("readonly").is_some()
+                || d.child("shareable").is_some()
+            {
                 continue;
             }
-            let Some(path) = d.child("source").and_then(|s| s.attr("file")) else { continue };
-            let target = d.child("target").and_then(|t| t.attr("dev")).unwrap_or("").to_string();
-            let format = d.child("driver").and_then(|t| t.attr("type")).unwrap_or("raw").to_string();
+            let Some(path) = d.child("source").and_then(|s| s.attr("file")) else {
+                continue;
+            };
+            let target = d
+                .child("target")
+                .and_then(|t| t.attr("dev"))
+                .unwrap_or("")
+                .to_string();
+            let format = d
+                .child("driver")
+                .and_then(|t| t.attr("type"))
+                .unwrap_or("raw")
+                .to_string();
             if let Some(bs) = d.child("backingStore") {
                 if bs.child("source").is_some() {
                     return Err(Failure::new(format!(
@@ -472,8 +588,17 @@ fn local_disks(dom: &Domain, xml: &str) -> Result<Vec<Disk>> {
                     .into());
                 }
             }
-            let info = dom.block_info(&target, 0).map_err(|e| anyhow!("{M}: cannot read the size of disk {target}: {}", lv(e)))?;
-            out.push(Disk { target, path: path.to_string(), format, capacity_bytes: info.capacity, dest_path: String::new(), created: false });
+            let info = dom
+                .block_info(&target, 0)
+                .map_err(|e| anyhow!("{M}: cannot read the size of disk {target}: {}", lv(e)))?;
+            out.push(Disk {
+                target,
+                path: path.to_string(),
+                format,
+                capacity_bytes: info.capacity,
+                dest_path: String::new(),
+                created: false,
+            });
         }
     }
     Ok(out)
@@ -481,18 +606,40 @@ fn local_disks(dom: &Domain, xml: &str) -> Result<Vec<Disk>> {
 
 fn ssh_connect(a: &Args) -> Result<Ssh> {
     let host = a.ssh_host.as_deref().ok_or_else(|| Failure::new(format!("{M}: storage block needs ssh_host (the destination's sshd, Kolla nova_ssh) to prepare its disks")))?;
-    let key = a.ssh_key.as_deref().ok_or_else(|| Failure::new(format!("{M}: storage block needs ssh_key (private key accepted by the destination's sshd)")))?;
-    Ssh::connect(host, a.ssh_port, &a.ssh_user, key, a.ssh_known_hosts.as_deref(), Duration::from_secs(20))
+    let key = a.ssh_key.as_deref().ok_or_else(|| {
+        Failure::new(format!(
+            "{M}: storage block needs ssh_key (private key accepted by the destination's sshd)"
+        ))
+    })?;
+    Ssh::connect(
+        host,
+        a.ssh_port,
+        &a.ssh_user,
+        key,
+        a.ssh_known_hosts.as_deref(),
+        Duration::from_secs(20),
+    )
 }
 
 /// Nova's pre_live_migration for a block migration: instance dir and empty disks of the same
 /// virtual size and format. Existing files of the right size are kept (rerun after a failure).
-fn prepare_disks(ssh: &Ssh, disks: &mut [Disk], instance_dir: Option<&str>, uuid: &str) -> Result<()> {
+fn prepare_disks(
+    ssh: &Ssh,
+    disks: &mut [Disk],
+    instance_dir: Option<&str>,
+    uuid: &str,
+) -> Result<()> {
     for d in disks.iter_mut() {
-        let file = Path::new(&d.path).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| "disk".into());
+        let file = Path::new(&d.path)
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "disk".into());
         let dir = match instance_dir {
             Some(i) => i.replace("{uuid}", uuid),
-            None => Path::new(&d.path).parent().map(|p| p.display().to_string()).unwrap_or_else(|| "/".into()),
+            None => Path::new(&d.path)
+                .parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "/".into()),
         };
         d.dest_path = format!("{}/{}", dir.trim_end_matches('/'), file);
         let qd = quote(&d.dest_path);
@@ -512,7 +659,11 @@ fn prepare_disks(ssh: &Ssh, disks: &mut [Disk], instance_dir: Option<&str>, uuid
             }
             continue;
         }
-        ssh.run(&format!("qemu-img create -q -f {} {qd} {}", quote(&d.format), d.capacity_bytes))?;
+        ssh.run(&format!(
+            "qemu-img create -q -f {} {qd} {}",
+            quote(&d.format),
+            d.capacity_bytes
+        ))?;
         d.created = true;
     }
     Ok(())
@@ -521,7 +672,11 @@ fn prepare_disks(ssh: &Ssh, disks: &mut [Disk], instance_dir: Option<&str>, uuid
 fn cleanup_disks(ssh: &Ssh, disks: &[Disk]) -> Vec<String> {
     let mut removed = Vec::new();
     for d in disks.iter().filter(|d| d.created) {
-        if ssh.exec(&format!("rm -f {}", quote(&d.dest_path))).map(|o| o.status == 0).unwrap_or(false) {
+        if ssh
+            .exec(&format!("rm -f {}", quote(&d.dest_path)))
+            .map(|o| o.status == 0)
+            .unwrap_or(false)
+        {
             removed.push(d.dest_path.clone());
         }
     }
@@ -544,6 +699,8 @@ pub struct JobFigures {
     pub action_taken: Option<String>,
     pub paused_source: bool,
     pub errors: Vec<String>,
+    pub job_stats_errors: u64,
+    pub last_job_stats_error: Option<String>,
 }
 
 struct MonitorCfg {
@@ -555,16 +712,42 @@ struct MonitorCfg {
 }
 
 /// Nova's downtime steps (`nova.virt.libvirt.migration.downtime_steps`).
-pub fn downtime_steps(max_ms: u64, steps: u64, delay_per_gib: u64, data_gib: f64) -> Vec<(u64, u64)> {
+pub fn downtime_steps(
+    max_ms: u64,
+    steps: u64,
+    delay_per_gib: u64,
+    data_gib: f64,
+) -> Vec<(u64, u64)> {
     let steps = steps.max(1);
     let delay = (delay_per_gib as f64 * data_gib) as u64;
     let base = max_ms / steps;
     let offset = (max_ms - base) / steps;
-    (0..=steps).map(|i| (delay * i, base + offset * i)).collect()
+    (0..=steps)
+        .map(|i| (delay * i, base + offset * i))
+        .collect()
 }
 
-fn monitor(dom: Domain, cfg: MonitorCfg, stop: Arc<AtomicBool>, figs: Arc<Mutex<JobFigures>>) {
+/// Watch the migration job from a connection of its own (the migration call occupies the other).
+fn monitor(
+    uri: String,
+    uuid: String,
+    cfg: MonitorCfg,
+    stop: Arc<AtomicBool>,
+    figs: Arc<Mutex<JobFigures>>,
+) {
     let t0 = Instant::now();
+    let dom = match libvirt::connect(&uri).and_then(|h| h.lookup(&uuid).map(|d| (h, d))) {
+        Ok((_h, d)) => d,
+        Err(e) => {
+            figs.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .errors
+                .push(format!(
+                    "monitor: {e:#}; the job is not watched (no timeouts)"
+                ));
+            return;
+        }
+    };
     let mut step = 0usize;
     let mut last_remaining = u64::MAX;
     let mut last_progress = Instant::now();
@@ -573,9 +756,16 @@ fn monitor(dom: Domain, cfg: MonitorCfg, stop: Arc<AtomicBool>, figs: Arc<Mutex<
         std::thread::sleep(Duration::from_millis(100));
         let st = match dom.job_stats(0) {
             Ok(s) => s,
-            Err(_) => continue,
+            Err(e) => {
+                let mut f = figs.lock().unwrap_or_else(|p| p.into_inner());
+                f.job_stats_errors += 1;
+                f.last_job_stats_error = Some(lv(e));
+                continue;
+            }
         };
-        if st.r#type != sys::VIR_DOMAIN_JOB_BOUNDED as i32 && st.r#type != sys::VIR_DOMAIN_JOB_UNBOUNDED as i32 {
+        if st.r#type != sys::VIR_DOMAIN_JOB_BOUNDED as i32
+            && st.r#type != sys::VIR_DOMAIN_JOB_UNBOUNDED as i32
+        {
             continue;
         }
         let elapsed = t0.elapsed();
@@ -592,7 +782,9 @@ fn monitor(dom: Domain, cfg: MonitorCfg, stop: Arc<AtomicBool>, figs: Arc<Mutex<
             let ms = cfg.steps[step].1;
             match dom.migrate_set_max_downtime(ms, 0) {
                 Ok(()) => f.downtime_set_ms.push((elapsed.as_millis() as u64, ms)),
-                Err(e) => f.errors.push(format!("set max downtime {ms} ms: {}", lv(e))),
+                Err(e) => f
+                    .errors
+                    .push(format!("set max downtime {ms} ms: {}", lv(e))),
             }
             step += 1;
         }
@@ -604,9 +796,17 @@ fn monitor(dom: Domain, cfg: MonitorCfg, stop: Arc<AtomicBool>, figs: Arc<Mutex<
             continue;
         }
         let why = if cfg.completion_timeout_s > 0 && elapsed.as_secs() >= cfg.completion_timeout_s {
-            Some(format!("not complete after {} s (completion_timeout_s)", cfg.completion_timeout_s))
-        } else if cfg.progress_timeout_s > 0 && last_progress.elapsed().as_secs() >= cfg.progress_timeout_s {
-            Some(format!("no progress for {} s (progress_timeout_s; {remaining} bytes remaining)", cfg.progress_timeout_s))
+            Some(format!(
+                "not complete after {} s (completion_timeout_s)",
+                cfg.completion_timeout_s
+            ))
+        } else if cfg.progress_timeout_s > 0
+            && last_progress.elapsed().as_secs() >= cfg.progress_timeout_s
+        {
+            Some(format!(
+                "no progress for {} s (progress_timeout_s; {remaining} bytes remaining)",
+                cfg.progress_timeout_s
+            ))
         } else {
             None
         };
@@ -618,16 +818,21 @@ fn monitor(dom: Domain, cfg: MonitorCfg, stop: Arc<AtomicBool>, figs: Arc<Mutex<
                     f.action_taken = Some("abort".into());
                     // SAFETY: dom is a valid domain handle owned by this thread.
                     let r = unsafe { sys::virDomainAbortJob(dom.as_ptr()) };
-                    (r >= 0).then_some(()).ok_or_else(|| virt::error::Error::last_error())
+                    (r >= 0)
+                        .then_some(())
+                        .ok_or_else(|| virt::error::Error::last_error())
                 }
                 TimeoutAction::ForceComplete if cfg.post_copy => {
                     f.action_taken = Some("force_complete: switch to post-copy".into());
                     // SAFETY: as above.
                     let r = unsafe { sys::virDomainMigrateStartPostCopy(dom.as_ptr(), 0) };
-                    (r >= 0).then_some(()).ok_or_else(|| virt::error::Error::last_error())
+                    (r >= 0)
+                        .then_some(())
+                        .ok_or_else(|| virt::error::Error::last_error())
                 }
                 TimeoutAction::ForceComplete => {
-                    f.action_taken = Some("force_complete: pause the guest so the migration completes".into());
+                    f.action_taken =
+                        Some("force_complete: pause the guest so the migration completes".into());
                     let r = dom.suspend();
                     if r.is_ok() {
                         f.paused_source = true;
@@ -655,16 +860,27 @@ struct SourceGuest {
 }
 
 fn read_source(src: &Host, name: &str) -> Result<Option<SourceGuest>> {
-    let Ok(dom) = src.lookup(name) else { return Ok(None) };
+    let Ok(dom) = src.lookup(name) else {
+        return Ok(None);
+    };
     let guest = libvirt::guest_of(&dom)?;
-    let live_xml = dom.xml_desc(sys::VIR_DOMAIN_XML_MIGRATABLE).map_err(|e| anyhow!("guest {name}: cannot read its XML: {}", lv(e)))?;
+    let live_xml = dom
+        .xml_desc(sys::VIR_DOMAIN_XML_MIGRATABLE)
+        .map_err(|e| anyhow!("guest {name}: cannot read its XML: {}", lv(e)))?;
     let persistent = dom.is_persistent().unwrap_or(false);
     let inactive_xml = if persistent {
-        dom.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE | sys::VIR_DOMAIN_XML_MIGRATABLE).map_err(|e| anyhow!("guest {name}: cannot read its inactive XML: {}", lv(e)))?
+        dom.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE | sys::VIR_DOMAIN_XML_MIGRATABLE)
+            .map_err(|e| anyhow!("guest {name}: cannot read its inactive XML: {}", lv(e)))?
     } else {
         live_xml.clone()
     };
-    Ok(Some(SourceGuest { dom, guest, live_xml, inactive_xml, persistent }))
+    Ok(Some(SourceGuest {
+        dom,
+        guest,
+        live_xml,
+        inactive_xml,
+        persistent,
+    }))
 }
 
 fn diff_value(before: &str, after: &str, header: &str) -> Value {
@@ -675,14 +891,30 @@ fn placement_msg(p: &Placement) -> String {
     p.cells
         .iter()
         .map(|c| {
-            let pins: Vec<String> = c.vcpu_pins.iter().map(|(v, p)| format!("{v}->{p}")).collect();
-            format!("guest cell {} -> host cell {} [{}]", c.guest_cell, c.host_cell, pins.join(" "))
+            let pins: Vec<String> = c
+                .vcpu_pins
+                .iter()
+                .map(|(v, p)| format!("{v}->{p}"))
+                .collect();
+            format!(
+                "guest cell {} -> host cell {} [{}]",
+                c.guest_cell,
+                c.host_cell,
+                pins.join(" ")
+            )
         })
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-fn base_fields(o: &mut Outcome, uuid: &str, source_host: &str, dest_host: &str, dest_node: &str, p: &Placement) {
+fn base_fields(
+    o: &mut Outcome,
+    uuid: &str,
+    source_host: &str,
+    dest_host: &str,
+    dest_node: &str,
+    p: &Placement,
+) {
     o.set("instance_uuid", uuid);
     o.set("source_host", source_host);
     o.set("dest_host", dest_host);
@@ -691,14 +923,22 @@ fn base_fields(o: &mut Outcome, uuid: &str, source_host: &str, dest_host: &str, 
 }
 
 /// Validate a guest's current placement on a host (for idempotency and post checks).
-fn current_valid(facts: &NumaFacts, g: &Guest, tp: Option<ThreadPolicy>) -> (GuestTopology, Placement, Result<(), String>) {
+fn current_valid(
+    facts: &NumaFacts,
+    g: &Guest,
+    tp: Option<ThreadPolicy>,
+) -> (GuestTopology, Placement, Result<(), String>) {
     let topo = GuestTopology::from_guest(g, tp);
     let p = placement_of(g, &topo);
     let state = facts.host_state(Some(&g.uuid));
     let mut r = fit::validate(&state, &topo, &p);
     if r.is_ok() {
         if let Some(o) = facts.overlaps.iter().find(|o| o.guests.contains(&g.name)) {
-            r = Err(format!("pCPU {} is pinned by {}", o.cpu, o.guests.join(" and ")));
+            r = Err(format!(
+                "pCPU {} is pinned by {}",
+                o.cpu,
+                o.guests.join(" and ")
+            ));
         }
     }
     (topo, p, r)
@@ -726,20 +966,38 @@ fn migrate(a: &Args, ctx: &Context) -> Result<Outcome> {
     let dest_uri = a.dest_uri.clone().unwrap_or_default();
     let src = libvirt::connect(&a.source_uri)?;
     let dst = libvirt::connect(&dest_uri)?;
-    let source_host = a.source_host.clone().or_else(|| conf_host(a.source_nova_conf.as_deref())).unwrap_or_else(|| src.hostname());
-    let dest_host = a.dest_host.clone().or_else(|| conf_host(a.dest_nova_conf.as_deref())).unwrap_or_else(|| dst.hostname());
+    let source_host = a
+        .source_host
+        .clone()
+        .or_else(|| conf_host(a.source_nova_conf.as_deref()))
+        .unwrap_or_else(|| src.hostname());
+    let dest_host = a
+        .dest_host
+        .clone()
+        .or_else(|| conf_host(a.dest_nova_conf.as_deref()))
+        .unwrap_or_else(|| dst.hostname());
     let dest_node = a.dest_node.clone().unwrap_or_else(|| dest_host.clone());
 
     let sg = read_source(&src, &a.guest)?;
-    let on_source_active = sg.as_ref().is_some_and(|s| s.dom.is_active().unwrap_or(false));
+    let on_source_active = sg
+        .as_ref()
+        .is_some_and(|s| s.dom.is_active().unwrap_or(false));
     if !on_source_active {
         // Idempotency: already on the destination with a valid placement?
         if let Ok(ddom) = dst.lookup(&a.guest) {
             if ddom.is_active().unwrap_or(false) {
-                let f = facts::gather_live(&dest_uri, a.dest_nova_conf.as_deref(), Some(&dest_host))?;
+                let f =
+                    facts::gather_live(&dest_uri, a.dest_nova_conf.as_deref(), Some(&dest_host))?;
                 let g = libvirt::guest_of(&ddom)?;
                 let (_, p, valid) = current_valid(&f, &g, a.thread_policy);
-                let mut o = Outcome::new(false, format!("{} already runs on {dest_host} with a valid placement: {}", g.name, placement_msg(&p)));
+                let mut o = Outcome::new(
+                    false,
+                    format!(
+                        "{} already runs on {dest_host} with a valid placement: {}",
+                        g.name,
+                        placement_msg(&p)
+                    ),
+                );
                 base_fields(&mut o, &g.uuid, &source_host, &dest_host, &dest_node, &p);
                 o.set("guest", &g.name);
                 if let Err(why) = valid {
@@ -770,7 +1028,11 @@ fn migrate(a: &Args, ctx: &Context) -> Result<Outcome> {
         None
     } else {
         let key = host_uuid(&dst)?;
-        Some(lock_destination(&a.lock_dir, &key, Duration::from_secs(a.lock_timeout_s))?)
+        Some(lock_destination(
+            &a.lock_dir,
+            &key,
+            Duration::from_secs(a.lock_timeout_s),
+        )?)
     };
     // The destination's live state, read under the lock.
     let dfacts = facts::gather_live(&dest_uri, a.dest_nova_conf.as_deref(), Some(&dest_host))?;
@@ -788,27 +1050,53 @@ fn migrate(a: &Args, ctx: &Context) -> Result<Outcome> {
                 .into());
         }
     };
-    let dest_xml = repin::rewrite(&sg.live_xml, &placement).map_err(|e| Failure::new(format!("{M}: cannot rewrite the guest XML: {e}; nothing was changed")))?;
-    let persist_xml = repin::rewrite(&sg.inactive_xml, &placement).map_err(|e| Failure::new(format!("{M}: cannot rewrite the persistent XML: {e}; nothing was changed")))?;
-    let diff = diff_value(&sg.live_xml, &dest_xml, &format!("{} on {source_host} -> {dest_host}", g.name));
+    let dest_xml = repin::rewrite(&sg.live_xml, &placement).map_err(|e| {
+        Failure::new(format!(
+            "{M}: cannot rewrite the guest XML: {e}; nothing was changed"
+        ))
+    })?;
+    let persist_xml = repin::rewrite(&sg.inactive_xml, &placement).map_err(|e| {
+        Failure::new(format!(
+            "{M}: cannot rewrite the persistent XML: {e}; nothing was changed"
+        ))
+    })?;
+    let diff = diff_value(
+        &sg.live_xml,
+        &dest_xml,
+        &format!("{} on {source_host} -> {dest_host}", g.name),
+    );
     let data_gib = (g.memory_mb as f64 / 1024.0).max(2.0);
 
     let mut disks = match a.storage {
         Storage::Block => local_disks(&sg.dom, &sg.live_xml)?,
         Storage::Shared => Vec::new(),
     };
-    let disk_gib: f64 = disks.iter().map(|d| d.capacity_bytes as f64 / (1u64 << 30) as f64).sum();
+    let disk_gib: f64 = disks
+        .iter()
+        .map(|d| d.capacity_bytes as f64 / (1u64 << 30) as f64)
+        .sum();
     let data_gib = data_gib + disk_gib;
 
     let mut o = Outcome::new(true, String::new());
-    base_fields(&mut o, &g.uuid, &source_host, &dest_host, &dest_node, &placement);
+    base_fields(
+        &mut o,
+        &g.uuid,
+        &source_host,
+        &dest_host,
+        &dest_node,
+        &placement,
+    );
     o.set("guest", &g.name);
     o.set("old_pins", old_pins(g));
     o.set("cpu_check", &cpu);
     o.set("storage", a.storage);
     o.diff = Some(diff);
     if ctx.check_mode {
-        o.msg = format!("would migrate {} from {source_host} to {dest_host}: {}", g.name, placement_msg(&placement));
+        o.msg = format!(
+            "would migrate {} from {source_host} to {dest_host}: {}",
+            g.name,
+            placement_msg(&placement)
+        );
         o.set("dest_xml", &dest_xml);
         o.set("xml_diff", repin::line_diff(&sg.live_xml, &dest_xml));
         o.set("disks", &disks);
@@ -836,7 +1124,11 @@ fn migrate(a: &Args, ctx: &Context) -> Result<Outcome> {
     o.set("disks", &disks);
 
     // Migrate.
-    let mut flags = sys::VIR_MIGRATE_LIVE | sys::VIR_MIGRATE_PEER2PEER | sys::VIR_MIGRATE_PERSIST_DEST | sys::VIR_MIGRATE_UNDEFINE_SOURCE | sys::VIR_MIGRATE_ABORT_ON_ERROR;
+    let mut flags = sys::VIR_MIGRATE_LIVE
+        | sys::VIR_MIGRATE_PEER2PEER
+        | sys::VIR_MIGRATE_PERSIST_DEST
+        | sys::VIR_MIGRATE_UNDEFINE_SOURCE
+        | sys::VIR_MIGRATE_ABORT_ON_ERROR;
     if a.auto_converge {
         flags |= sys::VIR_MIGRATE_AUTO_CONVERGE;
     }
@@ -854,12 +1146,21 @@ fn migrate(a: &Args, ctx: &Context) -> Result<Outcome> {
         persist_xml: sg.persistent.then(|| persist_xml.clone()),
         uri: a.migrate_uri.clone(),
         bandwidth: (a.bandwidth_mibps > 0).then_some(a.bandwidth_mibps),
-        migrate_disks: if flags & sys::VIR_MIGRATE_NON_SHARED_DISK != 0 { disks.iter().map(|d| d.target.clone()).collect() } else { Vec::new() },
+        migrate_disks: if flags & sys::VIR_MIGRATE_NON_SHARED_DISK != 0 {
+            disks.iter().map(|d| d.target.clone()).collect()
+        } else {
+            Vec::new()
+        },
         ..Default::default()
     };
     let completion = a.completion_timeout_s.unwrap_or((800.0 * data_gib) as u64);
     let cfg = MonitorCfg {
-        steps: downtime_steps(a.max_downtime_ms, a.downtime_steps, a.downtime_delay_s, data_gib),
+        steps: downtime_steps(
+            a.max_downtime_ms,
+            a.downtime_steps,
+            a.downtime_delay_s,
+            data_gib,
+        ),
         completion_timeout_s: completion,
         progress_timeout_s: a.progress_timeout_s,
         action: a.timeout_action,
@@ -868,8 +1169,13 @@ fn migrate(a: &Args, ctx: &Context) -> Result<Outcome> {
     let stop = Arc::new(AtomicBool::new(false));
     let figs = Arc::new(Mutex::new(JobFigures::default()));
     let mon = {
-        let (d, s, f) = (sg.dom.clone(), stop.clone(), figs.clone());
-        std::thread::spawn(move || monitor(d, cfg, s, f))
+        let (u, id, s, f) = (
+            a.source_uri.clone(),
+            g.uuid.clone(),
+            stop.clone(),
+            figs.clone(),
+        );
+        std::thread::spawn(move || monitor(u, id, cfg, s, f))
     };
     let t0 = Instant::now();
     let res = sg.dom.migrate_to_uri3(Some(&dest_uri), params, flags);
@@ -879,11 +1185,29 @@ fn migrate(a: &Args, ctx: &Context) -> Result<Outcome> {
     let figs = figs.lock().map(|f| f.clone()).unwrap_or_default();
 
     if let Err(e) = res {
-        return Err(migration_failed(a, &src, &dst, &sg, &dest_host, &source_host, &lv(e), &figs, total_ms, ssh.as_ref(), &disks).into());
+        return Err(migration_failed(
+            a,
+            &src,
+            &dst,
+            &sg,
+            &dest_host,
+            &source_host,
+            &lv(e),
+            &figs,
+            total_ms,
+            ssh.as_ref(),
+            &disks,
+        )
+        .into());
     }
 
     // Figures: the destination keeps the completed job's statistics.
-    let ddom = dst.lookup(&g.uuid).map_err(|_| anyhow!("{M}: the migration returned success but {} is not on {dest_uri}", g.name))?;
+    let ddom = dst.lookup(&g.uuid).map_err(|_| {
+        anyhow!(
+            "{M}: the migration returned success but {} is not on {dest_uri}",
+            g.name
+        )
+    })?;
     let done = ddom.job_stats(sys::VIR_DOMAIN_JOB_STATS_COMPLETED).ok();
     let mig = json!({
         "total_time_ms": total_ms,
@@ -899,7 +1223,9 @@ fn migrate(a: &Args, ctx: &Context) -> Result<Outcome> {
     o.set("migration", &mig);
     if figs.paused_source {
         // force_complete paused the guest: it must run on the destination.
-        if let Ok((virt::enumutil::Enum::Known(virt::domain::DomainState::Paused), _)) = ddom.state() {
+        if let Ok((virt::enumutil::Enum::Known(virt::domain::DomainState::Paused), _)) =
+            ddom.state()
+        {
             let _ = ddom.resume();
         }
     }
@@ -912,68 +1238,124 @@ fn migrate(a: &Args, ctx: &Context) -> Result<Outcome> {
         o.msg = format!("{} migrated to {dest_host} but the check after failed: {why}; the guest runs on {dest_host}: fix its pins with mode: repin there", g.name);
         return Ok(o);
     }
-    o.msg = format!("migrated {} from {source_host} to {dest_host} in {total_ms} ms: {}", g.name, placement_msg(&placement));
+    o.msg = format!(
+        "migrated {} from {source_host} to {dest_host} in {total_ms} ms: {}",
+        g.name,
+        placement_msg(&placement)
+    );
     drop(lock);
     Ok(o)
 }
 
 #[allow(clippy::too_many_arguments)]
-fn migration_failed(a: &Args, src: &Host, dst: &Host, sg: &SourceGuest, dest_host: &str, source_host: &str, err: &str, figs: &JobFigures, total_ms: u64, ssh: Option<&Ssh>, disks: &[Disk]) -> Failure {
+fn migration_failed(
+    a: &Args,
+    src: &Host,
+    dst: &Host,
+    sg: &SourceGuest,
+    dest_host: &str,
+    source_host: &str,
+    err: &str,
+    figs: &JobFigures,
+    total_ms: u64,
+    ssh: Option<&Ssh>,
+    disks: &[Disk],
+) -> Failure {
     let g = &sg.guest;
     // Where is the guest now, and with which pins?
     let mut notes = Vec::new();
     if figs.paused_source {
         if let Ok(d) = src.lookup(&g.uuid) {
             if d.resume().is_ok() {
-                notes.push("resumed the guest on the source (force_complete had paused it)".to_string());
+                notes.push(
+                    "resumed the guest on the source (force_complete had paused it)".to_string(),
+                );
             }
         }
     }
-    let (on_source, source_state, pins_unchanged) = match src.lookup(&g.uuid).and_then(|d| libvirt::guest_of(&d)) {
-        Ok(now) => {
-            let same = now.vcpu_pins == g.vcpu_pins && now.emulator_pins == g.emulator_pins;
-            (true, now.state.clone(), same)
-        }
-        Err(_) => (false, "absent".to_string(), false),
-    };
-    let on_dest = dst.lookup(&g.uuid).map(|d| d.is_active().unwrap_or(false)).unwrap_or(false);
+    let (on_source, source_state, pins_unchanged) =
+        match src.lookup(&g.uuid).and_then(|d| libvirt::guest_of(&d)) {
+            Ok(now) => {
+                let same = now.vcpu_pins == g.vcpu_pins && now.emulator_pins == g.emulator_pins;
+                (true, now.state.clone(), same)
+            }
+            Err(_) => (false, "absent".to_string(), false),
+        };
+    let on_dest = dst
+        .lookup(&g.uuid)
+        .map(|d| d.is_active().unwrap_or(false))
+        .unwrap_or(false);
     let removed = ssh.map(|s| cleanup_disks(s, disks)).unwrap_or_default();
     let state_msg = if on_source && source_state == "running" && pins_unchanged && !on_dest {
-        format!("{} keeps running on {source_host} with its old pinning (checked)", g.name)
+        format!(
+            "{} keeps running on {source_host} with its old pinning (checked)",
+            g.name
+        )
     } else {
         format!("CHECK BY HAND: {} on {source_host}: {source_state}, old pins kept: {pins_unchanged}; running on {dest_host}: {on_dest}", g.name)
     };
-    let timeout = figs.timeout.as_ref().map(|t| format!(" after {t} ({})", figs.action_taken.clone().unwrap_or_default())).unwrap_or_default();
+    let timeout = figs
+        .timeout
+        .as_ref()
+        .map(|t| {
+            format!(
+                " after {t} ({})",
+                figs.action_taken.clone().unwrap_or_default()
+            )
+        })
+        .unwrap_or_default();
     let hint = if figs.timeout.is_some() {
         "raise completion_timeout_s/progress_timeout_s, allow auto_converge or post_copy, or migrate when the guest is less busy"
-    } else if a.migrate_uri.is_some() && (err.contains("connect") || err.contains("address") || err.contains("refused") || err.contains("route")) {
+    } else if a.migrate_uri.is_some()
+        && (err.contains("connect")
+            || err.contains("address")
+            || err.contains("refused")
+            || err.contains("route"))
+    {
         "check migrate_uri: the destination must listen on that address (Nova's live_migration_inbound_addr) and the source must reach it"
     } else {
         "check that libvirtd runs on both hosts and that they reach each other, then rerun"
     };
-    Failure::new(format!("{M}: migration of {} to {dest_host} failed{timeout}: {err}; {state_msg}; {hint}", g.name))
-        .with("instance_uuid", &g.uuid)
-        .with("guest", &g.name)
-        .with("source_host", source_host)
-        .with("dest_host", dest_host)
-        .with("guest_on_source", on_source)
-        .with("source_state", &source_state)
-        .with("source_pins_unchanged", pins_unchanged)
-        .with("running_on_destination", on_dest)
-        .with("old_pins", old_pins(g))
-        .with("migration", json!({"total_time_ms": total_ms, "monitor": figs}))
-        .with("removed_on_destination", removed)
-        .with("notes", notes)
+    Failure::new(format!(
+        "{M}: migration of {} to {dest_host} failed{timeout}: {err}; {state_msg}; {hint}",
+        g.name
+    ))
+    .with("instance_uuid", &g.uuid)
+    .with("guest", &g.name)
+    .with("source_host", source_host)
+    .with("dest_host", dest_host)
+    .with("guest_on_source", on_source)
+    .with("source_state", &source_state)
+    .with("source_pins_unchanged", pins_unchanged)
+    .with("running_on_destination", on_dest)
+    .with("old_pins", old_pins(g))
+    .with(
+        "migration",
+        json!({"total_time_ms": total_ms, "monitor": figs}),
+    )
+    .with("removed_on_destination", removed)
+    .with("notes", notes)
 }
 
-fn verify_after(a: &Args, src: &Host, dst: &Host, dest_uri: &str, dest_host: &str, g: &Guest, p: &Placement) -> (Value, Result<(), String>) {
+fn verify_after(
+    a: &Args,
+    src: &Host,
+    dst: &Host,
+    dest_uri: &str,
+    dest_host: &str,
+    g: &Guest,
+    p: &Placement,
+) -> (Value, Result<(), String>) {
     let mut v = serde_json::Map::new();
     let mut bad = Vec::new();
     match src.lookup(&g.uuid) {
         Ok(d) => {
             let active = d.is_active().unwrap_or(false);
             v.insert("source_defined".into(), json!(true));
-            bad.push(format!("{} is still defined on the source (active: {active})", g.name));
+            bad.push(format!(
+                "{} is still defined on the source (active: {active})",
+                g.name
+            ));
         }
         Err(_) => {
             v.insert("source_defined".into(), json!(false));
@@ -997,17 +1379,26 @@ fn verify_after(a: &Args, src: &Host, dst: &Host, dest_uri: &str, dest_host: &st
                 }
                 Err(e) => bad.push(format!("cannot read the live definition: {e:#}")),
             }
-            match d.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE).map_err(lv).and_then(|x| crate::domain::parse_guest(&x)) {
+            match d
+                .xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
+                .map_err(lv)
+                .and_then(|x| crate::domain::parse_guest(&x))
+            {
                 Ok(inactive) => {
                     let r = pins_match(&inactive, p);
                     v.insert("persistent_pins_match".into(), json!(r.is_ok()));
                     if let Err(e) = r {
-                        bad.push(format!("persistent definition (used at the next start): {e}"));
+                        bad.push(format!(
+                            "persistent definition (used at the next start): {e}"
+                        ));
                     }
                 }
                 Err(e) => bad.push(format!("cannot read the persistent definition: {e}")),
             }
-            v.insert("persistent".into(), json!(d.is_persistent().unwrap_or(false)));
+            v.insert(
+                "persistent".into(),
+                json!(d.is_persistent().unwrap_or(false)),
+            );
         }
     }
     if a.verify_affinity {
@@ -1018,24 +1409,47 @@ fn verify_after(a: &Args, src: &Host, dst: &Host, dest_uri: &str, dest_host: &st
                 if let Err(e) = r {
                     bad.push(format!("real thread affinity: {e}"));
                 }
-                v.insert("affinity".into(), serde_json::to_value(&aff).unwrap_or(Value::Null));
+                v.insert(
+                    "affinity".into(),
+                    serde_json::to_value(&aff).unwrap_or(Value::Null),
+                );
             }
             None => {
-                v.insert("affinity".into(), json!("not checked: the guest's QEMU process is not visible on this machine"));
+                v.insert(
+                    "affinity".into(),
+                    json!("not checked: the guest's QEMU process is not visible on this machine"),
+                );
             }
         }
     }
     match facts::gather_live(dest_uri, a.dest_nova_conf.as_deref(), Some(dest_host)) {
         Ok(f) => {
-            let mine: Vec<_> = f.overlaps.iter().filter(|o| o.guests.contains(&g.name)).collect();
+            let mine: Vec<_> = f
+                .overlaps
+                .iter()
+                .filter(|o| o.guests.contains(&g.name))
+                .collect();
             v.insert("overlaps".into(), json!(mine));
             if !mine.is_empty() {
-                bad.push(format!("pCPUs shared with other guests: {}", mine.iter().map(|o| format!("{} ({})", o.cpu, o.guests.join(", "))).collect::<Vec<_>>().join("; ")));
+                bad.push(format!(
+                    "pCPUs shared with other guests: {}",
+                    mine.iter()
+                        .map(|o| format!("{} ({})", o.cpu, o.guests.join(", ")))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ));
             }
         }
         Err(e) => bad.push(format!("cannot read the destination's facts: {e:#}")),
     }
-    (Value::Object(v), if bad.is_empty() { Ok(()) } else { Err(bad.join("; ")) })
+    (
+        Value::Object(v),
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(bad.join("; "))
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1043,16 +1457,36 @@ fn verify_after(a: &Args, src: &Host, dst: &Host, dest_uri: &str, dest_host: &st
 
 fn repin_in_place(a: &Args, ctx: &Context) -> Result<Outcome> {
     let h = libvirt::connect(&a.source_uri)?;
-    let host_name = a.dest_host.clone().or_else(|| a.source_host.clone()).or_else(|| conf_host(a.dest_nova_conf.as_deref())).unwrap_or_else(|| h.hostname());
+    let host_name = a
+        .dest_host
+        .clone()
+        .or_else(|| a.source_host.clone())
+        .or_else(|| conf_host(a.dest_nova_conf.as_deref()))
+        .unwrap_or_else(|| h.hostname());
     let node = a.dest_node.clone().unwrap_or_else(|| host_name.clone());
     let dom = h.lookup(&a.guest)?;
     let active = dom.is_active().unwrap_or(false);
-    let lock = if ctx.check_mode { None } else { Some(lock_destination(&a.lock_dir, &host_uuid(&h)?, Duration::from_secs(a.lock_timeout_s))?) };
+    let lock = if ctx.check_mode {
+        None
+    } else {
+        Some(lock_destination(
+            &a.lock_dir,
+            &host_uuid(&h)?,
+            Duration::from_secs(a.lock_timeout_s),
+        )?)
+    };
     let f = facts::gather_live(&a.source_uri, a.dest_nova_conf.as_deref(), Some(&host_name))?;
     let g = libvirt::guest_of(&dom)?;
     let (topo, current, valid) = current_valid(&f, &g, a.thread_policy);
     if valid.is_ok() {
-        let mut o = Outcome::new(false, format!("{} on {host_name} already has a valid placement: {}", g.name, placement_msg(&current)));
+        let mut o = Outcome::new(
+            false,
+            format!(
+                "{} on {host_name} already has a valid placement: {}",
+                g.name,
+                placement_msg(&current)
+            ),
+        );
         base_fields(&mut o, &g.uuid, &host_name, &host_name, &node, &current);
         o.set("guest", &g.name);
         return Ok(o);
@@ -1079,31 +1513,52 @@ fn repin_in_place(a: &Args, ctx: &Context) -> Result<Outcome> {
             return Err(Failure::new(format!("{M}: repinning {} would move guest cell {} from host cell {} to {}: memory would have to change cell; migrate it instead. Nothing was changed", g.name, c.guest_cell, old.host_cell, c.host_cell)).into());
         }
     }
-    let live_xml = dom.xml_desc(0).map_err(|e| anyhow!("{}: {}", g.name, lv(e)))?;
-    let new_xml = repin::rewrite(&live_xml, &placement).map_err(|e| Failure::new(format!("{M}: {e}")))?;
+    let live_xml = dom
+        .xml_desc(0)
+        .map_err(|e| anyhow!("{}: {}", g.name, lv(e)))?;
+    let new_xml =
+        repin::rewrite(&live_xml, &placement).map_err(|e| Failure::new(format!("{M}: {e}")))?;
     let mut o = Outcome::new(true, String::new());
     base_fields(&mut o, &g.uuid, &host_name, &host_name, &node, &placement);
     o.set("guest", &g.name);
     o.set("old_pins", old_pins(&g));
     o.set("invalid_because", &why_invalid);
-    o.diff = Some(diff_value(&live_xml, &new_xml, &format!("{} on {host_name}", g.name)));
+    o.diff = Some(diff_value(
+        &live_xml,
+        &new_xml,
+        &format!("{} on {host_name}", g.name),
+    ));
     if ctx.check_mode {
-        o.msg = format!("would repin {} on {host_name}: {}", g.name, placement_msg(&placement));
+        o.msg = format!(
+            "would repin {} on {host_name}: {}",
+            g.name,
+            placement_msg(&placement)
+        );
         o.set("xml_diff", repin::line_diff(&live_xml, &new_xml));
         return Ok(o);
     }
-    let flags = if active { sys::VIR_DOMAIN_AFFECT_LIVE | sys::VIR_DOMAIN_AFFECT_CONFIG } else { sys::VIR_DOMAIN_AFFECT_CONFIG };
+    let flags = if active {
+        sys::VIR_DOMAIN_AFFECT_LIVE | sys::VIR_DOMAIN_AFFECT_CONFIG
+    } else {
+        sys::VIR_DOMAIN_AFFECT_CONFIG
+    };
     let persistent = dom.is_persistent().unwrap_or(false);
-    let flags = if persistent { flags } else { sys::VIR_DOMAIN_AFFECT_LIVE };
+    let flags = if persistent {
+        flags
+    } else {
+        sys::VIR_DOMAIN_AFFECT_LIVE
+    };
     let apply = |p: &Placement| -> Result<(), String> {
         for c in &p.cells {
             for (v, pc) in &c.vcpu_pins {
                 let v: u32 = v.parse().map_err(|_| format!("bad vCPU {v}"))?;
-                dom.pin_vcpu_flags(v, &cpumap(&std::iter::once(*pc).collect()), flags).map_err(|e| format!("pin vCPU {v} to {pc}: {}", lv(e)))?;
+                dom.pin_vcpu_flags(v, &cpumap(&std::iter::once(*pc).collect()), flags)
+                    .map_err(|e| format!("pin vCPU {v} to {pc}: {}", lv(e)))?;
             }
         }
         if !p.emulator_pins.is_empty() {
-            dom.pin_emulator(&cpumap(&p.emulator_pins.iter().copied().collect()), flags).map_err(|e| format!("pin emulator to {:?}: {}", p.emulator_pins, lv(e)))?;
+            dom.pin_emulator(&cpumap(&p.emulator_pins.iter().copied().collect()), flags)
+                .map_err(|e| format!("pin emulator to {:?}: {}", p.emulator_pins, lv(e)))?;
         }
         Ok(())
     };
@@ -1112,7 +1567,11 @@ fn repin_in_place(a: &Args, ctx: &Context) -> Result<Outcome> {
         return Err(Failure::new(format!(
             "{M}: repinning {} failed: {e}; {}",
             g.name,
-            if rolled { "its old pins were put back (checked)" } else { "CHECK BY HAND: its old pins could not all be put back" }
+            if rolled {
+                "its old pins were put back (checked)"
+            } else {
+                "CHECK BY HAND: its old pins could not all be put back"
+            }
         ))
         .with("old_pins", old_pins(&g))
         .into());
@@ -1129,7 +1588,11 @@ fn repin_in_place(a: &Args, ctx: &Context) -> Result<Outcome> {
         Err(e) => bad.push(format!("{e:#}")),
     }
     if persistent {
-        match dom.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE).map_err(lv).and_then(|x| crate::domain::parse_guest(&x)) {
+        match dom
+            .xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
+            .map_err(lv)
+            .and_then(|x| crate::domain::parse_guest(&x))
+        {
             Ok(inactive) => {
                 let r = pins_match(&inactive, &placement);
                 v.insert("persistent_pins_match".into(), json!(r.is_ok()));
@@ -1141,17 +1604,28 @@ fn repin_in_place(a: &Args, ctx: &Context) -> Result<Outcome> {
         }
     }
     if active && a.verify_affinity {
-        if let Some(aff) = qemu_pids(&g.uuid).first().and_then(|(pid, _)| read_affinity(*pid)) {
+        if let Some(aff) = qemu_pids(&g.uuid)
+            .first()
+            .and_then(|(pid, _)| read_affinity(*pid))
+        {
             let r = affinity_matches(&aff, &placement);
             v.insert("affinity_match".into(), json!(r.is_ok()));
             if let Err(e) = r {
                 bad.push(format!("real thread affinity: {e}"));
             }
-            v.insert("affinity".into(), serde_json::to_value(&aff).unwrap_or(Value::Null));
+            v.insert(
+                "affinity".into(),
+                serde_json::to_value(&aff).unwrap_or(Value::Null),
+            );
         }
     }
-    if let Ok(f2) = facts::gather_live(&a.source_uri, a.dest_nova_conf.as_deref(), Some(&host_name)) {
-        let mine: Vec<_> = f2.overlaps.iter().filter(|o| o.guests.contains(&g.name)).collect();
+    if let Ok(f2) = facts::gather_live(&a.source_uri, a.dest_nova_conf.as_deref(), Some(&host_name))
+    {
+        let mine: Vec<_> = f2
+            .overlaps
+            .iter()
+            .filter(|o| o.guests.contains(&g.name))
+            .collect();
         if !mine.is_empty() {
             bad.push(format!("still shares pCPUs: {mine:?}"));
         }
@@ -1160,10 +1634,18 @@ fn repin_in_place(a: &Args, ctx: &Context) -> Result<Outcome> {
     o.set("verify", Value::Object(v));
     if !bad.is_empty() {
         o.failed = true;
-        o.msg = format!("{} was repinned on {host_name} but the check after failed: {}", g.name, bad.join("; "));
+        o.msg = format!(
+            "{} was repinned on {host_name} but the check after failed: {}",
+            g.name,
+            bad.join("; ")
+        );
         return Ok(o);
     }
-    o.msg = format!("repinned {} on {host_name}: {}", g.name, placement_msg(&placement));
+    o.msg = format!(
+        "repinned {} on {host_name}: {}",
+        g.name,
+        placement_msg(&placement)
+    );
     drop(lock);
     Ok(o)
 }
@@ -1192,7 +1674,9 @@ mod tests {
     fn locks_are_exclusive() {
         let d = tempfile::tempdir().unwrap();
         let l1 = lock_destination(d.path(), "host-1", Duration::from_secs(1)).unwrap();
-        let e = lock_destination(d.path(), "host-1", Duration::from_millis(200)).err().unwrap();
+        let e = lock_destination(d.path(), "host-1", Duration::from_millis(200))
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("holds"), "{e}");
         let _other = lock_destination(d.path(), "host-2", Duration::from_millis(200)).unwrap();
         drop(l1);

@@ -182,20 +182,21 @@ def _race(lab, run_module, names, conf):
         return list(ex.map(one, names))
 
 
-def _double_pinned(lab, run_module, conf):
-    """pCPUs on cmp2 pinned by more than one guest, counted from the kernel's affinity of every running guest
-    plus libvirt's view (numa_facts overlaps)."""
+def _double_pinned(lab, run_module, conf, watched):
+    """pCPUs on cmp2 pinned by more than one of `watched` (the racing guests and the guests that were there
+    before the race), from the kernel's affinity of every running guest and from libvirt (numa_facts).
+    Guests other tests create on cmp2 during the race (the lab is shared) bypass the claim and are not counted."""
     f = facts(run_module, lab.uri(DST), conf)
     holders = {}
     for g in f["guests"]:
-        if g["state"] != "running":
+        if g["state"] != "running" or g["name"] not in watched:
             continue
         aff = lab.affinity(DST, g["name"])
         for cpus in aff["vcpus"].values():
             if len(cpus) == 1:
                 holders.setdefault(next(iter(cpus)), []).append(g["name"])
     kernel = {c: gs for c, gs in holders.items() if len(gs) > 1}
-    return kernel, f["overlaps"]
+    return kernel, [o for o in f["overlaps"] if len(set(o["guests"]) & set(watched)) > 1]
 
 
 def test_parallel_migrations_never_double_pin(lab, fresh_guest, run_module, conf_allcpus):
@@ -208,10 +209,11 @@ def test_parallel_migrations_never_double_pin(lab, fresh_guest, run_module, conf
     for t in range(trials):
         free = free_cpus(lab, run_module, conf_allcpus)
         assert free, "cmp2 has no free pCPU: cannot run the race"
+        residents = [g["name"] for g in facts(run_module, lab.uri(DST), conf_allcpus)["guests"]]
         names = [fresh_guest(SRC, [1]).name for _ in range(per_trial)]
         if t == 0:
             p = playbook(lab, "repin_parallel.yml", {"guests": names, "src": SRC, "dst": DST,
-                                                     "dest_conf": conf_allcpus,
+                                                     "dest_conf": conf_allcpus, "residents": residents,
                                                      "lock_dir": "/run/lock/numa-repin"}, extra_args=["-f", "10"])
             assert p.returncode == 0, p.stdout[-6000:] + p.stderr[-2000:]
             results = []
@@ -224,8 +226,7 @@ def test_parallel_migrations_never_double_pin(lab, fresh_guest, run_module, conf
         lost = [r for rc, r in results if r["failed"]]
         assert all(r["msg"].startswith("No numa available with") for r in lost), lost
         assert len(won) == min(len(free), per_trial), (free, results)
-        kernel, overlaps = _double_pinned(lab, run_module, conf_allcpus)
-        mine = [o for o in overlaps if set(o["guests"]) & set(names)]
+        kernel, mine = _double_pinned(lab, run_module, conf_allcpus, names + residents)
         assert not kernel and not mine, (kernel, mine)
         stats["trials"] += 1
         stats["migrated"] += len(won)
@@ -240,21 +241,25 @@ def test_parallel_migrations_never_double_pin(lab, fresh_guest, run_module, conf
 # ---------------------------------------------------------------------------------------------- faults
 
 BOOT_SECTOR = bytes.fromhex(
-    # cli; xor bx,bx; L1: mov dx,0x1000; L2: mov es,dx; xor di,di; mov cx,0x8000; mov ax,bx; rep stosw;
-    # add dx,0x1000; cmp dx,0x9000; jb L2; inc bx; jmp L1   -> rewrites 512 KiB of RAM forever
-    "fa31dbba00108ec231ffb90080" "89d8f3ab81c2001081fa009072eb43ebe5")
+    # 16-bit: cli; ds=0; lgdt; cr0.PE=1; ljmp to 32-bit flat code, which loops forever:
+    #   edi=0x200000; ecx=8 MiB/4; eax=ebx; rep stosl; inc ebx  -> rewrites 8 MiB of RAM with a new pattern
+    # (assembled with GNU as from bs.S in the commit message of this test; GDT: null, code, data, flat 4 GiB)
+    "fa31c08ed80f0116507c0f20c06683c8010f22c066ea1c7c0000080066b810008ed88ec031dbbf00002000b90000200089d8f3ab"
+    "43ebef900000000000000000ffff0000009acf00ffff00000092cf001700387c")
 
 
 def busy_guest(lab, host, pins, request):
-    """A guest that dirties 512 KiB of memory in a tight loop (a boot sector), on a raw disk outside the
-    per-host bind mounts (shared storage for both lab hosts). Migrations of it converge only with bandwidth."""
+    """A guest that dirties 8 MiB of memory in a tight loop (a boot sector), on a raw disk outside the
+    per-host bind mounts, seen by both lab hosts, read-only (libvirt then calls the migration safe without a
+    shared filesystem). Migrations of it converge only with enough bandwidth."""
     import render_guest
     name = "t-busy-%s" % os.urandom(3).hex()
     SHARED_DIR.mkdir(parents=True, exist_ok=True)
     img = SHARED_DIR / ("%s.img" % name)
     sector = BOOT_SECTOR + b"\0" * (510 - len(BOOT_SECTOR)) + b"\x55\xaa"
     img.write_bytes(sector + b"\0" * (1024 * 1024 - 512))
-    xml = render_guest.render(name, None, len(pins), list(pins), 64, str(img)).replace("type='qcow2'", "type='raw'")
+    xml = render_guest.render(name, None, len(pins), list(pins), 64, str(img)).replace("type='qcow2'", "type='raw'") \
+        .replace("<target dev='vda'", "<readonly/>\n      <target dev='vda'")  # read-only: safe to migrate
     with tempfile.NamedTemporaryFile("w", suffix=".xml", delete=False) as f:
         f.write(xml)
     try:
@@ -335,7 +340,7 @@ def test_fault_destination_libvirtd_killed_mid_migration_then_rerun(lab, run_mod
         while time.time() < end and _incoming_qemu(uuid) is None:
             time.sleep(0.02)
         assert _incoming_qemu(uuid), "the migration never reached the destination"
-        time.sleep(1.0)  # well inside the memory copy (the guest keeps dirtying 512 KiB at 1 MiB/s)
+        time.sleep(1.0)  # well inside the memory copy (the guest keeps dirtying 8 MiB, sent at 1 MiB/s)
         libvirtd = int(pidfile.read_text().strip())
         os.kill(libvirtd, 9)
         out = json.loads(proc.communicate(timeout=180)[0])
