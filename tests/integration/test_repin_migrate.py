@@ -302,6 +302,19 @@ def test_timeout_force_complete_pauses_and_completes(lab, run_module, conf_allcp
     assert lab.affinity(DST, name)["vcpus"] == {0: {pin}}
 
 
+def test_timeout_force_complete_switches_to_post_copy(lab, run_module, conf_allcpus, request):
+    pin = expect_pin(lab, run_module, conf_allcpus)
+    name = busy_guest(lab, SRC, [1], request)
+    rc, out = run_module("repin_migrate", {"guest": name, "source_uri": lab.uri(SRC), "dest_uri": lab.uri(DST),
+                                           "dest_nova_conf": conf_allcpus, "bandwidth_mibps": 1,
+                                           "max_downtime_ms": 10, "completion_timeout_s": 2, "post_copy": True,
+                                           "timeout_action": "force_complete"})
+    assert rc == 0 and out["changed"], out
+    assert out["migration"]["monitor"]["action_taken"] == "force_complete: switch to post-copy", out
+    assert out["verify"]["affinity_match"] and out["verify"]["persistent_pins_match"]
+    assert lab.affinity(DST, name)["vcpus"] == {0: {pin}}
+
+
 def test_fault_migration_address_unreachable_then_rerun(lab, fresh_guest, run_module, conf_allcpus):
     pin = expect_pin(lab, run_module, conf_allcpus)
     g = fresh_guest(SRC, [1])
