@@ -1697,6 +1697,37 @@ mod tests {
         assert!(pins_match(&g, &q).unwrap_err().contains("vCPU 0"));
     }
 
+    /// Field case 3 on a two-cell host (the lab has one cell): 2 free pCPUs in total, one per cell,
+    /// so a 2-vCPU guest is refused with the in-band message; the same guest split in two guest
+    /// cells fits, and the rewrite binds each guest cell's memory to its own host cell.
+    #[test]
+    fn split_free_cpus_refused_and_two_cell_rewrite() {
+        use crate::domain::fixtures::pinned;
+        let caps = crate::topology::fixtures::caps(2, 2, 1, 1024, &[]);
+        let residents = vec![("a.xml".to_string(), pinned("a", "u-a", &[0], None, 0, 64)), ("b.xml".to_string(), pinned("b", "u-b", &[2], None, 1, 64))];
+        let f = facts::from_saved("h", &caps, &residents, &Default::default()).unwrap();
+        let state = f.host_state(None);
+        let g = crate::domain::parse_guest(&pinned("vm", "u-vm", &[5, 6], None, 0, 64)).unwrap();
+        let topo = GuestTopology::from_guest(&g, None);
+        let r = fit::fit_topology(&state, &topo, &FitOptions::default()).unwrap_err();
+        assert_eq!(r.msg, "No numa available with 2 vcpu and 64 memory");
+        // The same guest with two guest NUMA cells of one vCPU each.
+        let two = pinned("vm", "u-vm", &[5, 6], None, 0, 64)
+            .replace("<numa><cell id='0' cpus='0-1' memory='65536' unit='KiB'/></numa>", "<numa><cell id='0' cpus='0' memory='32768' unit='KiB'/><cell id='1' cpus='1' memory='32768' unit='KiB'/></numa>")
+            .replace("<memnode cellid='0' mode='strict' nodeset='0'/>", "<memnode cellid='0' mode='strict' nodeset='0'/><memnode cellid='1' mode='strict' nodeset='0'/>");
+        let g2 = crate::domain::parse_guest(&two).unwrap();
+        let topo2 = GuestTopology::from_guest(&g2, None);
+        let p = fit::fit_topology(&state, &topo2, &FitOptions::default()).unwrap();
+        let out = repin::rewrite(&two, &p).unwrap();
+        let after = crate::domain::parse_guest(&out).unwrap();
+        assert!(pins_match(&after, &p).is_ok(), "{out}");
+        let nodes: Vec<Vec<u32>> = after.numa_cells.iter().map(|c| c.host_nodes.clone()).collect();
+        assert_eq!(nodes, vec![vec![0], vec![1]]);
+        assert!(out.contains("<memory mode='strict' nodeset='0-1'/>"), "{out}");
+        assert_eq!(after.vcpu_pins["0"], vec![1]);
+        assert_eq!(after.vcpu_pins["1"], vec![3]);
+    }
+
     #[test]
     fn conf_host_name() {
         let d = tempfile::tempdir().unwrap();
