@@ -1304,8 +1304,18 @@ fn migration_failed(
             )
         })
         .unwrap_or_default();
+    let timeout_hint = {
+        let mut h = vec!["raise completion_timeout_s/progress_timeout_s or bandwidth_mibps"];
+        if !a.auto_converge {
+            h.push("set auto_converge");
+        }
+        if !(a.post_copy && a.timeout_action == TimeoutAction::ForceComplete) {
+            h.push("use timeout_action force_complete (with post_copy for no pause)");
+        }
+        format!("{}, or migrate when the guest is less busy", h.join(", "))
+    };
     let hint = if figs.timeout.is_some() {
-        "raise completion_timeout_s/progress_timeout_s, allow auto_converge or post_copy, or migrate when the guest is less busy"
+        timeout_hint.as_str()
     } else if a.migrate_uri.is_some()
         && (err.contains("connect")
             || err.contains("address")
