@@ -1714,7 +1714,10 @@ mod tests {
     fn split_free_cpus_refused_and_two_cell_rewrite() {
         use crate::domain::fixtures::pinned;
         let caps = crate::topology::fixtures::caps(2, 2, 1, 1024, &[]);
-        let residents = vec![("a.xml".to_string(), pinned("a", "u-a", &[0], None, 0, 64)), ("b.xml".to_string(), pinned("b", "u-b", &[2], None, 1, 64))];
+        let residents = vec![
+            ("a.xml".to_string(), pinned("a", "u-a", &[0], None, 0, 64)),
+            ("b.xml".to_string(), pinned("b", "u-b", &[2], None, 1, 64)),
+        ];
         let f = facts::from_saved("h", &caps, &residents, &Default::default()).unwrap();
         let state = f.host_state(None);
         let g = crate::domain::parse_guest(&pinned("vm", "u-vm", &[5, 6], None, 0, 64)).unwrap();
@@ -1731,9 +1734,16 @@ mod tests {
         let out = repin::rewrite(&two, &p).unwrap();
         let after = crate::domain::parse_guest(&out).unwrap();
         assert!(pins_match(&after, &p).is_ok(), "{out}");
-        let nodes: Vec<Vec<u32>> = after.numa_cells.iter().map(|c| c.host_nodes.clone()).collect();
+        let nodes: Vec<Vec<u32>> = after
+            .numa_cells
+            .iter()
+            .map(|c| c.host_nodes.clone())
+            .collect();
         assert_eq!(nodes, vec![vec![0], vec![1]]);
-        assert!(out.contains("<memory mode='strict' nodeset='0-1'/>"), "{out}");
+        assert!(
+            out.contains("<memory mode='strict' nodeset='0-1'/>"),
+            "{out}"
+        );
         assert_eq!(after.vcpu_pins["0"], vec![1]);
         assert_eq!(after.vcpu_pins["1"], vec![3]);
     }

@@ -405,13 +405,20 @@ pub fn element_at(xml: &str, path: &[&str]) -> Option<String> {
         match ev {
             Event::Start(s) => {
                 stack.push(String::from_utf8_lossy(s.name().as_ref()).into_owned());
-                if start.is_none() && stack.len() == path.len() && stack.iter().zip(path).all(|(a, b)| a == b) {
+                if start.is_none()
+                    && stack.len() == path.len()
+                    && stack.iter().zip(path).all(|(a, b)| a == b)
+                {
                     start = Some(here);
                 }
             }
             Event::Empty(s) => {
                 let name = String::from_utf8_lossy(s.name().as_ref()).into_owned();
-                if start.is_none() && stack.len() + 1 == path.len() && stack.iter().zip(path).all(|(a, b)| a == b) && name == path[path.len() - 1] {
+                if start.is_none()
+                    && stack.len() + 1 == path.len()
+                    && stack.iter().zip(path).all(|(a, b)| a == b)
+                    && name == path[path.len() - 1]
+                {
                     return Some(xml[here..end].to_string());
                 }
             }
@@ -665,8 +672,14 @@ mod tests {
     #[test]
     fn element_extraction() {
         let cpu = child_element(LAB_GUEST, "cpu").unwrap();
-        assert!(cpu.starts_with("<cpu mode='custom'") && cpu.ends_with("</cpu>"), "{cpu}");
-        assert_eq!(element_at("<a><b x='1'/></a>", &["a", "b"]).as_deref(), Some("<b x='1'/>"));
+        assert!(
+            cpu.starts_with("<cpu mode='custom'") && cpu.ends_with("</cpu>"),
+            "{cpu}"
+        );
+        assert_eq!(
+            element_at("<a><b x='1'/></a>", &["a", "b"]).as_deref(),
+            Some("<b x='1'/>")
+        );
         assert!(child_element(LAB_GUEST, "nothere").is_none());
     }
 
