@@ -80,13 +80,17 @@ pub struct Args {
     pub source_nova_conf: Option<PathBuf>,
     /// Nova host names for the result (default: `[DEFAULT] host` of the nova.conf, else libvirt's hostname).
     pub source_host: Option<String>,
+    /// Nova host name of the destination for the result (default like source_host).
     pub dest_host: Option<String>,
     /// Nova node (compute_nodes.hypervisor_hostname) of the destination (default: dest_host).
     pub dest_node: Option<String>,
+    /// migrate (to dest_uri) or repin (move the pins of the running guest on its own host).
     #[serde(default = "d_mode")]
     pub mode: Mode,
+    /// shared (disks on shared storage, or diskless) or block (copy the disks; the destination is prepared over SSH).
     #[serde(default = "d_storage")]
     pub storage: Storage,
+    /// Throttle a busy guest's vCPUs so pre-copy converges (VIR_MIGRATE_AUTO_CONVERGE).
     #[serde(default)]
     pub auto_converge: bool,
     /// Allow post-copy (VIR_MIGRATE_POSTCOPY); used by timeout_action force_complete.
@@ -109,6 +113,7 @@ pub struct Args {
     /// Give up when the remaining data has not shrunk for this many seconds (0 = never).
     #[serde(default = "d_progress")]
     pub progress_timeout_s: u64,
+    /// On timeout: abort (the guest stays on the source) or force_complete (post-copy when allowed, else pause and finish).
     #[serde(default = "d_action")]
     pub timeout_action: TimeoutAction,
     /// Thread policy of the guest (libvirt does not record it). Default: prefer.
@@ -121,10 +126,13 @@ pub struct Args {
     pub lock_timeout_s: u64,
     /// Block migration: the destination's sshd (Kolla nova_ssh).
     pub ssh_host: Option<String>,
+    /// Block migration: SSH port (Kolla's nova_ssh listens on 8022).
     #[serde(default = "d_ssh_port")]
     pub ssh_port: u16,
+    /// Block migration: SSH user.
     #[serde(default = "d_ssh_user")]
     pub ssh_user: String,
+    /// Block migration: private key file for SSH.
     pub ssh_key: Option<PathBuf>,
     /// known_hosts file to check the destination's host key against (default: accept, report fingerprint).
     pub ssh_known_hosts: Option<PathBuf>,
