@@ -3,7 +3,9 @@
 //! - numa_facts on a host with 100 guests (libvirt test driver) — goal < 50 ms of process time;
 //! - one fit decision on a 2-socket SMT host. The ratio against Nova is bench/fit_vs_nova.sh.
 use numa_repin::cpuset::CpuSet;
-use numa_repin::fit::{self, DrainGuest, FitOptions, GuestCellReq, GuestTopology, HostCell, HostState, MemPages};
+use numa_repin::fit::{
+    self, DrainGuest, FitOptions, GuestCellReq, GuestTopology, HostCell, HostState, MemPages,
+};
 use std::time::Instant;
 
 fn cpu_time() -> f64 {
@@ -22,17 +24,28 @@ fn host(i: usize, used: usize) -> HostState {
             let pinned: CpuSet = cpuset.iter().take(used).collect();
             HostCell {
                 id: s,
-                siblings: ids.iter().map(|(a, b)| [*a, *b].into_iter().collect()).collect(),
+                siblings: ids
+                    .iter()
+                    .map(|(a, b)| [*a, *b].into_iter().collect())
+                    .collect(),
                 cpuset,
                 pinned_cpus: pinned,
                 memory: 128 * 1024,
                 memory_usage: used as u64 * 2048,
-                mempages: vec![MemPages { size_kb: 4, total: 32 * 1024 * 1024, used: 0, reserved: 0 }],
+                mempages: vec![MemPages {
+                    size_kb: 4,
+                    total: 32 * 1024 * 1024,
+                    used: 0,
+                    reserved: 0,
+                }],
                 cpu_usage: None,
             }
         })
         .collect();
-    HostState { name: format!("cmp{i:04}"), cells }
+    HostState {
+        name: format!("cmp{i:04}"),
+        cells,
+    }
 }
 
 fn guest(name: String, source: String, vcpus: u32) -> DrainGuest {
@@ -40,17 +53,33 @@ fn guest(name: String, source: String, vcpus: u32) -> DrainGuest {
         name,
         uuid: String::new(),
         source,
-        topology: GuestTopology { cells: vec![GuestCellReq { id: 0, vcpus: (0..vcpus).collect(), memory_mb: vcpus as u64 * 2048, pagesize: None }], dedicated: true, thread_policy: None, emulator_isolate: false },
+        topology: GuestTopology {
+            cells: vec![GuestCellReq {
+                id: 0,
+                vcpus: (0..vcpus).collect(),
+                memory_mb: vcpus as u64 * 2048,
+                pagesize: None,
+            }],
+            dedicated: true,
+            thread_policy: None,
+            emulator_isolate: false,
+        },
     }
 }
 
 fn main() {
     // Drain planning.
-    let hosts: Vec<HostState> = (0..1000).map(|i| host(i, if i < 50 { 0 } else { (i * 7) % 20 })).collect();
+    let hosts: Vec<HostState> = (0..1000)
+        .map(|i| host(i, if i < 50 { 0 } else { (i * 7) % 20 }))
+        .collect();
     let mut guests = Vec::new();
     for h in 0..50 {
         for g in 0..40 {
-            guests.push(guest(format!("g{h}-{g}"), format!("cmp{h:04}"), 1 + (g % 4) as u32));
+            guests.push(guest(
+                format!("g{h}-{g}"),
+                format!("cmp{h:04}"),
+                1 + (g % 4) as u32,
+            ));
         }
     }
     let candidates: Vec<HostState> = hosts[50..].to_vec();
@@ -68,13 +97,25 @@ fn main() {
 
     // One decision, many times.
     let h = host(0, 9);
-    let req = fit::Request { vcpus: 4, memory_mb: 4096, extra_specs: [("hw:cpu_policy".to_string(), serde_json::json!("dedicated"))].into_iter().collect(), image_properties: Default::default() };
+    let req = fit::Request {
+        vcpus: 4,
+        memory_mb: 4096,
+        extra_specs: [("hw:cpu_policy".to_string(), serde_json::json!("dedicated"))]
+            .into_iter()
+            .collect(),
+        image_properties: Default::default(),
+    };
     let n = 200_000;
     let t = Instant::now();
     for _ in 0..n {
-        std::hint::black_box(fit::fit_request(std::hint::black_box(&h), &req, &FitOptions::default()).ok());
+        std::hint::black_box(
+            fit::fit_request(std::hint::black_box(&h), &req, &FitOptions::default()).ok(),
+        );
     }
-    println!("fit decision (constraints + fit, 2x12x2 host): {:.2} us per decision", t.elapsed().as_secs_f64() * 1e6 / n as f64);
+    println!(
+        "fit decision (constraints + fit, 2x12x2 host): {:.2} us per decision",
+        t.elapsed().as_secs_f64() * 1e6 / n as f64
+    );
 
     // numa_facts on 100 guests through libvirt's test driver.
     let dir = tempfile::tempdir().expect("tempdir");
@@ -95,16 +136,26 @@ fn main() {
         for _ in 0..runs {
             let mut before: libc::rusage = unsafe { std::mem::zeroed() };
             unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut before) };
-            let out = std::process::Command::new(&bin).arg(&args).output().expect("run numa_facts");
-            assert!(out.status.success(), "numa_facts failed: {}", String::from_utf8_lossy(&out.stdout));
+            let out = std::process::Command::new(&bin)
+                .arg(&args)
+                .output()
+                .expect("run numa_facts");
+            assert!(
+                out.status.success(),
+                "numa_facts failed: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
             let mut after: libc::rusage = unsafe { std::mem::zeroed() };
             unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut after) };
             let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-            let cpu = t(after.ru_utime) - t(before.ru_utime) + t(after.ru_stime) - t(before.ru_stime);
+            let cpu =
+                t(after.ru_utime) - t(before.ru_utime) + t(after.ru_stime) - t(before.ru_stime);
             best = best.min(cpu);
         }
         println!("numa_facts, 100 guests (test driver), whole process: {:.1} ms CPU, best of {runs} (goal < 50 ms)", best * 1e3);
     } else {
-        println!("numa_facts bench skipped: build target/release/numa_facts first (scripts/build.sh)");
+        println!(
+            "numa_facts bench skipped: build target/release/numa_facts first (scripts/build.sh)"
+        );
     }
 }

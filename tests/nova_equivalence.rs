@@ -194,8 +194,8 @@ fn policies(req: &Value) -> Policies {
         sval(spec.get("hw:cpu_policy")),
         sval(img.get("hw_cpu_policy")),
     );
-    let dedicated =
-        fp.as_deref() == Some("dedicated") || (fp.as_deref() != Some("shared") && ip.as_deref() == Some("dedicated"));
+    let dedicated = fp.as_deref() == Some("dedicated")
+        || (fp.as_deref() != Some("shared") && ip.as_deref() == Some("dedicated"));
     let (ft, it) = (
         sval(spec.get("hw:cpu_thread_policy")),
         sval(img.get("hw_cpu_thread_policy")),
