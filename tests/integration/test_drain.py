@@ -1,0 +1,69 @@
+"""drain_host.yml on the lab: cmp1's pinned guests go to cmp2 where they fit (repinned), the
+one that fits nowhere is refused with Nova's message, nothing overlaps on cmp2, a second run
+changes nothing, and --check --diff changes nothing while showing the plan. The lab's standard
+guests are reseeded before and after, so other tests see the lab as seeded."""
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PB = REPO / "playbooks" / "drain_host.yml"
+
+
+@pytest.fixture
+def seeded(lab):
+    assert lab.lab_sh("seed").returncode == 0
+    yield
+    assert lab.lab_sh("seed").returncode == 0
+
+
+def recap(out, host):
+    m = re.search(rf"^{host}\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", out, re.M)
+    assert m, out[-2000:]
+    return {"ok": int(m[1]), "changed": int(m[2]), "failed": int(m[4])}
+
+
+def facts(run_module, lab, host):
+    rc, res = run_module("numa_facts", {"uri": lab.uri(host), "nova_conf": lab.nova_conf(host), "host": host})
+    assert rc == 0, res
+    return res["ansible_facts"]["numa"]
+
+
+def test_drain_cmp1(lab, seeded, ansible_playbook, run_module):
+    before1 = facts(run_module, lab, "cmp1")
+    assert {g["name"] for g in before1["guests"]} >= {"vm-taken", "vm-toobig"}
+
+    # --check --diff: the plan is shown, nothing moves.
+    p = ansible_playbook(PB, extra_vars={"target_host": "cmp1"}, check=True, diff=True)
+    assert p.returncode == 0, p.stdout[-4000:]
+    assert "vm-taken -> cmp2" in p.stdout and "No numa available with 2 vcpu and 64 memory" in p.stdout
+    # the diff of the guest XML: pCPU 1 (taken on cmp2) becomes 0
+    assert "-    <vcpupin vcpu='0' cpuset='1'/>" in p.stdout and "+    <vcpupin vcpu='0' cpuset='0'/>" in p.stdout
+    assert lab.guest_host("vm-taken") == "cmp1"  # check mode moved nothing
+    assert facts(run_module, lab, "cmp1")["guests"] == before1["guests"]
+
+    # The drain.
+    p = ansible_playbook(PB, extra_vars={"target_host": "cmp1"})
+    assert p.returncode == 0, p.stdout[-4000:]
+    assert recap(p.stdout, "localhost")["changed"] >= 1
+    assert "moved ['vm-taken']; refused ['vm-toobig']" in p.stdout
+    assert lab.guest_host("vm-taken") == "cmp2"
+    assert lab.guest_host("vm-toobig") == "cmp1"
+    after2 = facts(run_module, lab, "cmp2")
+    assert after2["overlaps"] == []
+    taken = next(g for g in after2["guests"] if g["name"] == "vm-taken")
+    assert taken["vcpu_pins"] == {"0": [0]}  # repinned: pCPU 1 belongs to c2-resident
+    assert lab.affinity("cmp2", "vm-taken")["vcpus"] == {0: {0}}  # the kernel agrees
+
+    # Again: nothing to do.
+    p = ansible_playbook(PB, extra_vars={"target_host": "cmp1"})
+    assert p.returncode == 0, p.stdout[-4000:]
+    assert recap(p.stdout, "localhost")["changed"] == 0
+    assert "refused ['vm-toobig']" in p.stdout
+
+
+def test_drain_refuses_unknown_target(lab, ansible_playbook):
+    p = ansible_playbook(PB, extra_vars={"target_host": "cmp9"})
+    assert p.returncode != 0
+    assert "give -e target_host=<one of cmp1, cmp2>" in p.stdout
