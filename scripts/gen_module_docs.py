@@ -54,7 +54,7 @@ def option(schema, name, node, required, module):
     out["required"] = name in required
     if "default" in node and node["default"] is not None:
         out["default"] = node["default"]
-    if out["type"] == "dict" and "properties" in node and name not in ("host_facts", "source_facts", "request"):
+    if out["type"] == "dict" and "properties" in node and name not in ("host_facts", "source_facts", "request", "placement"):
         req = set(node.get("required", []))
         out["suboptions"] = {k: option(schema, f"{name}.{k}", v, req, module) for k, v in sorted(node["properties"].items())}
     return out

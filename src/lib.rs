@@ -6,6 +6,7 @@ pub mod cpuset;
 pub mod domain;
 pub mod facts;
 pub mod fit;
+pub mod fixup;
 pub mod libvirt;
 pub mod migrate;
 pub mod nova;

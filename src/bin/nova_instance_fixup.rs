@@ -1,0 +1,201 @@
+//! Ansible module `nova_instance_fixup`: bring Nova's database in line with where and how a
+//! guest runs now (after a repinned migration), in one transaction; or audit the drift.
+use numa_repin::ansible::{self, Failure, ModuleArgs, Outcome};
+use numa_repin::facts::{self, NumaFacts};
+use numa_repin::fit::Placement;
+use numa_repin::fixup::{self, Dbs, Target};
+use numa_repin::nova::db;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// Bring Nova's DB in line with a guest's host and pinning, or audit DB against libvirt.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Args {
+    /// The instance (Nova uuid = libvirt domain uuid).
+    instance_uuid: Option<String>,
+    /// The new placement, as repin_migrate returns it (cells with host_cell, vcpu_pins, cpuset_reserved, memory_mb).
+    placement: Option<Placement>,
+    /// Nova host the instance runs on now (compute service host).
+    dest_host: Option<String>,
+    /// Nova node (hypervisor_hostname) it runs on now. Default: dest_host.
+    dest_node: Option<String>,
+    /// Read the placement from the running guest on `libvirt_uri` instead of `placement`.
+    #[serde(default)]
+    from_libvirt: bool,
+    /// libvirt URI of the host the guest runs on (from_libvirt).
+    libvirt_uri: Option<String>,
+    /// nova.conf of that host (its cells and dedicated set, for from_libvirt).
+    host_nova_conf: Option<PathBuf>,
+    /// SQLAlchemy URL of Nova's cell database (mysql+pymysql://user:pass@host/nova); a secret.
+    db_connection: Option<String>,
+    /// nova-conductor's nova.conf, read for `[database] connection` when db_connection is not given.
+    #[serde(default = "default_conductor_conf")]
+    nova_conf: PathBuf,
+    /// Kolla's passwords.yml; its nova_database_password is used when present.
+    passwords_file: Option<PathBuf>,
+    /// Database holding Placement's allocations: `placement` from Stein, `nova_api` for Queens/Rocky; empty to skip.
+    #[serde(default = "default_placement_db")]
+    placement_database: String,
+    /// Neutron's database, for the port binding host; empty to skip (then move it through the Neutron API).
+    #[serde(default = "default_neutron_db")]
+    neutron_database: String,
+    /// Write the before values of every change to a file in this directory first.
+    backup_dir: Option<PathBuf>,
+    /// Audit mode: compare the DB with libvirt's live pinning on `hosts` and report drift.
+    #[serde(default)]
+    audit: bool,
+    /// Audit mode: facts of the hosts to audit (numa_facts' ansible_facts.numa).
+    #[serde(default)]
+    hosts: Vec<NumaFacts>,
+    /// Audit mode: repair every drifted instance from its live pinning.
+    #[serde(default)]
+    fix: bool,
+}
+fn default_conductor_conf() -> PathBuf {
+    "/etc/kolla/nova-conductor/nova.conf".into()
+}
+fn default_placement_db() -> String {
+    "placement".into()
+}
+fn default_neutron_db() -> String {
+    "neutron".into()
+}
+impl ModuleArgs for Args {
+    fn secrets(&self) -> Vec<String> {
+        let mut s: Vec<String> = self.db_connection.iter().cloned().collect();
+        if let Some(url) = &self.db_connection {
+            if let Ok(c) = db::parse_url(url) {
+                s.push(c.password);
+            }
+        }
+        s
+    }
+}
+
+fn main() {
+    ansible::run::<Args, _>("nova_instance_fixup", |a, ctx| {
+        let creds = match &a.db_connection {
+            Some(url) => db::parse_url(url)
+                .map_err(|e| Failure::new(format!("nova_instance_fixup: db_connection: {e}")))?,
+            None => {
+                let pw = a.passwords_file.clone().or_else(|| {
+                    Some(PathBuf::from("/etc/kolla/passwords.yml")).filter(|p| p.exists())
+                });
+                db::from_kolla(&a.nova_conf, pw.as_deref()).map_err(|e| {
+                    Failure::new(format!(
+                        "nova_instance_fixup: {e}; give db_connection or nova_conf"
+                    ))
+                })?
+            }
+        };
+        let opt = |s: &str| -> Result<Option<String>, Failure> {
+            if s.is_empty() {
+                Ok(None)
+            } else {
+                fixup::check_ident(s)?;
+                Ok(Some(s.to_string()))
+            }
+        };
+        let dbs = Dbs {
+            placement: opt(&a.placement_database)?,
+            neutron: opt(&a.neutron_database)?,
+        };
+        let mut conn = db::connect(&creds).map_err(Failure::new)?;
+        if a.audit {
+            let drift = fixup::audit(&mut conn, &creds, &a.hosts)?;
+            let overlaps = fixup::db_overlaps(&mut conn, &creds)?;
+            let mut fixed = Vec::new();
+            if a.fix {
+                for d in &drift {
+                    let uuid = d["instance_uuid"].as_str().unwrap_or_default();
+                    let Some(f) = a
+                        .hosts
+                        .iter()
+                        .find(|f| f.guests.iter().any(|g| g.uuid == uuid))
+                    else {
+                        continue;
+                    };
+                    if d["kind"] == "not in Nova's database" {
+                        continue;
+                    }
+                    let (p, _) = fixup::placement_of_guest(f, uuid)?;
+                    let t = Target {
+                        uuid: uuid.into(),
+                        host: f.host.clone(),
+                        node: f.host.clone(),
+                        cells: p.cells,
+                    };
+                    let (changed, before, _, steps) =
+                        fixup::fixup(&mut conn, &creds, &dbs, &t, ctx.check_mode)?;
+                    if changed {
+                        if let (Some(dir), false) = (&a.backup_dir, ctx.check_mode) {
+                            fixup::backup(dir, uuid, &before)?;
+                        }
+                        fixed.push(serde_json::json!({"instance_uuid": uuid, "steps": steps}));
+                    }
+                }
+            }
+            let msg = format!(
+                "audit: {} drifted instances, {} pCPUs claimed twice in the DB{}",
+                drift.len(),
+                overlaps.len(),
+                if a.fix {
+                    format!(", {} fixed", fixed.len())
+                } else {
+                    String::new()
+                }
+            );
+            return Ok(Outcome::new(!fixed.is_empty(), msg)
+                .with("drift", &drift)
+                .with("db_overlaps", &overlaps)
+                .with("fixed", &fixed));
+        }
+        let uuid = a.instance_uuid.clone().ok_or_else(|| {
+            Failure::new("nova_instance_fixup: instance_uuid is required (or audit: true)")
+        })?;
+        fixup::check_uuid(&uuid)?;
+        let (placement, host) = if a.from_libvirt {
+            let uri = a.libvirt_uri.as_deref().ok_or_else(|| {
+                Failure::new("nova_instance_fixup: from_libvirt needs libvirt_uri")
+            })?;
+            let f = facts::gather_live(uri, a.host_nova_conf.as_deref(), a.dest_host.as_deref())?;
+            let (p, _) = fixup::placement_of_guest(&f, &uuid)?;
+            (p, a.dest_host.clone().unwrap_or(f.host.clone()))
+        } else {
+            let p = a.placement.clone().ok_or_else(|| Failure::new("nova_instance_fixup: give placement (from repin_migrate) or from_libvirt: true"))?;
+            (
+                p,
+                a.dest_host.clone().ok_or_else(|| {
+                    Failure::new("nova_instance_fixup: dest_host is required with placement")
+                })?,
+            )
+        };
+        let t = Target {
+            uuid: uuid.clone(),
+            node: a.dest_node.clone().unwrap_or(host.clone()),
+            host,
+            cells: placement.cells,
+        };
+        // Dry run first when a backup is asked for: the file holds the values before the change.
+        let mut backup_file = None;
+        if let (Some(dir), false) = (&a.backup_dir, ctx.check_mode) {
+            let (changed, before, _, _) = fixup::fixup(&mut conn, &creds, &dbs, &t, true)?;
+            if changed {
+                backup_file = Some(fixup::backup(dir, &uuid, &before)?);
+            }
+        }
+        let (changed, before, after, steps) =
+            fixup::fixup(&mut conn, &creds, &dbs, &t, ctx.check_mode)?;
+        Ok(fixup::outcome(
+            ctx,
+            &uuid,
+            changed,
+            before,
+            after,
+            steps,
+            backup_file,
+        ))
+    })
+}

@@ -1,0 +1,314 @@
+//! Nova's stored `numa_topology` JSON (DESIGN.md section 5), edited in place.
+//!
+//! The documents are Nova object primitives (`nova_object.name/namespace/version/data`, and
+//! `nova_object.changes`). We work on `serde_json::Value` and touch only the fields a repin
+//! changes, so object versions, unknown fields and field order survive byte-for-byte in meaning.
+//! - `instance_extra.numa_topology`: InstanceNUMATopology 1.3 with InstanceNUMACell cells;
+//!   1.4 (Queens..Ussuri) keeps pinned vCPUs in `cpuset` and `cpu_pinning_raw` (string keys);
+//!   1.5/1.6 (Victoria+) keep them in `pcpuset`.
+//! - `compute_nodes.numa_topology`: NUMATopology with NUMACell cells (`pinned_cpus`,
+//!   `cpu_usage`, `memory_usage`, `mempages[].used`).
+
+use crate::fit::CellPlacement;
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The pinning an instance cell records: host cell id, vCPU -> pCPU, reserved pCPUs, memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CellPins {
+    pub host_cell: u32,
+    pub pins: BTreeMap<u32, u32>,
+    pub reserved: BTreeSet<u32>,
+    pub memory_mb: u64,
+    pub pagesize_kb: Option<u64>,
+}
+
+fn data<'a>(obj: &'a Value, what: &str) -> Result<&'a Map<String, Value>, String> {
+    obj.get("nova_object.data")
+        .and_then(Value::as_object)
+        .ok_or_else(|| format!("{what}: not a Nova object primitive (no nova_object.data)"))
+}
+
+fn data_mut<'a>(obj: &'a mut Value, what: &str) -> Result<&'a mut Map<String, Value>, String> {
+    obj.get_mut("nova_object.data")
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| format!("{what}: not a Nova object primitive (no nova_object.data)"))
+}
+
+fn ints(v: Option<&Value>) -> BTreeSet<u32> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_u64)
+                .map(|x| x as u32)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Parse an `instance_extra.numa_topology` text into its cells' pinning.
+pub fn instance_cells(text: &str) -> Result<(Value, Vec<CellPins>), String> {
+    let doc: Value = serde_json::from_str(text)
+        .map_err(|e| format!("instance numa_topology is not valid JSON ({e})"))?;
+    if doc.get("nova_object.name").and_then(Value::as_str) != Some("InstanceNUMATopology") {
+        return Err("instance numa_topology is not an InstanceNUMATopology object".into());
+    }
+    let cells = data(&doc, "InstanceNUMATopology")?
+        .get("cells")
+        .and_then(Value::as_array)
+        .ok_or("InstanceNUMATopology without cells")?;
+    let mut out = Vec::new();
+    for (i, c) in cells.iter().enumerate() {
+        let d = data(c, &format!("InstanceNUMACell {i}"))?;
+        let host_cell = d
+            .get("id")
+            .and_then(Value::as_u64)
+            .ok_or(format!("InstanceNUMACell {i} without id"))? as u32;
+        let mut pins = BTreeMap::new();
+        if let Some(raw) = d.get("cpu_pinning_raw").and_then(Value::as_object) {
+            for (k, v) in raw {
+                let vcpu: u32 = k.parse().map_err(|_| {
+                    format!("InstanceNUMACell {i}: cpu_pinning_raw key {k:?} is not a vCPU number")
+                })?;
+                let pcpu = v.as_u64().ok_or(format!(
+                    "InstanceNUMACell {i}: cpu_pinning_raw value for {k} is not a pCPU number"
+                ))? as u32;
+                pins.insert(vcpu, pcpu);
+            }
+        }
+        out.push(CellPins {
+            host_cell,
+            pins,
+            reserved: ints(d.get("cpuset_reserved")),
+            memory_mb: d.get("memory").and_then(Value::as_u64).unwrap_or(0),
+            pagesize_kb: d.get("pagesize").and_then(Value::as_u64),
+        });
+    }
+    Ok((doc, out))
+}
+
+/// Rewrite the cells of an instance topology for a placement (guest cell i <- placement cell
+/// with guest_cell == i, else the i-th). Only `id`, `cpu_pinning_raw` and `cpuset_reserved`
+/// change; a cell's vCPU sets (`cpuset` / `pcpuset`) stay as they are.
+pub fn set_instance_cells(doc: &mut Value, cells: &[CellPlacement]) -> Result<(), String> {
+    let arr = data_mut(doc, "InstanceNUMATopology")?
+        .get_mut("cells")
+        .and_then(Value::as_array_mut)
+        .ok_or("InstanceNUMATopology without cells")?;
+    if arr.len() != cells.len() {
+        return Err(format!(
+            "the instance has {} NUMA cells in Nova's DB, the placement {}",
+            arr.len(),
+            cells.len()
+        ));
+    }
+    for (i, c) in arr.iter_mut().enumerate() {
+        let p = cells
+            .iter()
+            .find(|p| p.guest_cell as usize == i)
+            .unwrap_or(&cells[i]);
+        let d = data_mut(c, &format!("InstanceNUMACell {i}"))?;
+        d.insert("id".into(), json!(p.host_cell));
+        if d.contains_key("cpu_pinning_raw") || !p.vcpu_pins.is_empty() {
+            let raw: Map<String, Value> = p
+                .vcpu_pins
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
+            d.insert(
+                "cpu_pinning_raw".into(),
+                if raw.is_empty() {
+                    Value::Null
+                } else {
+                    Value::Object(raw)
+                },
+            );
+        }
+        if d.contains_key("cpuset_reserved") || !p.cpuset_reserved.is_empty() {
+            d.insert(
+                "cpuset_reserved".into(),
+                if p.cpuset_reserved.is_empty() {
+                    Value::Null
+                } else {
+                    json!(p.cpuset_reserved)
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Release (`sign = -1`) or account (`+1`) an instance's cells on a compute node's topology.
+/// Touches `pinned_cpus`, `cpu_usage`, `memory_usage` and the used pages of a page-sized cell.
+pub fn account_on_node(doc: &mut Value, cells: &[CellPins], sign: i64) -> Result<(), String> {
+    let node_cells = data_mut(doc, "NUMATopology")?
+        .get_mut("cells")
+        .and_then(Value::as_array_mut)
+        .ok_or("NUMATopology without cells")?;
+    for c in cells {
+        let Some(nc) = node_cells.iter_mut().find(|nc| {
+            nc.get("nova_object.data")
+                .and_then(|d| d.get("id"))
+                .and_then(Value::as_u64)
+                == Some(c.host_cell as u64)
+        }) else {
+            return Err(format!("the compute node has no NUMA cell {}", c.host_cell));
+        };
+        let d = data_mut(nc, "NUMACell")?;
+        let cpus: BTreeSet<u32> = c
+            .pins
+            .values()
+            .copied()
+            .chain(c.reserved.iter().copied())
+            .collect();
+        let mut pinned = ints(d.get("pinned_cpus"));
+        if sign < 0 {
+            pinned.retain(|x| !cpus.contains(x));
+        } else {
+            pinned.extend(cpus.iter().copied());
+        }
+        d.insert("pinned_cpus".into(), json!(pinned));
+        let bump = |d: &mut Map<String, Value>, key: &str, by: i64| {
+            let cur = d.get(key).and_then(Value::as_i64).unwrap_or(0);
+            d.insert(key.into(), json!((cur + by).max(0)));
+        };
+        bump(d, "cpu_usage", sign * cpus.len() as i64);
+        bump(d, "memory_usage", sign * c.memory_mb as i64);
+        if let (Some(size), Some(pages)) = (
+            c.pagesize_kb,
+            d.get_mut("mempages").and_then(Value::as_array_mut),
+        ) {
+            for p in pages.iter_mut() {
+                if let Some(pd) = p.get_mut("nova_object.data").and_then(Value::as_object_mut) {
+                    if pd.get("size_kb").and_then(Value::as_u64) == Some(size) {
+                        bump(pd, "used", sign * (c.memory_mb * 1024 / size) as i64);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The pinning a placement asks for, in the shape stored pinning is read into.
+pub fn cells_of_placement(cells: &[CellPlacement]) -> Vec<CellPins> {
+    cells
+        .iter()
+        .map(|c| CellPins {
+            host_cell: c.host_cell,
+            pins: c
+                .vcpu_pins
+                .iter()
+                .filter_map(|(k, v)| k.parse().ok().map(|k| (k, *v)))
+                .collect(),
+            reserved: c.cpuset_reserved.iter().copied().collect(),
+            memory_mb: c.memory_mb,
+            pagesize_kb: c.pagesize_kb,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STEIN: &str = r#"{"nova_object.name":"InstanceNUMATopology","nova_object.namespace":"nova","nova_object.version":"1.3","nova_object.data":{"cells":[{"nova_object.name":"InstanceNUMACell","nova_object.namespace":"nova","nova_object.version":"1.4","nova_object.data":{"id":0,"cpuset":[0,1],"cpuset_reserved":null,"memory":2048,"pagesize":null,"cpu_topology":{"nova_object.name":"VirtCPUTopology","nova_object.namespace":"nova","nova_object.version":"1.0","nova_object.data":{"sockets":1,"cores":2,"threads":1}},"cpu_pinning_raw":{"0":2,"1":3},"cpu_policy":"dedicated","cpu_thread_policy":null,"future_field":"kept"}}],"emulator_threads_policy":null}}"#;
+    const VICTORIA: &str = r#"{"nova_object.name":"InstanceNUMATopology","nova_object.namespace":"nova","nova_object.version":"1.3","nova_object.data":{"cells":[{"nova_object.name":"InstanceNUMACell","nova_object.namespace":"nova","nova_object.version":"1.5","nova_object.data":{"id":1,"cpuset":[],"pcpuset":[0],"cpuset_reserved":[9],"memory":64,"pagesize":2048,"cpu_pinning_raw":{"0":8},"cpu_policy":"dedicated","cpu_thread_policy":null}}],"emulator_threads_policy":"isolate"},"nova_object.changes":["cells"]}"#;
+    const NODE: &str = r#"{"nova_object.name":"NUMATopology","nova_object.namespace":"nova","nova_object.version":"1.2","nova_object.data":{"cells":[{"nova_object.name":"NUMACell","nova_object.namespace":"nova","nova_object.version":"1.3","nova_object.data":{"id":0,"cpuset":[0,1,2,3],"memory":4096,"cpu_usage":2,"memory_usage":2048,"pinned_cpus":[2,3],"siblings":[[0],[1],[2],[3]],"mempages":[{"nova_object.name":"NUMAPagesTopology","nova_object.namespace":"nova","nova_object.version":"1.1","nova_object.data":{"size_kb":4,"total":1048576,"used":0,"reserved":0}}],"network_metadata":{"nova_object.name":"NetworkMetadata","nova_object.namespace":"nova","nova_object.version":"1.0","nova_object.data":{"physnets":[],"tunneled":false}}}}]}}"#;
+
+    fn place(host_cell: u32, pins: &[(u32, u32)], reserved: &[u32], mem: u64) -> CellPlacement {
+        CellPlacement {
+            guest_cell: 0,
+            host_cell,
+            vcpus: pins.iter().map(|p| p.0).collect(),
+            vcpu_pins: pins.iter().map(|(v, p)| (v.to_string(), *p)).collect(),
+            memory_mb: mem,
+            pagesize_kb: None,
+            cpuset_reserved: reserved.to_vec(),
+            thread_policy: None,
+        }
+    }
+
+    #[test]
+    fn stein_round_trip_changes_only_pinning() {
+        let (mut doc, cells) = instance_cells(STEIN).unwrap();
+        assert_eq!(cells[0].pins, [(0, 2), (1, 3)].into_iter().collect());
+        let orig = doc.clone();
+        set_instance_cells(&mut doc, &[place(1, &[(0, 0), (1, 1)], &[], 2048)]).unwrap();
+        let d = &doc["nova_object.data"]["cells"][0]["nova_object.data"];
+        assert_eq!(d["id"], 1);
+        assert_eq!(d["cpu_pinning_raw"], json!({"0": 0, "1": 1}));
+        assert_eq!(d["cpuset"], json!([0, 1]));
+        assert_eq!(d["future_field"], "kept");
+        assert_eq!(
+            doc["nova_object.data"]["cells"][0]["nova_object.version"],
+            "1.4"
+        );
+        // everything else equal
+        let mut back = doc.clone();
+        set_instance_cells(&mut back, &[place(0, &[(0, 2), (1, 3)], &[], 2048)]).unwrap();
+        assert_eq!(back, orig);
+    }
+
+    #[test]
+    fn victoria_keeps_pcpuset_and_reserved() {
+        let (mut doc, cells) = instance_cells(VICTORIA).unwrap();
+        assert_eq!(cells[0].reserved, [9].into_iter().collect());
+        assert_eq!(cells[0].pagesize_kb, Some(2048));
+        set_instance_cells(&mut doc, &[place(0, &[(0, 1)], &[2], 64)]).unwrap();
+        let d = &doc["nova_object.data"]["cells"][0]["nova_object.data"];
+        assert_eq!(
+            (
+                d["id"].clone(),
+                d["pcpuset"].clone(),
+                d["cpuset_reserved"].clone()
+            ),
+            (json!(0), json!([0]), json!([2]))
+        );
+        assert_eq!(doc["nova_object.changes"], json!(["cells"]));
+    }
+
+    #[test]
+    fn node_accounting_release_then_account() {
+        let mut node: Value = serde_json::from_str(NODE).unwrap();
+        let (_, cells) = instance_cells(STEIN).unwrap();
+        account_on_node(&mut node, &cells, -1).unwrap();
+        let d = &node["nova_object.data"]["cells"][0]["nova_object.data"];
+        assert_eq!(
+            (
+                d["pinned_cpus"].clone(),
+                d["cpu_usage"].clone(),
+                d["memory_usage"].clone()
+            ),
+            (json!([]), json!(0), json!(0))
+        );
+        account_on_node(
+            &mut node,
+            &cells_of_placement(&[place(0, &[(0, 0), (1, 1)], &[], 2048)]),
+            1,
+        )
+        .unwrap();
+        let d = &node["nova_object.data"]["cells"][0]["nova_object.data"];
+        assert_eq!(d["pinned_cpus"], json!([0, 1]));
+        assert_eq!(d["network_metadata"]["nova_object.data"]["tunneled"], false);
+        assert!(account_on_node(
+            &mut node,
+            &cells_of_placement(&[place(5, &[(0, 0)], &[], 1)]),
+            1
+        )
+        .unwrap_err()
+        .contains("no NUMA cell 5"));
+    }
+
+    #[test]
+    fn malformed_rows_are_refused() {
+        assert!(instance_cells("{").unwrap_err().contains("not valid JSON"));
+        assert!(instance_cells(r#"{"nova_object.name":"X"}"#)
+            .unwrap_err()
+            .contains("not an InstanceNUMATopology"));
+        let bad = STEIN.replace(r#""0":2"#, r#""zero":2"#);
+        assert!(instance_cells(&bad)
+            .unwrap_err()
+            .contains("not a vCPU number"));
+    }
+}
