@@ -149,7 +149,8 @@ fn same_pins(a: &[CellPins], b: &[CellPins]) -> bool {
         })
 }
 
-/// Bring one instance's rows in line with `t`. Returns (changed, before, after, steps).
+/// Bring one instance's rows in line with `t`, in its own transaction. Returns (changed,
+/// before, after, steps).
 pub fn fixup(
     conn: &mut Conn,
     creds: &DbCreds,
@@ -160,6 +161,34 @@ pub fn fixup(
     let mut tx = conn
         .start_transaction(TxOpts::default())
         .map_err(|e| sql_err(e, "starting the transaction", creds))?;
+    let r = fixup_in(&mut tx, creds, dbs, t)?;
+    finish(tx, creds, r.0 && !check_mode)?;
+    Ok(r)
+}
+
+/// Commit (or roll back) a transaction.
+pub fn finish(tx: mysql::Transaction, creds: &DbCreds, commit: bool) -> Result<()> {
+    if !commit {
+        return tx.rollback().map_err(|e| sql_err(e, "rolling back", creds));
+    }
+    // Test hook: widen the window before COMMIT so a test can kill the database in it.
+    if let Some(s) = std::env::var("NUMA_REPIN_TEST_PAUSE_BEFORE_COMMIT_S")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_secs(s));
+    }
+    tx.commit().map_err(|e| sql_err(e, "committing", creds))
+}
+
+/// The work of `fixup` inside a transaction the caller owns (the audit's fix puts every
+/// drifted instance in one).
+pub fn fixup_in(
+    tx: &mut mysql::Transaction,
+    creds: &DbCreds,
+    dbs: &Dbs,
+    t: &Target,
+) -> Result<(bool, Value, Value, Vec<String>)> {
     let row: Option<(String, String, Option<String>)> = tx
         .exec_first(
             "SELECT i.host, i.node, e.numa_topology FROM instances i JOIN instance_extra e ON e.instance_uuid = i.uuid WHERE i.uuid = ? AND i.deleted = 0 FOR UPDATE",
@@ -203,14 +232,14 @@ pub fn fixup(
                 })?;
             Ok((id, v))
         };
-        let (src_id, mut src_doc) = node_doc(&mut tx, &old_node)?;
+        let (src_id, mut src_doc) = node_doc(tx, &old_node)?;
         before["source_node_numa_topology"] = src_doc.clone();
         numa_json::account_on_node(&mut src_doc, &old_cells, -1).map_err(|e| {
             Failure::new(format!("nova_instance_fixup: compute node {old_node}: {e}"))
         })?;
         tx.exec_drop(
             "UPDATE compute_nodes SET numa_topology = ?, updated_at = UTC_TIMESTAMP() WHERE id = ?",
-            (src_doc.to_string(), src_id),
+            (numa_json::to_nova_json(&src_doc), src_id),
         )
         .map_err(|e| sql_err(e, "releasing on the source node", creds))?;
         steps.push(format!(
@@ -226,20 +255,20 @@ pub fn fixup(
             (&t.host, &t.node, &t.uuid),
         )
         .map_err(|e| sql_err(e, "updating the instance", creds))?;
-        tx.exec_drop("UPDATE instance_extra SET numa_topology = ?, updated_at = UTC_TIMESTAMP() WHERE instance_uuid = ?", (new_doc.to_string(), &t.uuid)).map_err(|e| sql_err(e, "updating instance_extra", creds))?;
+        tx.exec_drop("UPDATE instance_extra SET numa_topology = ?, updated_at = UTC_TIMESTAMP() WHERE instance_uuid = ?", (numa_json::to_nova_json(&new_doc), &t.uuid)).map_err(|e| sql_err(e, "updating instance_extra", creds))?;
         steps.push(format!(
             "instance {} now on {}/{} with its new pins",
             t.uuid, t.host, t.node
         ));
         // 3. account on the destination node (re-read: it may be the source node itself)
-        let (dst_id, mut dst_doc) = node_doc(&mut tx, &t.node)?;
+        let (dst_id, mut dst_doc) = node_doc(tx, &t.node)?;
         before["dest_node_numa_topology"] = dst_doc.clone();
         numa_json::account_on_node(&mut dst_doc, &new_cells, 1).map_err(|e| {
             Failure::new(format!("nova_instance_fixup: compute node {}: {e}", t.node))
         })?;
         tx.exec_drop(
             "UPDATE compute_nodes SET numa_topology = ?, updated_at = UTC_TIMESTAMP() WHERE id = ?",
-            (dst_doc.to_string(), dst_id),
+            (numa_json::to_nova_json(&dst_doc), dst_id),
         )
         .map_err(|e| sql_err(e, "accounting on the destination node", creds))?;
         steps.push(format!("accounted the pins on {}", t.node));
@@ -262,7 +291,7 @@ pub fn fixup(
             )
             .map_err(|e| sql_err(e, "reading Placement's providers", creds))
         };
-        let dst_rp = rp(&mut tx, &t.node)?;
+        let dst_rp = rp(tx, &t.node)?;
         let on_other: Vec<(u64, u64, u64)> = tx
             .exec(format!("SELECT resource_provider_id, resource_class_id, used FROM {pdb}.allocations WHERE consumer_id = ? ORDER BY resource_class_id"), (&t.uuid,))
             .map_err(|e| sql_err(e, "reading Placement's allocations", creds))?;
@@ -310,19 +339,6 @@ pub fn fixup(
             .collect::<Vec<_>>());
     }
     let changed = !steps.iter().all(|s| s.starts_with("no Placement provider"));
-    if check_mode || !changed {
-        tx.rollback()
-            .map_err(|e| sql_err(e, "rolling back", creds))?;
-    } else {
-        // Test hook: widen the window before COMMIT so a test can kill the database in it.
-        if let Some(s) = std::env::var("NUMA_REPIN_TEST_PAUSE_BEFORE_COMMIT_S")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-        {
-            std::thread::sleep(std::time::Duration::from_secs(s));
-        }
-        tx.commit().map_err(|e| sql_err(e, "committing", creds))?;
-    }
     Ok((changed, before, after, steps))
 }
 

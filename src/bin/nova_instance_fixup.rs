@@ -108,6 +108,16 @@ fn main() {
             let overlaps = fixup::db_overlaps(&mut conn, &creds)?;
             let mut fixed = Vec::new();
             if a.fix {
+                // Every drifted instance in one transaction: all repaired, or none.
+                let mut tx = conn
+                    .start_transaction(mysql::TxOpts::default())
+                    .map_err(|e| {
+                        Failure::new(format!(
+                            "nova_instance_fixup: cannot start a transaction: {}",
+                            db::scrub(&e.to_string(), &creds.password)
+                        ))
+                    })?;
+                let mut backups = Vec::new();
                 for d in &drift {
                     let uuid = d["instance_uuid"].as_str().unwrap_or_default();
                     let Some(f) = a
@@ -127,15 +137,18 @@ fn main() {
                         node: f.host.clone(),
                         cells: p.cells,
                     };
-                    let (changed, before, _, steps) =
-                        fixup::fixup(&mut conn, &creds, &dbs, &t, ctx.check_mode)?;
+                    let (changed, before, _, steps) = fixup::fixup_in(&mut tx, &creds, &dbs, &t)?;
                     if changed {
-                        if let (Some(dir), false) = (&a.backup_dir, ctx.check_mode) {
-                            fixup::backup(dir, uuid, &before)?;
-                        }
+                        backups.push((uuid.to_string(), before));
                         fixed.push(serde_json::json!({"instance_uuid": uuid, "steps": steps}));
                     }
                 }
+                if let (Some(dir), false) = (&a.backup_dir, ctx.check_mode) {
+                    for (uuid, before) in &backups {
+                        fixup::backup(dir, uuid, before)?;
+                    }
+                }
+                fixup::finish(tx, &creds, !ctx.check_mode && !fixed.is_empty())?;
             }
             let msg = format!(
                 "audit: {} drifted instances, {} pCPUs claimed twice in the DB{}",

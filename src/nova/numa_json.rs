@@ -13,6 +13,47 @@ use crate::fit::CellPlacement;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// Serialize the way Nova's `jsonutils.dumps` (Python's json) does: `", "` and `": "`
+/// separators, so a rewritten row looks like the ones Nova writes.
+pub fn to_nova_json(v: &Value) -> String {
+    struct PyStyle;
+    impl serde_json::ser::Formatter for PyStyle {
+        fn begin_array_value<W: ?Sized + std::io::Write>(
+            &mut self,
+            w: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            if first {
+                Ok(())
+            } else {
+                w.write_all(b", ")
+            }
+        }
+        fn begin_object_key<W: ?Sized + std::io::Write>(
+            &mut self,
+            w: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            if first {
+                Ok(())
+            } else {
+                w.write_all(b", ")
+            }
+        }
+        fn begin_object_value<W: ?Sized + std::io::Write>(
+            &mut self,
+            w: &mut W,
+        ) -> std::io::Result<()> {
+            w.write_all(b": ")
+        }
+    }
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, PyStyle);
+    // Serializing a Value into memory cannot fail.
+    let _ = serde::Serialize::serialize(v, &mut ser);
+    String::from_utf8(out).unwrap_or_default()
+}
+
 /// The pinning an instance cell records: host cell id, vCPU -> pCPU, reserved pCPUs, memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CellPins {
@@ -298,6 +339,12 @@ mod tests {
         )
         .unwrap_err()
         .contains("no NUMA cell 5"));
+    }
+
+    #[test]
+    fn written_like_nova_writes() {
+        let v: Value = serde_json::from_str(r#"{"a": [1, 2], "b": {"c": null}}"#).unwrap();
+        assert_eq!(to_nova_json(&v), r#"{"a": [1, 2], "b": {"c": null}}"#);
     }
 
     #[test]

@@ -55,6 +55,12 @@ def test_drain_cmp1(lab, seeded, ansible_playbook, run_module):
     taken = next(g for g in after2["guests"] if g["name"] == "vm-taken")
     assert taken["vcpu_pins"] == {"0": [0]}  # repinned: pCPU 1 belongs to c2-resident
     assert lab.affinity("cmp2", "vm-taken")["vcpus"] == {0: {0}}  # the kernel agrees
+    # Nova's DB follows: vm-taken on cmp2 with its new pin; the audit finds no drift
+    with lab.connect_db() as conn, conn.cursor() as c:
+        c.execute("SELECT i.host, e.numa_topology FROM nova.instances i JOIN nova.instance_extra e ON e.instance_uuid=i.uuid WHERE i.uuid=%s", (taken["uuid"],))
+        host, numa = c.fetchone()
+    assert host == "cmp2" and '"cpu_pinning_raw": {"0": 0}' in numa  # written the way Nova writes JSON
+    assert "DB drift after: 0" in p.stdout
 
     # Again: nothing to do.
     p = ansible_playbook(PB, extra_vars={"target_host": "cmp1"})

@@ -113,7 +113,7 @@ def test_seeded_rows(lab, db):
     nodes = dict(q(db, "SELECT host, numa_topology FROM nova.compute_nodes WHERE deleted=0"))
     assert set(nodes) == {"cmp1", "cmp2"}
     c2 = json.loads(nodes["cmp2"])["nova_object.data"]["cells"][0]
-    assert c2["nova_object.version"] == "1.3" and c2["nova_object.data"]["cpuset"] == [1]
+    assert c2["nova_object.version"] == "1.3" and c2["nova_object.data"]["cpuset"] == [0, 1]  # cmp2's vcpu_pin_set
 
 
 def test_labdb_json_is_novas(lab):

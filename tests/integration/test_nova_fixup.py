@@ -1,0 +1,194 @@
+"""nova_instance_fixup on the lab's real schema (Nova 19.3.2's nova-manage, Placement's and
+Neutron's own migrations): the transaction, Nova's acceptance of what it wrote, check mode,
+idempotency, faults, bad input, secrets, audit."""
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def creds(lab):
+    return {"nova_conf": lab.data["db"]["nova_conductor_conf"], "passwords_file": lab.data["db"]["passwords_file"]}
+
+
+def placement(pins, host_cell=0, mem=64):
+    return {"cells": [{"guest_cell": 0, "host_cell": host_cell, "vcpus": sorted(int(v) for v in pins),
+                       "vcpu_pins": {str(v): p for v, p in pins.items()}, "memory_mb": mem, "pagesize_kb": None,
+                       "cpuset_reserved": []}], "emulator_pins": sorted(pins.values()), "dedicated": True}
+
+
+def rows(db, uuid):
+    with db.cursor() as c:
+        c.execute("SELECT i.host, i.node, e.numa_topology FROM nova.instances i JOIN nova.instance_extra e "
+                  "ON e.instance_uuid=i.uuid WHERE i.uuid=%s", (uuid,))
+        host, node, numa = c.fetchone()
+        c.execute("SELECT rp.name FROM placement.allocations a JOIN placement.resource_providers rp "
+                  "ON rp.id=a.resource_provider_id WHERE a.consumer_id=%s", (uuid,))
+        rps = sorted({r[0] for r in c.fetchall()})
+        c.execute("SELECT b.host FROM neutron.ml2_port_bindings b JOIN neutron.ports p ON p.id=b.port_id "
+                  "WHERE p.device_id=%s", (uuid,))
+        bindings = sorted(r[0] for r in c.fetchall())
+        c.execute("SELECT COUNT(*) FROM nova.migrations WHERE instance_uuid=%s AND status='completed' "
+                  "AND migration_type='live-migration'", (uuid,))
+        migs = c.fetchone()[0]
+    return {"host": host, "node": node, "numa": json.loads(numa), "rps": rps, "bindings": bindings, "migrations": migs}
+
+
+def node_numa(db, node):
+    with db.cursor() as c:
+        c.execute("SELECT numa_topology FROM nova.compute_nodes WHERE hypervisor_hostname=%s AND deleted=0", (node,))
+        return c.fetchone()[0]
+
+
+def nova_accepts(lab, node_text, instance_texts):
+    venv = subprocess.run([str(REPO / "tests/lab/venv.sh"), "nova"], capture_output=True, text=True, check=True).stdout.strip()
+    p = subprocess.run([f"{venv}/bin/python", str(REPO / "tests/nova_objects/check_usage.py")],
+                       input=json.dumps({"host": node_text, "instances": instance_texts}), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def pins_of(numa):
+    return numa["nova_object.data"]["cells"][0]["nova_object.data"]["cpu_pinning_raw"]
+
+
+def test_move_in_one_transaction_and_nova_accepts_it(lab, db, fresh_instance_rows, run_module):
+    u = fresh_instance_rows("cmp1", [1])
+    before = rows(db, u)
+    assert (before["host"], before["rps"], before["bindings"]) == ("cmp1", ["cmp1"], ["cmp1"])
+    args = dict(creds(lab), instance_uuid=u, dest_host="cmp2", placement=placement({0: 0}))
+    rc, res = run_module("nova_instance_fixup", args, check_mode=True, diff=True)
+    assert rc == 0 and res["changed"] and "nothing written" in res["msg"], res
+    assert rows(db, u) == before  # check mode wrote nothing
+    assert '"cpu_pinning_raw"' in res["diff"]["after"]
+
+    rc, res = run_module("nova_instance_fixup", args)
+    assert rc == 0 and res["changed"], res
+    after = rows(db, u)
+    assert (after["host"], after["node"], after["rps"], after["bindings"], after["migrations"]) == ("cmp2", "cmp2", ["cmp2"], ["cmp2"], 1)
+    assert pins_of(after["numa"]) == {"0": 0}
+    # everything else of the stored object kept
+    assert after["numa"]["nova_object.data"]["cells"][0]["nova_object.version"] == before["numa"]["nova_object.data"]["cells"][0]["nova_object.version"]
+    assert json.loads(node_numa(db, "cmp2"))["nova_object.data"]["cells"][0]["nova_object.data"]["pinned_cpus"].count(0) == 1
+
+    # second run: nothing to do
+    rc, res = run_module("nova_instance_fixup", args)
+    assert rc == 0 and not res["changed"] and "already matches" in res["msg"], res
+
+    # Nova 19.3.2's own objects load it, and its usage accounting finds no overlap with a
+    # resident pinned to pCPU 1 (Stein's objects read the Stein format: 1.4 cells)
+    resident = fresh_instance_rows("cmp2", [1])
+    ok = nova_accepts(lab, node_numa(db, "cmp2"), [json.dumps(after["numa"]), json.dumps(rows(db, resident)["numa"])])
+    assert ok.get("ok") and ok["pinned"]["0"] == [0, 1], ok
+
+
+def test_nova_rejects_an_overlap_control(lab, db, fresh_instance_rows):
+    """The acceptance check can fail: the same accounting over two instances pinned to one pCPU."""
+    a = fresh_instance_rows("cmp2", [1])
+    b = fresh_instance_rows("cmp2", [1])
+    r = nova_accepts(lab, node_numa(db, "cmp2"), [json.dumps(rows(db, a)["numa"]), json.dumps(rows(db, b)["numa"])])
+    assert r.get("error", "").startswith("CPUPinningInvalid"), r
+
+
+def test_victoria_format_round_trip(lab, db, fresh_instance_rows, run_module):
+    u = fresh_instance_rows("cmp1", [0], fmt="victoria")
+    rc, res = run_module("nova_instance_fixup", dict(creds(lab), instance_uuid=u, dest_host="cmp2", placement=placement({0: 1})))
+    assert rc == 0 and res["changed"], res
+    cell = rows(db, u)["numa"]["nova_object.data"]["cells"][0]
+    assert cell["nova_object.version"] == "1.5" and cell["nova_object.data"]["pcpuset"] == [0]
+    assert cell["nova_object.data"]["cpu_pinning_raw"] == {"0": 1}
+    # (Nova 19.3.2 cannot load InstanceNUMACell 1.5: the Victoria layout is checked field by field)
+
+
+@pytest.mark.parametrize("bad,expect", [
+    ("00000000-0000-4000-8000-00000000dead", "no instance 00000000-0000-4000-8000-00000000dead"),
+    ("x' OR '1'='1", "not a uuid"),
+    ("6c1a9e10-0000-4000-8000-000000000002; DROP TABLE instances", "not a uuid"),
+])
+def test_bad_instances_write_nothing(lab, db, run_module, bad, expect):
+    with db.cursor() as c:
+        c.execute("SELECT COUNT(*), MAX(updated_at) FROM nova.instances")
+        before = c.fetchone()
+    rc, res = run_module("nova_instance_fixup", dict(creds(lab), instance_uuid=bad, dest_host="cmp2", placement=placement({0: 0})))
+    assert rc == 1 and res["failed"] and expect in res["msg"], res
+    with db.cursor() as c:
+        c.execute("SELECT COUNT(*), MAX(updated_at) FROM nova.instances")
+        assert c.fetchone() == before
+
+
+def test_malformed_row_is_refused_and_left_alone(lab, db, fresh_instance_rows, run_module):
+    u = fresh_instance_rows("cmp1", [1])
+    with db.cursor() as c:
+        c.execute("UPDATE nova.instance_extra SET numa_topology='{\"nova_object.name\": ' WHERE instance_uuid=%s", (u,))
+    db.commit()
+    rc, res = run_module("nova_instance_fixup", dict(creds(lab), instance_uuid=u, dest_host="cmp2", placement=placement({0: 0})))
+    assert rc == 1 and "not valid JSON" in res["msg"] and "left as it is" in res["msg"], res
+    with db.cursor() as c:
+        c.execute("SELECT i.host, e.numa_topology FROM nova.instances i JOIN nova.instance_extra e ON e.instance_uuid=i.uuid WHERE i.uuid=%s", (u,))
+        assert c.fetchone() == ("cmp1", '{"nova_object.name": ')
+
+
+def test_secrets_never_reach_output(lab, run_module):
+    pw = lab.data["db"]["password"]
+    url = f"mysql+pymysql://nova:{pw}@127.0.0.1:1/nova"  # nothing listens there: the DB is "down"
+    rc, res = run_module("nova_instance_fixup", {"db_connection": url, "instance_uuid": "6c1a9e10-0000-4000-8000-000000000002",
+                                                 "dest_host": "cmp2", "placement": placement({0: 0})})
+    assert rc == 1 and "cannot connect to Nova's database nova@127.0.0.1:1/nova" in res["msg"], res
+    assert pw not in json.dumps(res) and pw not in res.get("_stderr", "")
+    wrong = f"mysql+pymysql://nova:not-{pw}@127.0.0.1:3306/nova"
+    rc, res = run_module("nova_instance_fixup", {"db_connection": wrong, "instance_uuid": "6c1a9e10-0000-4000-8000-000000000002",
+                                                 "dest_host": "cmp2", "placement": placement({0: 0})})
+    assert rc == 1 and pw not in json.dumps(res) and f"not-{pw}" not in json.dumps(res), res
+
+
+def test_database_killed_mid_transaction_then_rerun(lab, run_module):
+    # Own connections: the kill drops every open one (the shared fixtures' too).
+    conn = lab.connect_db()
+    u = lab.insert_instance_rows(conn, "cmp1", [1])
+    before = rows(conn, u)
+    conn.close()
+    args = dict(creds(lab), instance_uuid=u, dest_host="cmp2", placement=placement({0: 0}))
+    env = dict(os.environ, NUMA_REPIN_TEST_PAUSE_BEFORE_COMMIT_S="6")
+    argf = Path(lab.data["lab_dir"]) / f"fixup-{u}.json"
+    argf.write_text(json.dumps(args))
+    try:
+        proc = subprocess.Popen([str(REPO / "library/nova_instance_fixup"), str(argf)], stdout=subprocess.PIPE, text=True, env=env)
+        time.sleep(3)  # inside the transaction, every row written, not committed
+        pid = int(Path(lab.data["db"]["pid_file"]).read_text().strip())
+        os.kill(pid, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=120)
+        res = json.loads(out)
+        assert proc.returncode == 1 and res["failed"] and "nothing was changed" in res["msg"], res
+        assert lab.lab_sh("up").returncode == 0  # MariaDB back; InnoDB recovery rolls the transaction back
+        conn = lab.connect_db()
+        assert rows(conn, u) == before
+        rc, res = run_module("nova_instance_fixup", args)
+        assert rc == 0 and res["changed"], res
+        assert rows(conn, u)["host"] == "cmp2"
+        lab.delete_instance_rows(conn, u)
+        conn.close()
+    finally:
+        argf.unlink()
+
+
+def test_audit_reports_drift_and_fix_repairs_it(lab, db, fresh_guest, fresh_instance_rows, run_module):
+    g = fresh_guest("cmp2", [0])
+    fresh_instance_rows("cmp1", [1], uuid=g.uuid)  # the DB still thinks: cmp1, pCPU 1
+    rc, f = run_module("numa_facts", {"uri": lab.uri("cmp2"), "nova_conf": lab.nova_conf("cmp2"), "host": "cmp2"})
+    hosts = [f["ansible_facts"]["numa"]]
+    rc, res = run_module("nova_instance_fixup", dict(creds(lab), audit=True, hosts=hosts))
+    assert rc == 0 and not res["changed"], res
+    mine = [d for d in res["drift"] if d["instance_uuid"] == g.uuid]
+    assert len(mine) == 1 and "DB says host cmp1" in mine[0]["kind"] and "live pins" in mine[0]["kind"], res["drift"]
+    rc, res = run_module("nova_instance_fixup", dict(creds(lab), audit=True, fix=True, hosts=hosts))
+    assert rc == 0 and res["changed"] and any(x["instance_uuid"] == g.uuid for x in res["fixed"]), res
+    r = rows(db, g.uuid)
+    assert (r["host"], pins_of(r["numa"])) == ("cmp2", {"0": 0})
+    rc, res = run_module("nova_instance_fixup", dict(creds(lab), audit=True, hosts=hosts))
+    assert not [d for d in res["drift"] if d["instance_uuid"] == g.uuid]
