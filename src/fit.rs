@@ -1493,7 +1493,16 @@ pub fn plan_drain(
             }
             None => {
                 let msg = no_numa_msg(g.topology.total_vcpus(), g.topology.total_memory_mb());
-                let reasons = match last_tried {
+                // Explain against the last host tried, else the roomiest candidate (the index
+                // skipped every host: none has a cell with enough free pCPUs).
+                let closest = last_tried.or_else(|| {
+                    index
+                        .iter()
+                        .rev()
+                        .map(|(_, hi)| *hi)
+                        .find(|hi| hosts[*hi].name != g.source)
+                });
+                let reasons = match closest {
                     Some(hi) => explain(&hosts[hi], &g.topology, opts)
                         .reasons
                         .into_iter()
