@@ -342,6 +342,26 @@ mod tests {
     }
 
     #[test]
+    fn node_cell_versions_queens_to_wallaby() {
+        // NUMACell 1.2 (Queens: no network_metadata), 1.4 (Train: pcpuset), 1.5 (Wallaby: socket):
+        // the accounting touches the same fields and keeps the rest.
+        for (ver, extra) in [("1.2", ""), ("1.4", r#","pcpuset":[2,3]"#), ("1.5", r#","pcpuset":[2,3],"socket":0"#)] {
+            let text = format!(
+                r#"{{"nova_object.name":"NUMATopology","nova_object.namespace":"nova","nova_object.version":"1.2","nova_object.data":{{"cells":[{{"nova_object.name":"NUMACell","nova_object.namespace":"nova","nova_object.version":"{ver}","nova_object.data":{{"id":0,"cpuset":[0,1],"memory":4096,"cpu_usage":2,"memory_usage":2048,"pinned_cpus":[2,3],"siblings":[[2],[3]],"mempages":[]{extra}}}}}]}}}}"#
+            );
+            let mut node: Value = serde_json::from_str(&text).unwrap();
+            let (_, cells) = instance_cells(STEIN).unwrap();
+            account_on_node(&mut node, &cells, -1).unwrap();
+            let d = &node["nova_object.data"]["cells"][0];
+            assert_eq!(d["nova_object.version"], ver);
+            assert_eq!(d["nova_object.data"]["pinned_cpus"], json!([]));
+            if !extra.is_empty() {
+                assert_eq!(d["nova_object.data"]["pcpuset"], json!([2, 3]));
+            }
+        }
+    }
+
+    #[test]
     fn written_like_nova_writes() {
         let v: Value = serde_json::from_str(r#"{"a": [1, 2], "b": {"c": null}}"#).unwrap();
         assert_eq!(to_nova_json(&v), r#"{"a": [1, 2], "b": {"c": null}}"#);
