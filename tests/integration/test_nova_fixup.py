@@ -147,13 +147,19 @@ def test_secrets_never_reach_output(lab, run_module):
     assert rc == 1 and pw not in json.dumps(res) and f"not-{pw}" not in json.dumps(res), res
 
 
-def test_database_killed_mid_transaction_then_rerun(lab, run_module):
+def test_database_stopped_then_killed_mid_transaction_then_rerun(lab, run_module):
     # Own connections: the kill drops every open one (the shared fixtures' too).
     conn = lab.connect_db()
     u = lab.insert_instance_rows(conn, "cmp1", [1])
     before = rows(conn, u)
     conn.close()
     args = dict(creds(lab), instance_uuid=u, dest_host="cmp2", placement=placement({0: 0}))
+    # MariaDB stopped before the module runs: a clear failure, nothing else
+    os.kill(int(Path(lab.data["db"]["pid_file"]).read_text().strip()), signal.SIGKILL)
+    time.sleep(1)
+    rc, res = run_module("nova_instance_fixup", args)
+    assert rc == 1 and "cannot connect to Nova's database" in res["msg"] and "is MariaDB up" in res["msg"], res
+    assert lab.lab_sh("up").returncode == 0
     env = dict(os.environ, NUMA_REPIN_TEST_PAUSE_BEFORE_COMMIT_S="6")
     argf = Path(lab.data["lab_dir"]) / f"fixup-{u}.json"
     argf.write_text(json.dumps(args))
