@@ -82,6 +82,26 @@ fn memory_by_cell(g: &Guest, topo: &HostTopology) -> Vec<(u32, u64)> {
     }
 }
 
+/// Memory (MiB) per cell and pages per (cell, size) these guests use. `small_pages`: count
+/// guests without hugepages in the smallest (4 KiB) pool too (what the host really has free).
+fn cell_usage<'a>(
+    guests: impl Iterator<Item = &'a Guest>,
+    topo: &HostTopology,
+    small_pages: bool,
+) -> (BTreeMap<u32, u64>, BTreeMap<(u32, u64), u64>) {
+    let mut mem: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut pages: BTreeMap<(u32, u64), u64> = BTreeMap::new();
+    for g in guests {
+        for (cell, mb) in memory_by_cell(g, topo) {
+            *mem.entry(cell).or_default() += mb;
+            if let Some(size) = g.hugepage_kb.or(small_pages.then_some(4)) {
+                *pages.entry((cell, size)).or_default() += mb * 1024 / size;
+            }
+        }
+    }
+    (mem, pages)
+}
+
 /// Combine topology, nova.conf and guests into the facts.
 pub fn build(
     host: &str,
@@ -135,14 +155,9 @@ pub fn build(
     }
 
     // Memory per cell and page usage.
-    let mut mem_used: BTreeMap<u32, u64> = topo.cells.iter().map(|c| (c.id, 0)).collect();
-    let mut pages_used: BTreeMap<(u32, u64), u64> = BTreeMap::new();
-    for g in &guests {
-        for (cell, mb) in memory_by_cell(g, &topo) {
-            *mem_used.entry(cell).or_default() += mb;
-            let size = g.hugepage_kb.unwrap_or(4);
-            *pages_used.entry((cell, size)).or_default() += mb * 1024 / size;
-        }
+    let (mut mem_used, pages_used) = cell_usage(guests.iter(), &topo, true);
+    for c in &topo.cells {
+        mem_used.entry(c.id).or_default();
     }
     for c in topo.cells.iter_mut() {
         for p in c.pages.iter_mut() {
@@ -278,16 +293,8 @@ impl NumaFacts {
             cells: self.cells.clone(),
             ..Default::default()
         };
-        let mut mem_used: BTreeMap<u32, u64> = BTreeMap::new();
-        let mut pages_used: BTreeMap<(u32, u64), u64> = BTreeMap::new();
-        for g in &others {
-            for (cell, mb) in memory_by_cell(g, &topo) {
-                *mem_used.entry(cell).or_default() += mb;
-                if let Some(size) = g.hugepage_kb {
-                    *pages_used.entry((cell, size)).or_default() += mb * 1024 / size;
-                }
-            }
-        }
+        // Nova counts pages only for guests that asked for a page size.
+        let (mem_used, pages_used) = cell_usage(others.iter().copied(), &topo, false);
         let cells = self
             .cells
             .iter()

@@ -17,28 +17,28 @@ use std::collections::{BTreeMap, BTreeSet};
 /// separators, so a rewritten row looks like the ones Nova writes.
 pub fn to_nova_json(v: &Value) -> String {
     struct PyStyle;
+    // Python puts ", " between items and keys alike.
+    fn comma<W: ?Sized + std::io::Write>(w: &mut W, first: bool) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
     impl serde_json::ser::Formatter for PyStyle {
         fn begin_array_value<W: ?Sized + std::io::Write>(
             &mut self,
             w: &mut W,
             first: bool,
         ) -> std::io::Result<()> {
-            if first {
-                Ok(())
-            } else {
-                w.write_all(b", ")
-            }
+            comma(w, first)
         }
         fn begin_object_key<W: ?Sized + std::io::Write>(
             &mut self,
             w: &mut W,
             first: bool,
         ) -> std::io::Result<()> {
-            if first {
-                Ok(())
-            } else {
-                w.write_all(b", ")
-            }
+            comma(w, first)
         }
         fn begin_object_value<W: ?Sized + std::io::Write>(
             &mut self,
@@ -345,7 +345,11 @@ mod tests {
     fn node_cell_versions_queens_to_wallaby() {
         // NUMACell 1.2 (Queens: no network_metadata), 1.4 (Train: pcpuset), 1.5 (Wallaby: socket):
         // the accounting touches the same fields and keeps the rest.
-        for (ver, extra) in [("1.2", ""), ("1.4", r#","pcpuset":[2,3]"#), ("1.5", r#","pcpuset":[2,3],"socket":0"#)] {
+        for (ver, extra) in [
+            ("1.2", ""),
+            ("1.4", r#","pcpuset":[2,3]"#),
+            ("1.5", r#","pcpuset":[2,3],"socket":0"#),
+        ] {
             let text = format!(
                 r#"{{"nova_object.name":"NUMATopology","nova_object.namespace":"nova","nova_object.version":"1.2","nova_object.data":{{"cells":[{{"nova_object.name":"NUMACell","nova_object.namespace":"nova","nova_object.version":"{ver}","nova_object.data":{{"id":0,"cpuset":[0,1],"memory":4096,"cpu_usage":2,"memory_usage":2048,"pinned_cpus":[2,3],"siblings":[[2],[3]],"mempages":[]{extra}}}}}]}}}}"#
             );
