@@ -173,9 +173,15 @@ fn main() {
 
 fn drain(d: &DrainArgs, opts: &FitOptions) -> Outcome {
     let mut guests = Vec::new();
+    let mut skipped = Vec::new();
     for s in &d.sources {
         for g in &s.guests {
             if d.guests.is_empty() || d.guests.iter().any(|w| w == &g.name || w == &g.uuid) {
+                // Floating guests have no pins to recompute: Nova's own live migration moves them.
+                if !g.is_dedicated() {
+                    skipped.push(serde_json::json!({"guest": g.name, "uuid": g.uuid, "source": s.host, "reason": "not pinned (no hw:cpu_policy=dedicated): use nova live-migration"}));
+                    continue;
+                }
                 guests.push(DrainGuest {
                     name: g.name.clone(),
                     uuid: g.uuid.clone(),
@@ -188,11 +194,13 @@ fn drain(d: &DrainArgs, opts: &FitOptions) -> Outcome {
     let hosts = d.candidates.iter().map(|f| f.host_state(None)).collect();
     let plan = fit::plan_drain(hosts, &guests, opts);
     let msg = format!(
-        "drain plan: {} guests placed, {} cannot be placed",
+        "drain plan: {} pinned guests placed, {} cannot be placed, {} unpinned left to Nova",
         plan.moves.len(),
-        plan.unplaced.len()
+        plan.unplaced.len(),
+        skipped.len()
     );
     Outcome::new(false, msg)
         .with("plan", &plan)
+        .with("skipped", &skipped)
         .with("fits", plan.unplaced.is_empty())
 }

@@ -113,3 +113,16 @@ def test_pin_fit_check_bad_requests():
     assert rc == 1 and "argument 'host_facts" in out["msg"]
     rc, out = module("pin_fit_check", {"host_facts": host, "request": {"vcpus": 1, "memory_mb": 64}})
     assert rc == 0 and out["fits"] and out["numa"] is False
+
+
+def test_drain_plan_leaves_unpinned_guests_to_nova(tmp_path):
+    floating = tmp_path / "floating.xml"
+    floating.write_text("<domain type='kvm'><name>float-1</name><uuid>6f1b6a7e-1d1a-4b8e-9e44-0e8b3f6c0a09</uuid>"
+                        "<memory unit='MiB'>512</memory><vcpu placement='static' cpuset='2-23'>2</vcpu></domain>")
+    rc, src = module("numa_facts", {"capabilities_file": str(FIX / "saved/caps-2s12c2t.xml"), "host": "src",
+                                    "domain_files": [str(FIX / "saved/web-1.xml"), str(floating)]})
+    rc, dst = module("numa_facts", {"capabilities_file": str(FIX / "saved/caps-2s12c2t.xml"), "host": "dst"})
+    rc, out = module("pin_fit_check", {"drain": {"sources": [src["ansible_facts"]["numa"]], "candidates": [dst["ansible_facts"]["numa"]]}})
+    assert rc == 0, out
+    assert [m["guest"] for m in out["plan"]["moves"]] == ["web-1"]
+    assert [s["guest"] for s in out["skipped"]] == ["float-1"] and "not pinned" in out["skipped"][0]["reason"]
