@@ -3,8 +3,8 @@
 # The lab (tests/lab/lab.sh) installs the daemons it runs; this is the build/test toolchain.
 set -euo pipefail
 need_apt=()
-# chromium: the fleet report's PNG export and its rendering test
-for p in libvirt-dev libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu pkg-config libssl-dev gcc chromium; do
+# chromium: the fleet report's PNG export and its rendering test; patch/diffutils: the Nova patch (apply, diff)
+for p in libvirt-dev libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu pkg-config libssl-dev gcc chromium patch diffutils; do
   dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
