@@ -1,5 +1,7 @@
-//! Nova: the nova.conf subset that governs pinning (and later the numa_topology codec and DB).
+//! Nova: the nova.conf subset that governs pinning, the numa_topology codec, DB access, and the
+//! rollout of the in-band Nova patch into its containers.
 
 pub mod conf;
 pub mod db;
 pub mod numa_json;
+pub mod patch;

@@ -728,6 +728,9 @@ for h in ("cmp1", "cmp2"):
     v = hosts[h]
     inv += ["        %s:" % h, "          libvirt_uri: %s" % v["libvirt_uri"], "          nova_conf: %s" % v["nova_conf"],
             "          migrate_address: %s" % v["migrate_address"], "          vcpu_pin_set: '%s'" % v["vcpu_pin_set"]]
+    if h != lab["containers"]["nova_compute_host"]:
+        # One nova_compute container in the lab, on its host; the Nova patch rollout skips the other.
+        inv += ["          nova_patch_containers: {}"]
 inv += ["    control:", "      hosts:", "        control:",
         "          nova_conductor_conf: %s" % lab["db"]["nova_conductor_conf"],
         "          kolla_passwords: %s" % lab["db"]["passwords_file"],
