@@ -499,21 +499,27 @@ fn rollback(engine: &Engine, touched: &[&ContainerPlan], restart: bool, timeout:
     let mut errors = Vec::new();
     for p in touched {
         let r = (|| -> Result<()> {
+            // `cp` works on a stopped container (one that died on the new files): put the old
+            // files back first, then start it, then the exec-based cleanup.
+            let was_running = engine.state(&p.name)?.running;
             for f in p.changes() {
-                put(engine, &p.name, &f.path, f.current.as_deref())?;
-                clear_bytecode(engine, &p.name, &f.path)?;
-                if f.current.is_none() {
-                    continue;
+                if let Some(old) = f.current.as_deref() {
+                    engine.write_file(&p.name, &f.path, old)?;
                 }
-                let _ = engine.exec(&p.name, &["rm", "-f", &format!("{}.numa-repin.orig", f.path)]);
             }
-            if restart || !engine.state(&p.name)?.running {
-                // A container that died on the patched files is started, not restarted.
-                if engine.state(&p.name)?.running {
-                    engine.restart(&p.name)?;
+            if !was_running {
+                engine.start(&p.name)?;
+            }
+            for f in p.changes() {
+                if f.current.is_none() {
+                    put(engine, &p.name, &f.path, None)?;
                 } else {
-                    engine.start(&p.name)?;
+                    let _ = engine.exec(&p.name, &["rm", "-f", &format!("{}.numa-repin.orig", f.path)]);
                 }
+                clear_bytecode(engine, &p.name, &f.path)?;
+            }
+            if restart && was_running {
+                engine.restart(&p.name)?;
             }
             engine.wait_healthy(&p.name, timeout, || Ok(()))?;
             verify(engine, p, |f| f.current.as_deref())

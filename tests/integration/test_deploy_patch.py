@@ -1,0 +1,254 @@
+"""deploy_patched_nova and playbooks/deploy_nova_patch.yml in the lab's real containers (docker,
+Kolla venv layout, Nova 19.3.2): apply, rerun, absent, refusal of a different Nova, injected
+failing health check and failing restart with automatic rollback, bad input."""
+import hashlib
+import json
+import subprocess
+import uuid as uuidlib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PATCH = REPO / "roles" / "nova_patch" / "files"
+MANIFEST = json.loads((PATCH / "19.3.2" / "manifest.json").read_text())
+CONDUCTOR_PARTS = ["conductor/", "db/", "numa_repin_patch.py"]
+COMPUTE_PARTS = ["compute/", "virt/", "numa_repin_patch.py"]
+ALL_PARTS = CONDUCTOR_PARTS + COMPUTE_PARTS
+
+
+def nova_dir(lab):
+    return lab.data["containers"]["nova_site_packages"] + "/nova"
+
+
+def raw_sums(lab, name, paths):
+    """sha256sum inside the container (bytes exact), for the byte-identical checks."""
+    r = lab.engine("exec", name, "sha256sum", *[nova_dir(lab) + "/" + p for p in paths], check=False)
+    got = {}
+    for line in r.stdout.splitlines():
+        digest, path = line.split(None, 1)
+        got[path[len(nova_dir(lab)) + 1:]] = digest
+    return {p: got.get(p) for p in paths}
+
+
+def pristine(parts=ALL_PARTS):
+    return {f["path"]: f["pristine_sha256"] for f in MANIFEST["files"]
+            if any(f["path"] == p or (p.endswith("/") and f["path"].startswith(p)) for p in parts)}
+
+
+def patched(parts=ALL_PARTS):
+    return {f["path"]: f["patched_sha256"] for f in MANIFEST["files"]
+            if any(f["path"] == p or (p.endswith("/") and f["path"].startswith(p)) for p in parts)}
+
+
+PATHS = [f["path"] for f in MANIFEST["files"]]
+
+
+def running(lab, name):
+    return lab.engine("inspect", "-f", "{{.State.Running}}", name).stdout.strip() == "true"
+
+
+def args(lab, containers, tmp_path, **kw):
+    a = {"patch_dir": str(PATCH), "containers": containers, "backup_dir": str(tmp_path / "backup"),
+         "health_timeout_s": 30}
+    a.update(kw)
+    return a
+
+
+@pytest.fixture
+def custom_container(lab):
+    """A container of the lab's Nova image with extra `docker run` flags and command."""
+    made = []
+
+    def make(flags=(), command=("sleep", "infinity")):
+        c = lab.data["containers"]
+        name = "nrl-test-%s" % uuidlib.uuid4().hex[:8]
+        lab.engine(*(["run", "-d"] + c["run_flags"] + ["--name", name, "--label", "%s=test" % c["label"]]
+                     + list(flags) + [c["nova_image"]] + list(command)))
+        made.append(name)
+        return name
+
+    yield make
+    for n in made:
+        lab.remove_container(n)
+
+
+def test_apply_rerun_absent_on_a_fresh_container(lab, fresh_container, run_module, tmp_path):
+    c = fresh_container()
+    assert raw_sums(lab, c, PATHS) == pristine()
+    rc, res = run_module("deploy_patched_nova", args(lab, {c: ALL_PARTS}, tmp_path), check_mode=True, diff=True)
+    assert res["changed"] and not res.get("failed"), res
+    assert set(res["containers"][c]["files"].values()) == {"would patch"}
+    assert "+from nova import numa_repin_patch" in "".join(d.get("prepared", "") for d in res["diff"])
+    assert raw_sums(lab, c, PATHS) == pristine(), "check mode changed nothing"
+
+    rc, res = run_module("deploy_patched_nova", args(lab, {c: ALL_PARTS}, tmp_path))
+    assert res["changed"] and not res.get("failed"), res
+    assert res["release"] == "19.3.2" and res["containers"][c]["restarted"]
+    assert res["containers"][c]["nova_path"] == nova_dir(lab)
+    assert raw_sums(lab, c, PATHS) == patched()
+    assert running(lab, c)
+    # the patched modules import with the container's own Python
+    imp = lab.engine("exec", c, lab.data["containers"]["nova_python"], "-c",
+                     "import nova.numa_repin_patch, nova.conductor.tasks.live_migrate, nova.compute.manager, "
+                     "nova.virt.libvirt.driver; print('ok')", check=False)
+    assert imp.returncode == 0 and "ok" in imp.stdout, imp.stderr[-1500:]
+    # fresh bytecode of the patched file, none stale
+    pyc = lab.engine("exec", c, "sh", "-c", "ls %s/conductor/tasks/__pycache__/ | grep live_migrate" % nova_dir(lab))
+    assert "live_migrate.cpython-37.pyc" in pyc.stdout
+
+    rc, res = run_module("deploy_patched_nova", args(lab, {c: ALL_PARTS}, tmp_path))
+    assert not res["changed"] and not res.get("failed"), res
+
+    rc, res = run_module("deploy_patched_nova", args(lab, {c: ALL_PARTS}, tmp_path, state="absent"), diff=True)
+    assert res["changed"] and not res.get("failed"), res
+    assert raw_sums(lab, c, PATHS) == pristine(), "sha256-identical pristine files, new file gone"
+    left = lab.engine("exec", c, "sh", "-c", "find %s -name '*.numa-repin.orig'" % nova_dir(lab)).stdout.strip()
+    assert left == ""
+    rc, res = run_module("deploy_patched_nova", args(lab, {c: ALL_PARTS}, tmp_path, state="absent"))
+    assert not res["changed"] and not res.get("failed"), res
+
+
+def test_absent_restores_from_the_container_copy_when_the_host_backup_is_gone(lab, fresh_container, run_module,
+                                                                             tmp_path):
+    c = fresh_container()
+    rc, res = run_module("deploy_patched_nova", args(lab, {c: CONDUCTOR_PARTS}, tmp_path, restart=False))
+    assert res["changed"] and "not restarted" in res["msg"], res
+    subprocess.run(["rm", "-rf", str(tmp_path / "backup")], check=True)
+    rc, res = run_module("deploy_patched_nova", args(lab, {c: CONDUCTOR_PARTS}, tmp_path, state="absent"))
+    assert res["changed"] and not res.get("failed"), res
+    assert raw_sums(lab, c, PATHS) == pristine()
+
+
+def test_different_nova_version_is_refused_and_nothing_changes(lab, fresh_container, run_module, tmp_path):
+    """A second container whose Nova is not 19.3.2 (here: its conductor file is Rocky's): refused by
+    checksum, naming the file, and the good container beside it is not touched either."""
+    good, other = fresh_container(), fresh_container()
+    wheel = Path("/var/cache/numa-repin/nova-wheels/nova-18.3.0-py2.py3-none-any.whl")
+    if not wheel.exists():
+        subprocess.run(["python3", "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
+                        "nova==18.3.0", "-d", str(wheel.parent)], check=True)
+    rocky = tmp_path / "live_migrate.py"
+    import zipfile
+    with zipfile.ZipFile(wheel) as z:
+        rocky.write_bytes(z.read("nova/conductor/tasks/live_migrate.py"))
+    lab.engine("cp", str(rocky), "%s:%s/conductor/tasks/live_migrate.py" % (other, nova_dir(lab)))
+    before = {n: raw_sums(lab, n, PATHS) for n in (good, other)}
+    rc, res = run_module("deploy_patched_nova", args(lab, {good: ALL_PARTS, other: CONDUCTOR_PARTS}, tmp_path,
+                                                     release="19.3.2"))
+    assert res.get("failed") and not res.get("changed"), res
+    assert "conductor/tasks/live_migrate.py" in res["msg"] and other in res["msg"]
+    assert "nothing was changed" in res["msg"]
+    assert {n: raw_sums(lab, n, PATHS) for n in (good, other)} == before
+    assert not (tmp_path / "backup").exists()
+
+
+def test_auto_detects_another_release_and_takes_its_patch(lab, fresh_container, run_module, tmp_path):
+    """A container holding Nova 18.3.0 (package and metadata): release auto picks the Rocky patch set,
+    whose pristine checksums match (check mode: Rocky itself does not import on this image's
+    Python 3.7, so the health gate could not pass here)."""
+    c = fresh_container()
+    wheel = Path("/var/cache/numa-repin/nova-wheels/nova-18.3.0-py2.py3-none-any.whl")
+    site = lab.data["containers"]["nova_site_packages"]
+    import zipfile
+    with zipfile.ZipFile(wheel) as z:
+        z.extractall(tmp_path / "rocky")
+    lab.engine("exec", c, "rm", "-rf", site + "/nova", site + "/nova-19.3.2.dist-info")
+    lab.engine("cp", str(tmp_path / "rocky" / "nova"), "%s:%s/nova" % (c, site))
+    lab.engine("cp", str(tmp_path / "rocky" / "nova-18.3.0.dist-info"), "%s:%s/nova-18.3.0.dist-info" % (c, site))
+    rc, res = run_module("deploy_patched_nova", args(lab, {c: ALL_PARTS}, tmp_path), check_mode=True)
+    assert res["changed"] and not res.get("failed"), res
+    assert res["release"] == "18.3.0" and res["containers"][c]["nova_version"] == "18.3.0"
+    assert set(res["containers"][c]["files"].values()) == {"would patch"}
+
+
+def test_failing_health_check_rolls_back(lab, custom_container, run_module, tmp_path):
+    """The container's own healthcheck turns unhealthy once the patch is in: rollback, files
+    byte-identical, container running and healthy again."""
+    marker = nova_dir(lab) + "/numa_repin_patch.py"
+    c = custom_container(["--health-cmd", "test ! -e %s" % marker, "--health-interval", "1s",
+                          "--health-retries", "1", "--health-start-period", "0s"])
+    before = raw_sums(lab, c, PATHS)
+    rc, res = run_module("deploy_patched_nova", args(lab, {c: ALL_PARTS}, tmp_path))
+    assert res.get("failed") and res.get("rolled_back") is True, res
+    assert res["failed_step"] == "health gate" and "unhealthy" in res["msg"]
+    assert raw_sums(lab, c, PATHS) == before
+    assert running(lab, c)
+
+
+def test_failing_restart_rolls_back(lab, custom_container, run_module, tmp_path):
+    """The container dies when restarted with the patch (exit 3): the files are put back into the
+    stopped container, it is started, and it runs byte-identical to before."""
+    c = custom_container(command=["sh", "-c", "if [ -e /fail-once ]; then rm -f /fail-once; exit 3; fi; "
+                                              "exec sleep infinity"])
+    lab.engine("exec", c, "touch", "/fail-once")
+    before = raw_sums(lab, c, PATHS)
+    rc, res = run_module("deploy_patched_nova", args(lab, {c: ALL_PARTS}, tmp_path))
+    assert res.get("failed") and res.get("rolled_back") is True, res
+    assert "exit code 3" in res["msg"], res["msg"]
+    assert raw_sums(lab, c, PATHS) == before
+    assert running(lab, c)
+
+
+def test_bad_input_fails_clearly(lab, run_module, tmp_path):
+    rc, res = run_module("deploy_patched_nova", args(lab, {"no-such-container-x": ALL_PARTS}, tmp_path))
+    assert res.get("failed") and "no container named no-such-container-x" in res["msg"], res
+    rc, res = run_module("deploy_patched_nova", args(lab, {"nova_compute": ALL_PARTS}, tmp_path, state="gone"))
+    assert res.get("failed") and "state" in res["msg"], res
+    rc, res = run_module("deploy_patched_nova", args(lab, {"nova_compute": ALL_PARTS}, tmp_path, releases="x"))
+    assert res.get("failed") and "releases" in res["msg"], res
+    rc, res = run_module("deploy_patched_nova", dict(args(lab, {"nova_compute": ALL_PARTS}, tmp_path),
+                                                     patch_dir=str(tmp_path / "none")))
+    assert res.get("failed") and "no patch for Nova 19.3.2" in res["msg"], res
+    assert "Traceback" not in json.dumps(res) and "panicked" not in json.dumps(res)
+
+
+def recap(out):
+    """{host: {'changed': n, 'failed': n}} from ansible-playbook's PLAY RECAP."""
+    got = {}
+    for line in out.split("PLAY RECAP")[-1].splitlines():
+        if ":" in line and "ok=" in line:
+            host, rest = line.split(":", 1)
+            kv = dict(x.split("=") for x in rest.split())
+            got[host.strip()] = {"changed": int(kv["changed"]), "failed": int(kv["failed"])}
+    return got
+
+
+def test_playbook_rolls_into_the_lab_containers_and_back(lab, ansible_playbook):
+    """deploy_nova_patch.yml on the lab inventory: nova_compute (cmp1) and nova_conductor (control);
+    check mode changes nothing; rerun unchanged; the audit reports patched; the rollback playbook
+    restores sha256-identical files."""
+    r = ansible_playbook(REPO / "playbooks" / "rollback_nova_patch.yml")     # start from pristine
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert raw_sums(lab, "nova_conductor", PATHS) == pristine() and raw_sums(lab, "nova_compute", PATHS) == pristine()
+
+    r = ansible_playbook(REPO / "playbooks" / "deploy_nova_patch.yml", check=True, diff=True)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert "+from nova import numa_repin_patch" in r.stdout
+    assert raw_sums(lab, "nova_conductor", PATHS) == pristine() and raw_sums(lab, "nova_compute", PATHS) == pristine()
+
+    r = ansible_playbook(REPO / "playbooks" / "deploy_nova_patch.yml")
+    assert r.returncode == 0, r.stdout[-3000:]
+    rc = recap(r.stdout)
+    assert rc["cmp1"]["changed"] >= 1 and rc["control"]["changed"] >= 1 and rc["cmp2"]["changed"] == 0, rc
+    # compute first, conductor last
+    assert r.stdout.index("nova_compute") < r.stdout.index("nova_conductor")
+    assert raw_sums(lab, "nova_conductor", PATHS) == dict(pristine(), **patched(CONDUCTOR_PARTS))
+    assert raw_sums(lab, "nova_compute", PATHS) == dict(pristine(), **patched(COMPUTE_PARTS))
+    assert running(lab, "nova_conductor") and running(lab, "nova_compute")
+
+    r = ansible_playbook(REPO / "playbooks" / "deploy_nova_patch.yml")
+    assert r.returncode == 0 and all(v["changed"] == 0 for v in recap(r.stdout).values()), r.stdout[-3000:]
+
+    r = ansible_playbook(REPO / "playbooks" / "numa_audit.yml", extra_vars={"numa_audit_report_name": "patch-test"})
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert "cmp1 nova_compute: patched (Nova 19.3.2)" in r.stdout
+    assert "control nova_conductor: patched (Nova 19.3.2)" in r.stdout
+    assert all(v["changed"] == 0 for v in recap(r.stdout).values())
+
+    r = ansible_playbook(REPO / "playbooks" / "rollback_nova_patch.yml")
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert raw_sums(lab, "nova_conductor", PATHS) == pristine() and raw_sums(lab, "nova_compute", PATHS) == pristine()
+    assert running(lab, "nova_conductor") and running(lab, "nova_compute")
+    r = ansible_playbook(REPO / "playbooks" / "numa_audit.yml", extra_vars={"numa_audit_report_name": "patch-test"})
+    assert "cmp1 nova_compute: unpatched (Nova 19.3.2)" in r.stdout, r.stdout[-3000:]
