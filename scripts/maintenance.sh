@@ -2,8 +2,8 @@
 # The main job on the local lab, from a fresh Debian 12 machine (root): build the modules, bring
 # the lab up (two libvirt compute hosts, Nova's DB, Kolla-like containers), then run the
 # maintenance chain an operator runs: audit, drain cmp1 (facts -> plan -> repinned live
-# migration -> Nova DB fixup -> verify), audit again, roll out the Nova patch. Prints what
-# happened and where the report is.
+# migration -> Nova DB fixup -> verify), roll out the Nova patch (computes first, health-gated),
+# audit again. Prints what happened and where the report is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -19,10 +19,9 @@ export NUMA_REPIN_REPORT_DIR=${NUMA_REPIN_REPORT_DIR:-$PWD/report}
 run() { echo; echo "=== ansible-playbook $*"; ansible-playbook -i "$inv" "$@"; }
 run playbooks/numa_audit.yml -e numa_audit_report_name=audit-before
 run playbooks/drain_host.yml -e target_host="$target"
+run playbooks/deploy_nova_patch.yml
+# The final audit shows the drained host, zero DB drift, and the patch status per container.
 run playbooks/numa_audit.yml -e numa_audit_report_name=audit-after
-if [ -f playbooks/deploy_nova_patch.yml ]; then
-  run playbooks/deploy_nova_patch.yml
-fi
 echo
 echo "maintenance chain done; reports:"
 ls -1 "$NUMA_REPIN_REPORT_DIR"/*.html

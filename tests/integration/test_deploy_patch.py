@@ -203,6 +203,14 @@ def test_bad_input_fails_clearly(lab, run_module, tmp_path):
     assert "Traceback" not in json.dumps(res) and "panicked" not in json.dumps(res)
 
 
+def report_dir(out):
+    """The report directory the audit printed (report.yml's last message)."""
+    import re
+    m = re.findall(r"(/\S+)/patch-test\.html", out)
+    assert m, out[-3000:]
+    return m[-1]
+
+
 def recap(out):
     """{host: {'changed': n, 'failed': n}} from ansible-playbook's PLAY RECAP."""
     got = {}
@@ -245,6 +253,12 @@ def test_playbook_rolls_into_the_lab_containers_and_back(lab, ansible_playbook):
     assert "cmp1 nova_compute: patched (Nova 19.3.2)" in r.stdout
     assert "control nova_conductor: patched (Nova 19.3.2)" in r.stdout
     assert all(v["changed"] == 0 for v in recap(r.stdout).values())
+    html = Path(report_dir(r.stdout), "patch-test.html").read_text()
+    assert "Nova patch status" in html and "nova_conductor" in html and ">patched<" in html
+
+    r = ansible_playbook(REPO / "playbooks" / "rollback_nova_patch.yml", check=True, diff=True)
+    assert r.returncode == 0 and "-from nova import numa_repin_patch" in r.stdout, r.stdout[-3000:]
+    assert raw_sums(lab, "nova_compute", PATHS) == dict(pristine(), **patched(COMPUTE_PARTS)), "check changed nothing"
 
     r = ansible_playbook(REPO / "playbooks" / "rollback_nova_patch.yml")
     assert r.returncode == 0, r.stdout[-3000:]
