@@ -215,7 +215,7 @@ def _pick(cell, free, n, thread_policy):
     return pool[:n], pool[:n]
 
 
-def _cell_reason(cell, free, need_cpus, need_mem, pagesize):
+def _cell_reason(cell, free, pagesize):
     return "cell %d: %d free pCPUs, %d MiB free" % (
         cell["id"], len(free), _free_memory(cell, pagesize))
 
@@ -256,7 +256,7 @@ def plan(instance_numa, compute_numa, same_host=False):
             mem_ok = _free_memory(h, g["pagesize"]) >= g["memory"]
             picked = _pick(h, free, need, g["thread_policy"]) if mem_ok else None
             if picked is None:
-                reasons.append(_cell_reason(h, free, need, g["memory"], g["pagesize"]))
+                reasons.append(_cell_reason(h, free, g["pagesize"]))
                 continue
             key = (len(free) - len(picked[1]), h["id"])
             if best is None or key < best[0]:
@@ -469,13 +469,7 @@ def persist_live_pins(host, instance):
 def release_on_source(rt, context, instance, nodename):
     """Source compute, first of the three DB steps: free the instance's
     pinned pCPUs and memory in the source node's accounting."""
-    if not is_pinned(instance.numa_topology):
-        return
-    try:
-        _with_rt_lock(lambda: _rt_update(rt, context, instance, nodename, True))
-    except Exception:
-        LOG.exception("numa-repin: releasing %s on %s failed; the periodic "
-                      "resource update will", instance.uuid, nodename)
+    _rt_step(rt, context, instance, nodename, True)
 
 
 def update_topology_from_guest(driver, instance):
@@ -499,13 +493,19 @@ def update_topology_from_guest(driver, instance):
 def account_on_destination(rt, context, instance, nodename):
     """Destination compute, third step: account the instance (with its new
     pins) on the destination node."""
+    _rt_step(rt, context, instance, nodename, False)
+
+
+def _rt_step(rt, context, instance, nodename, removed):
     if not is_pinned(instance.numa_topology) or not nodename:
         return
     try:
-        _with_rt_lock(lambda: _rt_update(rt, context, instance, nodename, False))
+        _with_rt_lock(lambda: _rt_update(rt, context, instance, nodename,
+                                         removed))
     except Exception:
-        LOG.exception("numa-repin: accounting %s on %s failed; the periodic "
-                      "resource update will", instance.uuid, nodename)
+        LOG.exception("numa-repin: %s %s on %s failed; the periodic resource "
+                      "update will do it", "releasing" if removed
+                      else "accounting", instance.uuid, nodename)
 
 
 def _with_rt_lock(fn):
