@@ -213,6 +213,8 @@ struct FilePlan {
     current: Option<Vec<u8>>,
     target: Option<Vec<u8>>,
     status: String,
+    /// The current file is pristine Nova (the only content ever backed up as "original").
+    pristine: bool,
 }
 
 struct ContainerPlan {
@@ -273,6 +275,7 @@ pub fn run(a: Args, ctx: &Context) -> Result<Outcome> {
             sets.insert(release.clone(), set);
         }
         let set = &sets[&release];
+        let written = load_written(&a.backup_dir, name, &release);
         let mut files = Vec::new();
         for (mf, patched) in set.files.iter().filter(|(f, _)| matches(&f.path, parts)) {
             let path = format!("{}/{}", info.path.trim_end_matches('/'), mf.path);
@@ -280,13 +283,18 @@ pub fn run(a: Args, ctx: &Context) -> Result<Outcome> {
             let cur_sha = current.as_deref().map(sha256_hex);
             let is_patched = cur_sha.as_deref() == Some(mf.patched_sha256.as_str());
             let is_pristine = cur_sha == mf.pristine_sha256;
-            if !is_patched && !is_pristine {
+            // An earlier build of this patch, as recorded when we wrote it: updated or removed
+            // like a patched file (a local edit matches no record and is refused).
+            let is_ours = !is_patched && !is_pristine && cur_sha.is_some()
+                && written.get(&mf.path) == cur_sha.as_ref();
+            if !is_patched && !is_pristine && !is_ours {
                 refusals.push(format!(
                     "{name}:{path} is neither pristine Nova {release} nor patched (sha256 {}, pristine {}, patched {})",
                     cur_sha.as_deref().unwrap_or("absent"), mf.pristine_sha256.as_deref().unwrap_or("absent"), mf.patched_sha256));
                 continue;
             }
             let (target, status) = match a.state {
+                PatchState::Present if is_ours => (Some(patched.clone()), "would update"),
                 PatchState::Present => (Some(patched.clone()), if is_patched { "patched" } else { "would patch" }),
                 PatchState::Absent => {
                     if is_pristine {
@@ -296,7 +304,7 @@ pub fn run(a: Args, ctx: &Context) -> Result<Outcome> {
                     }
                 }
             };
-            files.push(FilePlan { rel: mf.path.clone(), path, current, target, status: status.into() });
+            files.push(FilePlan { rel: mf.path.clone(), path, current, target, status: status.into(), pristine: is_pristine });
         }
         if files.is_empty() {
             return Err(Failure::new(format!("{M}: no file of the Nova {release} patch matches the parts {parts:?} given for {name}")).into());
@@ -423,11 +431,40 @@ fn apply(engine: &Engine, p: &ContainerPlan, a: &Args, timeout: Duration, restar
         .wait_healthy(&p.name, timeout, || import_check(engine, p, &modules))
         .map_err(|e| ("health gate", e))?;
     // The files must be what we meant, after the restart too.
-    verify(engine, p, |f| f.target.as_deref()).map_err(|e| ("verification", e))
+    verify(engine, p, |f| f.target.as_deref()).map_err(|e| ("verification", e))?;
+    record_written(&a.backup_dir, p, a.state).map_err(|e| ("recording the written checksums", e))
+}
+
+/// `<backup_dir>/<container>/<release>/written.json`: path -> sha256 of what this module wrote,
+/// so a later build of the patch recognises (and updates or removes) an earlier one.
+fn written_path(dir: &Path, container: &str, release: &str) -> PathBuf {
+    dir.join(container).join(release).join("written.json")
+}
+
+fn load_written(dir: &Path, container: &str, release: &str) -> BTreeMap<String, String> {
+    std::fs::read_to_string(written_path(dir, container, release))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+fn record_written(dir: &Path, p: &ContainerPlan, state: PatchState) -> Result<()> {
+    let path = written_path(dir, &p.name, &p.release);
+    if state == PatchState::Absent {
+        return match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+            _ => Ok(()),
+        };
+    }
+    let map: BTreeMap<&str, String> =
+        p.files.iter().filter_map(|f| f.target.as_deref().map(|t| (f.rel.as_str(), sha256_hex(t)))).collect();
+    std::fs::create_dir_all(path.parent().context("written path")?)?;
+    std::fs::write(&path, serde_json::to_vec_pretty(&map)?).with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn backup(engine: &Engine, p: &ContainerPlan, dir: &Path) -> Result<()> {
-    for f in p.changes() {
+    // Only pristine Nova is ever kept as the original (an earlier patch build is not).
+    for f in p.changes().filter(|f| f.pristine) {
         let Some(orig) = f.current.as_deref() else { continue };
         let host = backup_path(dir, &p.name, &p.release, &f.rel);
         std::fs::create_dir_all(host.parent().context("backup path")?)

@@ -120,6 +120,40 @@ def test_absent_restores_from_the_container_copy_when_the_host_backup_is_gone(la
     assert raw_sums(lab, c, PATHS) == pristine()
 
 
+def test_an_earlier_patch_build_is_updated_and_a_local_edit_refused(lab, fresh_container, run_module, tmp_path):
+    """A container patched with an earlier build of the patch (recorded when written) takes the
+    new build ("would update"); the pristine backup stays the original; a local edit is refused."""
+    import shutil
+    old = tmp_path / "old"
+    shutil.copytree(PATCH / "19.3.2", old / "19.3.2")
+    core = old / "19.3.2" / "nova" / "numa_repin_patch.py"
+    core.write_bytes(core.read_bytes() + b"# an earlier build\n")
+    m = json.loads((old / "19.3.2" / "manifest.json").read_text())
+    for f in m["files"]:
+        if f["path"] == "numa_repin_patch.py":
+            f["patched_sha256"] = hashlib.sha256(core.read_bytes()).hexdigest()
+    (old / "19.3.2" / "manifest.json").write_text(json.dumps(m))
+    c = fresh_container()
+    rc, res = run_module("deploy_patched_nova", dict(args(lab, {c: ALL_PARTS}, tmp_path), patch_dir=str(old),
+                                                     restart=False))
+    assert res["changed"] and not res.get("failed"), res
+
+    rc, res = run_module("deploy_patched_nova", args(lab, {c: ALL_PARTS}, tmp_path, restart=False), check_mode=True)
+    assert res["changed"] and res["containers"][c]["files"]["numa_repin_patch.py"] == "would update", res
+    rc, res = run_module("deploy_patched_nova", args(lab, {c: ALL_PARTS}, tmp_path))
+    assert res["changed"] and not res.get("failed"), res
+    assert raw_sums(lab, c, PATHS) == patched()
+
+    lab.engine("exec", c, "sh", "-c", "echo '# local' >> %s/numa_repin_patch.py" % nova_dir(lab))
+    rc, res = run_module("deploy_patched_nova", args(lab, {c: ALL_PARTS}, tmp_path))
+    assert res.get("failed") and "numa_repin_patch.py is neither" in res["msg"], res
+    lab.engine("exec", c, "sh", "-c", "sed -i '$d' %s/numa_repin_patch.py" % nova_dir(lab))
+
+    rc, res = run_module("deploy_patched_nova", args(lab, {c: ALL_PARTS}, tmp_path, state="absent"))
+    assert res["changed"] and not res.get("failed"), res
+    assert raw_sums(lab, c, PATHS) == pristine()
+
+
 def test_different_nova_version_is_refused_and_nothing_changes(lab, fresh_container, run_module, tmp_path):
     """A second container whose Nova is not 19.3.2 (here: its conductor file is Rocky's): refused by
     checksum, naming the file, and the good container beside it is not touched either."""
