@@ -252,6 +252,10 @@ pub fn run(a: Args, ctx: &Context) -> Result<Outcome> {
             missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "), engine.bin)).into());
     }
 
+    // One rollout per host at a time (two plays, or an operator beside the playbook): the
+    // plan below must still hold when the files change. Check mode only reads.
+    let _lock = if ctx.check_mode { None } else { Some(lock_rollout(&a.backup_dir)?) };
+
     // Plan every container before changing any: a refusal anywhere changes nothing anywhere.
     let mut sets: BTreeMap<String, PatchSet> = BTreeMap::new();
     let mut plans = Vec::new();
@@ -371,6 +375,26 @@ pub fn run(a: Args, ctx: &Context) -> Result<Outcome> {
         .collect();
     out.set("containers", report(&done, &restarted));
     Ok(out)
+}
+
+fn lock_rollout(dir: &Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(dir).map_err(|e| Failure::new(format!("{M}: cannot create backup_dir {}: {e}", dir.display())))?;
+    let path = dir.join(".rollout.lock");
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)
+        .map_err(|e| Failure::new(format!("{M}: cannot open {}: {e}", path.display())))?;
+    let t0 = std::time::Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if t0.elapsed() < Duration::from_secs(600) => {
+                std::thread::sleep(Duration::from_millis(200))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Failure::new(format!("{M}: another rollout on this host has held {} for 10 minutes; let it finish", path.display())).into())
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Failure::new(format!("{M}: cannot lock {}: {e}", path.display())).into()),
+        }
+    }
 }
 
 fn report(plans: &[ContainerPlan], restarted: &BTreeSet<String>) -> Value {

@@ -154,6 +154,19 @@ def test_an_earlier_patch_build_is_updated_and_a_local_edit_refused(lab, fresh_c
     assert raw_sums(lab, c, PATHS) == pristine()
 
 
+def test_two_rollouts_at_once_do_not_interleave(lab, fresh_container, run_module, tmp_path):
+    """Two runs against one container at the same time: the host lock serialises them; one
+    patches, the other then finds it patched; neither fails."""
+    from concurrent.futures import ThreadPoolExecutor
+    c = fresh_container()
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: run_module("deploy_patched_nova", args(lab, {c: ALL_PARTS}, tmp_path))[1],
+                                range(2)))
+    assert not any(r.get("failed") for r in results), results
+    assert sorted(r["changed"] for r in results) == [False, True]
+    assert raw_sums(lab, c, PATHS) == patched()
+
+
 def test_different_nova_version_is_refused_and_nothing_changes(lab, fresh_container, run_module, tmp_path):
     """A second container whose Nova is not 19.3.2 (here: its conductor file is Rocky's): refused by
     checksum, naming the file, and the good container beside it is not touched either."""
