@@ -60,11 +60,11 @@ def custom_container(lab):
     """A container of the lab's Nova image with extra `docker run` flags and command."""
     made = []
 
-    def make(flags=(), command=("sleep", "infinity")):
+    def make(flags=(), command=("sleep", "infinity"), image=None):
         c = lab.data["containers"]
         name = "nrl-test-%s" % uuidlib.uuid4().hex[:8]
         lab.engine(*(["run", "-d"] + c["run_flags"] + ["--name", name, "--label", "%s=test" % c["label"]]
-                     + list(flags) + [c["nova_image"]] + list(command)))
+                     + list(flags) + [image or c["nova_image"]] + list(command)))
         made.append(name)
         return name
 
@@ -235,6 +235,64 @@ def test_failing_restart_rolls_back(lab, custom_container, run_module, tmp_path)
     assert "exit code 3" in res["msg"], res["msg"]
     assert raw_sums(lab, c, PATHS) == before
     assert running(lab, c)
+
+
+PY27_HOME = "/root/.pyenv/versions/2.7.18"
+
+
+def test_queens_on_python27_binary_layout(lab, custom_container, run_module, tmp_path):
+    """A Queens-style container: Python 2.7 as /usr/bin/python, Nova 17.0.13 in the interpreter's
+    site-packages (a binary image's layout), no Kolla venv. Release and path are found by asking
+    that Python; bytecode is Python 2's (.pyc beside the file), stale .pyc replaced; the core runs
+    there. Nova 17's dependencies are not installed, so the import gate is off (health_import)."""
+    import zipfile
+    wheel = Path("/var/cache/numa-repin/nova-wheels/nova-17.0.13-py2.py3-none-any.whl")
+    if not wheel.exists():
+        subprocess.run(["python3", "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
+                        "nova==17.0.13", "-d", str(wheel.parent)], check=True)
+    with zipfile.ZipFile(wheel) as z:
+        z.extractall(tmp_path / "queens")
+    c = custom_container(image=lab.data["containers"]["base_image"])
+    site = PY27_HOME + "/lib/python2.7/site-packages"
+    lab.engine("exec", c, "mkdir", "-p", str(Path(PY27_HOME).parent))
+    lab.engine("cp", PY27_HOME, "%s:%s" % (c, PY27_HOME))
+    lab.engine("exec", c, "ln", "-sf", PY27_HOME + "/bin/python", "/usr/bin/python")
+    lab.engine("cp", str(tmp_path / "queens" / "nova"), "%s:%s/nova" % (c, site))
+    lab.engine("cp", str(tmp_path / "queens" / "nova-17.0.13.dist-info"), "%s:%s/nova-17.0.13.dist-info" % (c, site))
+    target = site + "/nova/conductor/tasks/live_migrate.py"
+    lab.engine("exec", c, "python", "-m", "py_compile", target)       # bytecode of pristine Nova
+    stale = lab.engine("exec", c, "sha256sum", target + "c").stdout.split()[0]
+    q = json.loads((PATCH / "17.0.13" / "manifest.json").read_text())
+    rel = [f["path"] for f in q["files"]]
+
+    a = args(lab, {c: ALL_PARTS}, tmp_path, health_import=False)
+    rc, res = run_module("deploy_patched_nova", a)
+    assert res["changed"] and not res.get("failed"), res
+    info = res["containers"][c]
+    assert (res["release"], info["python_version"], info["nova_path"]) == ("17.0.13", "2.7", site + "/nova")
+    r = lab.engine("exec", c, "sha256sum", *[site + "/nova/" + p for p in rel])
+    assert sorted(l.split()[0] for l in r.stdout.splitlines()) == sorted(f["patched_sha256"] for f in q["files"])
+    fresh = lab.engine("exec", c, "sha256sum", target + "c").stdout.split()[0]
+    assert fresh != stale, "the pristine .pyc was replaced"
+    assert lab.engine("exec", c, "test", "-e", site + "/nova/numa_repin_patch.pyc", check=False).returncode == 0
+    # the core, on this Python 2.7: the taken-pCPU field case
+    core = lab.engine("exec", c, "python", "-c", (
+        "import imp, json; p = imp.load_source('p', '%s/nova/numa_repin_patch.py');"
+        "env = lambda n, d: {'nova_object.name': n, 'nova_object.data': d};"
+        "inst = env('InstanceNUMATopology', {'cells': [env('InstanceNUMACell', {'id': 0, 'cpuset': [0], 'memory': 64,"
+        " 'cpu_pinning_raw': {'0': 1}, 'cpu_policy': 'dedicated'})]});"
+        "host = env('NUMATopology', {'cells': [env('NUMACell', {'id': 0, 'cpuset': [0, 1], 'pinned_cpus': [1],"
+        " 'memory': 1024, 'memory_usage': 0, 'siblings': [[0], [1]]})]});"
+        "print(json.dumps(p.plan(inst, host)))") % site)
+    assert json.loads(core.stdout)[0]["pins"] == {"0": 0}
+
+    assert not run_module("deploy_patched_nova", a)[1]["changed"]
+    rc, res = run_module("deploy_patched_nova", dict(a, state="absent"))
+    assert res["changed"] and not res.get("failed"), res
+    r = lab.engine("exec", c, "sha256sum", *[site + "/nova/" + p for p in rel[:-1]])
+    assert sorted(l.split()[0] for l in r.stdout.splitlines()) == sorted(
+        f["pristine_sha256"] for f in q["files"] if f["pristine_sha256"])
+    assert lab.engine("exec", c, "sh", "-c", "ls %s/nova/ | grep numa_repin" % site, check=False).stdout == ""
 
 
 def test_bad_input_fails_clearly(lab, run_module, tmp_path):
