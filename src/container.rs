@@ -45,13 +45,17 @@ impl Engine {
                 if !answers(choice) {
                     bail!("container engine {choice} does not answer (`{choice} info` failed): is its daemon/service running?");
                 }
-                Ok(Engine { bin: choice.to_string() })
+                Ok(Engine {
+                    bin: choice.to_string(),
+                })
             }
             "auto" => ["docker", "podman"]
                 .into_iter()
                 .find(|b| answers(b))
                 .map(|b| Engine { bin: b.to_string() })
-                .context("no container engine answers: neither `docker info` nor `podman info` works"),
+                .context(
+                    "no container engine answers: neither `docker info` nor `podman info` works",
+                ),
             other => bail!("container_engine must be auto, docker or podman, not {other:?}"),
         }
     }
@@ -59,8 +63,14 @@ impl Engine {
     fn output(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<Output> {
         let mut cmd = Command::new(&self.bin);
         cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
-        let mut child = cmd.spawn().with_context(|| format!("cannot run {}", self.bin))?;
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot run {}", self.bin))?;
         if let Some(data) = stdin {
             // Written from a thread so a large input cannot deadlock against a full stdout pipe.
             let mut pipe = child.stdin.take().context("no stdin pipe")?;
@@ -76,7 +86,12 @@ impl Engine {
     pub fn run(&self, args: &[&str]) -> Result<Vec<u8>> {
         let out = self.output(args, None)?;
         if !out.status.success() {
-            bail!("`{} {}` failed: {}", self.bin, args.join(" "), tail(&out.stderr));
+            bail!(
+                "`{} {}` failed: {}",
+                self.bin,
+                args.join(" "),
+                tail(&out.stderr)
+            );
         }
         Ok(out.stdout)
     }
@@ -92,15 +107,29 @@ impl Engine {
     pub fn exec_ok(&self, name: &str, argv: &[&str]) -> Result<Vec<u8>> {
         let out = self.exec(name, argv)?;
         if !out.status.success() {
-            bail!("in container {name}: `{}` failed: {}", argv.join(" "), tail(&out.stderr));
+            bail!(
+                "in container {name}: `{}` failed: {}",
+                argv.join(" "),
+                tail(&out.stderr)
+            );
         }
         Ok(out.stdout)
     }
 
     pub fn exists(&self, name: &str) -> bool {
-        self.output(&["inspect", "--type", "container", "--format", "{{.Id}}", name], None)
-            .map(|o| o.status.success())
-            .unwrap_or(false)
+        self.output(
+            &[
+                "inspect",
+                "--type",
+                "container",
+                "--format",
+                "{{.Id}}",
+                name,
+            ],
+            None,
+        )
+        .map(|o| o.status.success())
+        .unwrap_or(false)
     }
 
     pub fn state(&self, name: &str) -> Result<State> {
@@ -111,7 +140,11 @@ impl Engine {
         let running = it.next() == Some("true");
         let exit_code = it.next().and_then(|c| c.parse().ok()).unwrap_or(-1);
         let health = it.next().map(str::to_string);
-        Ok(State { running, exit_code, health })
+        Ok(State {
+            running,
+            exit_code,
+            health,
+        })
     }
 
     /// A file's bytes, or None when it does not exist.
@@ -124,7 +157,10 @@ impl Engine {
         if !test.status.success() {
             return Ok(None);
         }
-        bail!("in container {name}: cannot read {path}: {}", tail(&out.stderr))
+        bail!(
+            "in container {name}: cannot read {path}: {}",
+            tail(&out.stderr)
+        )
     }
 
     /// Write `data` to `path` in the container (mode 0644), through a host temp file and `cp`,
@@ -137,7 +173,8 @@ impl Engine {
         std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o644);
         tmp.as_file().set_permissions(perm)?;
         let dest = format!("{name}:{path}");
-        self.run(&["cp", tmp.path().to_str().context("temp path")?, &dest]).map(|_| ())
+        self.run(&["cp", tmp.path().to_str().context("temp path")?, &dest])
+            .map(|_| ())
     }
 
     pub fn restart(&self, name: &str) -> Result<()> {
@@ -177,8 +214,15 @@ impl Engine {
             let st = self.state(name)?;
             if !st.running {
                 let logs = self.log_tail(name);
-                bail!("container {name} is not running (exit code {}){}", st.exit_code,
-                      if logs.is_empty() { String::new() } else { format!("; its log ends: {logs}") });
+                bail!(
+                    "container {name} is not running (exit code {}){}",
+                    st.exit_code,
+                    if logs.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; its log ends: {logs}")
+                    }
+                );
             }
             match st.health.as_deref() {
                 Some("unhealthy") => bail!("container {name}'s own healthcheck reports unhealthy"),
@@ -189,7 +233,10 @@ impl Engine {
                 Some(other) => last = format!("healthcheck status {other}"),
             }
             if start.elapsed() >= timeout {
-                bail!("container {name} not healthy after {}s: {last}", timeout.as_secs());
+                bail!(
+                    "container {name} not healthy after {}s: {last}",
+                    timeout.as_secs()
+                );
             }
             std::thread::sleep(Duration::from_millis(500));
         }
@@ -210,7 +257,10 @@ mod tests {
 
     #[test]
     fn sha256_of_known_input() {
-        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]

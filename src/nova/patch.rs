@@ -77,8 +77,22 @@ fn default_backup_dir() -> PathBuf {
 }
 fn default_containers() -> BTreeMap<String, Vec<String>> {
     let mut m = BTreeMap::new();
-    m.insert("nova_conductor".into(), vec!["conductor/".into(), "db/".into(), "numa_repin_patch.py".into()]);
-    m.insert("nova_compute".into(), vec!["compute/".into(), "virt/".into(), "numa_repin_patch.py".into()]);
+    m.insert(
+        "nova_conductor".into(),
+        vec![
+            "conductor/".into(),
+            "db/".into(),
+            "numa_repin_patch.py".into(),
+        ],
+    );
+    m.insert(
+        "nova_compute".into(),
+        vec![
+            "compute/".into(),
+            "virt/".into(),
+            "numa_repin_patch.py".into(),
+        ],
+    );
     m
 }
 
@@ -110,18 +124,31 @@ fn load_patch_set(dir: &Path, release: &str) -> Result<PatchSet> {
     let mpath = base.join("manifest.json");
     let text = std::fs::read_to_string(&mpath).map_err(|e| {
         let have = available_releases(dir);
-        anyhow!("no patch for Nova {release}: cannot read {}: {e}; patch sets available: {}", mpath.display(),
-                if have.is_empty() { "none".into() } else { have.join(", ") })
+        anyhow!(
+            "no patch for Nova {release}: cannot read {}: {e}; patch sets available: {}",
+            mpath.display(),
+            if have.is_empty() {
+                "none".into()
+            } else {
+                have.join(", ")
+            }
+        )
     })?;
-    let m: Manifest = serde_json::from_str(&text).with_context(|| format!("{} is not a valid manifest", mpath.display()))?;
+    let m: Manifest = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a valid manifest", mpath.display()))?;
     if m.release != release {
-        bail!("{} is for Nova {}, not {release}", mpath.display(), m.release);
+        bail!(
+            "{} is for Nova {}, not {release}",
+            mpath.display(),
+            m.release
+        );
     }
     let mut files = Vec::new();
     for f in m.files {
         check_rel_path(&f.path)?;
         let p = base.join("nova").join(&f.path);
-        let data = std::fs::read(&p).with_context(|| format!("patch file {} missing", p.display()))?;
+        let data =
+            std::fs::read(&p).with_context(|| format!("patch file {} missing", p.display()))?;
         let got = sha256_hex(&data);
         if got != f.patched_sha256 {
             bail!("patch file {} has sha256 {got}, its manifest says {}: the patch set is damaged; rebuild it (roles/nova_patch/build.py)",
@@ -151,7 +178,8 @@ fn check_rel_path(p: &str) -> Result<()> {
         && !p.starts_with('/')
         && p.ends_with(".py")
         && p.split('/').all(|s| !s.is_empty() && s != "." && s != "..")
-        && p.chars().all(|c| c.is_ascii_alphanumeric() || "_-./".contains(c));
+        && p.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./".contains(c));
     if !ok {
         bail!("manifest path {p:?} refused: must be a plain relative .py path inside the nova package");
     }
@@ -159,7 +187,9 @@ fn check_rel_path(p: &str) -> Result<()> {
 }
 
 fn matches(path: &str, prefixes: &[String]) -> bool {
-    prefixes.iter().any(|p| path == p || (p.ends_with('/') && path.starts_with(p.as_str())))
+    prefixes
+        .iter()
+        .any(|p| path == p || (p.ends_with('/') && path.starts_with(p.as_str())))
 }
 
 /// What the container's Python says about its Nova.
@@ -208,15 +238,28 @@ fn discover(engine: &Engine, name: &str, python: Option<&str>) -> Result<NovaInf
         let out = engine.exec(name, &[py, "-c", DISCOVER])?;
         if out.status.success() {
             let text = String::from_utf8_lossy(&out.stdout);
-            let line = text.lines().rev().find(|l| l.starts_with('{')).unwrap_or("");
+            let line = text
+                .lines()
+                .rev()
+                .find(|l| l.starts_with('{'))
+                .unwrap_or("");
             let mut info: NovaInfo = serde_json::from_str(line)
                 .with_context(|| format!("{py} in {name} printed no Nova location: {text:?}"))?;
             info.interpreter = py.to_string();
             return Ok(info);
         }
-        tried.push(format!("{py}: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("failed")));
+        tried.push(format!(
+            "{py}: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("failed")
+        ));
     }
-    bail!("no Python in container {name} imports nova ({}); set `python`", tried.join("; "))
+    bail!(
+        "no Python in container {name} imports nova ({}); set `python`",
+        tried.join("; ")
+    )
 }
 
 /// One file of one container: where it is, what it holds now, what it must hold.
@@ -243,7 +286,11 @@ impl ContainerPlan {
         self.files.iter().filter(|f| f.current != f.target)
     }
     fn report(&self, restarted: bool) -> Value {
-        let files: Map<String, Value> = self.files.iter().map(|f| (f.rel.clone(), json!(f.status))).collect();
+        let files: Map<String, Value> = self
+            .files
+            .iter()
+            .map(|f| (f.rel.clone(), json!(f.status)))
+            .collect();
         json!({"nova_path": self.info.path, "python": self.info.interpreter, "python_version": self.info.python,
                "nova_version": self.info.version, "release": self.release, "files": files, "restarted": restarted})
     }
@@ -251,105 +298,108 @@ impl ContainerPlan {
 
 pub fn run(a: Args, ctx: &Context) -> Result<Outcome> {
     if a.containers.is_empty() {
-        return Err(Failure::new(format!("{M}: `containers` is empty: name the Nova containers to patch")).into());
+        return Err(Failure::new(format!(
+            "{M}: `containers` is empty: name the Nova containers to patch"
+        ))
+        .into());
     }
     for (c, parts) in &a.containers {
         if parts.is_empty() {
-            return Err(Failure::new(format!("{M}: container {c} is given no parts of the patch")).into());
+            return Err(
+                Failure::new(format!("{M}: container {c} is given no parts of the patch")).into(),
+            );
         }
     }
-    let engine = Engine::detect(&a.container_engine).map_err(|e| Failure::new(format!("{M}: {e:#}")))?;
+    let engine =
+        Engine::detect(&a.container_engine).map_err(|e| Failure::new(format!("{M}: {e:#}")))?;
     let missing: Vec<&String> = a.containers.keys().filter(|c| !engine.exists(c)).collect();
     if !missing.is_empty() {
         return Err(Failure::new(format!(
             "{M}: no container named {} ({}); nothing was changed",
-            missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "), engine.bin)).into());
+            missing
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            engine.bin
+        ))
+        .into());
     }
 
     // One rollout per host at a time (two plays, or an operator beside the playbook): the
     // plan below must still hold when the files change. Check mode only reads.
-    let _lock = if ctx.check_mode { None } else { Some(lock_rollout(&a.backup_dir)?) };
+    let _lock = if ctx.check_mode {
+        None
+    } else {
+        Some(lock_rollout(&a.backup_dir)?)
+    };
 
     // Plan every container before changing any: a refusal anywhere changes nothing anywhere.
     let mut sets: BTreeMap<String, PatchSet> = BTreeMap::new();
     let mut plans = Vec::new();
     let mut refusals = Vec::new();
     for (name, parts) in &a.containers {
-        let st = engine.state(name)?;
-        if !st.running {
-            return Err(Failure::new(format!("{M}: container {name} is not running (exit code {}): start it first; nothing was changed", st.exit_code)).into());
-        }
-        let info = discover(&engine, name, a.python.as_deref()).map_err(|e| Failure::new(format!("{M}: {e:#}")))?;
-        let release = if a.release == "auto" {
-            if info.version.is_empty() {
-                return Err(Failure::new(format!("{M}: cannot tell the Nova version in {name} (no package metadata); set `release`")).into());
-            }
-            info.version.clone()
-        } else {
-            a.release.clone()
-        };
-        if !sets.contains_key(&release) {
-            let set = load_patch_set(&a.patch_dir, &release).map_err(|e| Failure::new(format!("{M}: {name}: {e:#}")))?;
-            sets.insert(release.clone(), set);
-        }
-        let set = &sets[&release];
-        let written = load_written(&a.backup_dir, name, &release);
-        let mut files = Vec::new();
-        for (mf, patched) in set.files.iter().filter(|(f, _)| matches(&f.path, parts)) {
-            let path = format!("{}/{}", info.path.trim_end_matches('/'), mf.path);
-            let current = engine.read_file(name, &path)?;
-            let cur_sha = current.as_deref().map(sha256_hex);
-            let is_patched = cur_sha.as_deref() == Some(mf.patched_sha256.as_str());
-            let is_pristine = cur_sha == mf.pristine_sha256;
-            // An earlier build of this patch, as recorded when we wrote it: updated or removed
-            // like a patched file (a local edit matches no record and is refused).
-            let is_ours = !is_patched && !is_pristine && cur_sha.is_some()
-                && written.get(&mf.path) == cur_sha.as_ref();
-            if !is_patched && !is_pristine && !is_ours {
-                refusals.push(format!(
-                    "{name}:{path} is neither pristine Nova {release} nor patched (sha256 {}, pristine {}, patched {})",
-                    cur_sha.as_deref().unwrap_or("absent"), mf.pristine_sha256.as_deref().unwrap_or("absent"), mf.patched_sha256));
-                continue;
-            }
-            let (target, status) = match a.state {
-                PatchState::Present if is_ours => (Some(patched.clone()), "would update"),
-                PatchState::Present => (Some(patched.clone()), if is_patched { "patched" } else { "would patch" }),
-                PatchState::Absent => {
-                    if is_pristine {
-                        (current.clone(), "pristine")
-                    } else {
-                        (pristine_original(&engine, name, &a.backup_dir, &release, mf, &path)?, "would restore")
-                    }
-                }
-            };
-            files.push(FilePlan { rel: mf.path.clone(), path, current, target, status: status.into(), pristine: is_pristine });
-        }
-        if files.is_empty() {
-            return Err(Failure::new(format!("{M}: no file of the Nova {release} patch matches the parts {parts:?} given for {name}")).into());
-        }
-        plans.push(ContainerPlan { name: name.clone(), info, release, files });
+        plans.push(plan_container(
+            &engine,
+            &a,
+            name,
+            parts,
+            &mut sets,
+            &mut refusals,
+        )?);
     }
     if !refusals.is_empty() {
-        return Err(Failure::new(format!("{M}: refusing, nothing was changed: {}", refusals.join("; ")))
-            .with("refused", &refusals)
-            .into());
+        return Err(Failure::new(format!(
+            "{M}: refusing, nothing was changed: {}",
+            refusals.join("; ")
+        ))
+        .with("refused", &refusals)
+        .into());
     }
 
     let releases: BTreeSet<&str> = plans.iter().map(|p| p.release.as_str()).collect();
     let release = releases.iter().copied().collect::<Vec<_>>().join(", ");
-    let todo: Vec<&ContainerPlan> = plans.iter().filter(|p| p.changes().next().is_some()).collect();
-    let mut out = Outcome::new(!todo.is_empty(), String::new()).with("engine", &engine.bin).with("release", &release);
+    let todo: Vec<&ContainerPlan> = plans
+        .iter()
+        .filter(|p| p.changes().next().is_some())
+        .collect();
+    let mut out = Outcome::new(!todo.is_empty(), String::new())
+        .with("engine", &engine.bin)
+        .with("release", &release);
     if ctx.diff && !todo.is_empty() {
-        out.diff = Some(Value::Array(todo.iter().flat_map(|p| p.changes().map(|f| diff_of(&p.name, f))).collect()));
+        out.diff = Some(Value::Array(
+            todo.iter()
+                .flat_map(|p| p.changes().map(|f| diff_of(&p.name, f)))
+                .collect(),
+        ));
     }
-    let word = if a.state == PatchState::Present { "patched" } else { "pristine" };
+    let word = if a.state == PatchState::Present {
+        "patched"
+    } else {
+        "pristine"
+    };
     if todo.is_empty() {
-        out.msg = format!("Nova {release} already {word} in {}", a.containers.keys().cloned().collect::<Vec<_>>().join(", "));
+        out.msg = format!(
+            "Nova {release} already {word} in {}",
+            a.containers.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
         out.set("containers", report(&plans, &BTreeSet::new()));
         return Ok(out);
     }
     if ctx.check_mode {
-        let what: Vec<String> = todo.iter().map(|p| format!("{}: {}", p.name, p.changes().map(|f| f.rel.as_str()).collect::<Vec<_>>().join(", "))).collect();
+        let what: Vec<String> = todo
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}: {}",
+                    p.name,
+                    p.changes()
+                        .map(|f| f.rel.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+            .collect();
         out.msg = format!("would make Nova {release} {word} ({})", what.join("; "));
         out.set("containers", report(&plans, &BTreeSet::new()));
         return Ok(out);
@@ -364,10 +414,16 @@ pub fn run(a: Args, ctx: &Context) -> Result<Outcome> {
         let step = apply(&engine, p, &a, timeout, &mut restarted);
         if let Err((step, e)) = step {
             let rb = rollback(&engine, &touched, a.restart, timeout);
-            let msg = format!("{M}: {step} failed in {}: {e:#}; {}", p.name, match &rb {
-                Ok(()) => "rolled back: every file is byte-identical to before and the containers run".to_string(),
-                Err(r) => format!("ROLLBACK INCOMPLETE: {r:#}"),
-            });
+            let msg = format!(
+                "{M}: {step} failed in {}: {e:#}; {}",
+                p.name,
+                match &rb {
+                    Ok(()) =>
+                        "rolled back: every file is byte-identical to before and the containers run"
+                            .to_string(),
+                    Err(r) => format!("ROLLBACK INCOMPLETE: {r:#}"),
+                }
+            );
             return Err(Failure::new(msg)
                 .with("rolled_back", rb.is_ok())
                 .with("failed_step", step)
@@ -375,8 +431,18 @@ pub fn run(a: Args, ctx: &Context) -> Result<Outcome> {
                 .into());
         }
     }
-    out.msg = format!("Nova {release} {word} in {}{}", todo.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
-                      if a.restart { ", restarted, healthy" } else { " (not restarted: restart the containers to load it)" });
+    out.msg = format!(
+        "Nova {release} {word} in {}{}",
+        todo.iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        if a.restart {
+            ", restarted, healthy"
+        } else {
+            " (not restarted: restart the containers to load it)"
+        }
+    );
     drop(todo);
     let done: Vec<ContainerPlan> = plans
         .into_iter()
@@ -391,10 +457,112 @@ pub fn run(a: Args, ctx: &Context) -> Result<Outcome> {
     Ok(out)
 }
 
+/// What one container holds now and must hold, file by file. Files neither pristine nor patched
+/// (nor an earlier build of ours) go to `refusals`; the caller changes nothing if there are any.
+fn plan_container(
+    engine: &Engine,
+    a: &Args,
+    name: &str,
+    parts: &[String],
+    sets: &mut BTreeMap<String, PatchSet>,
+    refusals: &mut Vec<String>,
+) -> Result<ContainerPlan> {
+    let st = engine.state(name)?;
+    if !st.running {
+        return Err(Failure::new(format!("{M}: container {name} is not running (exit code {}): start it first; nothing was changed", st.exit_code)).into());
+    }
+    let info = discover(engine, name, a.python.as_deref())
+        .map_err(|e| Failure::new(format!("{M}: {e:#}")))?;
+    let release = if a.release == "auto" {
+        if info.version.is_empty() {
+            return Err(Failure::new(format!(
+                "{M}: cannot tell the Nova version in {name} (no package metadata); set `release`"
+            ))
+            .into());
+        }
+        info.version.clone()
+    } else {
+        a.release.clone()
+    };
+    if !sets.contains_key(&release) {
+        let set = load_patch_set(&a.patch_dir, &release)
+            .map_err(|e| Failure::new(format!("{M}: {name}: {e:#}")))?;
+        sets.insert(release.clone(), set);
+    }
+    let set = &sets[&release];
+    let written = load_written(&a.backup_dir, name, &release);
+    let mut files = Vec::new();
+    for (mf, patched) in set.files.iter().filter(|(f, _)| matches(&f.path, parts)) {
+        let path = format!("{}/{}", info.path.trim_end_matches('/'), mf.path);
+        let current = engine.read_file(name, &path)?;
+        let cur_sha = current.as_deref().map(sha256_hex);
+        let is_patched = cur_sha.as_deref() == Some(mf.patched_sha256.as_str());
+        let is_pristine = cur_sha == mf.pristine_sha256;
+        // An earlier build of this patch, as recorded when we wrote it: updated or removed
+        // like a patched file (a local edit matches no record and is refused).
+        let is_ours = !is_patched
+            && !is_pristine
+            && cur_sha.is_some()
+            && written.get(&mf.path) == cur_sha.as_ref();
+        if !is_patched && !is_pristine && !is_ours {
+            refusals.push(format!(
+                "{name}:{path} is neither pristine Nova {release} nor patched (sha256 {}, pristine {}, patched {})",
+                cur_sha.as_deref().unwrap_or("absent"), mf.pristine_sha256.as_deref().unwrap_or("absent"), mf.patched_sha256));
+            continue;
+        }
+        let (target, status) = match a.state {
+            PatchState::Present if is_ours => (Some(patched.clone()), "would update"),
+            PatchState::Present => (
+                Some(patched.clone()),
+                if is_patched { "patched" } else { "would patch" },
+            ),
+            PatchState::Absent => {
+                if is_pristine {
+                    (current.clone(), "pristine")
+                } else {
+                    (
+                        pristine_original(engine, name, &a.backup_dir, &release, mf, &path)?,
+                        "would restore",
+                    )
+                }
+            }
+        };
+        files.push(FilePlan {
+            rel: mf.path.clone(),
+            path,
+            current,
+            target,
+            status: status.into(),
+            pristine: is_pristine,
+        });
+    }
+    if files.is_empty() {
+        return Err(Failure::new(format!(
+            "{M}: no file of the Nova {release} patch matches the parts {parts:?} given for {name}"
+        ))
+        .into());
+    }
+    Ok(ContainerPlan {
+        name: name.to_string(),
+        info,
+        release,
+        files,
+    })
+}
+
 fn lock_rollout(dir: &Path) -> Result<std::fs::File> {
-    std::fs::create_dir_all(dir).map_err(|e| Failure::new(format!("{M}: cannot create backup_dir {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        Failure::new(format!(
+            "{M}: cannot create backup_dir {}: {e}",
+            dir.display()
+        ))
+    })?;
     let path = dir.join(".rollout.lock");
-    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
         .map_err(|e| Failure::new(format!("{M}: cannot open {}: {e}", path.display())))?;
     let t0 = std::time::Instant::now();
     loop {
@@ -404,21 +572,43 @@ fn lock_rollout(dir: &Path) -> Result<std::fs::File> {
                 std::thread::sleep(Duration::from_millis(200))
             }
             Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(Failure::new(format!("{M}: another rollout on this host has held {} for 10 minutes; let it finish", path.display())).into())
+                return Err(Failure::new(format!(
+                    "{M}: another rollout on this host has held {} for 10 minutes; let it finish",
+                    path.display()
+                ))
+                .into())
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(Failure::new(format!("{M}: cannot lock {}: {e}", path.display())).into()),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(
+                    Failure::new(format!("{M}: cannot lock {}: {e}", path.display())).into(),
+                )
+            }
         }
     }
 }
 
 fn report(plans: &[ContainerPlan], restarted: &BTreeSet<String>) -> Value {
-    Value::Object(plans.iter().map(|p| (p.name.clone(), p.report(restarted.contains(&p.name)))).collect())
+    Value::Object(
+        plans
+            .iter()
+            .map(|p| (p.name.clone(), p.report(restarted.contains(&p.name))))
+            .collect(),
+    )
 }
 
 /// The pristine bytes for `state: absent`: the host backup, else the in-container copy, each
 /// checked against the manifest's pristine sha256. A new file's pristine state is "absent".
-fn pristine_original(engine: &Engine, name: &str, backup_dir: &Path, release: &str, mf: &ManifestFile, path: &str) -> Result<Option<Vec<u8>>> {
-    let Some(want) = mf.pristine_sha256.as_deref() else { return Ok(None) };
+fn pristine_original(
+    engine: &Engine,
+    name: &str,
+    backup_dir: &Path,
+    release: &str,
+    mf: &ManifestFile,
+    path: &str,
+) -> Result<Option<Vec<u8>>> {
+    let Some(want) = mf.pristine_sha256.as_deref() else {
+        return Ok(None);
+    };
     let host = backup_path(backup_dir, name, release, &mf.path);
     if let Ok(data) = std::fs::read(&host) {
         if sha256_hex(&data) == want {
@@ -442,7 +632,13 @@ fn backup_path(dir: &Path, container: &str, release: &str, rel: &str) -> PathBuf
 
 type StepResult = std::result::Result<(), (&'static str, anyhow::Error)>;
 
-fn apply(engine: &Engine, p: &ContainerPlan, a: &Args, timeout: Duration, restarted: &mut BTreeSet<String>) -> StepResult {
+fn apply(
+    engine: &Engine,
+    p: &ContainerPlan,
+    a: &Args,
+    timeout: Duration,
+    restarted: &mut BTreeSet<String>,
+) -> StepResult {
     let changes: Vec<&FilePlan> = p.changes().collect();
     if a.state == PatchState::Present {
         backup(engine, p, &a.backup_dir).map_err(|e| ("backup", e))?;
@@ -453,11 +649,18 @@ fn apply(engine: &Engine, p: &ContainerPlan, a: &Args, timeout: Duration, restar
     for f in &changes {
         clear_bytecode(engine, &p.name, &f.path).map_err(|e| ("clearing stale bytecode", e))?;
     }
-    let present: Vec<&str> = changes.iter().filter(|f| f.target.is_some()).map(|f| f.path.as_str()).collect();
+    let present: Vec<&str> = changes
+        .iter()
+        .filter(|f| f.target.is_some())
+        .map(|f| f.path.as_str())
+        .collect();
     compile(engine, p, &present).map_err(|e| ("byte-compile", e))?;
     if a.state == PatchState::Absent {
         for f in &changes {
-            let _ = engine.exec(&p.name, &["rm", "-f", &format!("{}.numa-repin.orig", f.path)]);
+            let _ = engine.exec(
+                &p.name,
+                &["rm", "-f", &format!("{}.numa-repin.orig", f.path)],
+            );
         }
     }
     if a.restart {
@@ -465,7 +668,11 @@ fn apply(engine: &Engine, p: &ContainerPlan, a: &Args, timeout: Duration, restar
         restarted.insert(p.name.clone());
     }
     let modules: Vec<String> = if a.health_import {
-        p.files.iter().filter(|f| f.target.is_some()).map(|f| module_of(&f.rel)).collect()
+        p.files
+            .iter()
+            .filter(|f| f.target.is_some())
+            .map(|f| module_of(&f.rel))
+            .collect()
     } else {
         Vec::new()
     };
@@ -494,25 +701,37 @@ fn record_written(dir: &Path, p: &ContainerPlan, state: PatchState) -> Result<()
     let path = written_path(dir, &p.name, &p.release);
     if state == PatchState::Absent {
         return match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("cannot remove {}", path.display()))
+            }
             _ => Ok(()),
         };
     }
-    let map: BTreeMap<&str, String> =
-        p.files.iter().filter_map(|f| f.target.as_deref().map(|t| (f.rel.as_str(), sha256_hex(t)))).collect();
+    let map: BTreeMap<&str, String> = p
+        .files
+        .iter()
+        .filter_map(|f| f.target.as_deref().map(|t| (f.rel.as_str(), sha256_hex(t))))
+        .collect();
     std::fs::create_dir_all(path.parent().context("written path")?)?;
-    std::fs::write(&path, serde_json::to_vec_pretty(&map)?).with_context(|| format!("cannot write {}", path.display()))
+    std::fs::write(&path, serde_json::to_vec_pretty(&map)?)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn backup(engine: &Engine, p: &ContainerPlan, dir: &Path) -> Result<()> {
     // Only pristine Nova is ever kept as the original (an earlier patch build is not).
     for f in p.changes().filter(|f| f.pristine) {
-        let Some(orig) = f.current.as_deref() else { continue };
+        let Some(orig) = f.current.as_deref() else {
+            continue;
+        };
         let host = backup_path(dir, &p.name, &p.release, &f.rel);
         std::fs::create_dir_all(host.parent().context("backup path")?)
             .with_context(|| format!("cannot create backup directory for {}", host.display()))?;
-        std::fs::write(&host, orig).with_context(|| format!("cannot write backup {}", host.display()))?;
-        engine.exec_ok(&p.name, &["cp", "-p", &f.path, &format!("{}.numa-repin.orig", f.path)])?;
+        std::fs::write(&host, orig)
+            .with_context(|| format!("cannot write backup {}", host.display()))?;
+        engine.exec_ok(
+            &p.name,
+            &["cp", "-p", &f.path, &format!("{}.numa-repin.orig", f.path)],
+        )?;
     }
     Ok(())
 }
@@ -530,7 +749,9 @@ fn clear_bytecode(engine: &Engine, name: &str, path: &str) -> Result<()> {
     let (dir, file) = path.rsplit_once('/').context("file path")?;
     let stem = file.trim_end_matches(".py");
     let script = r#"rm -f "$1c" "$1o"; for f in "$2"/__pycache__/"$3".*.pyc; do [ -e "$f" ] && rm -f "$f"; done; exit 0"#;
-    engine.exec_ok(name, &["sh", "-c", script, "sh", path, dir, stem]).map(|_| ())
+    engine
+        .exec_ok(name, &["sh", "-c", script, "sh", path, dir, stem])
+        .map(|_| ())
 }
 
 fn compile(engine: &Engine, p: &ContainerPlan, paths: &[&str]) -> Result<()> {
@@ -554,19 +775,32 @@ fn import_check(engine: &Engine, p: &ContainerPlan, modules: &[String]) -> Resul
     let out = engine.exec(&p.name, &[&p.info.interpreter, "-c", &code])?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        bail!("`{code}` fails: {}", err.trim().lines().last().unwrap_or("no message"));
+        bail!(
+            "`{code}` fails: {}",
+            err.trim().lines().last().unwrap_or("no message")
+        );
     }
     Ok(())
 }
 
-fn verify<'a>(engine: &Engine, p: &'a ContainerPlan, want: impl Fn(&'a FilePlan) -> Option<&'a [u8]>) -> Result<()> {
+fn verify<'a>(
+    engine: &Engine,
+    p: &'a ContainerPlan,
+    want: impl Fn(&'a FilePlan) -> Option<&'a [u8]>,
+) -> Result<()> {
     for f in &p.files {
         let expect = want(f);
         let got = engine.read_file(&p.name, &f.path)?;
         if got.as_deref() != expect {
-            bail!("{}:{} has sha256 {} (expected {})", p.name, f.path,
-                  got.as_deref().map(sha256_hex).unwrap_or_else(|| "absent".into()),
-                  expect.map(sha256_hex).unwrap_or_else(|| "absent".into()));
+            bail!(
+                "{}:{} has sha256 {} (expected {})",
+                p.name,
+                f.path,
+                got.as_deref()
+                    .map(sha256_hex)
+                    .unwrap_or_else(|| "absent".into()),
+                expect.map(sha256_hex).unwrap_or_else(|| "absent".into())
+            );
         }
     }
     Ok(())
@@ -574,7 +808,12 @@ fn verify<'a>(engine: &Engine, p: &'a ContainerPlan, want: impl Fn(&'a FilePlan)
 
 /// Put back the bytes every touched container had before this run, restart, wait until they
 /// run, and check every file is byte-identical again.
-fn rollback(engine: &Engine, touched: &[&ContainerPlan], restart: bool, timeout: Duration) -> Result<()> {
+fn rollback(
+    engine: &Engine,
+    touched: &[&ContainerPlan],
+    restart: bool,
+    timeout: Duration,
+) -> Result<()> {
     let mut errors = Vec::new();
     for p in touched {
         let r = (|| -> Result<()> {
@@ -593,7 +832,10 @@ fn rollback(engine: &Engine, touched: &[&ContainerPlan], restart: bool, timeout:
                 if f.current.is_none() {
                     put(engine, &p.name, &f.path, None)?;
                 } else {
-                    let _ = engine.exec(&p.name, &["rm", "-f", &format!("{}.numa-repin.orig", f.path)]);
+                    let _ = engine.exec(
+                        &p.name,
+                        &["rm", "-f", &format!("{}.numa-repin.orig", f.path)],
+                    );
                 }
                 clear_bytecode(engine, &p.name, &f.path)?;
             }
@@ -617,7 +859,15 @@ fn rollback(engine: &Engine, touched: &[&ContainerPlan], restart: bool, timeout:
 /// A unified diff for `--diff`, made by diff(1) when it is there; else before/after texts.
 fn diff_of(container: &str, f: &FilePlan) -> Value {
     let before_h = format!("{container}:{}", f.path);
-    let after_h = format!("{container}:{} ({})", f.path, if f.target.is_some() { "after" } else { "removed" });
+    let after_h = format!(
+        "{container}:{} ({})",
+        f.path,
+        if f.target.is_some() {
+            "after"
+        } else {
+            "removed"
+        }
+    );
     let before = f.current.as_deref().unwrap_or(b"");
     let after = f.target.as_deref().unwrap_or(b"");
     if let Some(text) = unified_diff(before, after, &before_h, &after_h) {
@@ -657,7 +907,15 @@ mod tests {
 
     #[test]
     fn manifest_paths_are_plain() {
-        for bad in ["/etc/passwd.py", "../x.py", "a/../../b.py", "a b.py", "a;rm.py", "x.sh", ""] {
+        for bad in [
+            "/etc/passwd.py",
+            "../x.py",
+            "a/../../b.py",
+            "a b.py",
+            "a;rm.py",
+            "x.sh",
+            "",
+        ] {
             assert!(check_rel_path(bad).is_err(), "{bad}");
         }
         check_rel_path("virt/libvirt/driver.py").unwrap();
@@ -665,7 +923,10 @@ mod tests {
 
     #[test]
     fn module_names() {
-        assert_eq!(module_of("conductor/tasks/live_migrate.py"), "nova.conductor.tasks.live_migrate");
+        assert_eq!(
+            module_of("conductor/tasks/live_migrate.py"),
+            "nova.conductor.tasks.live_migrate"
+        );
         assert_eq!(module_of("numa_repin_patch.py"), "nova.numa_repin_patch");
     }
 
@@ -676,19 +937,35 @@ mod tests {
         std::fs::create_dir_all(base.join("nova")).unwrap();
         std::fs::write(base.join("nova/x.py"), b"print(1)\n").unwrap();
         let good = sha256_hex(b"print(1)\n");
-        let m = |sha: &str| format!(r#"{{"release":"19.3.2","files":[{{"path":"x.py","pristine_sha256":null,"patched_sha256":"{sha}"}}]}}"#);
+        let m = |sha: &str| {
+            format!(
+                r#"{{"release":"19.3.2","files":[{{"path":"x.py","pristine_sha256":null,"patched_sha256":"{sha}"}}]}}"#
+            )
+        };
         std::fs::write(base.join("manifest.json"), m(&good)).unwrap();
         assert_eq!(load_patch_set(d.path(), "19.3.2").unwrap().files.len(), 1);
         std::fs::write(base.join("manifest.json"), m("00")).unwrap();
-        let e = load_patch_set(d.path(), "19.3.2").err().unwrap().to_string();
+        let e = load_patch_set(d.path(), "19.3.2")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("damaged"), "{e}");
-        let e = load_patch_set(d.path(), "18.3.0").err().unwrap().to_string();
-        assert!(e.contains("no patch for Nova 18.3.0") && e.contains("19.3.2"), "{e}");
+        let e = load_patch_set(d.path(), "18.3.0")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("no patch for Nova 18.3.0") && e.contains("19.3.2"),
+            "{e}"
+        );
     }
 
     #[test]
     fn diff_is_unified() {
         let t = unified_diff(b"a\nb\n", b"a\nc\n", "x:before", "x:after").unwrap();
-        assert!(t.contains("--- x:before") && t.contains("-b") && t.contains("+c"), "{t}");
+        assert!(
+            t.contains("--- x:before") && t.contains("-b") && t.contains("+c"),
+            "{t}"
+        );
     }
 }
