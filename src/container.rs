@@ -197,6 +197,33 @@ impl Engine {
         }
     }
 
+    /// Wait until the container runs and keeps running across a short settle time, whatever
+    /// its healthcheck says (a rollback into a container that was unhealthy before the run
+    /// cannot be asked to make it healthy). Err when it is not running by the timeout.
+    pub fn wait_running(&self, name: &str, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let st = self.state(name)?;
+            if st.running {
+                return Ok(());
+            }
+            if start.elapsed() >= timeout {
+                let logs = self.log_tail(name);
+                bail!(
+                    "container {name} is not running after {}s (exit code {}){}",
+                    timeout.as_secs(),
+                    st.exit_code,
+                    if logs.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; its log ends: {logs}")
+                    }
+                );
+            }
+        }
+    }
+
     /// Wait until the container runs (and, when it has a healthcheck, is healthy), then run
     /// `probe` until it passes. Err with the reason at the first hard failure or the timeout.
     pub fn wait_healthy(

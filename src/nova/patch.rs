@@ -279,6 +279,9 @@ struct ContainerPlan {
     info: NovaInfo,
     release: String,
     files: Vec<FilePlan>,
+    /// The container's healthcheck status before this run (None: it has no healthcheck). A
+    /// rollback restores this, not more: it waits for `healthy` only if it was healthy.
+    health_before: Option<String>,
 }
 
 impl ContainerPlan {
@@ -547,6 +550,7 @@ fn plan_container(
         info,
         release,
         files,
+        health_before: st.health,
     })
 }
 
@@ -678,7 +682,17 @@ fn apply(
     };
     engine
         .wait_healthy(&p.name, timeout, || import_check(engine, p, &modules))
-        .map_err(|e| ("health gate", e))?;
+        .map_err(|e| {
+            let e = if p.health_before.as_deref() == Some("unhealthy") {
+                e.context(format!(
+                    "{} was unhealthy before this run already: repair it, then roll out",
+                    p.name
+                ))
+            } else {
+                e
+            };
+            ("health gate", e)
+        })?;
     // The files must be what we meant, after the restart too.
     verify(engine, p, |f| f.target.as_deref()).map_err(|e| ("verification", e))?;
     record_written(&a.backup_dir, p, a.state).map_err(|e| ("recording the written checksums", e))
@@ -842,8 +856,20 @@ fn rollback(
             if restart && was_running {
                 engine.restart(&p.name)?;
             }
-            engine.wait_healthy(&p.name, timeout, || Ok(()))?;
-            verify(engine, p, |f| f.current.as_deref())
+            // Back to the state before the run: healthy if it was (or running, without a
+            // healthcheck); only running if it was unhealthy or still starting already. The
+            // files are verified in any case, so the report says what holds.
+            let up = match p.health_before.as_deref() {
+                None | Some("healthy") => engine.wait_healthy(&p.name, timeout, || Ok(())),
+                Some(_) => engine.wait_running(&p.name, timeout),
+            };
+            let files = verify(engine, p, |f| f.current.as_deref());
+            match (up, files) {
+                (Ok(()), Ok(())) => Ok(()),
+                (Err(e), Ok(())) => Err(e.context("files byte-identical to before, but")),
+                (Ok(()), Err(e)) => Err(e),
+                (Err(u), Err(f)) => Err(anyhow!("{u:#}; and {f:#}")),
+            }
         })();
         if let Err(e) = r {
             errors.push(format!("{}: {e:#}", p.name));

@@ -89,3 +89,23 @@ def fresh_container(lab):
     yield make
     for n in made:
         lab.remove_container(n)
+
+
+@pytest.fixture
+def custom_container(lab):
+    """A container of the lab's Nova image (or `image`) with extra `docker run` flags and command;
+    labelled for `lab.sh down`, removed after the test."""
+    import uuid as uuidlib
+    made = []
+
+    def make(flags=(), command=("sleep", "infinity"), image=None, prefix="nrl-test"):
+        c = lab.data["containers"]
+        name = "%s-%s" % (prefix, uuidlib.uuid4().hex[:8])
+        lab.engine(*(["run", "-d"] + c["run_flags"] + ["--name", name, "--label", "%s=test" % c["label"]]
+                     + list(flags) + [image or c["nova_image"]] + list(command)))
+        made.append(name)
+        return name
+
+    yield make
+    for n in made:
+        lab.remove_container(n)

@@ -4,7 +4,6 @@ failing health check and failing restart with automatic rollback, bad input."""
 import hashlib
 import json
 import subprocess
-import uuid as uuidlib
 from pathlib import Path
 
 import pytest
@@ -53,24 +52,6 @@ def args(lab, containers, tmp_path, **kw):
          "health_timeout_s": 30}
     a.update(kw)
     return a
-
-
-@pytest.fixture
-def custom_container(lab):
-    """A container of the lab's Nova image with extra `docker run` flags and command."""
-    made = []
-
-    def make(flags=(), command=("sleep", "infinity"), image=None):
-        c = lab.data["containers"]
-        name = "nrl-test-%s" % uuidlib.uuid4().hex[:8]
-        lab.engine(*(["run", "-d"] + c["run_flags"] + ["--name", name, "--label", "%s=test" % c["label"]]
-                     + list(flags) + [image or c["nova_image"]] + list(command)))
-        made.append(name)
-        return name
-
-    yield make
-    for n in made:
-        lab.remove_container(n)
 
 
 def test_apply_rerun_absent_on_a_fresh_container(lab, fresh_container, run_module, tmp_path):
