@@ -9,6 +9,7 @@ pub mod facts;
 pub mod fit;
 pub mod fixup;
 pub mod libvirt;
+pub mod lock;
 pub mod migrate;
 pub mod nova;
 pub mod repin;

@@ -226,7 +226,7 @@ fn host_uuid(h: &Host) -> Result<String> {
 }
 
 pub struct DestLock {
-    _file: std::fs::File,
+    _held: crate::lock::Held,
     pub path: PathBuf,
     pub waited_ms: u64,
 }
@@ -246,40 +246,20 @@ pub fn lock_destination(dir: &Path, key: &str, timeout: Duration) -> Result<Dest
         })
         .collect();
     let path = dir.join(format!("dest-{safe}.lock"));
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| anyhow!("{M}: cannot open lock {}: {e}", path.display()))?;
-    let t0 = Instant::now();
-    loop {
-        match file.try_lock() {
-            Ok(()) => break,
-            Err(std::fs::TryLockError::WouldBlock) => {
-                if t0.elapsed() > timeout {
-                    return Err(Failure::new(format!(
-                        "{M}: another migration to this destination holds {} for more than {} s; wait for it or raise lock_timeout_s",
-                        path.display(),
-                        timeout.as_secs()
-                    ))
-                    .into());
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(anyhow!("{M}: cannot lock {}: {e}", path.display()))
-            }
-        }
-    }
-    use std::io::Write;
-    let mut f = &file;
-    let _ = f.set_len(0);
-    let _ = writeln!(f, "pid {}", std::process::id());
+    let held = crate::lock::acquire(&path, timeout)
+        .map_err(|e| anyhow!("{M}: cannot lock {}: {e}", path.display()))?
+        .ok_or_else(|| {
+            Failure::new(format!(
+                "{M}: another migration to this destination holds {} for more than {} s; wait for it or raise lock_timeout_s",
+                path.display(),
+                timeout.as_secs()
+            ))
+        })?;
+    let waited_ms = held.waited.as_millis() as u64;
     Ok(DestLock {
-        _file: file,
+        _held: held,
         path,
-        waited_ms: t0.elapsed().as_millis() as u64,
+        waited_ms,
     })
 }
 

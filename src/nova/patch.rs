@@ -554,7 +554,7 @@ fn plan_container(
     })
 }
 
-fn lock_rollout(dir: &Path) -> Result<std::fs::File> {
+fn lock_rollout(dir: &Path) -> Result<crate::lock::Held> {
     std::fs::create_dir_all(dir).map_err(|e| {
         Failure::new(format!(
             "{M}: cannot create backup_dir {}: {e}",
@@ -562,33 +562,15 @@ fn lock_rollout(dir: &Path) -> Result<std::fs::File> {
         ))
     })?;
     let path = dir.join(".rollout.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Failure::new(format!("{M}: cannot open {}: {e}", path.display())))?;
-    let t0 = std::time::Instant::now();
-    loop {
-        match file.try_lock() {
-            Ok(()) => return Ok(file),
-            Err(std::fs::TryLockError::WouldBlock) if t0.elapsed() < Duration::from_secs(600) => {
-                std::thread::sleep(Duration::from_millis(200))
-            }
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(Failure::new(format!(
-                    "{M}: another rollout on this host has held {} for 10 minutes; let it finish",
-                    path.display()
-                ))
-                .into())
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(
-                    Failure::new(format!("{M}: cannot lock {}: {e}", path.display())).into(),
-                )
-            }
-        }
-    }
+    crate::lock::acquire(&path, Duration::from_secs(600))
+        .map_err(|e| Failure::new(format!("{M}: cannot lock {}: {e}", path.display())))?
+        .ok_or_else(|| {
+            Failure::new(format!(
+                "{M}: another rollout on this host has held {} for 10 minutes; let it finish",
+                path.display()
+            ))
+            .into()
+        })
 }
 
 fn report(plans: &[ContainerPlan], restarted: &BTreeSet<String>) -> Value {
@@ -619,7 +601,7 @@ fn pristine_original(
             return Ok(Some(data));
         }
     }
-    if let Some(data) = engine.read_file(name, &format!("{path}.numa-repin.orig"))? {
+    if let Some(data) = engine.read_file(name, &orig_path(path))? {
         if sha256_hex(&data) == want {
             return Ok(Some(data));
         }
@@ -628,6 +610,11 @@ fn pristine_original(
         "{M}: no pristine copy of {path} for {name}: neither {} nor {path}.numa-repin.orig holds sha256 {want}; \
          reinstall the container's image (kolla-ansible) to get pristine Nova back; nothing was changed",
         host.display())).into())
+}
+
+/// The in-container copy of a pristine file, next to it.
+fn orig_path(path: &str) -> String {
+    format!("{path}.numa-repin.orig")
 }
 
 fn backup_path(dir: &Path, container: &str, release: &str, rel: &str) -> PathBuf {
@@ -661,10 +648,7 @@ fn apply(
     compile(engine, p, &present).map_err(|e| ("byte-compile", e))?;
     if a.state == PatchState::Absent {
         for f in &changes {
-            let _ = engine.exec(
-                &p.name,
-                &["rm", "-f", &format!("{}.numa-repin.orig", f.path)],
-            );
+            let _ = engine.exec(&p.name, &["rm", "-f", &orig_path(&f.path)]);
         }
     }
     if a.restart {
@@ -742,10 +726,7 @@ fn backup(engine: &Engine, p: &ContainerPlan, dir: &Path) -> Result<()> {
             .with_context(|| format!("cannot create backup directory for {}", host.display()))?;
         std::fs::write(&host, orig)
             .with_context(|| format!("cannot write backup {}", host.display()))?;
-        engine.exec_ok(
-            &p.name,
-            &["cp", "-p", &f.path, &format!("{}.numa-repin.orig", f.path)],
-        )?;
+        engine.exec_ok(&p.name, &["cp", "-p", &f.path, &orig_path(&f.path)])?;
     }
     Ok(())
 }
@@ -846,10 +827,7 @@ fn rollback(
                 if f.current.is_none() {
                     put(engine, &p.name, &f.path, None)?;
                 } else {
-                    let _ = engine.exec(
-                        &p.name,
-                        &["rm", "-f", &format!("{}.numa-repin.orig", f.path)],
-                    );
+                    let _ = engine.exec(&p.name, &["rm", "-f", &orig_path(&f.path)]);
                 }
                 clear_bytecode(engine, &p.name, &f.path)?;
             }
