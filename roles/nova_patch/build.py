@@ -46,61 +46,86 @@ def edits(release):
     else:
         xml_anchor = ("                    guest, migrate_data, self._get_volume_config,\n"
                       "                    get_vif_config=get_vif_config)\n")
+    in_progress = ("        migrations = objects.MigrationList.get_in_progress_by_host_and_node(\n"
+                   "                context, self.host, nodename)\n")
+    dest_check_end = ("        finally:\n"
+                      "            self.driver.cleanup_live_migration_destination_check(ctxt,\n"
+                      "                    dest_check_data)\n")
+    post_at_dest = ("            self.compute_rpcapi.post_live_migration_at_destination(ctxt,\n"
+                    "                    instance, block_migration, dest)\n")
+    rollback_dest = ("        network_info = self.network_api.get_instance_nw_info(context, instance)\n"
+                     "        self._notify_about_instance_usage(\n"
+                     "                      context, instance, \"live_migration.rollback.dest.start\",\n")
     return {
         "conductor/tasks/live_migrate.py": [
             IMPORT,
             ("        if not self.instance.numa_topology:\n            return\n",
              "        if not self.instance.numa_topology:\n            return\n"
-             "        # numa-repin: a pinned instance is checked per destination\n"
-             "        # (_check_compatible_with_source_hypervisor) and repinned there.\n"
+             "        # numa-repin: a pinned instance is fitted per destination\n"
+             "        # and claimed there, then migrated with the claimed pins.\n"
              "        if numa_repin_patch.is_pinned(self.instance.numa_topology):\n"
              "            return\n"),
             ("            raise exception.DestinationHypervisorTooOld()\n"
              "        return source_info, destination_info\n",
              "            raise exception.DestinationHypervisorTooOld()\n"
-             "        # numa-repin: refuse a destination where no NUMA cell has the\n"
-             "        # free pCPUs and memory of the pinned instance.\n"
+             "        # numa-repin: refuse a destination where Nova's own NUMA fit\n"
+             "        # finds no cells for the pinned instance.\n"
              "        numa_repin_patch.check_destination(\n"
              "            self.instance, destination_info, exception.MigrationPreCheckError)\n"
              "        return source_info, destination_info\n"),
         ],
         "virt/libvirt/driver.py": [
             IMPORT,
-            ("        block that thread until the migration is finished or failed.\n"
-             "        \"\"\"\n",
-             "        block that thread until the migration is finished or failed.\n"
-             "        \"\"\"\n"
-             "        numa_dest_host = dest  # numa-repin: dest may become an address\n"),
             (xml_anchor,
              xml_anchor +
-             "                # numa-repin: new pins on free pCPUs of a fitting cell there\n"
+             "                # numa-repin: the pins the destination claimed\n"
              "                new_xml_str = numa_repin_patch.rewrite_migration_xml(\n"
-             "                    context, instance, numa_dest_host, new_xml_str)\n"),
+             "                    context, instance, migrate_data, new_xml_str)\n"),
             ("        # made it as expected.\n        self._host.get_guest(instance)\n",
              "        # made it as expected.\n        self._host.get_guest(instance)\n"
-             "        # numa-repin: DEST_XML changed only the running definition.\n"
+             "        # numa-repin: the persistent definition keeps the new pins.\n"
              "        numa_repin_patch.persist_live_pins(self._host, instance)\n"),
         ],
         "compute/manager.py": [
             IMPORT,
-            ("        # Define domain at destination host, without doing it,\n"
-             "        # pause/suspend/terminate do not work.\n",
-             "        # numa-repin, DB order 1/3: release the pins on the source first.\n"
-             "        numa_repin_patch.release_on_source(%s, ctxt, instance,\n"
-             "                                           source_node)\n"
-             "        # Define domain at destination host, without doing it,\n"
-             "        # pause/suspend/terminate do not work.\n" % rt(release)),
+            (dest_check_end + "        return migrate_data\n",
+             dest_check_end +
+             "        # numa-repin: hold the pCPUs Nova's fit chooses here.\n"
+             "        numa_repin_patch.claim_on_destination(\n"
+             "            %s, ctxt, instance, dst_compute_info,\n"
+             "            exception.MigrationPreCheckError)\n"
+             "        return migrate_data\n" % rt(release)),
+            (post_at_dest,
+             post_at_dest +
+             "            # numa-repin: no later save may write the source pins back.\n"
+             "            numa_repin_patch.forget_source_topology(ctxt, instance)\n"),
             ("                instance.progress = 0\n"
              "                instance.save(expected_task_state=task_states.MIGRATING)\n",
              "                instance.progress = 0\n"
-             "                # numa-repin, DB order 2/3: the pins it runs with here,\n"
-             "                # saved through the conductor with host and node.\n"
-             "                numa_repin_patch.update_topology_from_guest(self.driver,\n"
-             "                                                            instance)\n"
-             "                instance.save(expected_task_state=task_states.MIGRATING)\n"
-             "                # numa-repin, DB order 3/3: account them on this node.\n"
-             "                numa_repin_patch.account_on_destination(\n"
-             "                    %s, context, instance, node_name)\n" % rt(release)),
+             "                # numa-repin: the claimed pins, checked against the guest.\n"
+             "                numa_repin_patch.apply_claim(context, self.driver, instance)\n"
+             "                instance.save(expected_task_state=task_states.MIGRATING)\n"),
+            (rollback_dest,
+             "        # numa-repin: give the claimed pCPUs back.\n"
+             "        numa_repin_patch.drop_claim(%s, context, instance)\n" % rt(release) +
+             rollback_dest),
+        ],
+        "compute/resource_tracker.py": [
+            IMPORT,
+            (in_progress,
+             in_progress +
+             "        # numa-repin: claims taken while the migration is 'accepted'\n"
+             "        migrations = numa_repin_patch.with_claimed_live_migrations(\n"
+             "            context, migrations, self.host, nodename)\n"),
+            ("        if not _is_trackable_migration(migration):\n            return\n",
+             "        if not (_is_trackable_migration(migration) or\n"
+             "                numa_repin_patch.is_claimed_live_migration(\n"
+             "                    instance, migration)):\n"
+             "            return\n"),
+            ("            if not _instance_in_resize_state(instances[uuid]):\n",
+             "            if not (_instance_in_resize_state(instances[uuid]) or\n"
+             "                    numa_repin_patch.is_claimed_live_migration(\n"
+             "                        instances[uuid], migration)):\n"),
         ],
     }
 

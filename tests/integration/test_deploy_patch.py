@@ -257,16 +257,15 @@ def test_queens_on_python27_binary_layout(lab, custom_container, run_module, tmp
     fresh = lab.engine("exec", c, "sha256sum", target + "c").stdout.split()[0]
     assert fresh != stale, "the pristine .pyc was replaced"
     assert lab.engine("exec", c, "test", "-e", site + "/nova/numa_repin_patch.pyc", check=False).returncode == 0
-    # the core, on this Python 2.7: the taken-pCPU field case
+    # the core, on this Python 2.7: a fitted topology becomes the XML rewrite's placement
     core = lab.engine("exec", c, "python", "-c", (
         "import imp, json; p = imp.load_source('p', '%s/nova/numa_repin_patch.py');"
         "env = lambda n, d: {'nova_object.name': n, 'nova_object.data': d};"
-        "inst = env('InstanceNUMATopology', {'cells': [env('InstanceNUMACell', {'id': 0, 'cpuset': [0], 'memory': 64,"
-        " 'cpu_pinning_raw': {'0': 1}, 'cpu_policy': 'dedicated'})]});"
-        "host = env('NUMATopology', {'cells': [env('NUMACell', {'id': 0, 'cpuset': [0, 1], 'pinned_cpus': [1],"
-        " 'memory': 1024, 'memory_usage': 0, 'siblings': [[0], [1]]})]});"
-        "print(json.dumps(p.plan(inst, host)))") % site)
-    assert json.loads(core.stdout)[0]["pins"] == {"0": 0}
+        "inst = env('InstanceNUMATopology', {'cells': [env('InstanceNUMACell', {'id': 1, 'cpuset': [0], 'memory': 64,"
+        " 'cpu_pinning_raw': {'0': 3}, 'cpu_policy': 'dedicated'})]});"
+        "print(json.dumps(p.placement_from_topology(inst)))") % site)
+    assert json.loads(core.stdout)[0]["pins"] == {"0": 3}
+    assert json.loads(core.stdout)[0]["host_cell"] == 1
 
     assert not run_module("deploy_patched_nova", a)[1]["changed"]
     rc, res = run_module("deploy_patched_nova", dict(a, state="absent"))

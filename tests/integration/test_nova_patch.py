@@ -1,6 +1,6 @@
 """The in-band Nova patch (roles/nova_patch): reproducible from pristine Nova, applies cleanly to
-17.0.13, 18.3.0 and 19.3.2, byte-compiles on Python 2.7 and 3, its core suite passes on 2.7, and
-its hooks behave against Nova 19.3.2's real objects."""
+17.0.13, 18.3.0 and 19.3.2, byte-compiles on Python 2.7 and 3, and its core suite passes on 2.7;
+its hooks run inside Nova's own services in tests/nova_harness (test_nova_harness.py)."""
 import json
 import os
 import shutil
@@ -45,7 +45,7 @@ def test_diff_applies_to_pristine_and_compiles(release, tmp_path):
         paths.append(str(tmp_path / "nova" / f["path"]))
     assert {f["path"] for f in manifest["files"]} == {
         "conductor/tasks/live_migrate.py", "virt/libvirt/driver.py", "compute/manager.py",
-        "numa_repin_patch.py"}
+        "compute/resource_tracker.py", "numa_repin_patch.py"}
     for py in (PY27, sys.executable):
         r = subprocess.run([py, "-m", "py_compile"] + paths, capture_output=True, text=True)
         assert r.returncode == 0, "%s: %s" % (py, r.stderr)
@@ -56,26 +56,3 @@ def test_core_suite_passes_on_python27():
                        timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert " passed" in r.stdout and "failed" not in r.stdout
-
-
-def test_hooks_against_real_nova_19(tmp_path):
-    venv = subprocess.run([str(REPO / "tests/lab/venv.sh"), "nova"], capture_output=True, text=True,
-                          check=True).stdout.strip()
-    py = os.path.join(venv, "bin", "python")
-    site = subprocess.run([py, "-c", "import nova, os; print(os.path.dirname(nova.__file__))"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    shutil.copytree(site, tmp_path / "nova", ignore=shutil.ignore_patterns("tests", "*.pyc"))
-    shutil.copytree(PATCH / "files" / "19.3.2" / "nova", tmp_path / "nova", dirs_exist_ok=True)
-    r = subprocess.run([py, str(REPO / "tests" / "nova_patch" / "nova_glue_check.py")],
-                       env=dict(os.environ, PYTHONPATH=str(tmp_path)), capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    out = json.loads(r.stdout)
-    assert out["patched_file"].startswith(str(tmp_path))
-    assert out["taken_placement"] == {"0": 0}
-    # Nova's own accounting: the copied source pins overlap, the patched topology does not.
-    assert out["source_pins_on_dest"] == "CPUPinningInvalid"
-    assert out["dest_pinned_after"] == [0, 1]
-    assert "No numa available with 2 vcpu and 64 memory" in out["no_cell"]
-    assert out["unpinned"] == "refused"
-    assert out["xml_uuid_kept"] and out["xml_vcpupin"] == [0] and out["xml_emulatorpin"] == [0]

@@ -50,131 +50,64 @@ def instance(*cells):
                     {"cells": list(cells), "emulator_threads_policy": None})
 
 
-# ------------------------------------------------------------------ the three field cases
+# ------------------------------------------------------------------ placement
+# Which cells and pCPUs is Nova's own numa_fit_instance_to_host's choice (the
+# field cases run through Nova's services in tests/nova_harness/); the core
+# turns a fitted topology into the XML rewrite's placement and explains a
+# refusal.
 
-def test_taken_pcpu_is_avoided():
-    # Source pinned vCPU 0 to pCPU 1; on the destination pCPU 1 is another guest's.
-    inst = instance(guest_cell(0, [0], [1]))
-    dest = host(host_cell(0, [0, 1], pinned=[1]))
-    placement = p.plan(inst, dest)
-    assert placement == [{"index": 0, "host_cell": 0, "pins": {0: 0}, "reserved": [],
-                          "memory": 64}]
-
-
-def test_pcpu_not_allowed_is_avoided():
-    # The destination's vcpu_pin_set is 2-3 (Nova's compute cell cpuset is already that
-    # set); the source pin 0 does not exist there for guests.
-    inst = instance(guest_cell(0, [0, 1], [0, 1]))
-    dest = host(host_cell(0, [2, 3]))
-    placement = p.plan(inst, dest)
-    assert placement[0]["pins"] == {0: 2, 1: 3}
+def fitted(*cells):
+    return instance(*cells)
 
 
-def test_no_single_cell_fits():
-    # 2 free pCPUs in total, but one per cell: a 2-vCPU guest cell fits in neither.
-    inst = instance(guest_cell(0, [0, 1], [0, 1], memory=64))
-    dest = host(host_cell(0, [0, 1], pinned=[1]), host_cell(1, [2, 3], pinned=[2]))
-    with pytest.raises(p.NoNumaAvailable) as e:
-        p.plan(inst, dest)
-    assert str(e.value).startswith("No numa available with 2 vcpu and 64 memory")
-    assert "cell 0: 1 free pCPUs" in str(e.value)
-    assert e.value.vcpus == 2 and e.value.memory == 64
+def test_placement_from_fitted_topology():
+    topo = fitted(guest_cell(1, [0, 1], [3, 2], reserved=[1]), guest_cell(0, [2], [0]))
+    assert p.placement_from_topology(topo) == [
+        {"index": 0, "host_cell": 1, "pins": {0: 3, 1: 2}, "reserved": [1], "memory": 64},
+        {"index": 1, "host_cell": 0, "pins": {2: 0}, "reserved": [], "memory": 64}]
 
 
-# ------------------------------------------------------------------ more placement rules
-
-def test_memory_must_fit_in_the_same_cell():
-    inst = instance(guest_cell(0, [0], [0], memory=512))
-    dest = host(host_cell(0, [0, 1], memory=1024, used=768), host_cell(1, [2, 3], memory=1024))
-    assert p.plan(inst, dest)[0]["host_cell"] == 1
-    full = host(host_cell(0, [0, 1], memory=1024, used=768))
-    with pytest.raises(p.NoNumaAvailable) as e:
-        p.plan(inst, full)
-    assert "No numa available with 1 vcpu and 512 memory" in str(e.value)
+def test_unpinned_fitted_cell_is_an_error():
+    with pytest.raises(p.RepinError):
+        p.placement_from_topology(fitted(guest_cell(0, [0, 1], [3])))
 
 
-def test_best_fit_cell_and_partial_cores_first():
-    inst = instance(guest_cell(0, [0], [5]))
-    dest = host(host_cell(0, [0, 1, 2, 3], siblings=[[0, 1], [2, 3]]),
-                host_cell(1, [4, 5, 6, 7], pinned=[4], siblings=[[4, 5], [6, 7]]))
-    placement = p.plan(inst, dest)
-    # cell 1 has fewer free pCPUs (best fit) and pCPU 5 is the free thread of a used core
-    assert placement[0]["host_cell"] == 1 and placement[0]["pins"] == {0: 5}
+def test_refusal_names_the_whole_instance_and_every_cell():
+    inst = instance(guest_cell(0, [0, 1], [0, 1]), guest_cell(1, [2, 3], [2, 3]))
+    dest = host(host_cell(0, [0, 1], pinned=[1], memory=1024, used=64),
+                host_cell(1, [2, 3], pinned=[2, 3]))
+    e = p.refusal(inst, dest)
+    assert isinstance(e, p.NoNumaAvailable)
+    assert (e.vcpus, e.memory) == (4, 128)
+    assert str(e) == ("No numa available with 4 vcpu and 128 memory (cell 0: 1 free pCPUs, "
+                      "960 MiB free; cell 1: 0 free pCPUs, 1024 MiB free)")
 
 
-def test_isolate_takes_whole_cores():
-    inst = instance(guest_cell(0, [0, 1], [0, 2], thread_policy="isolate"))
-    dest = host(host_cell(0, [0, 1, 2, 3, 4, 5], pinned=[1],
-                          siblings=[[0, 1], [2, 3], [4, 5]]))
-    placement = p.plan(inst, dest)
-    assert placement[0]["pins"] == {0: 2, 1: 4}
-    tight = host(host_cell(0, [0, 1, 2, 3], pinned=[1], siblings=[[0, 1], [2, 3]]))
-    with pytest.raises(p.NoNumaAvailable):
-        p.plan(inst, tight)
-
-
-def test_require_fills_whole_cores():
-    inst = instance(guest_cell(0, [0, 1], [0, 1], thread_policy="require"))
-    dest = host(host_cell(0, [0, 1, 2, 3], pinned=[0], siblings=[[0, 1], [2, 3]]))
-    assert p.plan(inst, dest)[0]["pins"] == {0: 2, 1: 3}
-
-
-def test_emulator_reserved_pcpu_is_placed_too():
+def test_refusal_of_one_vcpu_with_isolated_emulator_thread():
+    # The reserved emulator pCPU is not counted in the field message.
     inst = instance(guest_cell(0, [0], [0], reserved=[1]))
-    dest = host(host_cell(0, [0, 1, 2], pinned=[0]))
-    placement = p.plan(inst, dest)
-    assert placement[0]["pins"] == {0: 1} and placement[0]["reserved"] == [2]
-    with pytest.raises(p.NoNumaAvailable) as e:
-        p.plan(inst, host(host_cell(0, [0, 1], pinned=[0])))
-    assert "with 2 vcpu" in str(e.value)
+    e = p.refusal(inst, host(host_cell(0, [0, 1], pinned=[0])))
+    assert str(e).startswith("No numa available with 1 vcpu and 64 memory (")
 
 
-def test_two_guest_cells_go_to_distinct_host_cells():
-    inst = instance(guest_cell(0, [0], [0]), guest_cell(1, [1], [2]))
-    dest = host(host_cell(0, [0, 1]), host_cell(1, [2, 3], pinned=[2]))
-    placement = p.plan(inst, dest)
-    assert sorted(c["host_cell"] for c in placement) == [0, 1]
-    free = {0: {0, 1}, 1: {3}}
-    for c in placement:
-        assert set(c["pins"].values()) <= free[c["host_cell"]]
-    # best fit: the first guest cell takes the fuller host cell
-    assert placement[0] == {"index": 0, "host_cell": 1, "pins": {0: 3}, "reserved": [], "memory": 64}
-    with pytest.raises(p.NoNumaAvailable):
-        p.plan(inst, host(host_cell(0, [0, 1, 2, 3])))
-
-
-def test_hugepages_count_free_pages_of_that_size():
-    pages = [envelope("NUMAPagesTopology", "1.1",
-                      {"size_kb": 2048, "total": 64, "used": 32, "reserved": 0})]
-    inst = instance(guest_cell(0, [0], [0], memory=64, pagesize=2048))
-    assert p.plan(inst, host(host_cell(0, [0, 1], pages=pages)))[0]["host_cell"] == 0
-    inst = instance(guest_cell(0, [0], [0], memory=128, pagesize=2048))
-    with pytest.raises(p.NoNumaAvailable):
-        p.plan(inst, host(host_cell(0, [0, 1], pages=pages)))
-
-
-def test_repin_in_place_counts_own_pins_as_free():
-    inst = instance(guest_cell(0, [0, 1], [0, 1]))
-    dest = host(host_cell(0, [0, 1], pinned=[0, 1]))
-    with pytest.raises(p.NoNumaAvailable):
-        p.plan(inst, dest)
-    assert p.plan(inst, dest, same_host=True)[0]["pins"] == {0: 0, 1: 1}
+def test_refusal_with_unreadable_destination_still_has_the_message():
+    e = p.refusal(instance(guest_cell(0, [0], [0])), None)
+    assert str(e) == "No numa available with 1 vcpu and 64 memory"
 
 
 def test_queens_and_train_cell_formats():
-    inst = instance(guest_cell(0, [0], [0]))
-    queens = host(host_cell(0, [0, 1], pinned=[0], version="1.2"))
-    assert p.plan(inst, queens)[0]["pins"] == {0: 1}
+    queens = p.host_cells(host(host_cell(0, [0, 1], pinned=[0], version="1.2")))
+    assert queens[0]["cpus"] == {0, 1} and queens[0]["pinned"] == {0}
     train = json.loads(host(host_cell(0, [], version="1.4")))
     train["nova_object.data"]["cells"][0]["nova_object.data"]["pcpuset"] = [3]
-    assert p.plan(inst, json.dumps(train))[0]["pins"] == {0: 3}
+    assert p.host_cells(json.dumps(train))[0]["cpus"] == {3}
 
 
 def test_destination_without_numa_topology_is_refused():
     with pytest.raises(p.RepinError):
-        p.plan(instance(guest_cell(0, [0], [0])), None)
+        p.host_cells(None)
     with pytest.raises(p.RepinError):
-        p.plan(instance(guest_cell(0, [0], [0])), "{not json")
+        p.host_cells("{not json")
 
 
 def test_is_pinned():

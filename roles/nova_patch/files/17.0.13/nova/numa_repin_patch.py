@@ -177,42 +177,39 @@ def is_pinned(instance_numa):
 
 
 # ------------------------------------------------------ placement
+# Nova's own numa_fit_instance_to_host decides (see fit() below); these turn
+# its answer into the shape the XML rewrite takes, and explain a refusal.
 
-def _cores(cell, free):
-    """Free pCPUs of a cell grouped by core: (partly used cores, whole free
-    cores), each a list of sorted lists."""
-    seen, partial, whole = set(), [], []
-    for sib in cell["siblings"] or []:
-        sib = sib & cell["cpus"]
-        if not sib:
-            continue
-        seen |= sib
-        f = sorted(sib & free)
-        if not f:
-            continue
-        (whole if len(f) == len(sib) else partial).append(f)
-    for c in sorted(free - seen):     # no sibling info: one thread per core
-        whole.append([c])
-    return partial, whole
+def placement_from_topology(instance_numa):
+    """A fitted InstanceNUMATopology (object, primitive or JSON) -> list (one
+    per guest cell) of dicts: index, host_cell, pins {vcpu: pcpu}, reserved
+    [pcpu], memory."""
+    out = []
+    for g in instance_cells(instance_numa):
+        if len(g["pins"]) != len(g["vcpus"]):
+            raise RepinError("guest cell %d is not pinned in the fitted "
+                             "topology" % g["index"])
+        out.append({"index": g["index"], "host_cell": int(g["id"]),
+                    "pins": dict(g["pins"]), "reserved": list(g["reserved"]),
+                    "memory": g["memory"]})
+    return out
 
 
-def _pick(cell, free, n, thread_policy):
-    """n pCPUs out of `free` in `cell`, or None.  prefer (default): free
-    threads of partly used cores first, so whole cores stay free for
-    isolate/require guests; isolate: one thread per whole free core (its
-    siblings stay unused); require: whole free cores filled thread by thread."""
-    partial, whole = _cores(cell, free)
-    if thread_policy == "isolate":
-        if len(whole) < n:
-            return None
-        return [core[0] for core in whole[:n]], [c for core in whole[:n] for c in core]
-    if thread_policy == "require":
-        pool = [c for core in whole for c in core]
-    else:
-        pool = [c for core in partial for c in core] + [c for core in whole for c in core]
-    if len(pool) < n:
-        return None
-    return pool[:n], pool[:n]
+def refusal(instance_numa, compute_numa):
+    """NoNumaAvailable for an instance no cell set of this host holds: the
+    field message (the instance's vCPUs and memory in all), and per host cell
+    what it has free."""
+    guests = instance_cells(instance_numa)
+    vcpus = sum(len(g["vcpus"]) for g in guests)
+    memory = sum(g["memory"] for g in guests)
+    reasons = []
+    try:
+        pagesize = guests[0]["pagesize"] if guests else None
+        for h in host_cells(compute_numa):
+            reasons.append(_cell_reason(h, h["cpus"] - h["pinned"], pagesize))
+    except RepinError:
+        pass
+    return NoNumaAvailable(vcpus, memory, reasons)
 
 
 def _cell_reason(cell, free, pagesize):
@@ -221,60 +218,9 @@ def _cell_reason(cell, free, pagesize):
 
 
 def _free_memory(cell, pagesize):
-    if pagesize and pagesize in cell["pages"]:
+    if pagesize and pagesize > 0 and pagesize in cell["pages"]:
         return cell["pages"][pagesize] * pagesize // 1024
     return cell["memory"] - cell["memory_used"]
-
-
-def plan(instance_numa, compute_numa, same_host=False):
-    """Choose, for every guest cell, one destination cell with enough free
-    pCPUs (pinnable, not pinned by others) and free memory, and the pCPUs in
-    it.  Best fit: the cell left with the fewest free pCPUs, then the lowest
-    id.  Returns a list (one per guest cell) of dicts: index, host_cell,
-    pins {vcpu: pcpu}, reserved [pcpu], memory.  Raises NoNumaAvailable.
-
-    same_host: the instance's own pins are counted as free (repin in place).
-    """
-    guests = instance_cells(instance_numa)
-    hosts = host_cells(compute_numa)
-    if same_host:
-        mine = set()
-        for g in guests:
-            mine |= set(g["pins"].values()) | set(g["reserved"])
-        for h in hosts:
-            h["pinned"] = h["pinned"] - mine
-    used = set()
-    out = []
-    # Largest guest cells first: they have the fewest candidates.
-    for g in sorted(guests, key=lambda g: (-len(g["vcpus"]), g["index"])):
-        need = len(g["vcpus"]) + len(g["reserved"])
-        best, reasons = None, []
-        for h in hosts:
-            if h["id"] in used:
-                continue
-            free = h["cpus"] - h["pinned"]
-            mem_ok = _free_memory(h, g["pagesize"]) >= g["memory"]
-            picked = _pick(h, free, need, g["thread_policy"]) if mem_ok else None
-            if picked is None:
-                reasons.append(_cell_reason(h, free, g["pagesize"]))
-                continue
-            key = (len(free) - len(picked[1]), h["id"])
-            if best is None or key < best[0]:
-                best = (key, h, picked)
-        if best is None:
-            raise NoNumaAvailable(need, g["memory"], reasons)
-        _, h, (cpus, taken) = best
-        used.add(h["id"])
-        h["pinned"] = h["pinned"] | set(taken)
-        vc = cpus[:len(g["vcpus"])]
-        out.append({
-            "index": g["index"],
-            "host_cell": h["id"],
-            "pins": dict(zip(g["vcpus"], vc)),
-            "reserved": sorted(cpus[len(g["vcpus"]):]),
-            "memory": g["memory"],
-        })
-    return sorted(out, key=lambda p: p["index"])
 
 
 # ------------------------------------------------------ domain XML
@@ -417,17 +363,65 @@ def updated_topology(instance_numa, placement):
 
 
 # ------------------------------------------------------------ Nova glue
-# Called from the hooks.  Each states what happens on error: the conductor
-# check and the source XML rewrite refuse (the guest stays where it is);
-# post-migration steps log and carry on (the guest already runs on the
-# destination; the resource tracker's periodic run corrects counts).
+# Called from the hooks; imports Nova lazily.  The flow is Train's (the
+# release that fixed bug 1289064), built from the objects Queens already has:
+#   conductor      pinned instances are no longer refused outright; a
+#                  destination is refused when Nova's own fit finds no cells
+#                  there (check_destination);
+#   destination    check_can_live_migrate_destination claims the fitted pCPUs
+#                  under the resource tracker's lock: a MigrationContext with
+#                  new_numa_topology, accounted as an incoming migration, so
+#                  the periodic update and the next claim both see it
+#                  (claim_on_destination, is_claimed_live_migration,
+#                  with_claimed_live_migrations);
+#   source         the migration XML carries the claimed pins
+#                  (rewrite_migration_xml); after the destination has saved
+#                  the instance, the source's stale copy of numa_topology is
+#                  replaced by the saved one, so no later save of the source
+#                  writes the old pins back (forget_source_topology);
+#   destination    post_live_migration_at_destination saves the claimed
+#                  topology and drops the context (apply_claim) and persists
+#                  the live pins into the persistent definition
+#                  (persist_live_pins); a rollback drops the claim
+#                  (drop_claim).
+# What happens on error: the checks and the claim refuse (the guest stays on
+# its source); the XML rewrite fails the migration (Nova rolls back, the
+# guest stays on its source); post-migration steps log and carry on (the
+# guest already runs on the destination).
+
+def fit(host_topology, instance_topology, limits=None):
+    """Nova's own numa_fit_instance_to_host on a copy of the instance's
+    request (the fit writes its choice into the cells it is given): -> the
+    fitted InstanceNUMATopology.  Raises NoNumaAvailable with the field
+    message.  host_topology: NUMATopology object or its JSON (as
+    compute_nodes.numa_topology holds it, usage included)."""
+    from nova import objects
+    from nova.virt import hardware
+    host = host_topology
+    if not hasattr(host, "cells"):
+        if not host:
+            raise RepinError("the destination reports no NUMA topology")
+        host = objects.NUMATopology.obj_from_db_obj(host)
+    # A fresh request: the pins it has on its source are not a wish.
+    request = instance_topology.obj_clone()
+    request.clear_host_pinning()
+    fitted = hardware.numa_fit_instance_to_host(host, request, limits=limits)
+    if fitted is None:
+        raise refusal(instance_topology, host.obj_to_primitive())
+    if instance_topology.obj_attr_is_set("instance_uuid"):
+        fitted.instance_uuid = instance_topology.instance_uuid
+    return fitted
+
 
 def check_destination(instance, destination_info, error_cls):
-    """Conductor: refuse a destination with no fitting NUMA cell."""
+    """Conductor: refuse a destination where Nova's own fit finds no cells
+    for the pinned instance, against the compute node's stored usage (which
+    includes the claims in flight there).  The destination's claim repeats
+    the fit under its resource tracker's lock; this only refuses early."""
     if not is_pinned(instance.numa_topology):
         return None
     try:
-        return plan(instance.numa_topology, destination_info.numa_topology)
+        return fit(destination_info.numa_topology, instance.numa_topology)
     except NoNumaAvailable as e:
         raise error_cls(reason="%s on %s" % (e, destination_info.host))
     except RepinError as e:
@@ -435,24 +429,165 @@ def check_destination(instance, destination_info, error_cls):
                         % (destination_info.host, e))
 
 
-def rewrite_migration_xml(context, instance, dest_host, xml):
-    """Source compute: the destination XML with new pins on free pCPUs of
-    one fitting destination cell (same choice as the conductor's check)."""
+def _rt_lock(fn):
+    from nova.compute import resource_tracker
+    from nova import utils
+    return utils.synchronized(resource_tracker.COMPUTE_RESOURCE_SEMAPHORE)(fn)
+
+
+def _accepted_migration(context, instance):
+    """The live migration the conductor created for this request (status
+    'accepted' until the source starts it)."""
+    from nova import objects
+    found = [m for m in objects.MigrationList.get_by_filters(
+        context, {"instance_uuid": instance.uuid, "status": "accepted"})
+        if m.migration_type == "live-migration"]
+    if not found:
+        return None
+    return max(found, key=lambda m: m.id)
+
+
+_ENDED = ("completed", "error", "failed", "cancelled", "done", "confirmed",
+          "reverted")
+
+
+def _drop_stale_claims(rt, context, nodename):
+    """Claims of live migrations that ended without a rollback on this host
+    (a shared instance path has none; a conductor failure after the claim)
+    are dropped before a new claim, with Nova's own drop_move_claim."""
+    from nova import objects
+    for uuid, mig in list(rt.tracked_migrations.items()):
+        if mig.migration_type != "live-migration":
+            continue
+        fresh = objects.Migration.get_by_id(context, mig.id)
+        if fresh.status not in _ENDED:
+            continue
+        inst = objects.Instance.get_by_uuid(
+            context, uuid, expected_attrs=["migration_context", "flavor"])
+        LOG.info("numa-repin: dropping the claim of %s on %s (migration %s "
+                 "is %s)", uuid, nodename, fresh.id, fresh.status)
+        rt.drop_move_claim(context, inst, nodename)
+
+
+def claim_on_destination(rt, context, instance, dst_compute_info, error_cls):
+    """Destination compute, at the end of check_can_live_migrate_destination:
+    fit the pinned instance with Nova's own numa_fit_instance_to_host against
+    this node's live accounting (claims in flight included) and hold the
+    chosen pCPUs: a MigrationContext (new_numa_topology) on the instance and
+    the migration accounted as incoming, as Train's live-migration claim
+    does.  Raises error_cls (MigrationPreCheckError) with the field message:
+    the conductor then tries the scheduler's next host, or fails a forced
+    one, and the guest stays where it is."""
+    if not is_pinned(instance.numa_topology):
+        return
+    from nova import objects
+    nodename = _data(dst_compute_info).get("hypervisor_hostname")
+    migration = _accepted_migration(context, instance)
+    if migration is None:
+        raise error_cls(reason="numa-repin: no accepted live migration of %s "
+                        "to claim pCPUs for" % instance.uuid)
+    _drop_stale_claims(rt, context, nodename)
+
+    @_rt_lock
+    def claim():
+        cn = rt.compute_nodes.get(nodename)
+        if cn is None:
+            raise error_cls(reason="numa-repin: node %s is not tracked on %s"
+                            % (nodename, rt.host))
+        try:
+            fitted = fit(cn.numa_topology, instance.numa_topology)
+        except NoNumaAvailable as e:
+            raise error_cls(reason="%s on %s" % (e, rt.host))
+        except RepinError as e:
+            raise error_cls(reason="numa-repin: cannot claim on %s: %s"
+                            % (rt.host, e))
+        migration.dest_compute = rt.host
+        migration.dest_node = nodename
+        migration.save()
+        instance.migration_context = objects.MigrationContext(
+            context=context, instance_uuid=instance.uuid,
+            migration_id=migration.id,
+            old_numa_topology=instance.numa_topology,
+            new_numa_topology=fitted,
+            old_pci_devices=None, new_pci_devices=None,
+            old_pci_requests=None, new_pci_requests=None)
+        instance.save()
+        rt._update_usage_from_migration(context, instance, migration, nodename)
+        rt._update(context.elevated(), cn)
+        LOG.info("numa-repin: claimed %s on %s for %s (migration %s)",
+                 [(p["host_cell"], p["pins"]) for p in
+                  placement_from_topology(fitted)], nodename, instance.uuid,
+                 migration.id)
+    claim()
+
+
+def is_claimed_live_migration(instance, migration):
+    """Resource tracker: a live migration of a pinned instance with our
+    claim (its MigrationContext) counts like a resize on the destination, as
+    in Train; every other live migration is still ignored."""
+    try:
+        if migration.migration_type != "live-migration":
+            return False
+        if instance.task_state != "migrating":
+            return False
+        mc = instance.migration_context
+        return (mc is not None and mc.migration_id == migration.id
+                and is_pinned(mc.new_numa_topology))
+    except Exception:
+        return False
+
+
+def with_claimed_live_migrations(context, migrations, host, nodename):
+    """Resource tracker periodic: Nova lists 'accepted' migrations as not in
+    progress, but a claim is taken while its migration is still 'accepted';
+    add those to the list so the periodic keeps holding the pCPUs."""
+    try:
+        from nova import objects
+        seen = set(m.id for m in migrations)
+        extra = [m for m in objects.MigrationList.get_by_filters(
+            context, {"host": host, "status": "accepted"})
+            if m.migration_type == "live-migration" and m.id not in seen
+            and m.dest_compute == host and m.dest_node == nodename]
+    except Exception:
+        LOG.exception("numa-repin: could not list accepted live migrations")
+        return migrations
+    if not extra:
+        return migrations
+    return list(migrations) + extra
+
+
+def _claimed_topology(context, instance, migration_id=None):
+    from nova import objects
+    mc = objects.MigrationContext.get_by_instance_uuid(context, instance.uuid)
+    if mc is None or mc.new_numa_topology is None:
+        return None
+    if migration_id is not None and mc.migration_id != migration_id:
+        return None
+    return mc.new_numa_topology
+
+
+def rewrite_migration_xml(context, instance, migrate_data, xml):
+    """Source compute: the migration XML with the pins the destination
+    claimed.  With no claim for this migration the migration fails (Nova
+    rolls back; the guest stays on its source)."""
     if xml is None or not is_pinned(instance.numa_topology):
         return xml
-    from nova import objects
-    node = objects.ComputeNode.get_first_node_by_host_for_old_compat(
-        context, dest_host)
-    placement = plan(instance.numa_topology, node.numa_topology)
-    LOG.info("numa-repin: migrating %s to %s with pins %s", instance.uuid,
-             dest_host, [(p["host_cell"], p["pins"]) for p in placement])
+    migration_id = None
+    if migrate_data is not None and migrate_data.obj_attr_is_set("migration"):
+        migration_id = migrate_data.migration.id
+    claimed = _claimed_topology(context, instance, migration_id)
+    if claimed is None:
+        raise RepinError("numa-repin: the destination holds no claim for "
+                         "migration %s of %s" % (migration_id, instance.uuid))
+    placement = placement_from_topology(claimed)
+    LOG.info("numa-repin: migrating %s with pins %s", instance.uuid,
+             [(p["host_cell"], p["pins"]) for p in placement])
     return rewrite_xml(xml, placement)
 
 
 def persist_live_pins(host, instance):
-    """Destination compute: DEST_XML changes only the running definition;
-    write the persistent one with the pins the guest runs with, so a reboot
-    keeps them."""
+    """Destination compute: write the persistent definition with the pins
+    the guest runs with, so a libvirt-level restart keeps them."""
     if not is_pinned(instance.numa_topology):
         return
     try:
@@ -466,62 +601,78 @@ def persist_live_pins(host, instance):
                       "a reboot may restore the old ones", instance.uuid)
 
 
-def release_on_source(rt, context, instance, nodename):
-    """Source compute, first of the three DB steps: free the instance's
-    pinned pCPUs and memory in the source node's accounting."""
-    _rt_step(rt, context, instance, nodename, True)
+def apply_claim(context, driver, instance):
+    """Destination compute, before post_live_migration_at_destination saves
+    the instance (host, node): numa_topology becomes the one it runs with
+    here (the claim, checked against the live XML; the live XML wins if they
+    differ) and the migration context is dropped."""
+    if not is_pinned(instance.numa_topology):
+        return
+    try:
+        xml = driver._host.get_guest(instance).get_xml_desc()
+        live = placement_from_xml(instance.numa_topology, xml)
+        claimed = _claimed_topology(context, instance)
+        new = claimed
+        if claimed is None or _pins(placement_from_topology(claimed)) != _pins(live):
+            LOG.warning("numa-repin: %s runs with pins %s, not the claimed %s; "
+                        "recording what runs", instance.uuid, _pins(live),
+                        claimed and _pins(placement_from_topology(claimed)))
+            from nova import objects
+            new = objects.InstanceNUMATopology.obj_from_primitive(
+                updated_topology(instance.numa_topology, live))
+        new.instance_uuid = instance.uuid
+        instance.numa_topology = new
+        instance.migration_context = None
+    except Exception:
+        LOG.exception("numa-repin: could not record the new pins of %s",
+                      instance.uuid)
 
 
-def update_topology_from_guest(driver, instance):
-    """Destination compute, second step (the caller then saves the instance
-    through the conductor): numa_topology with the pins the guest runs with
-    here (pre-Train keeps the source pins, bug 1289064)."""
+def _pins(placement):
+    return sorted((p["index"], p["host_cell"], sorted(p["pins"].items()),
+                   sorted(p["reserved"])) for p in placement)
+
+
+def forget_source_topology(context, instance):
+    """Source compute, right after post_live_migration_at_destination: the
+    destination has saved the new pins; replace this process's stale copy
+    (whose stored form carries nova_object.changes, so any later
+    instance.save(), e.g. in the driver's cleanup, would write the source
+    pins back) by what is saved now, with no pending changes."""
     if not is_pinned(instance.numa_topology):
         return
     try:
         from nova import objects
-        xml = driver._host.get_guest(instance).get_xml_desc()
-        placement = placement_from_xml(instance.numa_topology, xml)
-        prim = updated_topology(instance.numa_topology, placement)
-        instance.numa_topology = (
-            objects.InstanceNUMATopology.obj_from_primitive(prim))
+        fresh = objects.InstanceNUMATopology.get_by_instance_uuid(
+            context, instance.uuid)
+        instance.numa_topology = fresh
+        if fresh is not None:
+            fresh.obj_reset_changes(recursive=True)
+        instance.obj_reset_changes(["numa_topology"])
     except Exception:
-        LOG.exception("numa-repin: could not update numa_topology of %s",
+        LOG.exception("numa-repin: could not reload numa_topology of %s",
                       instance.uuid)
 
 
-def account_on_destination(rt, context, instance, nodename):
-    """Destination compute, third step: account the instance (with its new
-    pins) on the destination node."""
-    _rt_step(rt, context, instance, nodename, False)
-
-
-def _rt_step(rt, context, instance, nodename, removed):
-    if not is_pinned(instance.numa_topology) or not nodename:
+def drop_claim(rt, context, instance, nodename=None):
+    """Destination compute, on rollback: give the claimed pCPUs back now
+    (Nova's own drop_move_claim) and drop the migration context."""
+    if not is_pinned(instance.numa_topology):
         return
     try:
-        _with_rt_lock(lambda: _rt_update(rt, context, instance, nodename,
-                                         removed))
+        from nova import objects
+        if nodename is None:
+            nodename = next(iter(rt.compute_nodes), None)
+        # The instance as saved, with its migration context: the copy that
+        # came over RPC may carry none.
+        saved = objects.Instance.get_by_uuid(
+            context, instance.uuid,
+            expected_attrs=["migration_context", "flavor", "numa_topology"])
+        if instance.uuid in rt.tracked_migrations and nodename:
+            rt.drop_move_claim(context, saved, nodename)
+        if saved.migration_context is not None:
+            saved.migration_context = None
+            saved.save()
     except Exception:
-        LOG.exception("numa-repin: %s %s on %s failed; the periodic resource "
-                      "update will do it", "releasing" if removed
-                      else "accounting", instance.uuid, nodename)
-
-
-def _with_rt_lock(fn):
-    from nova.compute import resource_tracker
-    from nova import utils
-    return utils.synchronized(resource_tracker.COMPUTE_RESOURCE_SEMAPHORE)(fn)()
-
-
-def _rt_update(rt, context, instance, nodename, removed):
-    if nodename not in rt.compute_nodes:
-        return
-    tracked = instance.uuid in rt.tracked_instances
-    if removed and not tracked:
-        return
-    if not removed and tracked:
-        return
-    rt._update_usage_from_instance(context, instance, nodename,
-                                   is_removed=removed)
-    rt._update(context.elevated(), rt.compute_nodes[nodename])
+        LOG.exception("numa-repin: could not drop the claim of %s; the "
+                      "periodic resource update will", instance.uuid)

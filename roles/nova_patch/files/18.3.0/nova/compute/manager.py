@@ -6364,6 +6364,10 @@ class ComputeManager(manager.Manager):
         finally:
             self.driver.cleanup_live_migration_destination_check(ctxt,
                     dest_check_data)
+        # numa-repin: hold the pCPUs Nova's fit chooses here.
+        numa_repin_patch.claim_on_destination(
+            self._get_resource_tracker(), ctxt, instance, dst_compute_info,
+            exception.MigrationPreCheckError)
         return migrate_data
 
     @wrap_exception()
@@ -6991,15 +6995,14 @@ class ComputeManager(manager.Manager):
         # destination, which will update it
         source_node = instance.node
 
-        # numa-repin, DB order 1/3: release the pins on the source first.
-        numa_repin_patch.release_on_source(self._get_resource_tracker(), ctxt, instance,
-                                           source_node)
         # Define domain at destination host, without doing it,
         # pause/suspend/terminate do not work.
         post_at_dest_success = True
         try:
             self.compute_rpcapi.post_live_migration_at_destination(ctxt,
                     instance, block_migration, dest)
+            # numa-repin: no later save may write the source pins back.
+            numa_repin_patch.forget_source_topology(ctxt, instance)
         except Exception as error:
             post_at_dest_success = False
             # We don't want to break _post_live_migration() if
@@ -7149,14 +7152,9 @@ class ComputeManager(manager.Manager):
                 instance.task_state = None
                 instance.node = node_name
                 instance.progress = 0
-                # numa-repin, DB order 2/3: the pins it runs with here,
-                # saved through the conductor with host and node.
-                numa_repin_patch.update_topology_from_guest(self.driver,
-                                                            instance)
+                # numa-repin: the claimed pins, checked against the guest.
+                numa_repin_patch.apply_claim(context, self.driver, instance)
                 instance.save(expected_task_state=task_states.MIGRATING)
-                # numa-repin, DB order 3/3: account them on this node.
-                numa_repin_patch.account_on_destination(
-                    self._get_resource_tracker(), context, instance, node_name)
 
         # NOTE(tr3buchet): tear down networks on source host (nova-net)
         # NOTE(mriedem): For neutron, this will delete any inactive source
@@ -7328,6 +7326,8 @@ class ComputeManager(manager.Manager):
         :param destroy_disks: whether to destroy volumes or not
         :param migrate_data: contains migration info
         """
+        # numa-repin: give the claimed pCPUs back.
+        numa_repin_patch.drop_claim(self._get_resource_tracker(), context, instance)
         network_info = self.network_api.get_instance_nw_info(context, instance)
         self._notify_about_instance_usage(
                       context, instance, "live_migration.rollback.dest.start",

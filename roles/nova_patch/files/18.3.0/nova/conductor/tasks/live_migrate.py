@@ -164,8 +164,8 @@ class LiveMigrationTask(base.TaskBase):
         """Prevent live migrations of instances with NUMA topologies."""
         if not self.instance.numa_topology:
             return
-        # numa-repin: a pinned instance is checked per destination
-        # (_check_compatible_with_source_hypervisor) and repinned there.
+        # numa-repin: a pinned instance is fitted per destination
+        # and claimed there, then migrated with the claimed pins.
         if numa_repin_patch.is_pinned(self.instance.numa_topology):
             return
 
@@ -269,8 +269,8 @@ class LiveMigrationTask(base.TaskBase):
         destination_version = destination_info.hypervisor_version
         if source_version > destination_version:
             raise exception.DestinationHypervisorTooOld()
-        # numa-repin: refuse a destination where no NUMA cell has the
-        # free pCPUs and memory of the pinned instance.
+        # numa-repin: refuse a destination where Nova's own NUMA fit
+        # finds no cells for the pinned instance.
         numa_repin_patch.check_destination(
             self.instance, destination_info, exception.MigrationPreCheckError)
         return source_info, destination_info

@@ -7736,7 +7736,6 @@ class LibvirtDriver(driver.ComputeDriver):
         This method is intended to be run in a background thread and will
         block that thread until the migration is finished or failed.
         """
-        numa_dest_host = dest  # numa-repin: dest may become an address
         try:
             if migrate_data.block_migration:
                 migration_flags = self._block_migration_flags
@@ -7798,9 +7797,9 @@ class LibvirtDriver(driver.ComputeDriver):
                     # a way to avoid this in future.
                     guest, migrate_data, self._get_volume_config,
                     get_vif_config=get_vif_config)
-                # numa-repin: new pins on free pCPUs of a fitting cell there
+                # numa-repin: the pins the destination claimed
                 new_xml_str = numa_repin_patch.rewrite_migration_xml(
-                    context, instance, numa_dest_host, new_xml_str)
+                    context, instance, migrate_data, new_xml_str)
 
             # NOTE(pkoniszewski): Because of precheck which blocks
             # tunnelled block live migration with mapped volumes we
@@ -8615,7 +8614,7 @@ class LibvirtDriver(driver.ComputeDriver):
         # destination host, so just perform a sanity check to make sure it
         # made it as expected.
         self._host.get_guest(instance)
-        # numa-repin: DEST_XML changed only the running definition.
+        # numa-repin: the persistent definition keeps the new pins.
         numa_repin_patch.persist_live_pins(self._host, instance)
 
     def _get_instance_disk_info_from_config(self, guest_config,
