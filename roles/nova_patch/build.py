@@ -63,7 +63,7 @@ def edits(release):
              "        if not self.instance.numa_topology:\n            return\n"
              "        # numa-repin: a pinned instance is fitted per destination\n"
              "        # and claimed there, then migrated with the claimed pins.\n"
-             "        if numa_repin_patch.is_pinned(self.instance.numa_topology):\n"
+             "        if numa_repin_patch.handles(self.instance):\n"
              "            return\n"),
             ("            raise exception.DestinationHypervisorTooOld()\n"
              "        return source_info, destination_info\n",

@@ -413,6 +413,19 @@ def fit(host_topology, instance_topology, limits=None):
     return fitted
 
 
+def handles(instance):
+    """Conductor: the live migrations this patch takes over from Nova's
+    refusal: pinned instances without PCI requests (a PCI device's NUMA
+    affinity would need its own claim, which Stein has no way to move)."""
+    if not is_pinned(instance.numa_topology):
+        return False
+    try:
+        reqs = instance.pci_requests
+        return not (reqs and reqs.requests)
+    except Exception:
+        return False
+
+
 def check_destination(instance, destination_info, error_cls):
     """Conductor: refuse a destination where Nova's own fit finds no cells
     for the pinned instance, against the compute node's stored usage (which

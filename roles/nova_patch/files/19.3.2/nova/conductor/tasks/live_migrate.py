@@ -166,7 +166,7 @@ class LiveMigrationTask(base.TaskBase):
             return
         # numa-repin: a pinned instance is fitted per destination
         # and claimed there, then migrated with the claimed pins.
-        if numa_repin_patch.is_pinned(self.instance.numa_topology):
+        if numa_repin_patch.handles(self.instance):
             return
 
         # Only KVM (libvirt) supports NUMA topologies with CPU pinning;

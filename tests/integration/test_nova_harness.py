@@ -1,0 +1,42 @@
+"""The in-band Nova patch inside Nova's own services: tests/nova_harness/run.sh runs Nova 19.3.2's
+functional-test harness (API, conductor, scheduler, libvirt computes over an extended fakelibvirt,
+resource trackers, placement) on the pristine tree (the control) and on the tree
+`deploy_patched_nova path:` patches, in the same run, and prints what each did."""
+import json
+import os
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _reports(out, section):
+    body = out.split("=== %s" % section, 1)[1].split("\n=== ", 1)[0]
+    return body, [json.loads(l.split(" ", 1)[1]) for l in body.splitlines()
+                  if l.startswith("NUMA-REPIN-HARNESS ")]
+
+
+def test_stein_harness_patched_and_pristine_control(tmp_path):
+    r = subprocess.run(["bash", str(REPO / "tests/nova_harness/run.sh"), "19.3.2"],
+                       env=dict(os.environ, NUMA_REPIN_HARNESS_WORK=str(tmp_path)),
+                       capture_output=True, text=True, timeout=1800)
+    print(r.stdout)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    deploy = json.loads((tmp_path / "deploy.out").read_text())
+    assert deploy["changed"] and deploy["release"] == "19.3.2", deploy
+
+    control, seen = _reports(r.stdout, "pristine Nova 19.3.2 (control)")
+    assert "Ran 2 tests" in control and "\nOK" in control, control
+    outcome = {s["test"].rsplit(".", 1)[1]: s for s in seen}
+    assert outcome["test_refuses_pinned_live_migration"]["outcome"] == "refused"
+    copied = outcome["test_workaround_copies_source_pins"]
+    assert copied["outcome"] == "landed on the other guest's pCPUs", copied
+
+    patched, seen = _reports(r.stdout, "patched Nova 19.3.2")
+    assert "Ran 9 tests" in patched and "\nOK" in patched, patched
+    moved = [s for s in seen if "dest_pins" in s]
+    assert moved and all(not set(s["dest_pins"]) & set(s["source_pins"]) for s in moved), moved
+    claims = [s["claims"] for s in seen if "claims" in s]
+    assert claims and len(claims[0]) == 2
+    a, b = claims[0].values()
+    assert not set(a) & set(b), claims
