@@ -1,13 +1,15 @@
-//! The in-band Nova patch rollout (`deploy_patched_nova`): move the Nova files of Kolla
-//! containers from pristine to patched (or back), verified by checksum before anything changes,
-//! with host and in-container backups, byte-compilation by the container's own Python, restart,
-//! health gate, and a rollback to byte-identical files on any failure.
+//! The in-band Nova patch rollout (`deploy_patched_nova`): move the files of a Nova package
+//! from pristine to patched (or back), verified by checksum before anything changes, with
+//! backups, byte-compilation by Nova's own Python, a health gate, and a rollback to
+//! byte-identical files on any failure. The package is in Kolla containers (restarted after the
+//! change) or a directory on this machine (`path`, no restart); `nova::tree` holds the two.
 
 use crate::ansible::{Context, Failure, ModuleArgs, Outcome};
 use crate::container::{sha256_hex, Engine};
+use crate::nova::tree::{sum_of, ContainerTree, LocalTree, NovaInfo, NovaTree};
 use anyhow::{anyhow, bail, Context as _, Result};
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -15,41 +17,59 @@ use std::time::Duration;
 
 const M: &str = "deploy_patched_nova";
 
-/// Roll the in-band Nova patch into Kolla's Nova containers, or restore pristine Nova.
+/// Roll the in-band Nova patch into Kolla's Nova containers or a Nova directory on this
+/// machine, or restore pristine Nova.
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Args {
     /// Directory of the patch sets: `<patch_dir>/<release>/manifest.json` and the patched files
     /// under `<patch_dir>/<release>/nova/` (roles/nova_patch/files).
     pub patch_dir: PathBuf,
-    /// `auto` (docker when it answers, else podman), `docker` or `podman`.
+    /// `auto` (docker when it answers, else podman), `docker` or `podman`. Containers only.
     #[serde(default = "default_auto")]
     pub container_engine: String,
-    /// Nova release in the containers (`17.0.13`, `18.3.0`, `19.3.2`), or `auto` to ask each container.
+    /// Nova release in the containers or under `path` (`17.0.13`, `18.3.0`, `19.3.2`), or `auto`:
+    /// ask each container; with `path`, the package metadata next to it
+    /// (`nova-*.dist-info/METADATA`, `nova*.egg-info`), else what `python` knows of it.
     #[serde(default = "default_auto")]
     pub release: String,
     /// Container name -> the parts of the nova package it gets (path prefixes inside the package;
-    /// a prefix equal to a file path names that file).
-    #[serde(default = "default_containers")]
-    pub containers: BTreeMap<String, Vec<String>>,
+    /// a prefix equal to a file path names that file). The default applies when `path` is not
+    /// given; `containers` and `path` exclude each other.
+    #[serde(default)]
+    #[schemars(default = "default_containers_doc")]
+    pub containers: Option<BTreeMap<String, Vec<String>>>,
+    /// Instead of containers: a Nova package directory on this machine, patched in place (no
+    /// container, no restart): the `nova` directory itself, holding `__init__.py`, e.g.
+    /// `/opt/venv/lib/python3.7/site-packages/nova`. Excludes `containers`.
+    pub path: Option<PathBuf>,
+    /// With `path`: the parts of the nova package to patch (path prefixes as in `containers`).
+    /// Default: every file of the patch set.
+    pub parts: Option<Vec<String>>,
     /// `present`: patched files in place; `absent`: pristine files restored.
     #[serde(default)]
     pub state: PatchState,
-    /// Restart the containers after changing their files (the health gate follows).
+    /// Restart the containers after changing their files (the health gate follows). With
+    /// `path` not applicable: restart the services that run from it yourself.
     #[serde(default = "default_true")]
     pub restart: bool,
-    /// Seconds a restarted container has to pass the health gate before the rollback.
+    /// Seconds a restarted container has to pass the health gate before the rollback; with
+    /// `path`, the most each run of `python` (byte-compile, health import) may take.
     #[serde(default = "default_health_timeout")]
     pub health_timeout_s: u64,
-    /// Health gate: also require every patched module to import with the container's Python.
-    /// Turn off only for images whose Nova modules cannot import outside their service; the
-    /// gate is then the container running and its own healthcheck, when it has one.
+    /// Health gate: also require every patched module to import with Nova's Python (with
+    /// `path`: `python -c 'import nova.x.y'`, the parent of `path` first on sys.path, from that
+    /// very directory). Turn off only where Nova's modules cannot import outside their service
+    /// (or, with `path`, when `python` lacks Nova's dependencies); a container's gate is then it
+    /// running and its own healthcheck, when it has one.
     #[serde(default = "default_true")]
     pub health_import: bool,
-    /// Host directory for the pristine originals, per container and release.
+    /// Host directory for the pristine originals, per container (or `path`) and release.
     #[serde(default = "default_backup_dir")]
     pub backup_dir: PathBuf,
-    /// The container's Python; default: the Kolla venv's, else python3, else python.
+    /// Nova's Python. In a container default: the Kolla venv's, else python3, else python. With
+    /// `path`: an interpreter on this machine (default `python3` on PATH) that byte-compiles the
+    /// files and runs the health import.
     pub python: Option<String>,
 }
 
@@ -74,6 +94,9 @@ fn default_health_timeout() -> u64 {
 }
 fn default_backup_dir() -> PathBuf {
     PathBuf::from("/var/lib/numa-repin/nova-patch-backup")
+}
+fn default_containers_doc() -> Option<BTreeMap<String, Vec<String>>> {
+    Some(default_containers())
 }
 fn default_containers() -> BTreeMap<String, Vec<String>> {
     let mut m = BTreeMap::new();
@@ -192,77 +215,7 @@ fn matches(path: &str, prefixes: &[String]) -> bool {
         .any(|p| path == p || (p.ends_with('/') && path.starts_with(p.as_str())))
 }
 
-/// What the container's Python says about its Nova.
-#[derive(Deserialize, Serialize, Debug, Clone)]
-struct NovaInfo {
-    path: String,
-    version: String,
-    python: String,
-    #[serde(default)]
-    interpreter: String,
-}
-
-/// Valid on Python 2.7 and 3: where `nova` is, its version, the Python version.
-const DISCOVER: &str = r#"import json, os, sys
-# Locate the package without running nova/__init__ (Queens' imports oslo_service and eventlet).
-try:
-    from importlib.util import find_spec
-    spec = find_spec("nova")
-    path = spec and list(spec.submodule_search_locations or [None])[0]
-except ImportError:
-    import imp
-    path = imp.find_module("nova")[1]
-if not path:
-    raise SystemExit("No module named nova")
-v = ""
-try:
-    import pkg_resources
-    v = pkg_resources.get_distribution("nova").version
-except Exception:
-    try:
-        from importlib import metadata
-        v = metadata.version("nova")
-    except Exception:
-        pass
-print(json.dumps({"path": os.path.abspath(path), "version": v,
-                  "python": "%d.%d" % sys.version_info[:2]}))
-"#;
-
-fn discover(engine: &Engine, name: &str, python: Option<&str>) -> Result<NovaInfo> {
-    let candidates: Vec<&str> = match python {
-        Some(p) => vec![p],
-        None => vec!["/var/lib/kolla/venv/bin/python", "python3", "python"],
-    };
-    let mut tried = Vec::new();
-    for py in candidates {
-        let out = engine.exec(name, &[py, "-c", DISCOVER])?;
-        if out.status.success() {
-            let text = String::from_utf8_lossy(&out.stdout);
-            let line = text
-                .lines()
-                .rev()
-                .find(|l| l.starts_with('{'))
-                .unwrap_or("");
-            let mut info: NovaInfo = serde_json::from_str(line)
-                .with_context(|| format!("{py} in {name} printed no Nova location: {text:?}"))?;
-            info.interpreter = py.to_string();
-            return Ok(info);
-        }
-        tried.push(format!(
-            "{py}: {}",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .last()
-                .unwrap_or("failed")
-        ));
-    }
-    bail!(
-        "no Python in container {name} imports nova ({}); set `python`",
-        tried.join("; ")
-    )
-}
-
-/// One file of one container: where it is, what it holds now, what it must hold.
+/// One file of one tree: where it is, what it holds now, what it must hold.
 #[derive(Debug, Clone)]
 struct FilePlan {
     rel: String,
@@ -274,8 +227,9 @@ struct FilePlan {
     pristine: bool,
 }
 
-struct ContainerPlan {
-    name: String,
+/// What one tree (a container, or the directory of `path`) holds and must hold.
+struct TreePlan<'t> {
+    tree: &'t dyn NovaTree,
     info: NovaInfo,
     release: String,
     files: Vec<FilePlan>,
@@ -284,51 +238,121 @@ struct ContainerPlan {
     health_before: Option<String>,
 }
 
-impl ContainerPlan {
+impl TreePlan<'_> {
+    fn name(&self) -> &str {
+        self.tree.name()
+    }
     fn changes(&self) -> impl Iterator<Item = &FilePlan> {
         self.files.iter().filter(|f| f.current != f.target)
     }
-    fn report(&self, restarted: bool) -> Value {
+    fn report(&self, restarted: bool) -> Map<String, Value> {
         let files: Map<String, Value> = self
             .files
             .iter()
             .map(|f| (f.rel.clone(), json!(f.status)))
             .collect();
-        json!({"nova_path": self.info.path, "python": self.info.interpreter, "python_version": self.info.python,
-               "nova_version": self.info.version, "release": self.release, "files": files, "restarted": restarted})
+        let mut m = Map::new();
+        m.insert("nova_path".into(), json!(self.info.path));
+        m.insert("python".into(), json!(self.info.interpreter));
+        m.insert("python_version".into(), json!(self.info.python));
+        m.insert("nova_version".into(), json!(self.info.version));
+        m.insert("release".into(), json!(self.release));
+        m.insert("files".into(), Value::Object(files));
+        if self.tree.restartable() {
+            m.insert("restarted".into(), json!(restarted));
+        } else {
+            m.insert("restart".into(), json!("not applicable"));
+        }
+        m
     }
 }
 
+/// How the result names what was patched: per container under `containers` (with the engine),
+/// or the one directory of `path` at the top level.
+enum Layout {
+    Containers { engine: String },
+    Path,
+}
+
+fn fail(msg: String) -> anyhow::Error {
+    Failure::new(msg).into()
+}
+
 pub fn run(a: Args, ctx: &Context) -> Result<Outcome> {
-    if a.containers.is_empty() {
-        return Err(Failure::new(format!(
-            "{M}: `containers` is empty: name the Nova containers to patch"
-        ))
-        .into());
+    if let Some(path) = &a.path {
+        if a.containers.is_some() {
+            return Err(fail(format!(
+                "{M}: `path` and `containers` exclude each other: give `path` to patch a Nova \
+                 directory on this machine, or `containers` for Kolla containers; nothing was changed"
+            )));
+        }
+        if a.parts.as_ref().is_some_and(|p| p.is_empty()) {
+            return Err(fail(format!(
+                "{M}: `parts` is empty: omit it to patch every file of the patch set, or name \
+                 prefixes inside the nova package (compute/, numa_repin_patch.py)"
+            )));
+        }
+        let tree = LocalTree::new(path, Duration::from_secs(a.health_timeout_s))
+            .map_err(|e| fail(format!("{M}: {e:#}")))?;
+        return rollout(&a, ctx, &[(&tree, a.parts.as_deref())], Layout::Path);
     }
-    for (c, parts) in &a.containers {
+    if a.parts.is_some() {
+        return Err(fail(format!(
+            "{M}: `parts` goes with `path`; for containers give each its parts in `containers`"
+        )));
+    }
+    let containers = a.containers.clone().unwrap_or_else(default_containers);
+    if containers.is_empty() {
+        return Err(fail(format!(
+            "{M}: `containers` is empty: name the Nova containers to patch"
+        )));
+    }
+    for (c, parts) in &containers {
         if parts.is_empty() {
-            return Err(
-                Failure::new(format!("{M}: container {c} is given no parts of the patch")).into(),
-            );
+            return Err(fail(format!(
+                "{M}: container {c} is given no parts of the patch"
+            )));
         }
     }
-    let engine =
-        Engine::detect(&a.container_engine).map_err(|e| Failure::new(format!("{M}: {e:#}")))?;
-    let missing: Vec<&String> = a.containers.keys().filter(|c| !engine.exists(c)).collect();
+    let engine = Engine::detect(&a.container_engine).map_err(|e| fail(format!("{M}: {e:#}")))?;
+    let missing: Vec<&str> = containers
+        .keys()
+        .filter(|c| !engine.exists(c))
+        .map(|s| s.as_str())
+        .collect();
     if !missing.is_empty() {
-        return Err(Failure::new(format!(
+        return Err(fail(format!(
             "{M}: no container named {} ({}); nothing was changed",
-            missing
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
+            missing.join(", "),
             engine.bin
-        ))
-        .into());
+        )));
     }
+    let trees: Vec<ContainerTree> = containers
+        .keys()
+        .map(|name| ContainerTree {
+            engine: &engine,
+            name: name.clone(),
+        })
+        .collect();
+    let targets: Vec<(&dyn NovaTree, Option<&[String]>)> = trees
+        .iter()
+        .zip(containers.values())
+        .map(|(t, parts)| (t as &dyn NovaTree, Some(parts.as_slice())))
+        .collect();
+    let layout = Layout::Containers {
+        engine: engine.bin.clone(),
+    };
+    rollout(&a, ctx, &targets, layout)
+}
 
+/// The rollout over every tree: plan all, refuse or apply, roll back every touched tree on
+/// any failure.
+fn rollout(
+    a: &Args,
+    ctx: &Context,
+    targets: &[(&dyn NovaTree, Option<&[String]>)],
+    layout: Layout,
+) -> Result<Outcome> {
     // One rollout per host at a time (two plays, or an operator beside the playbook): the
     // plan below must still hold when the files change. Check mode only reads.
     let _lock = if ctx.check_mode {
@@ -337,19 +361,12 @@ pub fn run(a: Args, ctx: &Context) -> Result<Outcome> {
         Some(lock_rollout(&a.backup_dir)?)
     };
 
-    // Plan every container before changing any: a refusal anywhere changes nothing anywhere.
+    // Plan every tree before changing any: a refusal anywhere changes nothing anywhere.
     let mut sets: BTreeMap<String, PatchSet> = BTreeMap::new();
     let mut plans = Vec::new();
     let mut refusals = Vec::new();
-    for (name, parts) in &a.containers {
-        plans.push(plan_container(
-            &engine,
-            &a,
-            name,
-            parts,
-            &mut sets,
-            &mut refusals,
-        )?);
+    for (tree, parts) in targets {
+        plans.push(plan_tree(*tree, a, *parts, &mut sets, &mut refusals)?);
     }
     if !refusals.is_empty() {
         return Err(Failure::new(format!(
@@ -362,17 +379,24 @@ pub fn run(a: Args, ctx: &Context) -> Result<Outcome> {
 
     let releases: BTreeSet<&str> = plans.iter().map(|p| p.release.as_str()).collect();
     let release = releases.iter().copied().collect::<Vec<_>>().join(", ");
-    let todo: Vec<&ContainerPlan> = plans
+    let names = plans
+        .iter()
+        .map(|p| p.name())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let todo: Vec<&TreePlan> = plans
         .iter()
         .filter(|p| p.changes().next().is_some())
         .collect();
-    let mut out = Outcome::new(!todo.is_empty(), String::new())
-        .with("engine", &engine.bin)
-        .with("release", &release);
+    let mut out = Outcome::new(!todo.is_empty(), String::new());
+    if let Layout::Containers { engine } = &layout {
+        out.set("engine", engine);
+    }
+    out.set("release", &release);
     if ctx.diff && !todo.is_empty() {
         out.diff = Some(Value::Array(
             todo.iter()
-                .flat_map(|p| p.changes().map(|f| diff_of(&p.name, f)))
+                .flat_map(|p| p.changes().map(|f| diff_of(p.tree, f)))
                 .collect(),
         ));
     }
@@ -382,11 +406,9 @@ pub fn run(a: Args, ctx: &Context) -> Result<Outcome> {
         "pristine"
     };
     if todo.is_empty() {
-        out.msg = format!(
-            "Nova {release} already {word} in {}",
-            a.containers.keys().cloned().collect::<Vec<_>>().join(", ")
-        );
-        out.set("containers", report(&plans, &BTreeSet::new()));
+        out.msg = format!("Nova {release} already {word} in {names}");
+        out.fields
+            .extend(report_fields(&layout, &plans, &BTreeSet::new()));
         return Ok(out);
     }
     if ctx.check_mode {
@@ -395,7 +417,7 @@ pub fn run(a: Args, ctx: &Context) -> Result<Outcome> {
             .map(|p| {
                 format!(
                     "{}: {}",
-                    p.name,
+                    p.name(),
                     p.changes()
                         .map(|f| f.rel.as_str())
                         .collect::<Vec<_>>()
@@ -404,50 +426,53 @@ pub fn run(a: Args, ctx: &Context) -> Result<Outcome> {
             })
             .collect();
         out.msg = format!("would make Nova {release} {word} ({})", what.join("; "));
-        out.set("containers", report(&plans, &BTreeSet::new()));
+        out.fields
+            .extend(report_fields(&layout, &plans, &BTreeSet::new()));
         return Ok(out);
     }
 
-    // Apply, container by container; on any failure roll back every container touched.
+    // Apply, tree by tree; on any failure roll back every tree touched.
     let timeout = Duration::from_secs(a.health_timeout_s);
-    let mut touched: Vec<&ContainerPlan> = Vec::new();
+    let mut touched: Vec<&TreePlan> = Vec::new();
     let mut restarted = BTreeSet::new();
     for p in &todo {
         touched.push(p);
-        let step = apply(&engine, p, &a, timeout, &mut restarted);
+        let step = apply(p, a, timeout, &mut restarted);
         if let Err((step, e)) = step {
-            let rb = rollback(&engine, &touched, a.restart, timeout);
+            let rb = rollback(&touched, a.restart, timeout);
             let msg = format!(
                 "{M}: {step} failed in {}: {e:#}; {}",
-                p.name,
+                p.name(),
                 match &rb {
-                    Ok(()) =>
-                        "rolled back: every file is byte-identical to before and the containers run"
-                            .to_string(),
+                    Ok(()) => format!(
+                        "rolled back: every file is byte-identical to before{}",
+                        if matches!(layout, Layout::Containers { .. }) {
+                            " and the containers run"
+                        } else {
+                            ""
+                        }
+                    ),
                     Err(r) => format!("ROLLBACK INCOMPLETE: {r:#}"),
                 }
             );
-            return Err(Failure::new(msg)
+            let mut f = Failure::new(msg)
                 .with("rolled_back", rb.is_ok())
-                .with("failed_step", step)
-                .with("containers", report(&plans, &restarted))
-                .into());
+                .with("failed_step", step);
+            f.fields.extend(report_fields(&layout, &plans, &restarted));
+            return Err(f.into());
         }
     }
     out.msg = format!(
         "Nova {release} {word} in {}{}",
-        todo.iter()
-            .map(|p| p.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-        if a.restart {
-            ", restarted, healthy"
-        } else {
-            " (not restarted: restart the containers to load it)"
+        todo.iter().map(|p| p.name()).collect::<Vec<_>>().join(", "),
+        match layout {
+            Layout::Path => " (restart: not applicable; restart what runs from it to load it)",
+            Layout::Containers { .. } if a.restart => ", restarted, healthy",
+            Layout::Containers { .. } => " (not restarted: restart the containers to load it)",
         }
     );
     drop(todo);
-    let done: Vec<ContainerPlan> = plans
+    let done: Vec<TreePlan> = plans
         .into_iter()
         .map(|mut p| {
             for f in &mut p.files {
@@ -456,32 +481,30 @@ pub fn run(a: Args, ctx: &Context) -> Result<Outcome> {
             p
         })
         .collect();
-    out.set("containers", report(&done, &restarted));
+    out.fields.extend(report_fields(&layout, &done, &restarted));
     Ok(out)
 }
 
-/// What one container holds now and must hold, file by file. Files neither pristine nor patched
+/// What one tree holds now and must hold, file by file. Files neither pristine nor patched
 /// (nor an earlier build of ours) go to `refusals`; the caller changes nothing if there are any.
-fn plan_container(
-    engine: &Engine,
+/// `parts: None`: every file of the patch set.
+fn plan_tree<'t>(
+    tree: &'t dyn NovaTree,
     a: &Args,
-    name: &str,
-    parts: &[String],
+    parts: Option<&[String]>,
     sets: &mut BTreeMap<String, PatchSet>,
     refusals: &mut Vec<String>,
-) -> Result<ContainerPlan> {
-    let st = engine.state(name)?;
-    if !st.running {
-        return Err(Failure::new(format!("{M}: container {name} is not running (exit code {}): start it first; nothing was changed", st.exit_code)).into());
-    }
-    let info = discover(engine, name, a.python.as_deref())
-        .map_err(|e| Failure::new(format!("{M}: {e:#}")))?;
+) -> Result<TreePlan<'t>> {
+    let name = tree.name();
+    let health_before = tree.precheck().map_err(|e| fail(format!("{M}: {e:#}")))?;
+    let info = tree
+        .discover(a.python.as_deref())
+        .map_err(|e| fail(format!("{M}: {e:#}")))?;
     let release = if a.release == "auto" {
         if info.version.is_empty() {
-            return Err(Failure::new(format!(
+            return Err(fail(format!(
                 "{M}: cannot tell the Nova version in {name} (no package metadata); set `release`"
-            ))
-            .into());
+            )));
         }
         info.version.clone()
     } else {
@@ -489,15 +512,19 @@ fn plan_container(
     };
     if !sets.contains_key(&release) {
         let set = load_patch_set(&a.patch_dir, &release)
-            .map_err(|e| Failure::new(format!("{M}: {name}: {e:#}")))?;
+            .map_err(|e| fail(format!("{M}: {name}: {e:#}")))?;
         sets.insert(release.clone(), set);
     }
     let set = &sets[&release];
-    let written = load_written(&a.backup_dir, name, &release);
+    let written = load_written(&a.backup_dir, &tree.backup_key(), &release);
     let mut files = Vec::new();
-    for (mf, patched) in set.files.iter().filter(|(f, _)| matches(&f.path, parts)) {
+    for (mf, patched) in set
+        .files
+        .iter()
+        .filter(|(f, _)| parts.is_none_or(|p| matches(&f.path, p)))
+    {
         let path = format!("{}/{}", info.path.trim_end_matches('/'), mf.path);
-        let current = engine.read_file(name, &path)?;
+        let current = tree.read_file(&path)?;
         let cur_sha = current.as_deref().map(sha256_hex);
         let is_patched = cur_sha.as_deref() == Some(mf.patched_sha256.as_str());
         let is_pristine = cur_sha == mf.pristine_sha256;
@@ -509,8 +536,8 @@ fn plan_container(
             && written.get(&mf.path) == cur_sha.as_ref();
         if !is_patched && !is_pristine && !is_ours {
             refusals.push(format!(
-                "{name}:{path} is neither pristine Nova {release} nor patched (sha256 {}, pristine {}, patched {})",
-                cur_sha.as_deref().unwrap_or("absent"), mf.pristine_sha256.as_deref().unwrap_or("absent"), mf.patched_sha256));
+                "{} is neither pristine Nova {release} nor patched (sha256 {}, pristine {}, patched {})",
+                tree.show(&path), cur_sha.as_deref().unwrap_or("absent"), mf.pristine_sha256.as_deref().unwrap_or("absent"), mf.patched_sha256));
             continue;
         }
         let (target, status) = match a.state {
@@ -524,7 +551,7 @@ fn plan_container(
                     (current.clone(), "pristine")
                 } else {
                     (
-                        pristine_original(engine, name, &a.backup_dir, &release, mf, &path)?,
+                        pristine_original(tree, &a.backup_dir, &release, mf, &path)?,
                         "would restore",
                     )
                 }
@@ -540,53 +567,66 @@ fn plan_container(
         });
     }
     if files.is_empty() {
-        return Err(Failure::new(format!(
-            "{M}: no file of the Nova {release} patch matches the parts {parts:?} given for {name}"
-        ))
-        .into());
+        return Err(fail(format!(
+            "{M}: no file of the Nova {release} patch matches the parts {:?} given for {name}",
+            parts.unwrap_or_default()
+        )));
     }
-    Ok(ContainerPlan {
-        name: name.to_string(),
+    Ok(TreePlan {
+        tree,
         info,
         release,
         files,
-        health_before: st.health,
+        health_before,
     })
 }
 
 fn lock_rollout(dir: &Path) -> Result<crate::lock::Held> {
     std::fs::create_dir_all(dir).map_err(|e| {
-        Failure::new(format!(
+        fail(format!(
             "{M}: cannot create backup_dir {}: {e}",
             dir.display()
         ))
     })?;
     let path = dir.join(".rollout.lock");
     crate::lock::acquire(&path, Duration::from_secs(600))
-        .map_err(|e| Failure::new(format!("{M}: cannot lock {}: {e}", path.display())))?
+        .map_err(|e| fail(format!("{M}: cannot lock {}: {e}", path.display())))?
         .ok_or_else(|| {
-            Failure::new(format!(
+            fail(format!(
                 "{M}: another rollout on this host has held {} for 10 minutes; let it finish",
                 path.display()
             ))
-            .into()
         })
 }
 
-fn report(plans: &[ContainerPlan], restarted: &BTreeSet<String>) -> Value {
-    Value::Object(
-        plans
-            .iter()
-            .map(|p| (p.name.clone(), p.report(restarted.contains(&p.name))))
-            .collect(),
-    )
+fn report_fields(
+    layout: &Layout,
+    plans: &[TreePlan],
+    restarted: &BTreeSet<String>,
+) -> Map<String, Value> {
+    match layout {
+        Layout::Containers { .. } => {
+            let per: Map<String, Value> = plans
+                .iter()
+                .map(|p| {
+                    (
+                        p.name().to_string(),
+                        Value::Object(p.report(restarted.contains(p.name()))),
+                    )
+                })
+                .collect();
+            let mut m = Map::new();
+            m.insert("containers".into(), Value::Object(per));
+            m
+        }
+        Layout::Path => plans.first().map(|p| p.report(false)).unwrap_or_default(),
+    }
 }
 
-/// The pristine bytes for `state: absent`: the host backup, else the in-container copy, each
+/// The pristine bytes for `state: absent`: the host backup, else the in-tree copy, each
 /// checked against the manifest's pristine sha256. A new file's pristine state is "absent".
 fn pristine_original(
-    engine: &Engine,
-    name: &str,
+    tree: &dyn NovaTree,
     backup_dir: &Path,
     release: &str,
     mf: &ManifestFile,
@@ -595,65 +635,70 @@ fn pristine_original(
     let Some(want) = mf.pristine_sha256.as_deref() else {
         return Ok(None);
     };
-    let host = backup_path(backup_dir, name, release, &mf.path);
+    let host = backup_path(backup_dir, &tree.backup_key(), release, &mf.path);
     if let Ok(data) = std::fs::read(&host) {
         if sha256_hex(&data) == want {
             return Ok(Some(data));
         }
     }
-    if let Some(data) = engine.read_file(name, &orig_path(path))? {
+    if let Some(data) = tree.read_file(&orig_path(path))? {
         if sha256_hex(&data) == want {
             return Ok(Some(data));
         }
     }
-    Err(Failure::new(format!(
-        "{M}: no pristine copy of {path} for {name}: neither {} nor {path}.numa-repin.orig holds sha256 {want}; \
-         reinstall the container's image (kolla-ansible) to get pristine Nova back; nothing was changed",
-        host.display())).into())
+    Err(fail(format!(
+        "{M}: no pristine copy of {}: neither {} nor {path}.numa-repin.orig holds sha256 {want}; \
+         {} to get pristine Nova back; nothing was changed",
+        tree.show(path),
+        host.display(),
+        tree.reinstall_hint()
+    )))
 }
 
-/// The in-container copy of a pristine file, next to it.
+/// The in-tree copy of a pristine file, next to it.
 fn orig_path(path: &str) -> String {
     format!("{path}.numa-repin.orig")
 }
 
-fn backup_path(dir: &Path, container: &str, release: &str, rel: &str) -> PathBuf {
-    dir.join(container).join(release).join("nova").join(rel)
+/// `<backup_dir>/<tree's backup key>/<release>/nova/<rel>`.
+fn backup_path(dir: &Path, key: &str, release: &str, rel: &str) -> PathBuf {
+    dir.join(key).join(release).join("nova").join(rel)
 }
 
 type StepResult = std::result::Result<(), (&'static str, anyhow::Error)>;
 
 fn apply(
-    engine: &Engine,
-    p: &ContainerPlan,
+    p: &TreePlan,
     a: &Args,
     timeout: Duration,
     restarted: &mut BTreeSet<String>,
 ) -> StepResult {
+    let t = p.tree;
     let changes: Vec<&FilePlan> = p.changes().collect();
     if a.state == PatchState::Present {
-        backup(engine, p, &a.backup_dir).map_err(|e| ("backup", e))?;
+        backup(p, &a.backup_dir).map_err(|e| ("backup", e))?;
     }
     for f in &changes {
-        put(engine, &p.name, &f.path, f.target.as_deref()).map_err(|e| ("copy", e))?;
+        put(t, &f.path, f.target.as_deref()).map_err(|e| ("copy", e))?;
     }
     for f in &changes {
-        clear_bytecode(engine, &p.name, &f.path).map_err(|e| ("clearing stale bytecode", e))?;
+        t.clear_bytecode(&f.path)
+            .map_err(|e| ("clearing stale bytecode", e))?;
     }
     let present: Vec<&str> = changes
         .iter()
         .filter(|f| f.target.is_some())
         .map(|f| f.path.as_str())
         .collect();
-    compile(engine, p, &present).map_err(|e| ("byte-compile", e))?;
+    compile(p, &present).map_err(|e| ("byte-compile", e))?;
     if a.state == PatchState::Absent {
         for f in &changes {
-            let _ = engine.exec(&p.name, &["rm", "-f", &orig_path(&f.path)]);
+            let _ = t.remove_file(&orig_path(&f.path));
         }
     }
-    if a.restart {
-        engine.restart(&p.name).map_err(|e| ("restart", e))?;
-        restarted.insert(p.name.clone());
+    if a.restart && t.restartable() {
+        t.restart().map_err(|e| ("restart", e))?;
+        restarted.insert(p.name().to_string());
     }
     let modules: Vec<String> = if a.health_import {
         p.files
@@ -664,13 +709,12 @@ fn apply(
     } else {
         Vec::new()
     };
-    engine
-        .wait_healthy(&p.name, timeout, || import_check(engine, p, &modules))
+    t.gate(timeout, &mut || import_check(p, &modules))
         .map_err(|e| {
             let e = if p.health_before.as_deref() == Some("unhealthy") {
                 e.context(format!(
                     "{} was unhealthy before this run already: repair it, then roll out",
-                    p.name
+                    p.name()
                 ))
             } else {
                 e
@@ -678,25 +722,25 @@ fn apply(
             ("health gate", e)
         })?;
     // The files must be what we meant, after the restart too.
-    verify(engine, p, |f| f.target.as_deref()).map_err(|e| ("verification", e))?;
+    verify(p, |f| f.target.as_deref()).map_err(|e| ("verification", e))?;
     record_written(&a.backup_dir, p, a.state).map_err(|e| ("recording the written checksums", e))
 }
 
-/// `<backup_dir>/<container>/<release>/written.json`: path -> sha256 of what this module wrote,
-/// so a later build of the patch recognises (and updates or removes) an earlier one.
-fn written_path(dir: &Path, container: &str, release: &str) -> PathBuf {
-    dir.join(container).join(release).join("written.json")
+/// `<backup_dir>/<tree's backup key>/<release>/written.json`: path -> sha256 of what this module
+/// wrote, so a later build of the patch recognises (and updates or removes) an earlier one.
+fn written_path(dir: &Path, key: &str, release: &str) -> PathBuf {
+    dir.join(key).join(release).join("written.json")
 }
 
-fn load_written(dir: &Path, container: &str, release: &str) -> BTreeMap<String, String> {
-    std::fs::read_to_string(written_path(dir, container, release))
+fn load_written(dir: &Path, key: &str, release: &str) -> BTreeMap<String, String> {
+    std::fs::read_to_string(written_path(dir, key, release))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default()
 }
 
-fn record_written(dir: &Path, p: &ContainerPlan, state: PatchState) -> Result<()> {
-    let path = written_path(dir, &p.name, &p.release);
+fn record_written(dir: &Path, p: &TreePlan, state: PatchState) -> Result<()> {
+    let path = written_path(dir, &p.tree.backup_key(), &p.release);
     if state == PatchState::Absent {
         return match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -715,133 +759,146 @@ fn record_written(dir: &Path, p: &ContainerPlan, state: PatchState) -> Result<()
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn backup(engine: &Engine, p: &ContainerPlan, dir: &Path) -> Result<()> {
+fn backup(p: &TreePlan, dir: &Path) -> Result<()> {
     // Only pristine Nova is ever kept as the original (an earlier patch build is not).
     for f in p.changes().filter(|f| f.pristine) {
         let Some(orig) = f.current.as_deref() else {
             continue;
         };
-        let host = backup_path(dir, &p.name, &p.release, &f.rel);
+        let host = backup_path(dir, &p.tree.backup_key(), &p.release, &f.rel);
         std::fs::create_dir_all(host.parent().context("backup path")?)
             .with_context(|| format!("cannot create backup directory for {}", host.display()))?;
         std::fs::write(&host, orig)
             .with_context(|| format!("cannot write backup {}", host.display()))?;
-        engine.exec_ok(&p.name, &["cp", "-p", &f.path, &orig_path(&f.path)])?;
+        p.tree.copy_file(&f.path, &orig_path(&f.path))?;
     }
     Ok(())
 }
 
-fn put(engine: &Engine, name: &str, path: &str, data: Option<&[u8]>) -> Result<()> {
+fn put(tree: &dyn NovaTree, path: &str, data: Option<&[u8]>) -> Result<()> {
     match data {
-        Some(d) => engine.write_file(name, path, d),
-        None => engine.exec_ok(name, &["rm", "-f", path]).map(|_| ()),
+        Some(d) => tree.write_file(path, d),
+        None => tree.remove_file(path),
     }
 }
 
-/// Python 2 keeps `x.pyc` next to `x.py`, Python 3 `__pycache__/x.*.pyc`: remove both so no
-/// stale bytecode of the other version of the file can load.
-fn clear_bytecode(engine: &Engine, name: &str, path: &str) -> Result<()> {
-    let (dir, file) = path.rsplit_once('/').context("file path")?;
-    let stem = file.trim_end_matches(".py");
-    let script = r#"rm -f "$1c" "$1o"; for f in "$2"/__pycache__/"$3".*.pyc; do [ -e "$f" ] && rm -f "$f"; done; exit 0"#;
-    engine
-        .exec_ok(name, &["sh", "-c", script, "sh", path, dir, stem])
-        .map(|_| ())
+/// Run the tree's Python; Err with its last lines of stderr when it fails.
+fn python_ok(p: &TreePlan, args: &[&str]) -> Result<()> {
+    let py = p.info.interpreter.as_str();
+    let out = p.tree.python(py, args)?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = err.trim().lines().collect();
+        bail!(
+            "in {}: `{py} {}` failed: {}",
+            p.name(),
+            args.join(" "),
+            lines[lines.len().saturating_sub(3)..].join(" | ")
+        );
+    }
+    Ok(())
 }
 
-fn compile(engine: &Engine, p: &ContainerPlan, paths: &[&str]) -> Result<()> {
+fn compile(p: &TreePlan, paths: &[&str]) -> Result<()> {
     if paths.is_empty() {
         return Ok(());
     }
-    let mut argv = vec![p.info.interpreter.as_str(), "-m", "py_compile"];
-    argv.extend_from_slice(paths);
-    engine.exec_ok(&p.name, &argv).map(|_| ())
+    let mut args = vec!["-m", "py_compile"];
+    args.extend_from_slice(paths);
+    python_ok(p, &args)
 }
 
 fn module_of(rel: &str) -> String {
     format!("nova.{}", rel.trim_end_matches(".py").replace('/', "."))
 }
 
-fn import_check(engine: &Engine, p: &ContainerPlan, modules: &[String]) -> Result<()> {
+/// Valid on Python 2.7 and 3, run as `-c IMPORT_CHECK <nova dir> [sys.path entries]` with the
+/// import line and a `where(...)` call appended: the modules import, and each is loaded from
+/// the tree we changed (another Nova on sys.path could shadow it: Nova's `nova.virt` is a
+/// pkg_resources namespace, which merges every `nova` it finds).
+const IMPORT_CHECK: &str = r#"import os, sys
+sys.dont_write_bytecode = True
+want = os.path.realpath(sys.argv[1])
+sys.path[:0] = sys.argv[2:]
+def where(*names):
+    for n in names:
+        f = getattr(sys.modules.get(n), "__file__", None) or ""
+        if not os.path.realpath(os.path.abspath(f)).startswith(want + os.sep):
+            raise SystemExit("%s is loaded from %s, not from %s" % (n, f or "nowhere", want))
+"#;
+
+fn import_check(p: &TreePlan, modules: &[String]) -> Result<()> {
     if modules.is_empty() {
         return Ok(());
     }
-    let code = format!("import {}", modules.join(", "));
-    let out = engine.exec(&p.name, &[&p.info.interpreter, "-c", &code])?;
+    let imports = format!("import {}", modules.join(", "));
+    let names: Vec<String> = modules.iter().map(|m| format!("{m:?}")).collect();
+    let code = format!("{IMPORT_CHECK}{imports}\nwhere({})\n", names.join(", "));
+    let extra = p.tree.sys_path();
+    let mut args = vec!["-c", code.as_str(), p.info.path.as_str()];
+    args.extend(extra.iter().map(String::as_str));
+    let out = p.tree.python(&p.info.interpreter, &args)?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         bail!(
-            "`{code}` fails: {}",
+            "`{imports}` fails with {}: {}",
+            p.info.interpreter,
             err.trim().lines().last().unwrap_or("no message")
         );
     }
     Ok(())
 }
 
-fn verify<'a>(
-    engine: &Engine,
-    p: &'a ContainerPlan,
-    want: impl Fn(&'a FilePlan) -> Option<&'a [u8]>,
-) -> Result<()> {
+fn verify<'a>(p: &'a TreePlan, want: impl Fn(&'a FilePlan) -> Option<&'a [u8]>) -> Result<()> {
     for f in &p.files {
         let expect = want(f);
-        let got = engine.read_file(&p.name, &f.path)?;
+        let got = p.tree.read_file(&f.path)?;
         if got.as_deref() != expect {
             bail!(
-                "{}:{} has sha256 {} (expected {})",
-                p.name,
-                f.path,
-                got.as_deref()
-                    .map(sha256_hex)
-                    .unwrap_or_else(|| "absent".into()),
-                expect.map(sha256_hex).unwrap_or_else(|| "absent".into())
+                "{} has sha256 {} (expected {})",
+                p.tree.show(&f.path),
+                sum_of(got.as_deref()),
+                sum_of(expect)
             );
         }
     }
     Ok(())
 }
 
-/// Put back the bytes every touched container had before this run, restart, wait until they
-/// run, and check every file is byte-identical again.
-fn rollback(
-    engine: &Engine,
-    touched: &[&ContainerPlan],
-    restart: bool,
-    timeout: Duration,
-) -> Result<()> {
+/// Put back the bytes every touched tree had before this run, restart (containers), wait
+/// until they run, and check every file is byte-identical again.
+fn rollback(touched: &[&TreePlan], restart: bool, timeout: Duration) -> Result<()> {
     let mut errors = Vec::new();
     for p in touched {
+        let t = p.tree;
         let r = (|| -> Result<()> {
             // `cp` works on a stopped container (one that died on the new files): put the old
             // files back first, then start it, then the exec-based cleanup.
-            let was_running = engine.state(&p.name)?.running;
+            let was_running = t.running()?;
             for f in p.changes() {
                 if let Some(old) = f.current.as_deref() {
-                    engine.write_file(&p.name, &f.path, old)?;
+                    t.write_file(&f.path, old)?;
                 }
             }
             if !was_running {
-                engine.start(&p.name)?;
+                t.start()?;
             }
             for f in p.changes() {
                 if f.current.is_none() {
-                    put(engine, &p.name, &f.path, None)?;
-                } else {
-                    let _ = engine.exec(&p.name, &["rm", "-f", &orig_path(&f.path)]);
+                    put(t, &f.path, None)?;
+                } else if f.pristine {
+                    // the in-tree copy this run made of the original
+                    let _ = t.remove_file(&orig_path(&f.path));
                 }
-                clear_bytecode(engine, &p.name, &f.path)?;
+                t.clear_bytecode(&f.path)?;
             }
-            if restart && was_running {
-                engine.restart(&p.name)?;
+            if restart && was_running && t.restartable() {
+                t.restart()?;
             }
-            // Back to the state before the run: healthy if it was (or running, without a
-            // healthcheck); only running if it was unhealthy or still starting already. The
-            // files are verified in any case, so the report says what holds.
-            let up = match p.health_before.as_deref() {
-                None | Some("healthy") => engine.wait_healthy(&p.name, timeout, || Ok(())),
-                Some(_) => engine.wait_running(&p.name, timeout),
-            };
-            let files = verify(engine, p, |f| f.current.as_deref());
+            // Back to the state before the run; the files are verified in any case, so the
+            // report says what holds.
+            let up = t.recover(p.health_before.as_deref(), timeout);
+            let files = verify(p, |f| f.current.as_deref());
             match (up, files) {
                 (Ok(()), Ok(())) => Ok(()),
                 (Err(e), Ok(())) => Err(e.context("files byte-identical to before, but")),
@@ -850,7 +907,7 @@ fn rollback(
             }
         })();
         if let Err(e) = r {
-            errors.push(format!("{}: {e:#}", p.name));
+            errors.push(format!("{}: {e:#}", p.name()));
         }
     }
     if errors.is_empty() {
@@ -861,11 +918,11 @@ fn rollback(
 }
 
 /// A unified diff for `--diff`, made by diff(1) when it is there; else before/after texts.
-fn diff_of(container: &str, f: &FilePlan) -> Value {
-    let before_h = format!("{container}:{}", f.path);
+fn diff_of(tree: &dyn NovaTree, f: &FilePlan) -> Value {
+    let before_h = tree.show(&f.path);
     let after_h = format!(
-        "{container}:{} ({})",
-        f.path,
+        "{} ({})",
+        tree.show(&f.path),
         if f.target.is_some() {
             "after"
         } else {
