@@ -532,7 +532,8 @@ class PristineControlTest(NUMALiveMigrationBase):
         pins = self.guest_pins("host2", a)
         self.assertEqual((pb, pb), pins)
         errors = self.periodics()
-        self.assertTrue(any("CPUPinningInvalid" in e for e in errors), errors)
+        invalid = [e for e in errors if "CPUPinningInvalid" in e]
+        self.assertTrue(invalid, errors)
         self.report(outcome="landed on the other guest's pCPUs",
                     guest_pins=pins, db=self.db_pins(a),
-                    periodic_error=errors[0][-200:])
+                    periodic_error=invalid[0][-200:])
