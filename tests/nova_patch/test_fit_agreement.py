@@ -6,7 +6,7 @@ and pin_fit_check's engine (examples/fit_bench.rs) agree on fit / no fit.
 
 Fresh cases from tests/nova_equiv/gen_cases.py (PATCH_FIT_COUNT, default 1000; seed
 PATCH_FIT_SEED, default 1000) plus two fixed cases from the issue, run through
-tests/nova_patch/patch_fit.py in the Nova venv (tests/lab/venv.sh nova; skipped when it cannot
+tests/nova_patch/patch_fit.py in the Nova venv (tests/lab/venv.sh nova; failed when it cannot
 be built) and through fit_bench (release). Compared: the cases the patch is asked about (a NUMA
 request Nova accepts; no-NUMA requests and refused requests are counted and left out).
   - fit / no fit agree, except where Nova's search is path-dependent (the patch misses a fit a
@@ -85,7 +85,7 @@ def run():
         venv = subprocess.run([os.path.join(REPO, "tests/lab/venv.sh"), "nova"], check=True,
                               stdout=subprocess.PIPE, universal_newlines=True).stdout.strip()
     except (subprocess.CalledProcessError, OSError) as e:
-        pytest.skip("no Nova 19.3.2 venv (tests/lab/venv.sh nova): %s" % e)
+        pytest.fail("no Nova 19.3.2 venv (tests/lab/venv.sh nova): %s" % e)
     cases = os.path.join(out, "cases.jsonl")
     subprocess.run([sys.executable, os.path.join(EQUIV, "gen_cases.py"), "--seed", str(SEED),
                     "--count", str(COUNT), "-o", cases], check=True)

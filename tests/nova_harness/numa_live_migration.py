@@ -7,7 +7,7 @@ fakelibvirt, resource trackers, the placement fixture), with the Nova tree on
 sys.path being either pristine or the one `deploy_patched_nova path:`
 produced.  tests/nova_harness/run.sh runs it; run it by hand with
     PYTHONPATH=<patched tree>:tests/nova_harness <venv>/bin/python \
-        -m testtools.run test_numa_live_migration
+        -m testtools.run numa_live_migration
 
 The field case: hosts of 4 pCPUs, each with a pinned guest on pCPUs 0,1; one
 guest live-migrates to another host.
