@@ -265,7 +265,8 @@ class NUMALiveMigrationBase(base.ServersTestBase):
         return None
 
     def wait_migration(self, server, statuses=("completed", "error", "failed")):
-        for _ in range(100):
+        # Generous: CI machines are slow and loaded; the loop ends as soon as it can.
+        for _ in range(900):
             migs = [m for m in self.admin_api.api_get(
                 "/os-migrations").body["migrations"]
                 if m["instance_uuid"] == server["id"]]
@@ -471,7 +472,7 @@ class PatchedLiveMigrationTest(NUMALiveMigrationBase):
         def both_claimed(dom):
             # Hold each move until both claims are taken, so the two
             # migrations overlap from claim to completion.
-            for _ in range(200):
+            for _ in range(600):
                 mcs = [objects.MigrationContext.get_by_instance_uuid(
                     self.ctxt, s["id"]) for s in (a, b)]
                 if all(mcs):
