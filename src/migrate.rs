@@ -25,7 +25,7 @@ use crate::cpuset::{format_spec, CpuSet};
 use crate::domain::Guest;
 use crate::facts::{self, NumaFacts};
 use crate::fit::{self, CellPlacement, FitOptions, GuestTopology, Placement, ThreadPolicy};
-use crate::libvirt::{self, sys, Host};
+use crate::libvirt::{self, consts, Domain, Host, MigrateParameters};
 use crate::repin;
 use crate::ssh::{quote, Ssh};
 use anyhow::{anyhow, Result};
@@ -37,7 +37,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use virt::domain::{Domain, MigrateParameters};
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -188,8 +187,8 @@ const M: &str = "repin_migrate";
 // ---------------------------------------------------------------------------------------------
 // Small helpers.
 
-fn lv(e: virt::error::Error) -> String {
-    e.message().to_string()
+fn lv(e: libvirt::Error) -> String {
+    e.message()
 }
 
 /// `[DEFAULT] host` of a nova.conf.
@@ -518,12 +517,12 @@ fn cpu_check(src: &Host, dst: &Host, xml: &str) -> Result<Value> {
             )
         }
     };
-    match dst.conn.compare_cpu(&cpu_xml, 0) {
-        Ok(r) if r == sys::VIR_CPU_COMPARE_INCOMPATIBLE => Err(Failure::new(format!(
+    match dst.compare_cpu(&cpu_xml, 0) {
+        Ok(r) if r == consts::VIR_CPU_COMPARE_INCOMPATIBLE => Err(Failure::new(format!(
             "{M}: the guest's CPU (mode {mode}) is not compatible with the destination's CPU; nothing was changed. Give the guests a common model (nova.conf cpu_mode=custom, cpu_model=...) or choose another destination"
         ))
         .into()),
-        Ok(r) => Ok(json!({"checked": true, "mode": mode, "result": if r == sys::VIR_CPU_COMPARE_IDENTICAL { "identical" } else { "superset" }})),
+        Ok(r) => Ok(json!({"checked": true, "mode": mode, "result": if r == consts::VIR_CPU_COMPARE_IDENTICAL { "identical" } else { "superset" }})),
         Err(e) => Ok(json!({"checked": false, "mode": mode, "reason": format!("libvirt could not compare: {}", lv(e))})),
     }
 }
@@ -751,8 +750,8 @@ fn monitor(
                 continue;
             }
         };
-        if st.r#type != sys::VIR_DOMAIN_JOB_BOUNDED as i32
-            && st.r#type != sys::VIR_DOMAIN_JOB_UNBOUNDED as i32
+        if st.r#type != consts::VIR_DOMAIN_JOB_BOUNDED
+            && st.r#type != consts::VIR_DOMAIN_JOB_UNBOUNDED
         {
             continue;
         }
@@ -804,19 +803,11 @@ fn monitor(
             let res = match cfg.action {
                 TimeoutAction::Abort => {
                     f.action_taken = Some("abort".into());
-                    // SAFETY: dom is a valid domain handle owned by this thread.
-                    let r = unsafe { sys::virDomainAbortJob(dom.as_ptr()) };
-                    (r >= 0)
-                        .then_some(())
-                        .ok_or_else(|| virt::error::Error::last_error())
+                    dom.abort_job()
                 }
                 TimeoutAction::ForceComplete if cfg.post_copy => {
                     f.action_taken = Some("force_complete: switch to post-copy".into());
-                    // SAFETY: as above.
-                    let r = unsafe { sys::virDomainMigrateStartPostCopy(dom.as_ptr(), 0) };
-                    (r >= 0)
-                        .then_some(())
-                        .ok_or_else(|| virt::error::Error::last_error())
+                    dom.migrate_start_post_copy(0)
                 }
                 TimeoutAction::ForceComplete => {
                     f.action_taken =
@@ -853,11 +844,11 @@ fn read_source(src: &Host, name: &str) -> Result<Option<SourceGuest>> {
     };
     let guest = libvirt::guest_of(&dom)?;
     let live_xml = dom
-        .xml_desc(sys::VIR_DOMAIN_XML_MIGRATABLE)
+        .xml_desc(consts::VIR_DOMAIN_XML_MIGRATABLE)
         .map_err(|e| anyhow!("guest {name}: cannot read its XML: {}", lv(e)))?;
     let persistent = dom.is_persistent().unwrap_or(false);
     let inactive_xml = if persistent {
-        dom.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE | sys::VIR_DOMAIN_XML_MIGRATABLE)
+        dom.xml_desc(consts::VIR_DOMAIN_XML_INACTIVE | consts::VIR_DOMAIN_XML_MIGRATABLE)
             .map_err(|e| anyhow!("guest {name}: cannot read its inactive XML: {}", lv(e)))?
     } else {
         live_xml.clone()
@@ -1112,29 +1103,29 @@ fn migrate(a: &Args, ctx: &Context) -> Result<Outcome> {
     o.set("disks", &disks);
 
     // Migrate.
-    let mut flags = sys::VIR_MIGRATE_LIVE
-        | sys::VIR_MIGRATE_PEER2PEER
-        | sys::VIR_MIGRATE_PERSIST_DEST
-        | sys::VIR_MIGRATE_UNDEFINE_SOURCE
-        | sys::VIR_MIGRATE_ABORT_ON_ERROR;
+    let mut flags = consts::VIR_MIGRATE_LIVE
+        | consts::VIR_MIGRATE_PEER2PEER
+        | consts::VIR_MIGRATE_PERSIST_DEST
+        | consts::VIR_MIGRATE_UNDEFINE_SOURCE
+        | consts::VIR_MIGRATE_ABORT_ON_ERROR;
     if a.auto_converge {
-        flags |= sys::VIR_MIGRATE_AUTO_CONVERGE;
+        flags |= consts::VIR_MIGRATE_AUTO_CONVERGE;
     }
     if a.post_copy {
-        flags |= sys::VIR_MIGRATE_POSTCOPY;
+        flags |= consts::VIR_MIGRATE_POSTCOPY;
     }
     if a.storage == Storage::Block && !disks.is_empty() {
-        flags |= sys::VIR_MIGRATE_NON_SHARED_DISK;
+        flags |= consts::VIR_MIGRATE_NON_SHARED_DISK;
     }
     if !sg.persistent {
-        flags &= !sys::VIR_MIGRATE_UNDEFINE_SOURCE;
+        flags &= !consts::VIR_MIGRATE_UNDEFINE_SOURCE;
     }
     let params = MigrateParameters {
         dest_xml: Some(dest_xml.clone()),
         persist_xml: sg.persistent.then(|| persist_xml.clone()),
         uri: a.migrate_uri.clone(),
         bandwidth: (a.bandwidth_mibps > 0).then_some(a.bandwidth_mibps),
-        migrate_disks: if flags & sys::VIR_MIGRATE_NON_SHARED_DISK != 0 {
+        migrate_disks: if flags & consts::VIR_MIGRATE_NON_SHARED_DISK != 0 {
             disks.iter().map(|d| d.target.clone()).collect()
         } else {
             Vec::new()
@@ -1196,7 +1187,7 @@ fn migrate(a: &Args, ctx: &Context) -> Result<Outcome> {
             g.name
         )
     })?;
-    let done = ddom.job_stats(sys::VIR_DOMAIN_JOB_STATS_COMPLETED).ok();
+    let done = ddom.job_stats(consts::VIR_DOMAIN_JOB_STATS_COMPLETED).ok();
     let mig = json!({
         "total_time_ms": total_ms,
         "job_time_ms": done.as_ref().and_then(|d| d.time_elapsed).unwrap_or(figs.elapsed_ms),
@@ -1211,9 +1202,7 @@ fn migrate(a: &Args, ctx: &Context) -> Result<Outcome> {
     o.set("migration", &mig);
     if figs.paused_source {
         // force_complete paused the guest: it must run on the destination.
-        if let Ok((virt::enumutil::Enum::Known(virt::domain::DomainState::Paused), _)) =
-            ddom.state()
-        {
+        if let Ok((libvirt::DomainState::Paused, _)) = ddom.state() {
             let _ = ddom.resume();
         }
     }
@@ -1261,14 +1250,17 @@ fn migration_failed(
             }
         }
     }
-    let (on_source, source_state, pins_unchanged) =
-        match src.lookup(&g.uuid).and_then(|d| libvirt::guest_of(&d)) {
-            Ok(now) => {
-                let same = now.vcpu_pins == g.vcpu_pins && now.emulator_pins == g.emulator_pins;
-                (true, now.state.clone(), same)
-            }
-            Err(_) => (false, "absent".to_string(), false),
-        };
+    let (on_source, source_state, pins_unchanged) = match src
+        .lookup(&g.uuid)
+        .map_err(anyhow::Error::from)
+        .and_then(|d| libvirt::guest_of(&d))
+    {
+        Ok(now) => {
+            let same = now.vcpu_pins == g.vcpu_pins && now.emulator_pins == g.emulator_pins;
+            (true, now.state.clone(), same)
+        }
+        Err(_) => (false, "absent".to_string(), false),
+    };
     let on_dest = dst
         .lookup(&g.uuid)
         .map(|d| d.is_active().unwrap_or(false))
@@ -1378,7 +1370,7 @@ fn verify_after(
                 Err(e) => bad.push(format!("cannot read the live definition: {e:#}")),
             }
             match d
-                .xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
+                .xml_desc(consts::VIR_DOMAIN_XML_INACTIVE)
                 .map_err(lv)
                 .and_then(|x| crate::domain::parse_guest(&x))
             {
@@ -1536,15 +1528,15 @@ fn repin_in_place(a: &Args, ctx: &Context) -> Result<Outcome> {
         return Ok(o);
     }
     let flags = if active {
-        sys::VIR_DOMAIN_AFFECT_LIVE | sys::VIR_DOMAIN_AFFECT_CONFIG
+        consts::VIR_DOMAIN_AFFECT_LIVE | consts::VIR_DOMAIN_AFFECT_CONFIG
     } else {
-        sys::VIR_DOMAIN_AFFECT_CONFIG
+        consts::VIR_DOMAIN_AFFECT_CONFIG
     };
     let persistent = dom.is_persistent().unwrap_or(false);
     let flags = if persistent {
         flags
     } else {
-        sys::VIR_DOMAIN_AFFECT_LIVE
+        consts::VIR_DOMAIN_AFFECT_LIVE
     };
     let apply = |p: &Placement| -> Result<(), String> {
         for c in &p.cells {
@@ -1587,7 +1579,7 @@ fn repin_in_place(a: &Args, ctx: &Context) -> Result<Outcome> {
     }
     if persistent {
         match dom
-            .xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
+            .xml_desc(consts::VIR_DOMAIN_XML_INACTIVE)
             .map_err(lv)
             .and_then(|x| crate::domain::parse_guest(&x))
         {
