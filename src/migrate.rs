@@ -12,11 +12,13 @@
 //!    destination's nova.conf), or refuse before anything moves (`No numa available ...`);
 //! 4. check the guest CPU model against the destination (skipped, and said, for TCG guests);
 //! 5. block migration: prepare the destination over SSH like Nova's `pre_live_migration`;
-//! 6. `virDomainMigrateToURI3` peer-to-peer with DEST_XML and PERSIST_XML = the rewritten XML
+//! 6. `virDomainMigrateToURI3` peer-to-peer (one perform call on the source, `libvirt::Domain::migrate_to_uri3`) with DEST_XML and PERSIST_XML = the rewritten XML
 //!    (`repin::rewrite`), a monitor thread applying Nova's downtime steps, stall and completion
 //!    timeouts (abort or force complete);
-//! 7. verify: running only on the destination, live + persistent pins equal the plan, the real
-//!    thread affinity too when the QEMU process is visible, no overlap with other guests.
+//! 7. verify: running only on the destination, live + persistent pins equal the plan, the live
+//!    pins read through libvirt (vCPU pin info, emulator pin info, the vCPU threads' affinity from
+//!    vCPU info) too, and /proc's affinity as an extra check when the QEMU process is visible
+//!    here; no overlap with other guests.
 //! A failed migration is checked to have left the guest running on the source with its old
 //! pins, and the failure says so.
 
@@ -139,7 +141,8 @@ pub struct Args {
     /// destination (Nova: /var/lib/nova/instances/<uuid>; `{uuid}` is replaced). Default: the
     /// directory of each disk on the source.
     pub instance_dir: Option<String>,
-    /// Check the real thread affinity in /proc when the guest's QEMU runs on this machine.
+    /// Also check the threads' affinity in /proc when the guest's QEMU runs on this machine (the
+    /// live pins and thread affinity libvirt reports are always checked).
     #[serde(default = "yes")]
     pub verify_affinity: bool,
 }
@@ -480,6 +483,68 @@ fn affinity_matches(a: &Affinity, p: &Placement) -> Result<(), String> {
         Ok(())
     } else {
         Err(bad.join("; "))
+    }
+}
+
+/// The plan against the live pins libvirt reports: each vCPU's pinning (vCPU pin info), the
+/// affinity of its running thread (vCPU info cpumaps) and the emulator's pinning. Works wherever
+/// the module runs; /proc is only an extra check on the guest's own host.
+fn libvirt_pins_match(lp: &libvirt::LivePins, p: &Placement) -> Result<(), String> {
+    let mut bad = Vec::new();
+    for c in &p.cells {
+        for (v, pc) in &c.vcpu_pins {
+            match lp.vcpu_pins.get(v) {
+                Some(have) if have == &vec![*pc] => {}
+                Some(have) => bad.push(format!("vCPU {v} is pinned to {have:?}, plan {pc}")),
+                None => bad.push(format!("vCPU {v}: libvirt reports no pinning")),
+            }
+            match lp.vcpu_threads.get(v) {
+                Some(have) if have == &vec![*pc] => {}
+                Some(have) => bad.push(format!("vCPU {v} thread may run on {have:?}, plan {pc}")),
+                None => bad.push(format!("vCPU {v}: libvirt reports no running thread")),
+            }
+        }
+    }
+    if !p.emulator_pins.is_empty() {
+        let plan: std::collections::BTreeSet<u32> = p.emulator_pins.iter().copied().collect();
+        let have: std::collections::BTreeSet<u32> = lp.emulator_pins.iter().copied().collect();
+        if plan != have {
+            bad.push(format!(
+                "emulator is pinned to {:?}, plan {:?}",
+                lp.emulator_pins, p.emulator_pins
+            ));
+        }
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(bad.join("; "))
+    }
+}
+
+/// Read the live pins through libvirt and record the comparison in `v`; a mismatch goes to `bad`.
+fn check_libvirt_pins(
+    d: &Domain,
+    p: &Placement,
+    v: &mut serde_json::Map<String, Value>,
+    bad: &mut Vec<String>,
+) {
+    match d.live_pins() {
+        Ok(lp) => {
+            let r = libvirt_pins_match(&lp, p);
+            v.insert("libvirt_pins_match".into(), json!(r.is_ok()));
+            v.insert(
+                "libvirt_pins".into(),
+                serde_json::to_value(&lp).unwrap_or(Value::Null),
+            );
+            if let Err(e) = r {
+                bad.push(format!("live pins read through libvirt: {e}"));
+            }
+        }
+        Err(e) => {
+            v.insert("libvirt_pins_match".into(), json!(false));
+            bad.push(format!("cannot read the live pins through libvirt: {e}"));
+        }
     }
 }
 
@@ -1369,6 +1434,7 @@ fn verify_after(
                 }
                 Err(e) => bad.push(format!("cannot read the live definition: {e:#}")),
             }
+            check_libvirt_pins(&d, p, &mut v, &mut bad);
             match d
                 .xml_desc(consts::VIR_DOMAIN_XML_INACTIVE)
                 .map_err(lv)
@@ -1576,6 +1642,9 @@ fn repin_in_place(a: &Args, ctx: &Context) -> Result<Outcome> {
             }
         }
         Err(e) => bad.push(format!("{e:#}")),
+    }
+    if active {
+        check_libvirt_pins(&dom, &placement, &mut v, &mut bad);
     }
     if persistent {
         match dom
