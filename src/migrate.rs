@@ -19,6 +19,7 @@
 //!    pins read through libvirt (vCPU pin info, emulator pin info, the vCPU threads' affinity from
 //!    vCPU info) too, and /proc's affinity as an extra check when the QEMU process is visible
 //!    here; no overlap with other guests.
+//!
 //! A failed migration is checked to have left the guest running on the source with its old
 //! pins, and the failure says so.
 
@@ -1195,7 +1196,6 @@ fn migrate(a: &Args, ctx: &Context) -> Result<Outcome> {
         } else {
             Vec::new()
         },
-        ..Default::default()
     };
     let completion = a.completion_timeout_s.unwrap_or((800.0 * data_gib) as u64);
     let cfg = MonitorCfg {
@@ -1721,6 +1721,31 @@ mod tests {
         assert_eq!(s[0], (0, 50));
         assert_eq!(s[1], (150, 95));
         assert_eq!(s[10], (1500, 500));
+    }
+
+    #[test]
+    fn libvirt_live_pins_against_the_plan() {
+        let x = crate::domain::fixtures::pinned("vm1", "u-1", &[2, 3], None, 1, 2048);
+        let g = crate::domain::parse_guest(&x).unwrap();
+        let p = placement_of(&g, &GuestTopology::from_guest(&g, None));
+        let mut lp = libvirt::LivePins::default();
+        for (v, pc) in [("0", 2), ("1", 3)] {
+            lp.vcpu_pins.insert(v.into(), vec![pc]);
+            lp.vcpu_threads.insert(v.into(), vec![pc]);
+        }
+        lp.emulator_pins = p.emulator_pins.iter().rev().copied().collect();
+        assert_eq!(libvirt_pins_match(&lp, &p), Ok(()));
+        // A thread whose affinity was not applied (pin info alone would look fine).
+        lp.vcpu_threads.insert("1".into(), vec![0, 1, 2, 3]);
+        let e = libvirt_pins_match(&lp, &p).unwrap_err();
+        assert!(
+            e.contains("vCPU 1 thread may run on [0, 1, 2, 3], plan 3"),
+            "{e}"
+        );
+        lp.vcpu_pins.remove("0");
+        assert!(libvirt_pins_match(&lp, &p)
+            .unwrap_err()
+            .contains("vCPU 0: libvirt reports no pinning"));
     }
 
     #[test]
