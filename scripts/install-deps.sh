@@ -4,7 +4,8 @@
 set -euo pipefail
 need_apt=()
 # chromium: the fleet report's PNG export and its rendering test; patch/diffutils: the Nova patch (apply, diff)
-for p in libvirt-dev libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu pkg-config libssl-dev gcc chromium patch diffutils; do
+# (no libvirt-dev: the modules speak libvirtd's protocol themselves and link no libvirt)
+for p in libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu pkg-config libssl-dev gcc chromium patch diffutils; do
   dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
