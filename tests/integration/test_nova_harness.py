@@ -1,5 +1,5 @@
 """The in-band Nova patch inside Nova's own services: tests/nova_harness/run.sh runs Nova's own
-functional-test harness of the release (Stein 19.3.2 on Python 3.7, Queens 17.0.13 on 2.7) (API, conductor, scheduler, libvirt computes over an extended fakelibvirt,
+functional-test harness of the release (Stein 19.3.2 on Python 3.7, Rocky 18.3.0 on 3.6, Queens 17.0.13 on 2.7) (API, conductor, scheduler, libvirt computes over an extended fakelibvirt,
 resource trackers, placement) on the pristine tree (the control) and on the tree
 `deploy_patched_nova path:` patches, in the same run, and prints what each did."""
 import json
@@ -18,7 +18,7 @@ def _reports(out, section):
                   if l.startswith("NUMA-REPIN-HARNESS ")]
 
 
-@pytest.mark.parametrize("release", ["19.3.2", "17.0.13"])
+@pytest.mark.parametrize("release", ["19.3.2", "18.3.0", "17.0.13"])
 def test_harness_patched_and_pristine_control(release, tmp_path):
     r = subprocess.run(["bash", str(REPO / "tests/nova_harness/run.sh"), release],
                        env=dict(os.environ, NUMA_REPIN_HARNESS_WORK=str(tmp_path)),

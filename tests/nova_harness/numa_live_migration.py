@@ -29,6 +29,18 @@ and a destination's vcpu_pin_set can differ from the source's.
 """
 from __future__ import absolute_import, print_function
 
+# First, before anything imports oslo.db: the functional package monkey-patches
+# eventlet (Queens, Rocky: eventlet.monkey_patch(os=False); Stein:
+# nova.monkey_patch), as it is when Nova's test runner imports a functional
+# test module.  Imported later (after `from nova import context`, which loads
+# oslo_db.sqlalchemy.enginefacade), oslo.db's _TransactionContextTLocal
+# subclasses the unpatched thread-local, so every greenthread shares one
+# transaction slot per context; Rocky's compute runs the live migration in a
+# concurrent.futures.ThreadPoolExecutor whose green thread starts at once and
+# shares the RPC handler's context: NoEngineContextEstablished, and queries
+# sent to the API database ("no such table: instance_actions").
+import nova.tests.functional  # noqa: F401
+
 import itertools
 import json
 import os
