@@ -27,37 +27,21 @@ sys.path.insert(0, HERE)
 
 import check_placement  # noqa: E402
 import compare  # noqa: E402
+from equivlib import fit_bench, gen_cases, load as _load, nova_python, out_dir  # noqa: E402
 
 COUNT = int(os.environ.get("NOVA_EQUIV_COUNT", "1500"))
 SEED = int(os.environ.get("NOVA_EQUIV_SEED", "20261123"))
 
 
-def _load(path):
-    with open(path) as f:
-        return {r["id"]: r for r in map(json.loads, filter(str.strip, f))}
-
 
 @pytest.fixture(scope="module")
 def run():
-    out = os.path.join(os.environ.get("NUMA_REPIN_CACHE", "/var/cache/numa-repin"), "equiv",
-                       "pytest-%d-%d" % (SEED, COUNT))
-    os.makedirs(out, exist_ok=True)
-    try:
-        venv = subprocess.run([os.path.join(REPO, "tests/lab/venv.sh"), "nova"], check=True,
-                              stdout=subprocess.PIPE, universal_newlines=True).stdout.strip()
-    except (subprocess.CalledProcessError, OSError) as e:
-        pytest.fail("no Nova 19.3.2 venv (tests/lab/venv.sh nova): %s" % e)
-    cases = os.path.join(out, "cases.jsonl")
-    subprocess.run([sys.executable, os.path.join(HERE, "gen_cases.py"), "--seed", str(SEED),
-                    "--count", str(COUNT), "-o", cases], check=True)
+    out = out_dir("pytest-%d-%d" % (SEED, COUNT))
+    py = nova_python()
+    cases = gen_cases(out, SEED, COUNT)
     nova = os.path.join(out, "nova.jsonl")
-    subprocess.run([os.path.join(venv, "bin/python"), os.path.join(HERE, "nova_fit.py"), cases,
-                    "-o", nova], check=True)
-    subprocess.run(["cargo", "build", "-q", "--release", "--example", "fit_bench"], cwd=REPO,
-                   check=True)
-    ours = os.path.join(out, "ours.jsonl")
-    subprocess.run([os.path.join(REPO, "target/release/examples/fit_bench"), cases, "--repeat",
-                    "0", "-o", ours], check=True)
+    subprocess.run([py, os.path.join(HERE, "nova_fit.py"), cases, "-o", nova], check=True)
+    ours = fit_bench(cases, out)
     return {"cases": _load(cases), "nova": _load(nova), "ours": _load(ours), "dir": out}
 
 

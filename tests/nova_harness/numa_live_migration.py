@@ -305,6 +305,19 @@ class NUMALiveMigrationBase(test_servers.ServersTestBase):
     def local_disks(self):
         self.storage(shared_path=False)
 
+    def field_hosts(self):
+        """The field case: host1 and host2 of 4 pCPUs, a pinned 2-vCPU guest on each.
+        -> (a, b, a's pins, b's pins); identical hosts and guests, so Nova gave both the same
+        pCPUs and a's source pins copied verbatim would land on b's."""
+        self.start_host("host1")
+        self.start_host("host2")
+        a = self.boot("host1")
+        b = self.boot("host2")
+        (host_a, pa), (host_b, pb) = self.db_pins(a), self.db_pins(b)
+        self.assertEqual(("host1", "host2"), (host_a, host_b))
+        self.assertEqual(pa, pb)
+        return a, b, pa, pb
+
     # ------------------------------------------------------------ guests
     def boot(self, host, vcpus=2, memory_mb=512, extra=None):
         spec = {"hw:cpu_policy": "dedicated"}
@@ -403,16 +416,7 @@ class PatchedLiveMigrationTest(NUMALiveMigrationBase):
 
     def field_case(self, local_disks, force=True):
         self.storage(shared_path=not local_disks)
-        self.start_host("host1")
-        self.start_host("host2")
-        a = self.boot("host1")
-        b = self.boot("host2")
-        host_a, pa = self.db_pins(a)
-        host_b, pb = self.db_pins(b)
-        # Identical hosts, identical guests: Nova gave both the same pCPUs,
-        # so the source pins copied verbatim would land on b's.
-        self.assertEqual(("host1", "host2"), (host_a, host_b))
-        self.assertEqual(pa, pb)
+        a, b, pa, pb = self.field_hosts()
         free = sorted(set(range(4)) - set(pb))
         during = {}
 
@@ -510,11 +514,7 @@ class PatchedLiveMigrationTest(NUMALiveMigrationBase):
 
     def test_failed_migration_rolls_back(self):
         self.local_disks()
-        self.start_host("host1")
-        self.start_host("host2")
-        a = self.boot("host1")
-        b = self.boot("host2")
-        pa, pb = self.db_pins(a)[1], self.db_pins(b)[1]
+        a, b, pa, pb = self.field_hosts()
         HOSTS["host2"].fail_incoming = True
         self.live_migrate(a, "host2")
         mig = self.wait_migration(a)
@@ -576,10 +576,7 @@ class PristineControlTest(NUMALiveMigrationBase):
     its accounting breaks."""
 
     def test_refuses_pinned_live_migration(self):
-        self.start_host("host1")
-        self.start_host("host2")
-        a = self.boot("host1")
-        self.boot("host2")
+        a = self.field_hosts()[0]
         mark = self.log_mark()
         error = self.live_migrate(a, "host2")
         self.assertEqual("error", self.wait_migration(a)["status"])
@@ -592,12 +589,7 @@ class PristineControlTest(NUMALiveMigrationBase):
     def test_workaround_copies_source_pins(self):
         self.flags(enable_numa_live_migration=True, group="workarounds")
         self.local_disks()
-        self.start_host("host1")
-        self.start_host("host2")
-        a = self.boot("host1")
-        b = self.boot("host2")
-        pa, pb = self.db_pins(a)[1], self.db_pins(b)[1]
-        self.assertEqual(pa, pb)
+        a, b, pa, pb = self.field_hosts()
         self.live_migrate(a, "host2")
         self.assertEqual("completed", self.wait_migration(a)["status"])
         pins = self.guest_pins("host2", a)

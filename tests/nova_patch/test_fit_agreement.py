@@ -33,6 +33,7 @@ EQUIV = os.path.join(REPO, "tests", "nova_equiv")
 sys.path.insert(0, EQUIV)
 
 import check_placement  # noqa: E402
+from equivlib import fit_bench, gen_cases, load as _load, nova_python, out_dir  # noqa: E402
 
 COUNT = int(os.environ.get("PATCH_FIT_COUNT", "1000"))
 SEED = int(os.environ.get("PATCH_FIT_SEED", "1000"))
@@ -61,10 +62,6 @@ FIXED = {TWO_CELLS["id"]: (TWO_CELLS, MESSAGE % (4, 128)),
          EMU_ISOLATE["id"]: (EMU_ISOLATE, MESSAGE % (1, 64))}
 
 
-def _load(path):
-    with open(path) as f:
-        return {r["id"]: r for r in map(json.loads, filter(str.strip, f))}
-
 
 def _outcome(r):
     if r.get("error"):
@@ -78,28 +75,15 @@ def _outcome(r):
 
 @pytest.fixture(scope="module")
 def run():
-    out = os.path.join(os.environ.get("NUMA_REPIN_CACHE", "/var/cache/numa-repin"), "equiv",
-                       "patch-%d-%d" % (SEED, COUNT))
-    os.makedirs(out, exist_ok=True)
-    try:
-        venv = subprocess.run([os.path.join(REPO, "tests/lab/venv.sh"), "nova"], check=True,
-                              stdout=subprocess.PIPE, universal_newlines=True).stdout.strip()
-    except (subprocess.CalledProcessError, OSError) as e:
-        pytest.fail("no Nova 19.3.2 venv (tests/lab/venv.sh nova): %s" % e)
-    cases = os.path.join(out, "cases.jsonl")
-    subprocess.run([sys.executable, os.path.join(EQUIV, "gen_cases.py"), "--seed", str(SEED),
-                    "--count", str(COUNT), "-o", cases], check=True)
+    out = out_dir("patch-%d-%d" % (SEED, COUNT))
+    py = nova_python()
+    cases = gen_cases(out, SEED, COUNT)
     with open(cases, "a") as f:
         for case, _ in FIXED.values():
             f.write(json.dumps(case) + "\n")
     patch = os.path.join(out, "patch.jsonl")
-    subprocess.run([os.path.join(venv, "bin/python"), os.path.join(HERE, "patch_fit.py"), cases,
-                    "-o", patch], check=True)
-    subprocess.run(["cargo", "build", "-q", "--release", "--example", "fit_bench"], cwd=REPO,
-                   check=True)
-    ours = os.path.join(out, "ours.jsonl")
-    subprocess.run([os.path.join(REPO, "target/release/examples/fit_bench"), cases, "--repeat",
-                    "0", "-o", ours], check=True)
+    subprocess.run([py, os.path.join(HERE, "patch_fit.py"), cases, "-o", patch], check=True)
+    ours = fit_bench(cases, out)
     return {"cases": _load(cases), "patch": _load(patch), "ours": _load(ours), "dir": out}
 
 
