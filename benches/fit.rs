@@ -1,6 +1,6 @@
 //! `cargo bench --bench fit`: the speed goals of the foundation, measured, not asserted.
 //! - drain plan: 1,000 hosts x 40 guests, evacuating 50 hosts (2,000 guests) — goal < 1 s, one core;
-//! - numa_facts on a host with 100 guests (libvirt test driver) — goal < 50 ms of process time;
+//! - numa_facts on a host with 100 guests (saved dumps) — goal < 50 ms of process time;
 //! - one fit decision on a 2-socket SMT host. The ratio against Nova is bench/fit_vs_nova.sh.
 use numa_repin::cpuset::CpuSet;
 use numa_repin::fit::{
@@ -117,19 +117,23 @@ fn main() {
         t.elapsed().as_secs_f64() * 1e6 / n as f64
     );
 
-    // numa_facts on 100 guests through libvirt's test driver.
+    // numa_facts on 100 guests from saved dumps (libvirt's test driver needed libvirt's C library).
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut xml = String::from("<node><cpu><mhz>2000</mhz><model>i686</model><active>48</active><nodes>1</nodes><sockets>2</sockets><cores>12</cores><threads>2</threads></cpu><memory>268435456</memory>");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
     for i in 0..100 {
-        xml += &format!("<domain type='test'><name>vm{i}</name><uuid>00000000-0000-4000-8000-{i:012}</uuid><memory unit='MiB'>512</memory><vcpu placement='static'>2</vcpu><cputune><vcpupin vcpu='0' cpuset='{}'/><vcpupin vcpu='1' cpuset='{}'/></cputune><numatune><memory mode='strict' nodeset='0'/></numatune><os><type arch='i686'>hvm</type></os></domain>", (2 * i) % 48, (2 * i + 1) % 48);
+        let x = format!("<domain type='kvm'><name>vm{i}</name><uuid>00000000-0000-4000-8000-{i:012}</uuid><memory unit='MiB'>512</memory><vcpu placement='static'>2</vcpu><cputune><vcpupin vcpu='0' cpuset='{}'/><vcpupin vcpu='1' cpuset='{}'/></cputune><numatune><memory mode='strict' nodeset='0'/></numatune><os><type arch='x86_64'>hvm</type></os></domain>", (2 * i) % 48, (2 * i + 1) % 48);
+        let p = dir.path().join(format!("vm{i}.xml"));
+        std::fs::write(&p, x).expect("write");
+        files.push(p);
     }
-    xml += "</node>";
-    let path = dir.path().join("host100.xml");
-    std::fs::write(&path, xml).expect("write");
-    let uri = format!("test://{}", path.display());
-    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/numa_facts");
+    let bin = root.join("target/release/numa_facts");
     let args = dir.path().join("args.json");
-    std::fs::write(&args, format!("{{\"uri\": \"{uri}\"}}")).expect("write");
+    let a = serde_json::json!({
+        "capabilities_file": root.join("tests/fixtures/saved/caps-2s12c2t.xml"),
+        "domain_files": files,
+    });
+    std::fs::write(&args, a.to_string()).expect("write");
     if bin.exists() {
         let runs = 20;
         let mut best = f64::MAX;
@@ -152,7 +156,7 @@ fn main() {
                 t(after.ru_utime) - t(before.ru_utime) + t(after.ru_stime) - t(before.ru_stime);
             best = best.min(cpu);
         }
-        println!("numa_facts, 100 guests (test driver), whole process: {:.1} ms CPU, best of {runs} (goal < 50 ms)", best * 1e3);
+        println!("numa_facts, 100 guests (saved dumps), whole process: {:.1} ms CPU, best of {runs} (goal < 50 ms)", best * 1e3);
     } else {
         println!(
             "numa_facts bench skipped: build target/release/numa_facts first (scripts/build.sh)"

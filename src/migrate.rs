@@ -12,11 +12,14 @@
 //!    destination's nova.conf), or refuse before anything moves (`No numa available ...`);
 //! 4. check the guest CPU model against the destination (skipped, and said, for TCG guests);
 //! 5. block migration: prepare the destination over SSH like Nova's `pre_live_migration`;
-//! 6. `virDomainMigrateToURI3` peer-to-peer with DEST_XML and PERSIST_XML = the rewritten XML
+//! 6. `virDomainMigrateToURI3` peer-to-peer (one perform call on the source, `libvirt::Domain::migrate_to_uri3`) with DEST_XML and PERSIST_XML = the rewritten XML
 //!    (`repin::rewrite`), a monitor thread applying Nova's downtime steps, stall and completion
 //!    timeouts (abort or force complete);
-//! 7. verify: running only on the destination, live + persistent pins equal the plan, the real
-//!    thread affinity too when the QEMU process is visible, no overlap with other guests.
+//! 7. verify: running only on the destination, live + persistent pins equal the plan, the live
+//!    pins read through libvirt (vCPU pin info, emulator pin info, the vCPU threads' affinity from
+//!    vCPU info) too, and /proc's affinity as an extra check when the QEMU process is visible
+//!    here; no overlap with other guests.
+//!
 //! A failed migration is checked to have left the guest running on the source with its old
 //! pins, and the failure says so.
 
@@ -25,7 +28,7 @@ use crate::cpuset::{format_spec, CpuSet};
 use crate::domain::Guest;
 use crate::facts::{self, NumaFacts};
 use crate::fit::{self, CellPlacement, FitOptions, GuestTopology, Placement, ThreadPolicy};
-use crate::libvirt::{self, sys, Host};
+use crate::libvirt::{self, consts, Domain, Host, MigrateParameters};
 use crate::repin;
 use crate::ssh::{quote, Ssh};
 use anyhow::{anyhow, Result};
@@ -37,7 +40,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use virt::domain::{Domain, MigrateParameters};
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -140,7 +142,8 @@ pub struct Args {
     /// destination (Nova: /var/lib/nova/instances/<uuid>; `{uuid}` is replaced). Default: the
     /// directory of each disk on the source.
     pub instance_dir: Option<String>,
-    /// Check the real thread affinity in /proc when the guest's QEMU runs on this machine.
+    /// Also check the threads' affinity in /proc when the guest's QEMU runs on this machine (the
+    /// live pins and thread affinity libvirt reports are always checked).
     #[serde(default = "yes")]
     pub verify_affinity: bool,
 }
@@ -188,8 +191,8 @@ const M: &str = "repin_migrate";
 // ---------------------------------------------------------------------------------------------
 // Small helpers.
 
-fn lv(e: virt::error::Error) -> String {
-    e.message().to_string()
+fn lv(e: libvirt::Error) -> String {
+    e.message()
 }
 
 /// `[DEFAULT] host` of a nova.conf.
@@ -484,6 +487,68 @@ fn affinity_matches(a: &Affinity, p: &Placement) -> Result<(), String> {
     }
 }
 
+/// The plan against the live pins libvirt reports: each vCPU's pinning (vCPU pin info), the
+/// affinity of its running thread (vCPU info cpumaps) and the emulator's pinning. Works wherever
+/// the module runs; /proc is only an extra check on the guest's own host.
+fn libvirt_pins_match(lp: &libvirt::LivePins, p: &Placement) -> Result<(), String> {
+    let mut bad = Vec::new();
+    for c in &p.cells {
+        for (v, pc) in &c.vcpu_pins {
+            match lp.vcpu_pins.get(v) {
+                Some(have) if have == &vec![*pc] => {}
+                Some(have) => bad.push(format!("vCPU {v} is pinned to {have:?}, plan {pc}")),
+                None => bad.push(format!("vCPU {v}: libvirt reports no pinning")),
+            }
+            match lp.vcpu_threads.get(v) {
+                Some(have) if have == &vec![*pc] => {}
+                Some(have) => bad.push(format!("vCPU {v} thread may run on {have:?}, plan {pc}")),
+                None => bad.push(format!("vCPU {v}: libvirt reports no running thread")),
+            }
+        }
+    }
+    if !p.emulator_pins.is_empty() {
+        let plan: std::collections::BTreeSet<u32> = p.emulator_pins.iter().copied().collect();
+        let have: std::collections::BTreeSet<u32> = lp.emulator_pins.iter().copied().collect();
+        if plan != have {
+            bad.push(format!(
+                "emulator is pinned to {:?}, plan {:?}",
+                lp.emulator_pins, p.emulator_pins
+            ));
+        }
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(bad.join("; "))
+    }
+}
+
+/// Read the live pins through libvirt and record the comparison in `v`; a mismatch goes to `bad`.
+fn check_libvirt_pins(
+    d: &Domain,
+    p: &Placement,
+    v: &mut serde_json::Map<String, Value>,
+    bad: &mut Vec<String>,
+) {
+    match d.live_pins() {
+        Ok(lp) => {
+            let r = libvirt_pins_match(&lp, p);
+            v.insert("libvirt_pins_match".into(), json!(r.is_ok()));
+            v.insert(
+                "libvirt_pins".into(),
+                serde_json::to_value(&lp).unwrap_or(Value::Null),
+            );
+            if let Err(e) = r {
+                bad.push(format!("live pins read through libvirt: {e}"));
+            }
+        }
+        Err(e) => {
+            v.insert("libvirt_pins_match".into(), json!(false));
+            bad.push(format!("cannot read the live pins through libvirt: {e}"));
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // CPU model check.
 
@@ -518,12 +583,12 @@ fn cpu_check(src: &Host, dst: &Host, xml: &str) -> Result<Value> {
             )
         }
     };
-    match dst.conn.compare_cpu(&cpu_xml, 0) {
-        Ok(r) if r == sys::VIR_CPU_COMPARE_INCOMPATIBLE => Err(Failure::new(format!(
+    match dst.compare_cpu(&cpu_xml, 0) {
+        Ok(r) if r == consts::VIR_CPU_COMPARE_INCOMPATIBLE => Err(Failure::new(format!(
             "{M}: the guest's CPU (mode {mode}) is not compatible with the destination's CPU; nothing was changed. Give the guests a common model (nova.conf cpu_mode=custom, cpu_model=...) or choose another destination"
         ))
         .into()),
-        Ok(r) => Ok(json!({"checked": true, "mode": mode, "result": if r == sys::VIR_CPU_COMPARE_IDENTICAL { "identical" } else { "superset" }})),
+        Ok(r) => Ok(json!({"checked": true, "mode": mode, "result": if r == consts::VIR_CPU_COMPARE_IDENTICAL { "identical" } else { "superset" }})),
         Err(e) => Ok(json!({"checked": false, "mode": mode, "reason": format!("libvirt could not compare: {}", lv(e))})),
     }
 }
@@ -751,8 +816,8 @@ fn monitor(
                 continue;
             }
         };
-        if st.r#type != sys::VIR_DOMAIN_JOB_BOUNDED as i32
-            && st.r#type != sys::VIR_DOMAIN_JOB_UNBOUNDED as i32
+        if st.r#type != consts::VIR_DOMAIN_JOB_BOUNDED
+            && st.r#type != consts::VIR_DOMAIN_JOB_UNBOUNDED
         {
             continue;
         }
@@ -804,19 +869,11 @@ fn monitor(
             let res = match cfg.action {
                 TimeoutAction::Abort => {
                     f.action_taken = Some("abort".into());
-                    // SAFETY: dom is a valid domain handle owned by this thread.
-                    let r = unsafe { sys::virDomainAbortJob(dom.as_ptr()) };
-                    (r >= 0)
-                        .then_some(())
-                        .ok_or_else(|| virt::error::Error::last_error())
+                    dom.abort_job()
                 }
                 TimeoutAction::ForceComplete if cfg.post_copy => {
                     f.action_taken = Some("force_complete: switch to post-copy".into());
-                    // SAFETY: as above.
-                    let r = unsafe { sys::virDomainMigrateStartPostCopy(dom.as_ptr(), 0) };
-                    (r >= 0)
-                        .then_some(())
-                        .ok_or_else(|| virt::error::Error::last_error())
+                    dom.migrate_start_post_copy(0)
                 }
                 TimeoutAction::ForceComplete => {
                     f.action_taken =
@@ -853,11 +910,11 @@ fn read_source(src: &Host, name: &str) -> Result<Option<SourceGuest>> {
     };
     let guest = libvirt::guest_of(&dom)?;
     let live_xml = dom
-        .xml_desc(sys::VIR_DOMAIN_XML_MIGRATABLE)
+        .xml_desc(consts::VIR_DOMAIN_XML_MIGRATABLE)
         .map_err(|e| anyhow!("guest {name}: cannot read its XML: {}", lv(e)))?;
     let persistent = dom.is_persistent().unwrap_or(false);
     let inactive_xml = if persistent {
-        dom.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE | sys::VIR_DOMAIN_XML_MIGRATABLE)
+        dom.xml_desc(consts::VIR_DOMAIN_XML_INACTIVE | consts::VIR_DOMAIN_XML_MIGRATABLE)
             .map_err(|e| anyhow!("guest {name}: cannot read its inactive XML: {}", lv(e)))?
     } else {
         live_xml.clone()
@@ -1112,34 +1169,33 @@ fn migrate(a: &Args, ctx: &Context) -> Result<Outcome> {
     o.set("disks", &disks);
 
     // Migrate.
-    let mut flags = sys::VIR_MIGRATE_LIVE
-        | sys::VIR_MIGRATE_PEER2PEER
-        | sys::VIR_MIGRATE_PERSIST_DEST
-        | sys::VIR_MIGRATE_UNDEFINE_SOURCE
-        | sys::VIR_MIGRATE_ABORT_ON_ERROR;
+    let mut flags = consts::VIR_MIGRATE_LIVE
+        | consts::VIR_MIGRATE_PEER2PEER
+        | consts::VIR_MIGRATE_PERSIST_DEST
+        | consts::VIR_MIGRATE_UNDEFINE_SOURCE
+        | consts::VIR_MIGRATE_ABORT_ON_ERROR;
     if a.auto_converge {
-        flags |= sys::VIR_MIGRATE_AUTO_CONVERGE;
+        flags |= consts::VIR_MIGRATE_AUTO_CONVERGE;
     }
     if a.post_copy {
-        flags |= sys::VIR_MIGRATE_POSTCOPY;
+        flags |= consts::VIR_MIGRATE_POSTCOPY;
     }
     if a.storage == Storage::Block && !disks.is_empty() {
-        flags |= sys::VIR_MIGRATE_NON_SHARED_DISK;
+        flags |= consts::VIR_MIGRATE_NON_SHARED_DISK;
     }
     if !sg.persistent {
-        flags &= !sys::VIR_MIGRATE_UNDEFINE_SOURCE;
+        flags &= !consts::VIR_MIGRATE_UNDEFINE_SOURCE;
     }
     let params = MigrateParameters {
         dest_xml: Some(dest_xml.clone()),
         persist_xml: sg.persistent.then(|| persist_xml.clone()),
         uri: a.migrate_uri.clone(),
         bandwidth: (a.bandwidth_mibps > 0).then_some(a.bandwidth_mibps),
-        migrate_disks: if flags & sys::VIR_MIGRATE_NON_SHARED_DISK != 0 {
+        migrate_disks: if flags & consts::VIR_MIGRATE_NON_SHARED_DISK != 0 {
             disks.iter().map(|d| d.target.clone()).collect()
         } else {
             Vec::new()
         },
-        ..Default::default()
     };
     let completion = a.completion_timeout_s.unwrap_or((800.0 * data_gib) as u64);
     let cfg = MonitorCfg {
@@ -1196,7 +1252,7 @@ fn migrate(a: &Args, ctx: &Context) -> Result<Outcome> {
             g.name
         )
     })?;
-    let done = ddom.job_stats(sys::VIR_DOMAIN_JOB_STATS_COMPLETED).ok();
+    let done = ddom.job_stats(consts::VIR_DOMAIN_JOB_STATS_COMPLETED).ok();
     let mig = json!({
         "total_time_ms": total_ms,
         "job_time_ms": done.as_ref().and_then(|d| d.time_elapsed).unwrap_or(figs.elapsed_ms),
@@ -1211,9 +1267,7 @@ fn migrate(a: &Args, ctx: &Context) -> Result<Outcome> {
     o.set("migration", &mig);
     if figs.paused_source {
         // force_complete paused the guest: it must run on the destination.
-        if let Ok((virt::enumutil::Enum::Known(virt::domain::DomainState::Paused), _)) =
-            ddom.state()
-        {
+        if let Ok((libvirt::DomainState::Paused, _)) = ddom.state() {
             let _ = ddom.resume();
         }
     }
@@ -1261,14 +1315,17 @@ fn migration_failed(
             }
         }
     }
-    let (on_source, source_state, pins_unchanged) =
-        match src.lookup(&g.uuid).and_then(|d| libvirt::guest_of(&d)) {
-            Ok(now) => {
-                let same = now.vcpu_pins == g.vcpu_pins && now.emulator_pins == g.emulator_pins;
-                (true, now.state.clone(), same)
-            }
-            Err(_) => (false, "absent".to_string(), false),
-        };
+    let (on_source, source_state, pins_unchanged) = match src
+        .lookup(&g.uuid)
+        .map_err(anyhow::Error::from)
+        .and_then(|d| libvirt::guest_of(&d))
+    {
+        Ok(now) => {
+            let same = now.vcpu_pins == g.vcpu_pins && now.emulator_pins == g.emulator_pins;
+            (true, now.state.clone(), same)
+        }
+        Err(_) => (false, "absent".to_string(), false),
+    };
     let on_dest = dst
         .lookup(&g.uuid)
         .map(|d| d.is_active().unwrap_or(false))
@@ -1377,8 +1434,9 @@ fn verify_after(
                 }
                 Err(e) => bad.push(format!("cannot read the live definition: {e:#}")),
             }
+            check_libvirt_pins(&d, p, &mut v, &mut bad);
             match d
-                .xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
+                .xml_desc(consts::VIR_DOMAIN_XML_INACTIVE)
                 .map_err(lv)
                 .and_then(|x| crate::domain::parse_guest(&x))
             {
@@ -1536,15 +1594,15 @@ fn repin_in_place(a: &Args, ctx: &Context) -> Result<Outcome> {
         return Ok(o);
     }
     let flags = if active {
-        sys::VIR_DOMAIN_AFFECT_LIVE | sys::VIR_DOMAIN_AFFECT_CONFIG
+        consts::VIR_DOMAIN_AFFECT_LIVE | consts::VIR_DOMAIN_AFFECT_CONFIG
     } else {
-        sys::VIR_DOMAIN_AFFECT_CONFIG
+        consts::VIR_DOMAIN_AFFECT_CONFIG
     };
     let persistent = dom.is_persistent().unwrap_or(false);
     let flags = if persistent {
         flags
     } else {
-        sys::VIR_DOMAIN_AFFECT_LIVE
+        consts::VIR_DOMAIN_AFFECT_LIVE
     };
     let apply = |p: &Placement| -> Result<(), String> {
         for c in &p.cells {
@@ -1585,9 +1643,12 @@ fn repin_in_place(a: &Args, ctx: &Context) -> Result<Outcome> {
         }
         Err(e) => bad.push(format!("{e:#}")),
     }
+    if active {
+        check_libvirt_pins(&dom, &placement, &mut v, &mut bad);
+    }
     if persistent {
         match dom
-            .xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
+            .xml_desc(consts::VIR_DOMAIN_XML_INACTIVE)
             .map_err(lv)
             .and_then(|x| crate::domain::parse_guest(&x))
         {
@@ -1660,6 +1721,31 @@ mod tests {
         assert_eq!(s[0], (0, 50));
         assert_eq!(s[1], (150, 95));
         assert_eq!(s[10], (1500, 500));
+    }
+
+    #[test]
+    fn libvirt_live_pins_against_the_plan() {
+        let x = crate::domain::fixtures::pinned("vm1", "u-1", &[2, 3], None, 1, 2048);
+        let g = crate::domain::parse_guest(&x).unwrap();
+        let p = placement_of(&g, &GuestTopology::from_guest(&g, None));
+        let mut lp = libvirt::LivePins::default();
+        for (v, pc) in [("0", 2), ("1", 3)] {
+            lp.vcpu_pins.insert(v.into(), vec![pc]);
+            lp.vcpu_threads.insert(v.into(), vec![pc]);
+        }
+        lp.emulator_pins = p.emulator_pins.iter().rev().copied().collect();
+        assert_eq!(libvirt_pins_match(&lp, &p), Ok(()));
+        // A thread whose affinity was not applied (pin info alone would look fine).
+        lp.vcpu_threads.insert("1".into(), vec![0, 1, 2, 3]);
+        let e = libvirt_pins_match(&lp, &p).unwrap_err();
+        assert!(
+            e.contains("vCPU 1 thread may run on [0, 1, 2, 3], plan 3"),
+            "{e}"
+        );
+        lp.vcpu_pins.remove("0");
+        assert!(libvirt_pins_match(&lp, &p)
+            .unwrap_err()
+            .contains("vCPU 0: libvirt reports no pinning"));
     }
 
     #[test]

@@ -92,8 +92,8 @@ pub fn to_kib(value: u64, unit: Option<&str>) -> Result<u64, String> {
         .ok_or_else(|| format!("memory value {value} {} overflows", unit.unwrap_or("KiB")))
 }
 
-/// Parse `virsh capabilities` output. A host without `<topology><cells>` (libvirt's test driver
-/// with a custom file) yields zero cells; the caller may synthesize one from node info.
+/// Parse `virsh capabilities` output. A host without `<topology><cells>` (some drivers) yields
+/// zero cells; the caller may synthesize one from node info.
 pub fn parse_capabilities(doc: &str) -> Result<HostTopology, String> {
     let root = xml::parse(doc).map_err(|e| format!("capabilities XML: {e}"))?;
     if root.name != "capabilities" {

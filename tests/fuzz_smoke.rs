@@ -199,3 +199,60 @@ fn fit_never_panics_on_random_hosts_and_requests() {
         }
     }
 }
+
+/// libvirt RPC replies: mutated packets and payloads through the framing and the XDR decoders
+/// never panic (a hostile or broken daemon gets an error, not a crash or a huge allocation).
+#[test]
+fn libvirt_wire_decoders_never_panic_on_mutated_bytes() {
+    use numa_repin::libvirt::proc::{RemoteDomain, TypedParam, Value};
+    use numa_repin::libvirt::wire::{self, Dec, Enc, Header};
+    let mut e = Enc::new();
+    RemoteDomain {
+        name: "vm-taken".into(),
+        uuid: [7; 16],
+        id: 3,
+    }
+    .encode(&mut e);
+    for p in [
+        TypedParam::new("time_elapsed", Value::ULLong(12)),
+        TypedParam::new("destination_xml", Value::String("<domain/>".into())),
+        TypedParam::new("d", Value::Double(1.0)),
+    ] {
+        p.encode(&mut e);
+    }
+    let h = Header {
+        prog: wire::REMOTE_PROGRAM,
+        vers: wire::REMOTE_VERSION,
+        proc_: 298,
+        mtype: wire::REPLY,
+        serial: 1,
+        status: wire::STATUS_OK,
+    };
+    let base = wire::frame(&h, &e.buf);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for _ in 0..20_000 {
+        let mut b = base.clone();
+        for _ in 0..1 + rng.below(4) {
+            if b.is_empty() {
+                break;
+            }
+            let i = rng.below(b.len());
+            match rng.below(3) {
+                0 => b[i] = rng.next() as u8,
+                1 => b.truncate(i),
+                _ => b.splice(i..i, [0xff, 0xff, 0xff, 0xff]).for_each(drop),
+            }
+        }
+        let r = panic::catch_unwind(|| {
+            let _ = wire::read_packet(&mut b.as_slice());
+            let body = b.get(28..).unwrap_or(&[]);
+            let mut d = Dec::new(body);
+            let _ = RemoteDomain::decode(&mut d);
+            for _ in 0..3 {
+                let _ = TypedParam::decode(&mut d);
+            }
+            let _ = Dec::new(body).count(1 << 20, 4);
+        });
+        assert!(r.is_ok(), "panic on {b:?}");
+    }
+}

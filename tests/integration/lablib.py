@@ -40,7 +40,10 @@ class Lab:
         self.data = data
         self.hosts = data["hosts"]
         self.db_info = data["db"]
-        self.repo = Path(data["repo"])
+        # The checkout these tests belong to (its library/ and roles/), not the one that ran `lab.sh up`:
+        # a worktree's tests run its own binaries against the shared lab.
+        self.repo = REPO
+        self.lab_repo = Path(data["repo"])
 
     @classmethod
     def load(cls, path=LAB_JSON, check=True):
@@ -232,7 +235,8 @@ class Lab:
                          extra_args=()):
         """ansible-playbook with the lab inventory and ANSIBLE_CONFIG; returns the CompletedProcess (text)."""
         an = self.data["ansible"]
-        env = dict(os.environ, ANSIBLE_CONFIG=an["config"], ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+        env = dict(os.environ, ANSIBLE_CONFIG=an["config"], ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
+                   ANSIBLE_LIBRARY=str(self.repo / "library"), ANSIBLE_ROLES_PATH=str(self.repo / "roles"))
         cmd = [an["playbook"], "-i", an["inventory"], str(playbook)]
         tmp = None
         if extra_vars:

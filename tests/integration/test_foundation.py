@@ -1,5 +1,6 @@
 """numa_facts and pin_fit_check as Ansible runs them: binaries in library/, JSON args file in,
-one JSON object out. No lab needed: libvirt's test driver and saved virsh output."""
+one JSON object out. No lab needed: saved virsh output (the live path is tested against the lab in
+test_lab.py; libvirt's test driver is gone with libvirt's C library, and `test://` URIs are refused clearly)."""
 import json
 import os
 import subprocess
@@ -11,6 +12,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 LIB = REPO / "library"
 FIX = REPO / "tests" / "fixtures"
+TD1 = FIX / "saved" / "td1"
+TD1_ARGS = {"capabilities_file": str(TD1 / "caps.xml"),
+            "domain_files": [str(TD1 / f"pinned-{x}.xml") for x in "abc"]}
 
 
 def module(name, args, raw=None):
@@ -36,7 +40,7 @@ def test_playbook_end_to_end():
 
 
 def test_check_mode_changes_nothing_and_says_so():
-    rc, out = module("numa_facts", {"uri": f"test://{FIX}/testdriver-host.xml", "_ansible_check_mode": True})
+    rc, out = module("numa_facts", dict(TD1_ARGS, _ansible_check_mode=True))
     assert rc == 0 and out["changed"] is False and out["check_mode"] is True
     assert len(out["ansible_facts"]["numa"]["guests"]) == 3
 
@@ -96,8 +100,12 @@ def test_missing_files_and_hosts_fail_clearly(tmp_path):
     assert rc == 1 and "cannot read" in out["msg"] and "nope.xml" in out["msg"]
     rc, out = module("numa_facts", {"uri": "qemu+tcp://127.0.0.1:1/system"})
     assert rc == 1 and "cannot connect to libvirt at qemu+tcp://127.0.0.1:1/system" in out["msg"]
-    rc, out = module("numa_facts", {"uri": f"test://{FIX}/testdriver-host.xml", "nova_conf": str(tmp_path / "none.conf")})
+    rc, out = module("numa_facts", dict(TD1_ARGS, nova_conf=str(tmp_path / "none.conf")))
     assert rc == 1 and "none.conf" in out["msg"]
+    rc, out = module("numa_facts", {"uri": "qemu+unix:///system?socket=" + str(tmp_path / "no-sock")})
+    assert rc == 1 and "socket " + str(tmp_path / "no-sock") in out["msg"], out
+    rc, out = module("numa_facts", {"uri": "test:///default"})
+    assert rc == 1 and "test driver" in out["msg"] and "capabilities_file" in out["msg"], out
 
 
 def test_pin_fit_check_bad_requests():

@@ -3,7 +3,10 @@ sshd, the module/playbook runners, and `status` noticing a dead libvirtd (which 
 
     /var/cache/numa-repin/venvs/lab-py311/bin/pytest -q tests/integration/test_lab.py
 """
+import glob
 import json
+import os
+import shlex
 import subprocess
 import textwrap
 
@@ -211,3 +214,44 @@ def test_status_detects_a_killed_libvirtd_and_up_repairs_it(lab):
     for name, gpid in guest_pids.items():
         assert lab.domstate("cmp2", name) == "running"
         assert lab.qemu_pid("cmp2", name) == gpid
+
+
+def _hide_libvirt_so_and_run(cmd):
+    """Run cmd in a private mount namespace where every libvirt*.so* is /dev/null (not loadable)."""
+    libs = sorted(glob.glob("/usr/lib/*/libvirt*.so*") + glob.glob("/usr/lib/libvirt*.so*") +
+                  glob.glob("/lib/*/libvirt*.so*"))
+    script = "".join("mount --bind /dev/null %s && " % shlex.quote(p) for p in libs)
+    # The control proves the hiding works: loading libvirt.so.0 must fail inside the namespace.
+    control = "! python3 -c 'import ctypes; ctypes.CDLL(\"libvirt.so.0\")' 2>/dev/null && "
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                           script + control + " ".join(shlex.quote(c) for c in cmd)],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("host", ["cmp1", "cmp2"])
+@pytest.mark.parametrize("via", ["tcp", "unix"])
+def test_numa_facts_without_libvirt_library(lab, host, via, tmp_path):
+    """numa_facts speaks libvirtd's protocol itself: no libvirt.so linked (ldd), and with every libvirt*.so
+    made unloadable it still reads the lab host's guests, through the TCP URI and through the unix socket."""
+    binary = lab.repo / "library" / "numa_facts"
+    ldd = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=True).stdout
+    assert "libvirt" not in ldd, ldd
+    if via == "tcp":
+        uri = lab.uri(host)
+        assert uri.startswith("qemu+tcp://")
+    else:
+        sock = os.path.join(lab.data["lab_dir"], host, "run", "libvirt-sock")
+        assert os.path.exists(sock), sock
+        uri = "qemu+unix:///system?socket=" + sock
+    args = tmp_path / "args.json"
+    args.write_text(json.dumps({"uri": uri, "host": host}))
+    r = _hide_libvirt_so_and_run([str(binary), str(args)])
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    out = json.loads(r.stdout)
+    numa = out["ansible_facts"]["numa"]
+    assert numa["libvirt_uri"] == uri and numa["topology_source"] == "capabilities"
+    names = sorted(n for n in lab.virsh(host, "list", "--all", "--name").stdout.split() if n)
+    assert sorted(g["name"] for g in numa["guests"]) == names
+    assert names, "the lab host has no guests (tests/lab/lab.sh seed)"
+    for g in numa["guests"]:
+        assert g["uuid"] and g["state"] in ("running", "shutoff", "paused"), g

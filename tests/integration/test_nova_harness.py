@@ -1,11 +1,13 @@
-"""The in-band Nova patch inside Nova's own services: tests/nova_harness/run.sh runs Nova 19.3.2's
-functional-test harness (API, conductor, scheduler, libvirt computes over an extended fakelibvirt,
+"""The in-band Nova patch inside Nova's own services: tests/nova_harness/run.sh runs Nova's own
+functional-test harness of the release (Stein 19.3.2 on Python 3.7, Rocky 18.3.0 on 3.6, Queens 17.0.13 on 2.7) (API, conductor, scheduler, libvirt computes over an extended fakelibvirt,
 resource trackers, placement) on the pristine tree (the control) and on the tree
 `deploy_patched_nova path:` patches, in the same run, and prints what each did."""
 import json
 import os
 import subprocess
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -16,23 +18,24 @@ def _reports(out, section):
                   if l.startswith("NUMA-REPIN-HARNESS ")]
 
 
-def test_stein_harness_patched_and_pristine_control(tmp_path):
-    r = subprocess.run(["bash", str(REPO / "tests/nova_harness/run.sh"), "19.3.2"],
+@pytest.mark.parametrize("release", ["19.3.2", "18.3.0", "17.0.13"])
+def test_harness_patched_and_pristine_control(release, tmp_path):
+    r = subprocess.run(["bash", str(REPO / "tests/nova_harness/run.sh"), release],
                        env=dict(os.environ, NUMA_REPIN_HARNESS_WORK=str(tmp_path)),
                        capture_output=True, text=True, timeout=1800)
     print(r.stdout)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     deploy = json.loads((tmp_path / "deploy.out").read_text())
-    assert deploy["changed"] and deploy["release"] == "19.3.2", deploy
+    assert deploy["changed"] and deploy["release"] == release, deploy
 
-    control, seen = _reports(r.stdout, "pristine Nova 19.3.2 (control)")
+    control, seen = _reports(r.stdout, "pristine Nova %s (control)" % release)
     assert "Ran 2 tests" in control and "\nOK" in control, control
     outcome = {s["test"].rsplit(".", 1)[1]: s for s in seen}
     assert outcome["test_refuses_pinned_live_migration"]["outcome"] == "refused"
     copied = outcome["test_workaround_copies_source_pins"]
     assert copied["outcome"] == "landed on the other guest's pCPUs", copied
 
-    patched, seen = _reports(r.stdout, "patched Nova 19.3.2")
+    patched, seen = _reports(r.stdout, "patched Nova %s" % release)
     assert "Ran 9 tests" in patched and "\nOK" in patched, patched
     moved = [s for s in seen if "dest_pins" in s]
     assert moved and all(not set(s["dest_pins"]) & set(s["source_pins"]) for s in moved), moved

@@ -2,14 +2,15 @@
 
 Read from the ELF files themselves (readelf -V / objdump -T / readelf -d / readelf -l):
 - the highest GLIBC_ symbol version a binary needs is at most 2.17;
-- NEEDED lists only glibc's libraries and libgcc_s, except the libvirt client library for the
-  modules that still link it (KNOWN_LIBVIRT below, until the libvirt RPC client lands);
+- NEEDED lists only glibc's libraries and libgcc_s (no libvirt, OpenSSL, zlib, glib);
 - the interpreter is the standard /lib64/ld-linux-x86-64.so.2.
-Then the modules are copied into an older userland (a Debian bullseye root, glibc 2.31, made
-with debootstrap and cached) and run there with chroot (`--schema`).
+Then the modules are copied into an older userland with no libvirt package (a Debian bullseye
+minbase root, glibc 2.31, made with debootstrap and cached) and run there with chroot:
+`--schema` for every module, and numa_facts against a lab compute through its TCP URI and
+through its unix socket bound into the root's /run/libvirt (as Kolla's nova_libvirt shares it).
 
-Needs the binaries built by scripts/build.sh (cargo zigbuild ... x86_64-unknown-linux-gnu.2.17);
-no lab. The chroot test needs root and debootstrap, and a Debian mirror the first time.
+Needs the binaries built by scripts/build.sh (cargo zigbuild ... x86_64-unknown-linux-gnu.2.17),
+root, debootstrap and a Debian mirror the first time; the last test needs the lab.
 """
 import json
 import os
@@ -30,14 +31,8 @@ ALLOWED_NEEDED = {
     "libc.so.6", "libm.so.6", "libpthread.so.0", "libdl.so.2", "librt.so.1",
     "ld-linux-x86-64.so.2", "libgcc_s.so.1",
 }
-# The libvirt client library that the `virt` crate links, and the modules known to use it.
-# Removed when the libvirt RPC client lands (the pure-Rust client on branch libvirt-rpc): then
-# every module must meet the full bar above and these two constants go.
-KNOWN_LIBVIRT = {"libvirt.so.0"}
-LIBVIRT_MODULES = {"numa_facts", "pin_fit_check", "repin_migrate", "nova_instance_fixup"}
-
 INTERP = "/lib64/ld-linux-x86-64.so.2"
-BULLSEYE = Path(os.environ.get("NUMA_REPIN_CACHE", "/var/cache/numa-repin")) / "roots" / "bullseye"
+BULLSEYE = Path(os.environ.get("NUMA_REPIN_CACHE", "/var/cache/numa-repin")) / "roots" / "bullseye-minbase"
 MIRRORS = ["http://deb.debian.org/debian"]
 
 
@@ -60,7 +55,7 @@ def interpreter(path):
     return m.group(1) if m else None
 
 
-def problems(path, allow_libvirt):
+def problems(path):
     """What keeps this binary off a glibc 2.17 host: a list of strings, empty when it meets the bar."""
     out = []
     vers = glibc_versions(path)
@@ -69,10 +64,9 @@ def problems(path, allow_libvirt):
     too_new = sorted(v for v in vers if v > GLIBC_MAX)
     if too_new:
         out.append("needs GLIBC_%s > 2.17" % ", GLIBC_".join(".".join(map(str, v)) for v in too_new))
-    allowed = ALLOWED_NEEDED | (KNOWN_LIBVIRT if allow_libvirt else set())
-    extra = [n for n in needed(path) if n not in allowed]
+    extra = [n for n in needed(path) if n not in ALLOWED_NEEDED]
     if extra:
-        out.append("NEEDED outside glibc/libgcc_s%s: %s" % (" and libvirt" if allow_libvirt else "", ", ".join(extra)))
+        out.append("NEEDED outside glibc/libgcc_s: %s" % ", ".join(extra))
     interp = interpreter(path)
     if interp != INTERP:
         out.append("interpreter %s, not %s" % (interp, INTERP))
@@ -87,36 +81,16 @@ def module_path(m):
 
 @pytest.mark.parametrize("module", MODULES)
 def test_module_meets_the_glibc_2_17_bar(module):
-    path = module_path(module)
-    links_libvirt = bool(KNOWN_LIBVIRT & set(needed(path)))
-    if links_libvirt:
-        assert module in LIBVIRT_MODULES, (
-            "%s now links %s: only %s may, until the libvirt RPC client lands"
-            % (module, ", ".join(sorted(KNOWN_LIBVIRT)), ", ".join(sorted(LIBVIRT_MODULES))))
-    p = problems(path, allow_libvirt=links_libvirt)
+    p = problems(module_path(module))
     assert not p, "%s is not portable to glibc 2.17: %s" % (module, "; ".join(p))
-
-
-def test_modules_without_libvirt_meet_the_full_bar():
-    """The honest part while libvirt is linked: every module outside LIBVIRT_MODULES has no libvirt
-    at all, and the set of libvirt users is exactly what readelf shows (a module that stopped
-    linking it should leave LIBVIRT_MODULES)."""
-    users = {m for m in MODULES if KNOWN_LIBVIRT & set(needed(module_path(m)))}
-    for m in set(MODULES) - users:
-        assert not problems(module_path(m), allow_libvirt=False), m
-    assert users == LIBVIRT_MODULES & set(MODULES), (
-        "modules linking libvirt per readelf: %s; LIBVIRT_MODULES says %s"
-        % (sorted(users), sorted(LIBVIRT_MODULES)))
-    assert "deploy_patched_nova" not in users
 
 
 def test_the_checks_catch_a_non_portable_binary():
     """The readers are not vacuous: this machine's own ssh client (Debian 12, glibc 2.36, OpenSSL)
     fails the bar."""
     ssh = shutil.which("ssh") or "/usr/bin/ssh"
-    if not Path(ssh).exists():
-        pytest.skip("no ssh binary to use as the non-portable example")
-    p = problems(Path(os.path.realpath(ssh)), allow_libvirt=False)
+    assert Path(ssh).exists(), "no ssh client (scripts/install-deps.sh installs openssh-client)"
+    p = problems(Path(os.path.realpath(ssh)))
     assert any("GLIBC_" in x and "> 2.17" in x for x in p), p
     assert any("NEEDED outside" in x for x in p), p
 
@@ -126,19 +100,16 @@ def test_the_checks_catch_a_non_portable_binary():
 
 
 def _make_bullseye():
-    """debootstrap a minbase bullseye root into the cache. libvirt0 is included because
-    numa_facts, pin_fit_check, repin_migrate and nova_instance_fixup still link libvirt.so.0
-    (removed when the libvirt RPC client lands)."""
-    if os.geteuid() != 0:
-        pytest.skip("the bullseye chroot needs root")
-    if not shutil.which("debootstrap"):
-        pytest.skip("no debootstrap (apt-get install debootstrap)")
+    """debootstrap a minbase bullseye root into the cache: no libvirt package, as on a Kolla
+    compute host."""
+    assert os.geteuid() == 0, "the bullseye chroot needs root"
+    assert shutil.which("debootstrap"), "no debootstrap (scripts/install-deps.sh installs it)"
     tmp = BULLSEYE.with_name("bullseye.tmp")
     errors = []
     for mirror in MIRRORS + _apt_mirrors():
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.parent.mkdir(parents=True, exist_ok=True)
-        r = subprocess.run(["debootstrap", "--variant=minbase", "--include=libvirt0", "bullseye", str(tmp), mirror],
+        r = subprocess.run(["debootstrap", "--variant=minbase", "bullseye", str(tmp), mirror],
                            capture_output=True, text=True, timeout=1800)
         if r.returncode == 0:
             shutil.rmtree(BULLSEYE, ignore_errors=True)
@@ -146,7 +117,7 @@ def _make_bullseye():
             return
         errors.append("%s: %s" % (mirror, (r.stderr or r.stdout).strip().splitlines()[-1:]))
     shutil.rmtree(tmp, ignore_errors=True)
-    pytest.skip("no Debian mirror reachable for a bullseye root: %s" % "; ".join(errors))
+    pytest.fail("no Debian mirror reachable for a bullseye root: %s" % "; ".join(errors))
 
 
 def _apt_mirrors():
@@ -166,8 +137,10 @@ def _apt_mirrors():
 
 @pytest.fixture(scope="module")
 def bullseye():
-    if not (BULLSEYE / "usr/lib/x86_64-linux-gnu/libvirt.so.0").exists():
+    if not (BULLSEYE / "usr/bin/getconf").exists():
         _make_bullseye()
+    libvirt = list(BULLSEYE.glob("usr/lib/x86_64-linux-gnu/libvirt*")) + list(BULLSEYE.glob("lib/x86_64-linux-gnu/libvirt*"))
+    assert not libvirt, "the old userland must have no libvirt: %s" % libvirt
     ver = subprocess.run(["chroot", str(BULLSEYE), "getconf", "GNU_LIBC_VERSION"], capture_output=True,
                          text=True, check=True).stdout.split()[-1]
     host = os.confstr("CS_GNU_LIBC_VERSION").split()[-1]
@@ -190,3 +163,32 @@ def test_module_runs_in_an_older_userland(bullseye, module):
                                                                                    r.stderr.strip())
     schema = json.loads(r.stdout)
     assert schema.get("properties"), schema
+
+
+@pytest.mark.parametrize("host", ["cmp1", "cmp2"])
+@pytest.mark.parametrize("via", ["tcp", "socket"])
+def test_numa_facts_in_an_older_userland_reads_a_lab_compute(bullseye, lab, host, via):
+    """numa_facts copied into the bullseye root (no libvirt there) returns the lab compute's guests,
+    through the TCP URI, and through qemu:///system with the compute's libvirtd socket bound into
+    the root's /run/libvirt (how Kolla's nova_libvirt container shares it with the host)."""
+    d, ver = bullseye
+    shutil.copy2(module_path("numa_facts"), d / "numa_facts")
+    inside = "/" + str(d.relative_to(BULLSEYE))
+    uri = lab.uri(host) if via == "tcp" else "qemu:///system"
+    (d / "args.json").write_text(json.dumps({"uri": uri, "host": host}))
+    cmd = ["chroot", str(BULLSEYE), inside + "/numa_facts", inside + "/args.json"]
+    if via == "socket":
+        sock_dir = os.path.join(lab.data["lab_dir"], host, "run")
+        assert os.path.exists(os.path.join(sock_dir, "libvirt-sock")), sock_dir
+        (BULLSEYE / "run" / "libvirt").mkdir(parents=True, exist_ok=True)
+        # A mount namespace of its own: the bind mount ends with the command.
+        script = 'mount --bind "$1" "$2/run/libvirt" && shift 2 && exec "$@"'
+        cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", sock_dir,
+               str(BULLSEYE)] + cmd
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    numa = json.loads(r.stdout)["ansible_facts"]["numa"]
+    names = sorted(n for n in lab.virsh(host, "list", "--all", "--name").stdout.split() if n)
+    assert names, "the lab host has no guests (tests/lab/lab.sh seed)"
+    assert sorted(g["name"] for g in numa["guests"]) == names
+    assert numa["libvirt_uri"] == uri

@@ -86,6 +86,16 @@ def expect_pin(lab, run_module, conf):
     return free[0]
 
 
+def assert_libvirt_pins(out, pin):
+    """The check after read the live pins through libvirt's API (not /proc): vCPU pin info, emulator pin
+    info and the running vCPU thread's affinity all on the planned pCPU."""
+    v = out["verify"]
+    assert v["libvirt_pins_match"], v
+    lp = v["libvirt_pins"]
+    assert lp["vcpu_pins"] == {"0": [pin]} and lp["vcpu_threads"] == {"0": [pin]}, lp
+    assert lp["emulator_pins"] == [pin], lp
+
+
 # ---------------------------------------------------------------------------------------------- field cases
 
 def test_case1_destination_pcpu_taken_migrates_onto_free_one(lab, fresh_guest, run_module, conf_allcpus):
@@ -312,6 +322,7 @@ def test_timeout_force_complete_switches_to_post_copy(lab, run_module, conf_allc
     assert out["migration"]["monitor"]["action_taken"] == "force_complete: switch to post-copy", out
     assert out["verify"]["affinity_match"] and out["verify"]["persistent_pins_match"]
     assert lab.affinity(DST, name)["vcpus"] == {0: {pin}}
+    assert_libvirt_pins(out, pin)
 
 
 def test_fault_migration_address_unreachable_then_rerun(lab, fresh_guest, run_module, conf_allcpus):
@@ -387,6 +398,7 @@ def test_mode_repin_moves_pins_live_and_persistently(lab, fresh_guest, run_modul
     rc, out = run_module("repin_migrate", args)
     assert rc == 0 and out["changed"] and out["verify"]["affinity_match"], out
     assert lab.affinity(DST, g.name) == {"vcpus": {0: {pin}}, "emulator": {pin}}
+    assert_libvirt_pins(out, pin)
     assert "<vcpupin vcpu='0' cpuset='%d'/>" % pin in lab.dumpxml(DST, g.name, inactive=True)
     rc, again = run_module("repin_migrate", args)
     assert rc == 0 and not again["changed"], again

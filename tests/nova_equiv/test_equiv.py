@@ -5,7 +5,7 @@
 
 Generates NOVA_EQUIV_COUNT cases (default 1500, seed NOVA_EQUIV_SEED, default 20261123) with
 gen_cases.py, runs nova_fit.py in the Nova venv (tests/lab/venv.sh nova; built on first use,
-~80 s; skipped when Python 3.7 is not available) and examples/fit_bench.rs (release build),
+~80 s; a failure when Python 3.7 is not available) and examples/fit_bench.rs (release build),
 then checks with compare.py / check_placement.py:
   - every decision agrees (request error class, no NUMA, fit, no fit), except where Nova's own
     search is path-dependent (fits_fresh, see nova_fit.py): there ours must fit;
@@ -46,7 +46,7 @@ def run():
         venv = subprocess.run([os.path.join(REPO, "tests/lab/venv.sh"), "nova"], check=True,
                               stdout=subprocess.PIPE, universal_newlines=True).stdout.strip()
     except (subprocess.CalledProcessError, OSError) as e:
-        pytest.skip("no Nova 19.3.2 venv (tests/lab/venv.sh nova): %s" % e)
+        pytest.fail("no Nova 19.3.2 venv (tests/lab/venv.sh nova): %s" % e)
     cases = os.path.join(out, "cases.jsonl")
     subprocess.run([sys.executable, os.path.join(HERE, "gen_cases.py"), "--seed", str(SEED),
                     "--count", str(COUNT), "-o", cases], check=True)

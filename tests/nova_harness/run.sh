@@ -34,11 +34,11 @@ PY
 cd "$work"
 rc=0
 echo "=== pristine Nova $release (control)"
-PYTHONPATH="$here" "$py" -m testtools.run test_numa_live_migration.PristineControlTest \
+PYTHONPATH="$here" "$py" -m testtools.run numa_live_migration.PristineControlTest \
   > "$work/pristine.log" 2>&1 || rc=1
 grep -E '^(NUMA-REPIN-HARNESS|FAIL:|ERROR:|Ran |OK|FAILED)' "$work/pristine.log" || true
 echo "=== patched Nova $release"
-PYTHONPATH="$work/patched:$here" "$py" -m testtools.run test_numa_live_migration.PatchedLiveMigrationTest \
+PYTHONPATH="$work/patched:$here" "$py" -m testtools.run numa_live_migration.PatchedLiveMigrationTest \
   > "$work/patched.log" 2>&1 || rc=1
 grep -E '^(NUMA-REPIN-HARNESS|FAIL:|ERROR:|Ran |OK|FAILED)' "$work/patched.log" || true
 [ $rc = 0 ] || echo "=== logs in $work (pristine.log, patched.log)"

@@ -402,10 +402,21 @@ def fit(host_topology, instance_topology, limits=None):
         if not host:
             raise RepinError("the destination reports no NUMA topology")
         host = objects.NUMATopology.obj_from_db_obj(host)
-    # A fresh request: the pins it has on its source are not a wish.
-    request = instance_topology.obj_clone()
-    request.clear_host_pinning()
-    fitted = hardware.numa_fit_instance_to_host(host, request, limits=limits)
+    fitted = hardware.numa_fit_instance_to_host(host, _fresh(instance_topology),
+                                                limits=limits)
+    if fitted is None and any(c.pagesize for c in instance_topology.cells):
+        # Nova's search writes the page size it picked on one host cell into
+        # the request it then tries on the next permutation, so it can miss a
+        # fit.  Each ordered choice of host cells gets a fresh request here,
+        # still decided by Nova's own cell fit.
+        import itertools
+        for cells in itertools.permutations(host.cells,
+                                            len(instance_topology.cells)):
+            fitted = hardware.numa_fit_instance_to_host(
+                objects.NUMATopology(cells=list(cells)),
+                _fresh(instance_topology), limits=limits)
+            if fitted is not None:
+                break
     if fitted is None:
         raise refusal(instance_topology, host.obj_to_primitive())
     if instance_topology.obj_attr_is_set("instance_uuid"):
@@ -424,6 +435,14 @@ def handles(instance):
         return not (reqs and reqs.requests)
     except Exception:
         return False
+
+
+def _fresh(instance_topology):
+    """A copy of the request without the pins it has on its source (they
+    are not a wish; Nova's fit writes its choice into the copy)."""
+    request = instance_topology.obj_clone()
+    request.clear_host_pinning()
+    return request
 
 
 def check_destination(instance, destination_info, error_cls):
