@@ -12,7 +12,7 @@ C1=qemu+tcp://127.0.0.2/system
 C2=qemu+tcp://127.0.0.3/system
 CONF2=$LAB_DIR/cmp2/etc/kolla/nova-compute/nova-allcpus.conf
 MOD=library/repin_migrate
-[ -x "$MOD" ] || { cargo build --release --quiet --bin repin_migrate && install -m 0755 target/release/repin_migrate "$MOD"; }
+[ -x "$MOD" ] || bash scripts/build.sh
 NAME=bench-mig-$$
 UUID=$(python3 -c 'import uuid; print(uuid.uuid4())')
 TMP=$(mktemp -d)

@@ -4,8 +4,12 @@
 set -euo pipefail
 need_apt=()
 # chromium: the fleet report's PNG export and its rendering test; patch/diffutils: the Nova patch (apply, diff)
-# (no libvirt-dev: the modules speak libvirtd's protocol themselves and link no libvirt)
-for p in libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu pkg-config libssl-dev gcc chromium patch diffutils; do
+# openssh-client: repin_migrate's block-migration prep (src/ssh.rs runs ssh); openssh-server: its test
+# (a throwaway sshd); binutils (readelf, objdump) and debootstrap: tests/integration/test_portable.py.
+# No libvirt-dev and no libssl-dev: the modules speak libvirtd's protocol themselves and link neither.
+# The zig toolchain of scripts/build.sh comes from PyPI there.
+for p in libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu pkg-config gcc chromium patch diffutils \
+  openssh-client openssh-server binutils debootstrap; do
   dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -32,9 +32,8 @@ def module_installed(lab):
     lib = REPO / "library" / "repin_migrate"
     srcs = [REPO / "src" / p for p in ("migrate.rs", "repin.rs", "ssh.rs", "bin/repin_migrate.rs")]
     if not lib.exists() or any(s.stat().st_mtime > lib.stat().st_mtime for s in srcs if s.exists()):
-        subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "repin_migrate"], cwd=REPO, check=True,
-                       timeout=1800)
-        subprocess.run(["install", "-m", "0755", str(REPO / "target/release/repin_migrate"), str(lib)], check=True)
+        # scripts/build.sh, not a plain cargo build: library/ holds the portable (glibc 2.17) builds
+        subprocess.run(["bash", "scripts/build.sh"], cwd=REPO, check=True, timeout=1800)
     return lib
 
 
