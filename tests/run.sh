@@ -13,11 +13,17 @@ phase() { # name, command...
   echo "=== phase: $n took $(( $(date +%s) - t0 )) s"
 }
 phase deps bash scripts/install-deps.sh
+# The Nova harness venvs (pip, mostly waiting on downloads) build while cargo compiles; cached after.
+venvs_log=$(mktemp)
+( for r in 19.3.2 18.3.0 17.0.13; do tests/nova_harness/venv.sh "$r" || exit 1; done ) >"$venvs_log" 2>&1 &
+venvs_pid=$!
 phase build bash scripts/build.sh
 phase cargo-test cargo test --release --quiet
 phase fuzz bash tests/fuzz.sh
 if [ -x tests/lab/lab.sh ] && [ "${NUMA_REPIN_NO_LAB:-0}" != 1 ]; then
   phase lab-up tests/lab/lab.sh up
 fi
+harness_venvs() { wait "$venvs_pid" || { cat "$venvs_log"; return 1; }; }
+phase harness-venvs harness_venvs
 phase pytest python3 -m pytest -q -p no:cacheprovider tests
 echo "=== all phases passed in $(( $(date +%s) - start )) s"
