@@ -38,7 +38,8 @@ class Lab:
 
     def __init__(self, data):
         self.data = data
-        self.hosts = data["hosts"]
+        self.hosts = data["hosts"]          # the computes
+        self.nodes = data["nodes"]          # every separate lab host (control, cmp1, cmp2)
         self.db_info = data["db"]
         # The checkout these tests belong to (its library/ and roles/), not the one that ran `lab.sh up`:
         # a worktree's tests run its own binaries against the shared lab.
@@ -96,12 +97,38 @@ class Lab:
     def dumpxml(self, host, name, inactive=False):
         return self.virsh(host, "dumpxml", *(["--inactive"] if inactive else []), name).stdout
 
+    def init_pid(self, host):
+        """PID (on this machine) of the lab host's PID 1: the child of the `unshare` in its init.pid."""
+        u = int(Path(self.nodes[host]["init_pid_file"]).read_text().strip())
+        return int(Path("/proc/%d/task/%d/children" % (u, u)).read_text().split()[0])
+
+    def host_pid(self, host, ns_pid):
+        """This machine's PID of the process that is `ns_pid` in the lab host's own PID namespace."""
+        ns = os.readlink("/proc/%d/ns/pid" % self.init_pid(host))
+        for p in Path("/proc").iterdir():
+            if not p.name.isdigit():
+                continue
+            try:
+                if os.readlink(str(p / "ns/pid")) != ns:
+                    continue
+                for line in (p / "status").read_text().splitlines():
+                    if line.startswith("NSpid:") and line.split()[-1] == str(ns_pid):
+                        return int(p.name)
+            except OSError:
+                continue
+        raise LookupError("no process %s in %s's PID namespace" % (ns_pid, host))
+
     def qemu_pid(self, host, name):
-        """PID of the guest's QEMU (libvirt's pid file under the host's run dir)."""
+        """PID, on this machine, of the guest's QEMU (libvirt's pid file holds the pid in the host's namespace)."""
         if re.match(r"^[0-9a-f-]{36}$", name):
             name = self.virsh(host, "domname", name).stdout.strip()
         p = Path(self.hosts[host]["qemu_pid_dir"]) / ("%s.pid" % name)
-        return int(p.read_text().strip())
+        return self.host_pid(host, int(p.read_text().strip()))
+
+    def daemon_pid(self, host, daemon="libvirtd"):
+        """PID, on this machine, of the host's libvirtd (or virtlogd)."""
+        f = Path(self.hosts[host]["%s_pid_file" % daemon])
+        return self.host_pid(host, int(f.read_text().strip()))
 
     def affinity(self, host, name):
         """The real pinning, read from the kernel (no cgroups here: libvirt pins by affinity).
@@ -232,12 +259,14 @@ class Lab:
         return r.returncode, res
 
     def ansible_playbook(self, playbook, extra_vars=None, check=False, diff=False, limit=None, timeout=1800,
-                         extra_args=()):
-        """ansible-playbook with the lab inventory and ANSIBLE_CONFIG; returns the CompletedProcess (text)."""
+                         extra_args=(), ansible="ansible"):
+        """ansible-playbook with the lab inventory and ANSIBLE_CONFIG; returns the CompletedProcess (text).
+        ansible="ansible216": ansible-core 2.16 with its inventory (control is ctl27, Python 2.7 only)."""
         an = self.data["ansible"]
+        alt = self.data[ansible]
         env = dict(os.environ, ANSIBLE_CONFIG=an["config"], ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
                    ANSIBLE_LIBRARY=str(self.repo / "library"), ANSIBLE_ROLES_PATH=str(self.repo / "roles"))
-        cmd = [an["playbook"], "-i", an["inventory"], str(playbook)]
+        cmd = [alt["playbook"], "-i", alt["inventory"], str(playbook)]
         tmp = None
         if extra_vars:
             with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
@@ -282,11 +311,45 @@ class Lab:
     def remove_container(self, name):
         self.engine("rm", "-f", name, check=False)
 
-    def ssh(self, command, timeout=60):
+    def ssh(self, command, timeout=60, host=None):
+        """Run `command` on a lab host over SSH (default: the lab's nova_ssh-like endpoint, data["ssh"])."""
         s = self.data["ssh"]
-        return subprocess.run(["ssh", "-F", s["config"], "-i", s["key"], "-p", str(s["port"]),
-                               "%s@%s" % (s["user"], s["address"]), command],
+        if host is None:
+            target, port = "%s@%s" % (s["user"], s["address"]), s["port"]
+        else:
+            target, port = "root@%s" % self.nodes[host]["address"], self.nodes[host]["ssh_port"]
+        return subprocess.run(["ssh", "-F", s["config"], "-i", s["key"], "-p", str(port), target, command],
                               capture_output=True, text=True, timeout=timeout)
+
+    def run_module_on(self, host, name, args, check_mode=False, timeout=600):
+        """Run <repo>/library/<name> on lab host `host` the way Ansible does: copy the binary and the args
+        file there over SSH, execute it there. Returns (rc, result dict) like run_module."""
+        path = self.repo / "library" / name
+        a = dict(args)
+        if check_mode:
+            a.setdefault("_ansible_check_mode", True)
+        s = self.data["ssh"]
+        tag = uuidlib.uuid4().hex[:8]
+        remote = "/tmp/numa-repin-%s-%s" % (name, tag)
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump(a, f)
+        try:
+            addr = self.nodes[host]["address"]
+            subprocess.run(["scp", "-q", "-F", s["config"], "-i", s["key"], str(path), f.name,
+                            "root@%s:/tmp/" % addr], check=True, capture_output=True, timeout=60)
+            cmd = "mv /tmp/%s %s && mv /tmp/%s %s.json && %s %s.json; rc=$?; rm -f %s %s.json; exit $rc" % (
+                name, remote, os.path.basename(f.name), remote, remote, remote, remote, remote)
+            r = self.ssh(cmd, timeout=timeout, host=host)
+        finally:
+            os.unlink(f.name)
+        try:
+            res = json.loads(r.stdout)
+            if not isinstance(res, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            res = {"failed": True, "msg": "module printed no JSON object", "stdout": r.stdout, "stderr": r.stderr}
+        res.setdefault("_stderr", r.stderr)
+        return r.returncode, res
 
     def lab_sh(self, *args, timeout=1200):
         return subprocess.run(["bash", str(LAB_SH)] + list(args), capture_output=True, text=True, timeout=timeout,

@@ -157,11 +157,13 @@ def test_block_migration_qcow2_destination_prepared_over_ssh(lab, fresh_guest, r
     subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0xab 4M 1M", str(src_disk)], check=True,
                    capture_output=True)
     lab.virsh(SRC, "start", g.name)
-    s = lab.data["ssh"]
+    # The module runs on the destination host and prepares it over SSH (Kolla's nova_ssh port), with the
+    # key and the instance directory as that host has them.
     ok(playbook(lab, "repin_migrate.yml", {
         "guest": g.name, "src": SRC, "dst": DST, "dest_conf": conf_allcpus, "expect_pins": {"0": pin},
-        "storage": "block", "ssh_host": s["address"], "ssh_port": s["port"], "ssh_user": s["user"],
-        "ssh_key": s["key"], "instance_dir": str(lab.images_dir(DST))}))
+        "storage": "block", "ssh_host": lab.nodes[DST]["address"], "ssh_port": lab.nodes[DST]["nova_ssh_port"],
+        "ssh_user": "root", "ssh_key": "/root/.ssh/id_ed25519",
+        "instance_dir": lab.hosts[DST]["images_dir_in_host"]}))
     assert dst_disk.exists()
     info = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json", str(dst_disk)], check=True,
                                      capture_output=True, text=True).stdout)

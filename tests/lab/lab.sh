@@ -20,14 +20,26 @@ export NUMA_REPIN_CACHE=$CACHE
 SYS_PY=/usr/bin/python3
 PY37=${PY37:-$(pyenv root 2>/dev/null || echo /root/.pyenv)/versions/3.7.16}
 
-HOSTS=(cmp1 cmp2)
-declare -A ADDR=([cmp1]=127.0.0.2 [cmp2]=127.0.0.3)
+# Separate hosts: each its own network namespace (nrl-<host>) on the lab's bridge, its own bullseye root
+# filesystem, /etc/kolla, sshd and /proc. Their addresses exist only on that bridge, which has no uplink:
+# no lab traffic leaves the machine. The bridge's own address is this machine, the deploy host.
+HOSTS=(cmp1 cmp2)                     # computes: libvirtd inside, the Kolla nova_libvirt way
+# ctl27: a second control host like CentOS 7's, whose only Python is 2.7, for the ansible-core 2.16 run
+# (the last ansible-core that manages Python 2.7 and 3.6 hosts); it shares control's /etc/kolla.
+NODES=(control cmp1 cmp2 ctl27)       # every separate host
+BRIDGE=nrlab0
+NET=10.77.0
+DEPLOY_ADDR=$NET.1
+declare -A ADDR=([control]=$NET.10 [cmp1]=$NET.11 [cmp2]=$NET.12 [ctl27]=$NET.13)
 declare -A MIGPORTS=([cmp1]="49152 49215" [cmp2]="49216 49279")
 declare -A PIN_SET=([cmp1]="0-1" [cmp2]="0-1")
 LIBVIRT_PORT=16509
-SSH_ADDR=127.0.0.4
-SSH_PORT=8022
-DB_HOST=127.0.0.1
+SSH_PORT=22
+NOVA_SSH_PORT=8022                    # Kolla's nova_ssh port, also served by each host's sshd
+DB_HOST=$DEPLOY_ADDR                  # MariaDB listens on 127.0.0.1 and on the bridge
+HOST_ROOT_INCLUDE=openssh-server,python3,iproute2,procps,netbase
+HOST_ROOT_INCLUDE_PY27=openssh-server,python2.7,iproute2,procps,netbase
+ANSIBLE216_VENV=$CACHE/venvs/ansible-core-2.16-py311
 DB_PORT=3306
 DB_USER=nova
 DATABASES=(nova_api nova nova_cell0 placement neutron)
@@ -46,7 +58,7 @@ LIBVIRT_DIRS=(/run/libvirt /var/lib/libvirt /var/log/libvirt /etc/libvirt /var/c
 MY=$LAB_DIR/mysql
 DB_SOCK=$MY/mysqld.sock
 DB_PID=$MY/mysqld.pid
-KOLLA=$LAB_DIR/etc/kolla
+KOLLA=$LAB_DIR/control/etc/kolla   # the control host's /etc/kolla
 PASSWORDS=$KOLLA/passwords.yml
 DOCKER_DIR=$LAB_DIR/docker
 SSH_DIR=$LAB_DIR/ssh
@@ -64,6 +76,7 @@ phase() { # phase <name> <function> [args...]: run it and print how long it took
   log "phase $name: ${dt}s"
 }
 hostdir() { echo "$LAB_DIR/$1"; }
+is_compute() { case " ${HOSTS[*]} " in *" $1 "*) return 0 ;; esac; return 1; }
 uri() { echo "qemu+tcp://${ADDR[$1]}/system"; }
 running() { # running <pid>: exists and is no zombie (PID 1 here reaps orphans late: a dead daemon lingers as Z)
   case "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)" in Z|X|"") return 1 ;; *) return 0 ;; esac
@@ -211,53 +224,166 @@ EOF
   body "0-1" >"$d/nova-allcpus.conf"
 }
 
-mount_ns_holder() { # print a pid living in host $1's mount namespace, if any
-  local d; d=$(hostdir "$1")
-  local f pid
-  for f in "$d/run/libvirtd.pid" "$d/run/virtlogd.pid" "$d"/run/qemu/*.pid; do
-    [ -s "$f" ] || continue
-    pid=$(pidof_file "$f")
-    [ -n "$pid" ] && [ -d "/proc/$pid" ] || continue
-    grep -Eq '^(libvirtd|virtlogd|qemu-system-x86)' "/proc/$pid/comm" 2>/dev/null || continue
-    # It must see the host's own /run/libvirt, i.e. live in that namespace.
-    [ "$(stat -L -c %d:%i "/proc/$pid/root/run/libvirt" 2>/dev/null)" = "$(stat -c %d:%i "$d/run")" ] || continue
-    echo "$pid"; return 0
+# --------------------------------------------------------------------------------------------- network
+do_network() {
+  if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+    ip link add "$BRIDGE" type bridge
+    log "bridge $BRIDGE created"
+  fi
+  # (no `| grep -q` here: under pipefail, grep quitting early makes ip's SIGPIPE fail the test)
+  [[ "$(ip -4 -o addr show dev "$BRIDGE")" == *" $DEPLOY_ADDR/24 "* ]] || ip addr add "$DEPLOY_ADDR/24" dev "$BRIDGE"
+  ip link set "$BRIDGE" up
+  local h ns veth
+  for h in "${NODES[@]}"; do
+    ns=nrl-$h veth=nrl-$h
+    [ -e "/run/netns/$ns" ] || ip netns add "$ns"
+    if ! ip link show "$veth" >/dev/null 2>&1; then
+      ip netns exec "$ns" ip link del eth0 2>/dev/null || true
+      ip link add "$veth" type veth peer name eth0 netns "$ns"
+      ip link set "$veth" master "$BRIDGE" up
+    fi
+    ip netns exec "$ns" ip link set lo up
+    [[ "$(ip netns exec "$ns" ip -4 -o addr show dev eth0)" == *" ${ADDR[$h]}/24 "* ]] ||
+      ip netns exec "$ns" ip addr add "${ADDR[$h]}/24" dev eth0
+    ip netns exec "$ns" ip link set eth0 up
+  done
+  log "hosts on $BRIDGE: $(for h in "${NODES[@]}"; do printf '%s=%s ' "$h" "${ADDR[$h]}"; done)(no uplink, no default route)"
+}
+
+# --------------------------------------------------------------------------------------------- host roots
+root_include() { [ "$1" = ctl27 ] && echo "$HOST_ROOT_INCLUDE_PY27" || echo "$HOST_ROOT_INCLUDE"; }
+host_root_tarball() { local inc; inc=$(root_include "$1"); echo "$CACHE/debootstrap/bullseye-hosts-${inc//,/-}.tar.gz"; }
+make_root_tarball() { # make_root_tarball <host>: debootstrap the host's userland once, cached
+  local tgz inc; tgz=$(host_root_tarball "$1") inc=$(root_include "$1")
+  [ -s "$tgz" ] && return 0
+  local root=$CACHE/debootstrap/hosts.$$.$1
+  rm -rf "$root"
+  log "debootstrap bullseye (minbase + $inc): an old userland, no libvirt package"
+  debootstrap --variant=minbase --include="$inc" bullseye "$root" http://deb.debian.org/debian \
+    >"$CACHE/debootstrap/hosts-$1.log" 2>&1 || { umount_under "$root"; tail "$CACHE/debootstrap/hosts-$1.log"; die "debootstrap bullseye failed"; }
+  umount_under "$root"
+  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/etc/ssh/ssh_host_*
+  tar -C "$root" -czf "$tgz.tmp" . && mv "$tgz.tmp" "$tgz"
+  rm -rf "$root"
+}
+do_roots() {
+  mkdir -p "$CACHE/debootstrap" "$SSH_DIR"; chmod 700 "$SSH_DIR"
+  make_root_tarball cmp1
+  make_root_tarball ctl27
+  [ -f "$SSH_DIR/id_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C numa-repin-lab -f "$SSH_DIR/id_ed25519"
+  local dockercli; dockercli=$(command -v docker || true)
+  local h d R x tgz
+  for h in "${NODES[@]}"; do
+    d=$(hostdir "$h") R=$(hostdir "$h")/root tgz=$(host_root_tarball "$h")
+    mkdir -p "$d/etc"
+    if [ "$h" = ctl27 ]; then ln -sfn "$KOLLA" "$d/etc/kolla"; else mkdir -p "$d/etc/kolla"; fi
+    if [ ! -f "$R/.lab-root" ] || [ "$(cat "$R/.lab-root")" != "$(basename "$tgz")" ]; then
+      # Never delete a root in use: /dev, /sys and /proc are mounted inside it while the host runs.
+      init_pid "$h" >/dev/null && die "$h runs on a root made from another tarball; run: $0 down, then up"
+      umount_under "$R"
+      grep -q " $R/" /proc/mounts && die "$R still has mounts; not deleting it"
+      rm -rf --one-file-system "$R"; mkdir -p "$R"
+      tar -C "$R" -xzf "$tgz"
+      basename "$tgz" >"$R/.lab-root"
+      log "$h: root filesystem from $(basename "$tgz")"
+    fi
+    echo "$h" >"$R/etc/hostname"
+    printf '127.0.0.1 localhost\n%s %s\n' "${ADDR[$h]}" "$h" >"$R/etc/hosts"
+    for x in "${NODES[@]}"; do [ "$x" = "$h" ] || echo "${ADDR[$x]} $x" >>"$R/etc/hosts"; done
+    [ -f "$R/etc/ssh/ssh_host_ed25519_key" ] || ssh-keygen -q -t ed25519 -N '' -f "$R/etc/ssh/ssh_host_ed25519_key"
+    mkdir -p "$R/root/.ssh"; chmod 700 "$R/root/.ssh"
+    cp "$SSH_DIR/id_ed25519.pub" "$R/root/.ssh/authorized_keys"
+    # The hosts reach each other as root with the lab key (block migration prepares the destination over SSH).
+    cp "$SSH_DIR/id_ed25519" "$R/root/.ssh/id_ed25519"
+    chmod 600 "$R/root/.ssh/id_ed25519" "$R/root/.ssh/authorized_keys"
+    cat >"$R/etc/ssh/sshd_config" <<EOF
+# sshd of lab host $h (tests/lab/lab.sh): port $SSH_PORT, and $NOVA_SSH_PORT like Kolla's nova_ssh
+Port $SSH_PORT
+Port $NOVA_SSH_PORT
+ListenAddress ${ADDR[$h]}
+HostKey /etc/ssh/ssh_host_ed25519_key
+PidFile /run/sshd.pid
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+PrintMotd no
+Subsystem sftp /usr/lib/openssh/sftp-server
+EOF
+    # A container engine client, as a Kolla host has (the lab's dockerd socket is bound into its /run).
+    if [ -n "$dockercli" ] && ! cmp -s "$dockercli" "$R/usr/local/bin/docker"; then
+      install -m 0755 "$dockercli" "$R/usr/local/bin/docker"
+    fi
+  done
+}
+
+# --------------------------------------------------------------------------------------------- hosts
+init_pid() { # init_pid <host>: pid (here) of the host's PID 1, if it runs
+  local f; f=$(hostdir "$1")/init.pid
+  alive "$f" unshare || return 1
+  local u c; u=$(pidof_file "$f")
+  c=$(awk '{print $1}' "/proc/$u/task/$u/children" 2>/dev/null)
+  [ -n "$c" ] && running "$c" && echo "$c"
+}
+ns_pid() { # ns_pid <host> <pid in the host's PID namespace>: the same process's pid here
+  local init ns p; init=$(init_pid "$1") || return 1
+  ns=$(readlink "/proc/$init/ns/pid")
+  for p in /proc/[0-9]*; do
+    [ "$(readlink "$p/ns/pid" 2>/dev/null)" = "$ns" ] || continue
+    awk -v want="$2" '/^NSpid:/ { if ($NF == want) f=1 } END { exit !f }' "$p/status" 2>/dev/null && { echo "${p#/proc/}"; return 0; }
   done
   return 1
 }
+alive_in() { # alive_in <host> <pidfile> <comm-regex>: the pid file (a pid of the host's namespace) names a living process
+  local f=$2 pid
+  [ -s "$f" ] || return 1
+  pid=$(ns_pid "$1" "$(tr -dc 0-9 <"$f")") || return 1
+  running "$pid" && grep -Eq "$3" "/proc/$pid/comm" 2>/dev/null
+}
+in_host() { # in_host <host> <command...>: run in the host's namespaces (libvirtd's userland)
+  local init; init=$(init_pid "$1") || die "$1 is not running"
+  shift
+  nsenter -t "$init" -m -p -n -u -- "$@"
+}
+in_root() { # in_root <host> <command...>: run inside the host's own root filesystem
+  local h=$1; shift
+  in_host "$h" chroot "$(hostdir "$h")/root" "$@"
+}
+nc_ok() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
 start_host() {
   local h=$1 d; d=$(hostdir "$h")
-  write_libvirt_configs "$h"
-  write_nova_compute_conf "$h"
-  local lv=0 vl=0
-  alive "$d/run/libvirtd.pid" libvirtd && lv=1
-  alive "$d/run/virtlogd.pid" virtlogd && vl=1
-  if [ $lv = 1 ] && [ $vl = 1 ]; then log "$h: libvirtd + virtlogd run"; return 0; fi
-  local m dir
-  for dir in "${LIBVIRT_DIRS[@]}"; do
-    if [ ! -d "$dir" ]; then mkdir -p "$dir"; echo "$dir" >>"$LAB_DIR/created-mountpoints"; fi
-  done
-  local start='
-    [ -n "$VL" ] || virtlogd -d -f /etc/libvirt/virtlogd.conf -p /run/libvirt/virtlogd.pid
-    [ -n "$LV" ] || libvirtd -d --listen -f /etc/libvirt/libvirtd.conf -p /run/libvirt/libvirtd.pid'
-  local holder
-  if holder=$(mount_ns_holder "$h"); then
-    log "$h: restarting $([ $lv = 1 ] || echo libvirtd) $([ $vl = 1 ] || echo virtlogd) in its namespace (via pid $holder)"
-    VL=$([ $vl = 1 ] && echo 1 || true) LV=$([ $lv = 1 ] && echo 1 || true) \
-      nsenter -t "$holder" -m /bin/sh -ec "$start"
+  local c=0; is_compute "$h" && c=1
+  if [ $c = 1 ]; then write_libvirt_configs "$h"; write_nova_compute_conf "$h"; fi
+  if init_pid "$h" >/dev/null; then
+    if [ $c = 1 ]; then
+      alive_in "$h" "$d/run/virtlogd.pid" virtlogd ||
+        { in_host "$h" virtlogd -d -f /etc/libvirt/virtlogd.conf -p /run/libvirt/virtlogd.pid; log "$h: virtlogd restarted"; }
+      alive_in "$h" "$d/run/libvirtd.pid" libvirtd ||
+        { in_host "$h" libvirtd -d --listen -f /etc/libvirt/libvirtd.conf -p /run/libvirt/libvirtd.pid; log "$h: libvirtd restarted"; }
+    fi
+    nc_ok "${ADDR[$h]}" "$SSH_PORT" || { in_root "$h" /usr/sbin/sshd -E /var/log/sshd.log; log "$h: sshd restarted"; }
+    log "$h: runs (its PID 1 is pid $(init_pid "$h") here)"
   else
-    log "$h: starting libvirtd + virtlogd in a new private mount namespace"
-    m="mount --bind $d/run /run/libvirt; mount --bind $d/lib /var/lib/libvirt; mount --bind $d/log /var/log/libvirt;"
-    m="$m mount --bind $d/etc /etc/libvirt; mount --bind $d/cache /var/cache/libvirt;"
-    VL="" LV="" unshare -m --propagation private /bin/sh -ec "$m $start"
+    local dir
+    for dir in "${LIBVIRT_DIRS[@]}"; do
+      if [ ! -d "$dir" ]; then mkdir -p "$dir"; echo "$dir" >>"$LAB_DIR/created-mountpoints"; fi
+    done
+    mkdir -p "$d"/{run,lib/images,log,etc,cache}
+    rm -f "$d"/run/*.pid
+    log "$h: starting (network namespace nrl-$h, new mount and PID namespaces, root $d/root)"
+    OUTER_UTS=$(readlink /proc/self/ns/uts) setsid ip netns exec "nrl-$h" unshare --mount --pid --uts --fork --propagation private --kill-child \
+      /bin/bash "$HERE/hostinit.sh" "$h" "$d" "$c" </dev/null >>"$d/hostinit.log" 2>&1 &
+    echo $! >"$d/init.pid"
+    wait_for 15 "$h PID 1" init_pid "$h"
   fi
-  wait_for 30 "$h libvirtd pid file" alive "$d/run/libvirtd.pid" libvirtd
+  wait_for 30 "$h sshd on ${ADDR[$h]}:$SSH_PORT" nc_ok "${ADDR[$h]}" "$SSH_PORT"
+  if [ $c = 1 ]; then wait_for 30 "$h libvirtd pid file" alive_in "$h" "$d/run/libvirtd.pid" libvirtd; fi
 }
 
-do_libvirt() {
+do_hosts() {
   local h
-  for h in "${HOSTS[@]}"; do start_host "$h"; done
+  for h in "${NODES[@]}"; do start_host "$h"; done
   for h in "${HOSTS[@]}"; do
     wait_for 90 "$(uri "$h")" virsh -c "$(uri "$h")" capabilities
     log "$h: $(uri "$h") answers"
@@ -332,11 +458,11 @@ do_mariadb() {
         { tail "$MY/install.log" >&2; die "mariadb-install-db failed"; }
     fi
     chown -R mysql:mysql "$MY"
-    if (exec 3<>/dev/tcp/$DB_HOST/$DB_PORT) 2>/dev/null; then
-      die "something else listens on $DB_HOST:$DB_PORT (a system MariaDB?); stop it first"
+    if (exec 3<>/dev/tcp/127.0.0.1/$DB_PORT) 2>/dev/null; then
+      die "something else listens on 127.0.0.1:$DB_PORT (a system MariaDB?); stop it first"
     fi
     setsid mariadbd --no-defaults --user=mysql --datadir="$MY/data" --socket="$DB_SOCK" --pid-file="$DB_PID" \
-      --port=$DB_PORT --bind-address=$DB_HOST --skip-name-resolve --log-error="$MY/mysqld.err" \
+      --port=$DB_PORT --bind-address=127.0.0.1,$DEPLOY_ADDR --skip-name-resolve --log-error="$MY/mysqld.err" \
       --character-set-server=utf8 --collation-server=utf8_general_ci --max-connections=500 \
       </dev/null >/dev/null 2>&1 &
     wait_for 60 "mariadbd" mariadb-admin --no-defaults --socket="$DB_SOCK" -uroot ping
@@ -448,7 +574,8 @@ do_prefetch() {
   # they take most of a cold run and overlap with libvirt, MariaDB and debootstrap.
   local n
   for n in nova placement neutron; do
-    if ! ls "$CACHE"/venvs/$n-*/.complete >/dev/null 2>&1; then
+    # venv.sh's own name (name-<12 hex of its requirements>): `nova-*` would also match the harness's nova-func-*.
+    if ! ls "$CACHE"/venvs/$n-????????????/.complete >/dev/null 2>&1; then
       log "building the $n venv in the background (log: $CACHE/venv-$n.log)"
       mkdir -p "$CACHE"
       "$HERE/venv.sh" $n >"$CACHE/venv-$n.log" 2>&1 &
@@ -584,36 +711,17 @@ do_containers() {
   done
 }
 
-# --------------------------------------------------------------------------------------------- sshd
-do_sshd() {
-  mkdir -p "$SSH_DIR"; chmod 700 "$SSH_DIR"
-  [ -f "$SSH_DIR/ssh_host_ed25519_key" ] || ssh-keygen -q -t ed25519 -N '' -f "$SSH_DIR/ssh_host_ed25519_key"
-  [ -f "$SSH_DIR/id_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C numa-repin-lab -f "$SSH_DIR/id_ed25519"
-  cp "$SSH_DIR/id_ed25519.pub" "$SSH_DIR/authorized_keys"; chmod 600 "$SSH_DIR/authorized_keys"
-  cat >"$SSH_DIR/sshd_config.new" <<EOF
-# sshd of the numa-repin lab (like Kolla's nova_ssh), written by tests/lab/lab.sh
-ListenAddress $SSH_ADDR:$SSH_PORT
-HostKey $SSH_DIR/ssh_host_ed25519_key
-PidFile $SSH_DIR/sshd.pid
-PermitRootLogin prohibit-password
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-AuthorizedKeysFile $SSH_DIR/authorized_keys
-UsePAM no
-PrintMotd no
-Subsystem sftp internal-sftp
-EOF
-  if ! cmp -s "$SSH_DIR/sshd_config.new" "$SSH_DIR/sshd_config"; then
-    mv "$SSH_DIR/sshd_config.new" "$SSH_DIR/sshd_config"
-    stop_pidfile "$SSH_DIR/sshd.pid" sshd sshd
-  else
-    rm "$SSH_DIR/sshd_config.new"
-  fi
-  cat >"$SSH_DIR/ssh_config" <<EOF
-Host lab-ssh $SSH_ADDR
-  HostName $SSH_ADDR
-  Port $SSH_PORT
+# --------------------------------------------------------------------------------------------- ssh client
+do_ssh_client() {
+  # Each lab host runs its own sshd (started with the host); this is the deploy machine's client side.
+  local h
+  {
+    echo "# ssh to the lab hosts (tests/lab/lab.sh): ssh -F $SSH_DIR/ssh_config cmp1"
+    for h in "${NODES[@]}"; do
+      printf 'Host %s %s\n  HostName %s\n' "$h" "${ADDR[$h]}" "${ADDR[$h]}"
+    done
+    cat <<EOF
+Host *
   User root
   IdentityFile $SSH_DIR/id_ed25519
   IdentitiesOnly yes
@@ -621,11 +729,11 @@ Host lab-ssh $SSH_ADDR
   UserKnownHostsFile /dev/null
   LogLevel ERROR
 EOF
-  if alive "$SSH_DIR/sshd.pid" sshd; then log "sshd runs"; return 0; fi
-  mkdir -p /run/sshd
-  /usr/sbin/sshd -f "$SSH_DIR/sshd_config" -E "$SSH_DIR/sshd.log"
-  wait_for 10 "sshd" alive "$SSH_DIR/sshd.pid" sshd
-  log "sshd started on $SSH_ADDR:$SSH_PORT"
+  } >"$SSH_DIR/ssh_config"
+  for h in "${NODES[@]}"; do
+    ssh -F "$SSH_DIR/ssh_config" -o ConnectTimeout=10 "$h" true || die "ssh to $h (${ADDR[$h]}) fails"
+  done
+  log "ssh to ${NODES[*]} works"
 }
 
 # --------------------------------------------------------------------------------------------- ansible + files
@@ -640,6 +748,14 @@ do_tools() {
     log "tools venv $LAB_VENV: $want"
   else
     log "tools venv present ($LAB_VENV)"
+  fi
+  # ansible-core 2.16: the playbooks must also run with it (it still manages Python 2.7 / 3.6 hosts).
+  if [ ! -f "$ANSIBLE216_VENV/.complete" ]; then
+    rm -rf "$ANSIBLE216_VENV"
+    $SYS_PY -m venv "$ANSIBLE216_VENV"
+    "$ANSIBLE216_VENV/bin/pip" install -q --disable-pip-version-check 'ansible-core>=2.16,<2.17'
+    touch "$ANSIBLE216_VENV/.complete"
+    log "ansible-core 2.16 venv $ANSIBLE216_VENV"
   fi
   # The python3 on PATH (pyenv's 3.11 here) gets pytest + PyMySQL too when it is not externally managed.
   local py; py=$(command -v python3 || true)
@@ -662,99 +778,18 @@ library = $REPO/library
 roles_path = $REPO/roles
 host_key_checking = False
 retry_files_enabled = False
-interpreter_python = $LAB_VENV/bin/python
 stdout_callback = default
+[ssh_connection]
+pipelining = True
 EOF
   local novavenv; novavenv=$(venv nova)
-  NOVA_VENV=$novavenv ENGINE=${ENGINE:-docker} LAB_DIR=$LAB_DIR REPO=$REPO LAB_VENV=$LAB_VENV PW=$pw ENGINE_OWNER=$ENGINE_OWNER \
-    $SYS_PY - <<'EOF'
-import json, os
-L, R = os.environ["LAB_DIR"], os.environ["REPO"]
-pw = os.environ["PW"]
-std = json.load(open(os.path.join(R, "tests/lab/guests/standard.json")))
-hosts = {}
-for h, a, pins in (("cmp1", "127.0.0.2", "0-1"), ("cmp2", "127.0.0.3", "0-1")):
-    d = os.path.join(L, h)
-    hosts[h] = {
-        "name": h, "address": a, "libvirt_uri": "qemu+tcp://%s/system" % a, "migrate_address": a,
-        "nova_conf": os.path.join(d, "etc/kolla/nova-compute/nova.conf"),
-        "nova_conf_allcpus": os.path.join(d, "etc/kolla/nova-compute/nova-allcpus.conf"),
-        "vcpu_pin_set": pins, "dir": d, "images_dir": os.path.join(d, "lib/images"),
-        "images_dir_in_host": "/var/lib/libvirt/images",
-        "libvirtd_pid_file": os.path.join(d, "run/libvirtd.pid"),
-        "virtlogd_pid_file": os.path.join(d, "run/virtlogd.pid"),
-        "qemu_pid_dir": os.path.join(d, "run/qemu"), "log_dir": os.path.join(d, "log"),
-    }
-def url(db): return "mysql+pymysql://nova:%s@127.0.0.1/%s" % (pw, db)
-dbs = {"nova_api": "nova_api", "nova": "nova", "nova_cell0": "nova_cell0", "placement": "placement", "neutron": "neutron"}
-kolla = os.path.join(L, "etc/kolla")
-venv = os.environ["LAB_VENV"]
-lab = {
-    "lab_dir": L, "repo": R,
-    "hosts": hosts, "host_names": ["cmp1", "cmp2"],
-    "db": {"host": "127.0.0.1", "port": 3306, "socket": os.path.join(L, "mysql/mysqld.sock"),
-           "pid_file": os.path.join(L, "mysql/mysqld.pid"), "user": "nova", "password": pw,
-           "databases": dbs, "urls": {k: url(v) for k, v in dbs.items()},
-           "passwords_file": os.path.join(kolla, "passwords.yml"),
-           "nova_conductor_conf": os.path.join(kolla, "nova-conductor/nova.conf"),
-           "placement_conf": os.path.join(kolla, "placement-api/placement.conf"),
-           "neutron_conf": os.path.join(kolla, "neutron-server/neutron.conf")},
-    "containers": {"engine": os.environ["ENGINE"], "engine_owner": os.environ.get("ENGINE_OWNER") or "unknown",
-                   "base_image": "numa-repin-lab/base:bookworm", "nova_image": "numa-repin-lab/nova:19.3.2",
-                   "names": ["nova_conductor", "nova_compute"], "label": "numa-repin-lab",
-                   "run_flags": ["--init", "--network", "host"] + (["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"] if os.environ["ENGINE"] == "podman" else []),
-                   "nova_python": "/var/lib/kolla/venv/bin/python",
-                   "nova_site_packages": "/var/lib/kolla/venv/lib/python3.7/site-packages",
-                   "nova_compute_host": "cmp1"},
-    "ssh": {"address": "127.0.0.4", "port": 8022, "user": "root", "key": os.path.join(L, "ssh/id_ed25519"),
-            "config": os.path.join(L, "ssh/ssh_config"), "pid_file": os.path.join(L, "ssh/sshd.pid")},
-    "ansible": {"config": os.path.join(L, "ansible.cfg"), "inventory": os.path.join(L, "inventory.yml"),
-                "venv": venv, "playbook": os.path.join(venv, "bin/ansible-playbook"),
-                "library": os.path.join(R, "library"), "roles_path": os.path.join(R, "roles")},
-    "python": {"tools": os.path.join(venv, "bin/python"), "py37": "/root/.pyenv/versions/3.7.16/bin/python3",
-               "py27": "/root/.pyenv/versions/2.7.18/bin/python", "nova_venv": os.environ["NOVA_VENV"]},
-    "guests": std["guests"], "project_id": std["project_id"], "user_id": std["user_id"],
-}
-tmp = os.path.join(L, "lab.json.tmp")
-with open(tmp, "w") as f:
-    json.dump(lab, f, indent=2, sort_keys=True)
-os.chmod(tmp, 0o600)
-os.rename(tmp, os.path.join(L, "lab.json"))
-
-inv = ["---", "# numa-repin lab inventory (tests/lab/lab.sh)", "all:", "  vars:",
-       "    ansible_connection: local", "    ansible_python_interpreter: %s/bin/python" % venv,
-       "  children:", "    compute:", "      hosts:"]
-for h in ("cmp1", "cmp2"):
-    v = hosts[h]
-    inv += ["        %s:" % h, "          libvirt_uri: %s" % v["libvirt_uri"], "          nova_conf: %s" % v["nova_conf"],
-            "          migrate_address: %s" % v["migrate_address"], "          vcpu_pin_set: '%s'" % v["vcpu_pin_set"]]
-    if h != lab["containers"]["nova_compute_host"]:
-        # One nova_compute container in the lab, on its host; the Nova patch rollout skips the other.
-        inv += ["          nova_patch_containers: {}"]
-inv += ["    control:", "      hosts:", "        control:",
-        "          nova_conductor_conf: %s" % lab["db"]["nova_conductor_conf"],
-        "          kolla_passwords: %s" % lab["db"]["passwords_file"],
-        "          placement_conf: %s" % lab["db"]["placement_conf"],
-        "          neutron_conf: %s" % lab["db"]["neutron_conf"],
-        "          db_host: 127.0.0.1", "          db_port: 3306", "          db_socket: %s" % lab["db"]["socket"],
-        "          db_user: nova", "          container_engine: %s" % os.environ["ENGINE"], ""]
-with open(os.path.join(L, "inventory.yml"), "w") as f:
-    f.write("\n".join(inv))
-
-env = {"LAB_DIR": L, "LAB_JSON": os.path.join(L, "lab.json"), "ANSIBLE_CONFIG": lab["ansible"]["config"],
-       "LAB_CMP1_URI": hosts["cmp1"]["libvirt_uri"], "LAB_CMP2_URI": hosts["cmp2"]["libvirt_uri"],
-       "LAB_CMP1_NOVA_CONF": hosts["cmp1"]["nova_conf"], "LAB_CMP2_NOVA_CONF": hosts["cmp2"]["nova_conf"],
-       "LAB_DB_HOST": "127.0.0.1", "LAB_DB_PORT": "3306", "LAB_DB_SOCKET": lab["db"]["socket"], "LAB_DB_USER": "nova",
-       "LAB_DB_PASSWORD": pw, "LAB_CONTAINER_ENGINE": os.environ["ENGINE"], "LAB_NOVA_IMAGE": "numa-repin-lab/nova:19.3.2",
-       "LAB_SSH_ADDR": "127.0.0.4", "LAB_SSH_PORT": "8022", "LAB_SSH_KEY": lab["ssh"]["key"],
-       "LAB_TOOLS_VENV": venv}
-with open(os.path.join(L, "lab.env"), "w") as f:
-    f.write("# source me: numa-repin lab settings (tests/lab/lab.sh)\n")
-    for k, v in env.items():
-        f.write("export %s='%s'\n" % (k, v))
-    f.write("export PATH='%s/bin':\"$PATH\"\n" % venv)
-os.chmod(os.path.join(L, "lab.env"), 0o600)
-EOF
+  local addrs="{" h sep=""
+  for h in "${NODES[@]}"; do addrs="$addrs$sep\"$h\": \"${ADDR[$h]}\""; sep=", "; done
+  addrs="$addrs}"
+  NOVA_VENV=$novavenv ENGINE=${ENGINE:-docker} LAB_DIR=$LAB_DIR REPO=$REPO LAB_VENV=$LAB_VENV PW=$pw \
+    ENGINE_OWNER=$ENGINE_OWNER ADDRS=$addrs HOSTS="${HOSTS[*]}" NODES="${NODES[*]}" DEPLOY_ADDR=$DEPLOY_ADDR \
+    DB_HOST=$DB_HOST KOLLA=$KOLLA SSH_PORT=$SSH_PORT NOVA_SSH_PORT=$NOVA_SSH_PORT ANSIBLE216_VENV=$ANSIBLE216_VENV \
+    $SYS_PY "$HERE/write_files.py"
 }
 
 # --------------------------------------------------------------------------------------------- status
@@ -766,18 +801,21 @@ cmd_status() {
   [ -d "$LAB_DIR" ] || { echo "lab: not set up ($LAB_DIR missing); run: $0 up"; exit 1; }
   echo "lab: $LAB_DIR"
   local h d pid
-  for h in "${HOSTS[@]}"; do
+  for h in "${NODES[@]}"; do
     d=$(hostdir "$h")
-    if alive "$d/run/virtlogd.pid" virtlogd; then st ok "$h virtlogd pid $(pidof_file "$d/run/virtlogd.pid")"; else st dead "$h virtlogd"; fi
-    if alive "$d/run/libvirtd.pid" libvirtd; then
+    if pid=$(init_pid "$h"); then st ok "$h: PID 1 is pid $pid here, netns nrl-$h, ${ADDR[$h]}"; else st dead "$h (not running)"; continue; fi
+    if nc_ok "${ADDR[$h]}" "$SSH_PORT"; then st ok "$h sshd ${ADDR[$h]}:$SSH_PORT"; else st dead "$h sshd"; fi
+    is_compute "$h" || continue
+    if alive_in "$h" "$d/run/virtlogd.pid" virtlogd; then st ok "$h virtlogd"; else st dead "$h virtlogd"; fi
+    if alive_in "$h" "$d/run/libvirtd.pid" libvirtd; then
       if timeout 20 virsh -c "$(uri "$h")" version >/dev/null 2>&1; then
-        st ok "$h libvirtd pid $(pidof_file "$d/run/libvirtd.pid") $(uri "$h")"
+        st ok "$h libvirtd $(uri "$h")"
         local g
         for g in $(virsh_ "$h" list --all --name 2>/dev/null); do
           st info "   guest $g: $(virsh_ "$h" domstate "$g" 2>/dev/null)"
         done
       else
-        st dead "$h libvirtd pid $(pidof_file "$d/run/libvirtd.pid") does not answer on $(uri "$h")"
+        st dead "$h libvirtd does not answer on $(uri "$h")"
       fi
     else
       st dead "$h libvirtd"
@@ -804,7 +842,6 @@ cmd_status() {
       fi
     done
   fi
-  if alive "$SSH_DIR/sshd.pid" sshd; then st ok "sshd pid $(pidof_file "$SSH_DIR/sshd.pid") $SSH_ADDR:$SSH_PORT"; else st dead "sshd"; fi
   [ -f "$LAB_DIR/lab.json" ] && st info "lab.json: $LAB_DIR/lab.json" || st dead "lab.json missing"
   [ $STATUS_BAD = 0 ] && echo "lab: up" || echo "lab: DEGRADED (run: $0 up)"
   return $STATUS_BAD
@@ -813,10 +850,7 @@ cmd_status() {
 # --------------------------------------------------------------------------------------------- down
 stop_host() {
   local h=$1 d; d=$(hostdir "$h")
-  local ns="" holder
-  holder=$(mount_ns_holder "$h") && ns=$(readlink "/proc/$holder/ns/mnt")
-  if alive "$d/run/libvirtd.pid" libvirtd; then
-    local g
+  if is_compute "$h" && alive_in "$h" "$d/run/libvirtd.pid" libvirtd; then
     local g pids=()
     for g in $(timeout 20 virsh -q -c "$(uri "$h")" list --name 2>/dev/null); do
       timeout 20 virsh -q -c "$(uri "$h")" destroy "$g" >/dev/null 2>&1 &
@@ -824,26 +858,26 @@ stop_host() {
     done
     [ ${#pids[@]} = 0 ] || wait "${pids[@]}" || true
   fi
-  stop_pidfile "$d/run/libvirtd.pid" libvirtd "$h libvirtd"
-  stop_pidfile "$d/run/virtlogd.pid" virtlogd "$h virtlogd"
-  local f
-  for f in "$d"/run/qemu/*.pid; do [ -e "$f" ] && stop_pidfile "$f" qemu-system "$h qemu $(basename "$f" .pid)"; done
-  if [ -n "$ns" ]; then # anything else left in the host's namespace is the lab's
-    local p
-    for p in /proc/[0-9]*; do
-      [ "$(readlink "$p/ns/mnt" 2>/dev/null)" = "$ns" ] || continue
-      kill -KILL "${p#/proc/}" 2>/dev/null && log "killed leftover pid ${p#/proc/} in $h's namespace" || true
-    done
-  fi
+  # The host's PID 1 dies with unshare (--kill-child; unshare does not pass TERM on), and with it every
+  # process of its PID namespace.
+  local init; init=$(init_pid "$h" || true)
+  if alive "$d/init.pid" unshare; then kill -KILL "$(pidof_file "$d/init.pid")" 2>/dev/null || true; fi
+  [ -z "$init" ] || wait_for 15 "$h's PID 1 to end" sh -c "! kill -0 $init"
+  rm -f "$d/init.pid"
+  [ -z "$init" ] || log "stopped $h"
+  umount_under "$d/root"
 }
 cmd_down() {
   local purge=0; [ "${1:-}" = --purge ] && purge=1
   [ -d "$LAB_DIR" ] || { log "nothing to stop ($LAB_DIR missing)"; return 0; }
   phase containers down_containers "$@"
   local h
-  for h in "${HOSTS[@]}"; do phase "$h" stop_host "$h"; done
+  for h in "${NODES[@]}"; do phase "$h" stop_host "$h"; done
   phase mariadb stop_pidfile "$DB_PID" mariadbd mariadbd
-  phase sshd stop_pidfile "$SSH_DIR/sshd.pid" sshd sshd
+  if [ $purge = 1 ]; then
+    for h in "${NODES[@]}"; do ip netns del "nrl-$h" 2>/dev/null || true; done
+    ip link del "$BRIDGE" 2>/dev/null || true
+  fi
   umount_under "$LAB_DIR"
   umount_under "$CACHE"
   if [ -f "$LAB_DIR/created-mountpoints" ]; then
@@ -876,16 +910,18 @@ cmd_up() {
   phase packages do_packages
   phase users do_users
   phase prefetch do_prefetch
-  phase libvirt do_libvirt
-  phase guests do_guests
-  phase mariadb do_mariadb
+  phase network do_network
   phase engine do_engine
+  phase roots do_roots
+  phase mariadb do_mariadb
+  phase hosts do_hosts
+  phase guests do_guests
   phase base-image do_base_image
   phase schemas do_schemas
   phase seed-db do_seed_db
   phase nova-image do_nova_image
   phase containers do_containers
-  phase sshd do_sshd
+  phase ssh-client do_ssh_client
   phase tools do_tools
   phase files do_files
   # Prefetches not needed after all (their schema existed) still finish before up returns.

@@ -1,0 +1,149 @@
+"""Write the lab's lab.json, inventory.yml and lab.env (run by `lab.sh up`, phase files).
+
+Every setting comes from the environment lab.sh passes; lab.json is the one description of the
+lab that tests (tests/integration/lablib.py) read.
+"""
+import json
+import os
+
+E = os.environ
+L, R, pw = E["LAB_DIR"], E["REPO"], E["PW"]
+venv, engine = E["LAB_VENV"], E["ENGINE"]
+addr = json.loads(E["ADDRS"])  # host -> address on the lab bridge
+computes = E["HOSTS"].split()
+nodes = E["NODES"].split()
+deploy, db_host, kolla = E["DEPLOY_ADDR"], E["DB_HOST"], E["KOLLA"]
+ssh_dir = os.path.join(L, "ssh")
+key = os.path.join(ssh_dir, "id_ed25519")
+std = json.load(open(os.path.join(R, "tests/lab/guests/standard.json")))
+
+KOLLA_COMPUTE_CONF = "/etc/kolla/nova-compute/nova.conf"
+
+
+def node(h):
+    d = os.path.join(L, h)
+    return {"name": h, "address": addr[h], "dir": d, "root": os.path.join(d, "root"),
+            "init_pid_file": os.path.join(d, "init.pid"), "netns": "nrl-" + h,
+            "ssh_port": int(E["SSH_PORT"]), "nova_ssh_port": int(E["NOVA_SSH_PORT"])}
+
+
+hosts = {}
+for h in computes:
+    d = os.path.join(L, h)
+    hosts[h] = dict(node(h), **{
+        # libvirt_uri: how every other machine reaches the host's libvirtd (TCP 16509 on its address);
+        # on the host itself modules use its socket, qemu:///system (/run/libvirt/libvirt-sock).
+        "libvirt_uri": "qemu+tcp://%s/system" % addr[h], "local_uri": "qemu:///system",
+        "migrate_address": addr[h],
+        # nova_conf: the file seen from this machine; nova_conf_in_host: the same file on the host.
+        "nova_conf": os.path.join(d, "etc/kolla/nova-compute/nova.conf"),
+        "nova_conf_in_host": KOLLA_COMPUTE_CONF,
+        "nova_conf_allcpus": os.path.join(d, "etc/kolla/nova-compute/nova-allcpus.conf"),
+        "nova_conf_allcpus_in_host": "/etc/kolla/nova-compute/nova-allcpus.conf",
+        "vcpu_pin_set": "0-1", "images_dir": os.path.join(d, "lib/images"),
+        "images_dir_in_host": "/var/lib/libvirt/images",
+        # pid files hold pids of the host's own PID namespace (lablib translates them).
+        "libvirtd_pid_file": os.path.join(d, "run/libvirtd.pid"),
+        "virtlogd_pid_file": os.path.join(d, "run/virtlogd.pid"),
+        "qemu_pid_dir": os.path.join(d, "run/qemu"), "log_dir": os.path.join(d, "log"),
+    })
+
+
+def url(db, host=db_host):
+    return "mysql+pymysql://nova:%s@%s/%s" % (pw, host, db)
+
+
+dbs = {k: k for k in ("nova_api", "nova", "nova_cell0", "placement", "neutron")}
+lab = {
+    "lab_dir": L, "repo": R,
+    "hosts": hosts, "host_names": computes,
+    "nodes": {h: node(h) for h in nodes}, "node_names": nodes, "deploy_address": deploy,
+    "control": dict(node("control"), **{
+        "nova_conductor_conf_in_host": "/etc/kolla/nova-conductor/nova.conf",
+        "passwords_file_in_host": "/etc/kolla/passwords.yml"}),
+    "db": {"host": "127.0.0.1", "port": 3306, "address_for_hosts": db_host,
+           "socket": os.path.join(L, "mysql/mysqld.sock"),
+           "pid_file": os.path.join(L, "mysql/mysqld.pid"), "user": "nova", "password": pw,
+           "databases": dbs, "urls": {k: url(v) for k, v in dbs.items()},
+           "passwords_file": os.path.join(kolla, "passwords.yml"),
+           "nova_conductor_conf": os.path.join(kolla, "nova-conductor/nova.conf"),
+           "placement_conf": os.path.join(kolla, "placement-api/placement.conf"),
+           "neutron_conf": os.path.join(kolla, "neutron-server/neutron.conf")},
+    "containers": {"engine": engine, "engine_owner": E.get("ENGINE_OWNER") or "unknown",
+                   "base_image": "numa-repin-lab/base:bookworm", "nova_image": "numa-repin-lab/nova:19.3.2",
+                   "names": ["nova_conductor", "nova_compute"], "label": "numa-repin-lab",
+                   "run_flags": ["--init", "--network", "host"] + (
+                       ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"] if engine == "podman" else []),
+                   "nova_python": "/var/lib/kolla/venv/bin/python",
+                   "nova_site_packages": "/var/lib/kolla/venv/lib/python3.7/site-packages",
+                   "nova_compute_host": "cmp1", "nova_conductor_host": "control"},
+    # A Kolla nova_ssh-like endpoint: the usual destination's own sshd (port 8022 as Kolla's).
+    "ssh": {"address": addr["cmp2"], "port": int(E["NOVA_SSH_PORT"]), "user": "root", "key": key,
+            "config": os.path.join(ssh_dir, "ssh_config"), "host": "cmp2"},
+    "ansible": {"config": os.path.join(L, "ansible.cfg"), "inventory": os.path.join(L, "inventory.yml"),
+                "venv": venv, "playbook": os.path.join(venv, "bin/ansible-playbook"),
+                "library": os.path.join(R, "library"), "roles_path": os.path.join(R, "roles")},
+    "ansible216": {"inventory": os.path.join(L, "inventory-ansible-2.16.yml"), "venv": E["ANSIBLE216_VENV"],
+                   "playbook": os.path.join(E["ANSIBLE216_VENV"], "bin/ansible-playbook"),
+                   "control_host": "ctl27", "control_python": "/usr/bin/python2.7"},
+    "python": {"tools": os.path.join(venv, "bin/python"), "py37": "/root/.pyenv/versions/3.7.16/bin/python3",
+               "py27": "/root/.pyenv/versions/2.7.18/bin/python", "nova_venv": E["NOVA_VENV"]},
+    "guests": std["guests"], "project_id": std["project_id"], "user_id": std["user_id"],
+}
+tmp = os.path.join(L, "lab.json.tmp")
+with open(tmp, "w") as f:
+    json.dump(lab, f, indent=2, sort_keys=True)
+os.chmod(tmp, 0o600)
+os.rename(tmp, os.path.join(L, "lab.json"))
+
+# The inventory: every host over SSH (its own sshd, the lab key); only localhost is local.
+inv = ["---", "# numa-repin lab inventory (tests/lab/lab.sh): separate hosts, reached over SSH", "all:",
+       "  vars:",
+       "    ansible_user: root",
+       "    ansible_ssh_private_key_file: %s" % key,
+       "    ansible_ssh_common_args: '-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR'",
+       "    ansible_python_interpreter: /usr/bin/python3",
+       "    container_engine: %s" % engine,
+       "  hosts:",
+       "    localhost:",
+       "      ansible_connection: local",
+       "      ansible_python_interpreter: %s/bin/python" % venv,
+       "  children:", "    compute:", "      hosts:"]
+for h in computes:
+    v = hosts[h]
+    inv += ["        %s:" % h, "          ansible_host: %s" % v["address"],
+            "          libvirt_uri: %s" % v["libvirt_uri"], "          nova_conf: %s" % KOLLA_COMPUTE_CONF,
+            "          migrate_address: %s" % v["migrate_address"], "          vcpu_pin_set: '%s'" % v["vcpu_pin_set"]]
+    if h != lab["containers"]["nova_compute_host"]:
+        # One nova_compute container in the lab, on its host; the Nova patch rollout skips the other.
+        inv += ["          nova_patch_containers: {}"]
+inv += ["    control:", "      hosts:", "        control:",
+        "          ansible_host: %s" % addr["control"],
+        "          nova_conductor_conf: /etc/kolla/nova-conductor/nova.conf",
+        "          kolla_passwords: /etc/kolla/passwords.yml",
+        "          placement_conf: /etc/kolla/placement-api/placement.conf",
+        "          neutron_conf: /etc/kolla/neutron-server/neutron.conf", ""]
+with open(os.path.join(L, "inventory.yml"), "w") as f:
+    f.write("\n".join(inv))
+
+# The same cloud for ansible-core 2.16 (the last release that manages Python 2.7 and 3.6 hosts): its
+# control host is ctl27, whose only Python is 2.7 (as on CentOS 7), with the same /etc/kolla.
+inv216 = "\n".join(inv).replace("          ansible_host: %s\n" % addr["control"],
+                                "          ansible_host: %s\n          ansible_python_interpreter: /usr/bin/python2.7\n"
+                                % addr["ctl27"])
+assert addr["ctl27"] in inv216
+with open(os.path.join(L, "inventory-ansible-2.16.yml"), "w") as f:
+    f.write(inv216.replace("reached over SSH", "reached over SSH; control is ctl27 (Python 2.7 only)"))
+
+env = {"LAB_DIR": L, "LAB_JSON": os.path.join(L, "lab.json"), "ANSIBLE_CONFIG": lab["ansible"]["config"],
+       "LAB_CMP1_URI": hosts["cmp1"]["libvirt_uri"], "LAB_CMP2_URI": hosts["cmp2"]["libvirt_uri"],
+       "LAB_CMP1_NOVA_CONF": hosts["cmp1"]["nova_conf"], "LAB_CMP2_NOVA_CONF": hosts["cmp2"]["nova_conf"],
+       "LAB_DB_HOST": "127.0.0.1", "LAB_DB_PORT": "3306", "LAB_DB_SOCKET": lab["db"]["socket"], "LAB_DB_USER": "nova",
+       "LAB_DB_PASSWORD": pw, "LAB_CONTAINER_ENGINE": engine, "LAB_NOVA_IMAGE": "numa-repin-lab/nova:19.3.2",
+       "LAB_SSH_CONFIG": lab["ssh"]["config"], "LAB_SSH_KEY": key, "LAB_TOOLS_VENV": venv}
+with open(os.path.join(L, "lab.env"), "w") as f:
+    f.write("# source me: numa-repin lab settings (tests/lab/lab.sh)\n")
+    for k, v in env.items():
+        f.write("export %s='%s'\n" % (k, v))
+    f.write("export PATH='%s/bin':\"$PATH\"\n" % venv)
+os.chmod(os.path.join(L, "lab.env"), 0o600)
