@@ -29,7 +29,7 @@ def seeded(lab):
 
 
 def test_ctl27_has_only_python_27(lab):
-    r = lab.ssh("ls /usr/bin /usr/local/bin | grep -E '^python[0-9.]*$' | sort | tr '\\n' ' '; cat /etc/hostname",
+    r = lab.ssh("ls /usr/bin /usr/local/bin | grep -E '^python[0-9.]*$' | sort | tr '\\n' ' '; echo; cat /etc/hostname",
                 host="ctl27")
     assert r.returncode == 0, r.stderr
     pythons, hostname = r.stdout.splitlines()

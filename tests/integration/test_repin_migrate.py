@@ -359,21 +359,20 @@ def test_fault_destination_libvirtd_killed_mid_migration_then_rerun(lab, run_mod
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(args, f)
     proc = subprocess.Popen([str(REPO / "library" / "repin_migrate"), f.name], stdout=subprocess.PIPE, text=True)
-    pidfile = Path(lab.hosts[DST]["libvirtd_pid_file"])
     try:
         end = time.time() + 30
         while time.time() < end and _incoming_qemu(uuid) is None:
             time.sleep(0.02)
         assert _incoming_qemu(uuid), "the migration never reached the destination"
         time.sleep(1.0)  # well inside the memory copy (the guest keeps dirtying 8 MiB, sent at 1 MiB/s)
-        libvirtd = int(pidfile.read_text().strip())
+        libvirtd = lab.daemon_pid(DST)  # libvirtd's pid here (its pid file holds the host's own)
         os.kill(libvirtd, 9)
         out = json.loads(proc.communicate(timeout=180)[0])
     finally:
         os.unlink(f.name)
         if proc.poll() is None:
             proc.kill()
-        r = lab.lab_sh("_phase", "libvirt")
+        r = lab.lab_sh("_phase", "hosts")
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     assert out["failed"], out
     assert "keeps running on" in out["msg"] and out["source_pins_unchanged"] and out["guest_on_source"], out

@@ -44,6 +44,10 @@ if [ "$compute" = 1 ]; then
   virtlogd -d -f /etc/libvirt/virtlogd.conf -p /run/libvirt/virtlogd.pid
   libvirtd -d --listen -f /etc/libvirt/libvirtd.conf -p /run/libvirt/libvirtd.pid
   log "libvirtd started"
+  # Kolla's nova_ssh (port 8022, qemu-img and the instances directory): this userland's sshd, here.
+  mkdir -p /run/sshd
+  /usr/sbin/sshd -f "$d/nova_ssh/sshd_config" -E /var/log/libvirt/nova_ssh.log
+  log "nova_ssh started"
 fi
 
 chroot "$R" /usr/sbin/sshd -E /var/log/sshd.log

@@ -297,9 +297,8 @@ do_roots() {
     cp "$SSH_DIR/id_ed25519" "$R/root/.ssh/id_ed25519"
     chmod 600 "$R/root/.ssh/id_ed25519" "$R/root/.ssh/authorized_keys"
     cat >"$R/etc/ssh/sshd_config" <<EOF
-# sshd of lab host $h (tests/lab/lab.sh): port $SSH_PORT, and $NOVA_SSH_PORT like Kolla's nova_ssh
+# sshd of lab host $h (tests/lab/lab.sh)
 Port $SSH_PORT
-Port $NOVA_SSH_PORT
 ListenAddress ${ADDR[$h]}
 HostKey /etc/ssh/ssh_host_ed25519_key
 PidFile /run/sshd.pid
@@ -310,11 +309,35 @@ UsePAM no
 PrintMotd no
 Subsystem sftp /usr/lib/openssh/sftp-server
 EOF
+    if is_compute "$h"; then write_nova_ssh_config "$h"; fi
     # A container engine client, as a Kolla host has (the lab's dockerd socket is bound into its /run).
     if [ -n "$dockercli" ] && ! cmp -s "$dockercli" "$R/usr/local/bin/docker"; then
       install -m 0755 "$dockercli" "$R/usr/local/bin/docker"
     fi
   done
+}
+
+write_nova_ssh_config() {
+  # Kolla's nova_ssh: an sshd of its own on port 8022 in a container with the Nova/QEMU tools (qemu-img)
+  # and the instances directory, in the host's network. Here: this machine's sshd and userland, started in
+  # the host's namespaces next to libvirtd, seeing libvirtd's /var/lib/libvirt.
+  local h=$1 d; d=$(hostdir "$1")
+  mkdir -p "$d/nova_ssh"
+  [ -f "$d/nova_ssh/ssh_host_ed25519_key" ] || ssh-keygen -q -t ed25519 -N '' -f "$d/nova_ssh/ssh_host_ed25519_key"
+  cp "$SSH_DIR/id_ed25519.pub" "$d/nova_ssh/authorized_keys"; chmod 600 "$d/nova_ssh/authorized_keys"
+  cat >"$d/nova_ssh/sshd_config" <<EOF
+# nova_ssh of lab host $h (tests/lab/lab.sh), like Kolla's: port $NOVA_SSH_PORT
+Port $NOVA_SSH_PORT
+ListenAddress ${ADDR[$h]}
+HostKey $d/nova_ssh/ssh_host_ed25519_key
+PidFile /run/libvirt/nova_ssh.pid
+AuthorizedKeysFile $d/nova_ssh/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+PrintMotd no
+EOF
 }
 
 # --------------------------------------------------------------------------------------------- hosts
@@ -361,6 +384,8 @@ start_host() {
         { in_host "$h" virtlogd -d -f /etc/libvirt/virtlogd.conf -p /run/libvirt/virtlogd.pid; log "$h: virtlogd restarted"; }
       alive_in "$h" "$d/run/libvirtd.pid" libvirtd ||
         { in_host "$h" libvirtd -d --listen -f /etc/libvirt/libvirtd.conf -p /run/libvirt/libvirtd.pid; log "$h: libvirtd restarted"; }
+      nc_ok "${ADDR[$h]}" "$NOVA_SSH_PORT" ||
+        { in_host "$h" /usr/sbin/sshd -f "$d/nova_ssh/sshd_config" -E /var/log/libvirt/nova_ssh.log; log "$h: nova_ssh restarted"; }
     fi
     nc_ok "${ADDR[$h]}" "$SSH_PORT" || { in_root "$h" /usr/sbin/sshd -E /var/log/sshd.log; log "$h: sshd restarted"; }
     log "$h: runs (its PID 1 is pid $(init_pid "$h") here)"
@@ -378,7 +403,10 @@ start_host() {
     wait_for 15 "$h PID 1" init_pid "$h"
   fi
   wait_for 30 "$h sshd on ${ADDR[$h]}:$SSH_PORT" nc_ok "${ADDR[$h]}" "$SSH_PORT"
-  if [ $c = 1 ]; then wait_for 30 "$h libvirtd pid file" alive_in "$h" "$d/run/libvirtd.pid" libvirtd; fi
+  if [ $c = 1 ]; then
+    wait_for 30 "$h libvirtd pid file" alive_in "$h" "$d/run/libvirtd.pid" libvirtd
+    wait_for 30 "$h nova_ssh on ${ADDR[$h]}:$NOVA_SSH_PORT" nc_ok "${ADDR[$h]}" "$NOVA_SSH_PORT"
+  fi
 }
 
 do_hosts() {
@@ -806,6 +834,7 @@ cmd_status() {
     if pid=$(init_pid "$h"); then st ok "$h: PID 1 is pid $pid here, netns nrl-$h, ${ADDR[$h]}"; else st dead "$h (not running)"; continue; fi
     if nc_ok "${ADDR[$h]}" "$SSH_PORT"; then st ok "$h sshd ${ADDR[$h]}:$SSH_PORT"; else st dead "$h sshd"; fi
     is_compute "$h" || continue
+    if nc_ok "${ADDR[$h]}" "$NOVA_SSH_PORT"; then st ok "$h nova_ssh ${ADDR[$h]}:$NOVA_SSH_PORT"; else st dead "$h nova_ssh"; fi
     if alive_in "$h" "$d/run/virtlogd.pid" virtlogd; then st ok "$h virtlogd"; else st dead "$h virtlogd"; fi
     if alive_in "$h" "$d/run/libvirtd.pid" libvirtd; then
       if timeout 20 virsh -c "$(uri "$h")" version >/dev/null 2>&1; then
