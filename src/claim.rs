@@ -338,7 +338,7 @@ pub enum Refused {
     /// Another holder kept it for the whole wait.
     Timeout {
         uuid: String,
-        holder: Result<Owner, String>,
+        holder: Box<Result<Owner, String>>,
         waited: Duration,
     },
     /// libvirt failed (connection, or a define that fails with no claim present).
@@ -418,7 +418,7 @@ pub fn acquire(h: &Host, me: &Owner, timeout: Duration, poll: Duration) -> Resul
                 if t0.elapsed() >= timeout {
                     return Err(Refused::Timeout {
                         uuid: their,
-                        holder: owner,
+                        holder: Box::new(owner),
                         waited: t0.elapsed(),
                     });
                 }

@@ -251,7 +251,7 @@ fn take_claim(h: &Host, a: &Args, guest: &str, mode: &str) -> Result<crate::clai
             ))
             .with("guest_on_source", mode == "migrate")
             .with("claim_uuid", &uuid);
-            if let Ok(o) = &holder {
+            if let Ok(o) = &*holder {
                 f = f.with(
                     "claim_holder",
                     json!({"host": o.host, "pid": o.pid, "guest": o.guest, "source": o.source, "age_s": o.age_s(now)}),
