@@ -501,9 +501,12 @@ def real_pins(lab, host, name):
         return live_vcpupin(lab, host, name)
 
 
-def _claim_double_pinned(lab, run_module, conf, watched):
-    """pCPUs of cmp2 pinned by more than one of `watched`: from each running guest's live pins (virsh vcpupin,
-    plus /proc where visible) and from numa_facts' overlaps."""
+def _claim_double_pinned(lab, run_module, conf, racers, residents):
+    """pCPUs of cmp2 pinned by two guests of which at least one is a racer (the others: `residents`, on cmp2
+    before the trial): from each running guest's live pins (virsh vcpupin, plus /proc where visible) and from
+    numa_facts' overlaps. Overlaps among residents only (other tests on the shared lab pin guests onto cmp2
+    directly, some on purpose) and guests created there during the trial by others are not the trial's doing."""
+    watched = set(racers) | set(residents)
     f = facts(run_module, lab.uri(DST), conf)
     holders = {}
     for g in f["guests"]:
@@ -513,8 +516,8 @@ def _claim_double_pinned(lab, run_module, conf, watched):
             for cpus in src.values():
                 if len(cpus) == 1:
                     holders.setdefault(next(iter(cpus)), set()).add(g["name"])
-    live = {c: sorted(gs) for c, gs in holders.items() if len(gs) > 1}
-    return live, [o for o in f["overlaps"] if len(set(o["guests"]) & set(watched)) > 1]
+    live = {c: sorted(gs) for c, gs in holders.items() if len(gs) > 1 and gs & set(racers)}
+    return live, [o for o in f["overlaps"] if len(set(o["guests"]) & watched) > 1 and set(o["guests"]) & set(racers)]
 
 
 def mig_args(lab, name, conf, **extra):
@@ -623,8 +626,12 @@ def claim_trial(lab, run_module, fresh_guest, runner, conf, lock_root, t):
     guests on cmp1 pinned alike (both would take the same free pCPU of cmp2 if both fitted blindly). Returns
     (free pCPUs before, [(guest, rc, result)], double-pinned)."""
     import threading
+    end = time.time() + 120  # the lab is shared: wait for other runs to leave cmp2 a free pCPU
     free = free_cpus(lab, run_module, conf)
-    residents = [x["name"] for x in facts(run_module, lab.uri(DST), conf)["guests"]]
+    while not free and time.time() < end:
+        time.sleep(1)
+        free = free_cpus(lab, run_module, conf)
+    before = {x["name"]: (x["uuid"], x["vcpu_pins"]) for x in facts(run_module, lab.uri(DST), conf)["guests"]}
     names = [fresh_guest(SRC, [1]).name for _ in range(2)]
     barrier = threading.Barrier(2)
 
@@ -636,7 +643,11 @@ def claim_trial(lab, run_module, fresh_guest, runner, conf, lock_root, t):
 
     with ThreadPoolExecutor(2) as ex:
         results = list(ex.map(one, range(2)))
-    live, mine = _claim_double_pinned(lab, run_module, conf, names + residents)
+    # Residents: guests that were on cmp2 before the trial and are the same domain with the same pins after
+    # (the lab is shared: other runs, with binaries that do not take the claim, move guests to and from cmp2).
+    after = {x["name"]: (x["uuid"], x["vcpu_pins"]) for x in facts(run_module, lab.uri(DST), conf)["guests"]}
+    residents = [n for n, v in before.items() if after.get(n) == v]
+    live, mine = _claim_double_pinned(lab, run_module, conf, names, residents)
     return free, [(n, rc, r) for n, (rc, r) in zip(names, results)], {"live": live, "libvirt": mine}, names
 
 
@@ -655,14 +666,17 @@ def test_claim_two_runners_own_lock_dirs_never_double_pin(lab, fresh_guest, run_
         for n, rc, r in results:
             if not r["failed"]:
                 won.append(n)
-                assert lab.guest_host(n) == DST and r["claim"]["released"], r
+                assert r["claim"]["released"] and r["claim"]["name"] == CLAIM, r
                 stats["waited_ms"].append(r["claim"]["waited_ms"])
             else:
                 assert r["msg"].startswith("No numa available with"), r
                 assert r.get("guest_on_source") is True, r
                 assert lab.guest_host(n) == SRC and lab.domstate(SRC, n) == "running", (n, r)
                 assert real_pins(lab, SRC, n) == {0: {1}}, n
-        assert 1 <= len(won) <= min(len(free), 2), (free, results)
+        # At most as many winners on cmp2 as it had free pCPUs (fewer when another run on the shared lab took
+        # one meanwhile; a winner that another run, e.g. a drain, moved on again frees its pCPU).
+        on_dst = [n for n in won if lab.guest_host(n) == DST]
+        assert len(on_dst) <= min(len(free), 2), (free, results)
         stats["double_pinned"] += len(double["live"]) + len(double["libvirt"])
         assert not double["live"] and not double["libvirt"], (t, double, results)
         assert claim_uuid(lab, DST) is None, "a claim was left on %s after trial %d" % (DST, t)
