@@ -2,6 +2,7 @@
 //! overlaps and pins on missing/forbidden pCPUs. Built live from libvirt or offline from saved
 //! `virsh capabilities` / `virsh dumpxml` output, through the same code.
 
+use crate::claim::ClaimFact;
 use crate::cpuset::CpuSet;
 use crate::domain::{self, Guest};
 use crate::fit::{HostCell, HostState, MemPages};
@@ -58,6 +59,10 @@ pub struct NumaFacts {
     /// Guests whose XML could not be read, with the reason.
     #[serde(default)]
     pub unreadable_guests: Vec<String>,
+    /// numa-repin destination claims on this host (`numa-repin-claim` domains: not guests, left
+    /// out of `guests`); one that stays while no migration runs is stale (see `crate::claim`).
+    #[serde(default)]
+    pub claims: Vec<ClaimFact>,
 }
 
 /// The host cells a guest's memory is bound to, with MiB per cell. Guests without any binding
@@ -204,6 +209,7 @@ pub fn build(
         overlaps,
         missing_cpus: missing,
         unreadable_guests: unreadable,
+        claims: Vec::new(),
     }
 }
 
@@ -217,9 +223,15 @@ pub fn gather_live(
     let conf = crate::nova::conf::load(nova_conf).map_err(anyhow::Error::msg)?;
     let h = crate::libvirt::connect(uri)?;
     let (topo, source) = h.topology()?;
-    let (guests, bad) = h.guests()?;
+    let (guests, bad, claims) = h.guests_and_claims()?;
     let name = host.map(str::to_string).unwrap_or_else(|| h.hostname());
-    Ok(build(&name, Some(uri), source, topo, &conf, guests, bad))
+    let mut f = build(&name, Some(uri), source, topo, &conf, guests, bad);
+    let now = crate::claim::now_unix();
+    f.claims = claims
+        .iter()
+        .map(|c| ClaimFact::from_domain(&c.uuid, c.xml.as_deref().map_err(|e| e.as_str()), now))
+        .collect();
+    Ok(f)
 }
 
 /// Offline facts from files: a saved `virsh capabilities` and saved `virsh dumpxml` outputs.
@@ -264,14 +276,22 @@ pub fn from_saved(
     let topo = topology::parse_capabilities(caps_xml)?;
     let mut guests = Vec::new();
     let mut bad = Vec::new();
+    let mut claims = Vec::new();
+    let now = crate::claim::now_unix();
     for (origin, xml) in domain_xmls {
         match domain::parse_guest(xml) {
+            // A saved dump of the claim domain: not a guest.
+            Ok(g) if g.name == crate::libvirt::CLAIM_NAME => {
+                claims.push(ClaimFact::from_domain(&g.uuid, Ok(xml), now))
+            }
             Ok(g) => guests.push(g),
             Err(e) => bad.push(format!("{origin}: {e}")),
         }
     }
     guests.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(build(host, None, "saved", topo, conf, guests, bad))
+    let mut f = build(host, None, "saved", topo, conf, guests, bad);
+    f.claims = claims;
+    Ok(f)
 }
 
 impl NumaFacts {
@@ -436,6 +456,26 @@ mod tests {
         let f = saved(&[g], "[DEFAULT]\n");
         let p = &f.cells[0].pages[1];
         assert_eq!((p.size_kb, p.total, p.free), (2048, 512, Some(256)));
+    }
+
+    #[test]
+    fn the_claim_domain_is_not_a_guest() {
+        let mut o = crate::claim::Owner::me("vm-1", "qemu+tcp://cmp1/system", "d", "migrate");
+        o.started = crate::claim::now_unix().saturating_sub(30);
+        let x = crate::claim::claim_xml("6c1a9e10-0000-4000-8000-00000000000c", &o);
+        let f = saved(&[x, pinned("ok", "u", &[0], None, 0, 64)], "");
+        assert_eq!(f.guests.len(), 1);
+        assert_eq!(f.guests[0].name, "ok");
+        assert!(f.unreadable_guests.is_empty());
+        assert_eq!(f.claims.len(), 1);
+        let c = &f.claims[0];
+        assert_eq!(c.uuid, "6c1a9e10-0000-4000-8000-00000000000c");
+        assert_eq!(
+            (c.guest.as_str(), c.pid),
+            ("vm-1", Some(std::process::id()))
+        );
+        assert!(c.age_s.unwrap() >= 30 && c.age_s.unwrap() < 100);
+        assert_eq!(f.usage.memory_used_mb["0"], 64);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! recomputed for the destination, and keep Nova's database in line. See ARCHITECTURE.md.
 
 pub mod ansible;
+pub mod claim;
 pub mod container;
 pub mod cpuset;
 pub mod domain;

@@ -3,11 +3,21 @@
 //!
 //! Migration flow:
 //! 1. read the guest on the source (live migratable XML, inactive XML, pins);
-//! 2. claim the destination: an exclusive `flock` on `<lock_dir>/dest-<libvirt host uuid>.lock`
-//!    held across fit + disk preparation + migration + verification, so parallel runs (forks,
-//!    several playbooks on one controller, or a `lock_dir` on a shared filesystem) never choose
-//!    the same pCPUs; the destination's live pinning is read *after* the lock is taken, i.e.
-//!    just before migrating, and checked again after;
+//! 2. claim the destination *in its libvirtd* (`crate::claim`): define the never-started domain
+//!    `numa-repin-claim` with a fresh random uuid on the destination; libvirtd refuses a second
+//!    definition of that name, so every runner that targets the host sees the claim, whatever
+//!    machine it runs on (two controllers, runs on different source hosts). A held claim is
+//!    waited for (polling, up to `lock_timeout_s`); a stale claim of this machine (same hostname,
+//!    boot id and pid namespace, process gone) is taken over and the result says so; another
+//!    machine's claim is never broken: the timeout message names its holder and the command that
+//!    removes it. The claim is held across fit + disk preparation + migration + verification and
+//!    undefined (only if it still carries our uuid) on every exit path; the destination's live
+//!    pinning is read *after* it is taken, i.e. just before migrating, and checked again after.
+//!    Check mode takes no claim. Mode repin takes the same claim on its host. `lock_dir` is still
+//!    accepted but no longer used: the flock it named protected only runs on one machine;
+//!    no local flock is kept in front of the claim either: waiters of one machine poll libvirt
+//!    like the others (a few cheap calls a second), and a second lock with its own wait and
+//!    failure modes would add nothing to the exclusion;
 //! 3. fit the guest's topology on the live destination state (`vcpu_pin_set` from the
 //!    destination's nova.conf), or refuse before anything moves (`No numa available ...`);
 //! 4. check the guest CPU model against the destination (skipped, and said, for TCG guests);
@@ -120,10 +130,14 @@ pub struct Args {
     pub timeout_action: TimeoutAction,
     /// Thread policy of the guest (libvirt does not record it). Default: prefer.
     pub thread_policy: Option<ThreadPolicy>,
-    /// Directory of the per-destination lock files (shared by every run that may target the same hosts).
+    /// Accepted for compatibility, no longer used: runs are serialised per destination by a claim
+    /// in the destination's libvirtd (a never-started domain `numa-repin-claim`), which runs on
+    /// every machine see, not by lock files on the machine that runs the module.
     #[serde(default = "d_lock_dir")]
     pub lock_dir: PathBuf,
-    /// How long to wait for another migration to the same destination to finish.
+    /// How long to wait, in seconds, for another run's claim on the destination
+    /// (`numa-repin-claim` in its libvirtd) to be released. On timeout the failure names the holder
+    /// and how to remove a stale claim (`virsh -c <dest_uri> undefine numa-repin-claim`).
     #[serde(default = "d_lock_timeout")]
     pub lock_timeout_s: u64,
     /// Block migration: the destination's sshd (Kolla nova_ssh).
@@ -216,54 +230,66 @@ fn conf_host(path: Option<&Path>) -> Option<String> {
     None
 }
 
-/// libvirt's host uuid (capabilities `<host><uuid>`): names the destination's lock whatever URI
-/// spelling each run uses.
-fn host_uuid(h: &Host) -> Result<String> {
-    let caps = h.capabilities_xml()?;
-    let root =
-        crate::xml::parse(&caps).map_err(|e| anyhow!("libvirt at {}: capabilities: {e}", h.uri))?;
-    root.path("host/uuid")
-        .map(|e| e.text.clone())
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| anyhow!("libvirt at {}: capabilities carry no host uuid", h.uri))
-}
-
-pub struct DestLock {
-    _held: crate::lock::Held,
-    pub path: PathBuf,
-    pub waited_ms: u64,
-}
-
-/// The exclusive per-destination claim (see module docs).
-pub fn lock_destination(dir: &Path, key: &str, timeout: Duration) -> Result<DestLock> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| anyhow!("{M}: cannot create lock_dir {}: {e}", dir.display()))?;
-    let safe: String = key
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let path = dir.join(format!("dest-{safe}.lock"));
-    let held = crate::lock::acquire(&path, timeout)
-        .map_err(|e| anyhow!("{M}: cannot lock {}: {e}", path.display()))?
-        .ok_or_else(|| {
-            Failure::new(format!(
-                "{M}: another migration to this destination holds {} for more than {} s; wait for it or raise lock_timeout_s",
-                path.display(),
-                timeout.as_secs()
+/// Take the claim on `h` for this run (see module docs), or fail with the holder named.
+fn take_claim(h: &Host, a: &Args, guest: &str, mode: &str) -> Result<crate::claim::Claim> {
+    let me = crate::claim::Owner::me(guest, &a.source_uri, &h.uri, mode);
+    crate::claim::acquire(
+        h,
+        &me,
+        Duration::from_secs(a.lock_timeout_s),
+        crate::claim::POLL,
+    )
+    .map_err(|r| match r {
+        crate::claim::Refused::Timeout {
+            uuid,
+            holder,
+            waited,
+        } => {
+            let now = crate::claim::now_unix();
+            let mut f = Failure::new(crate::claim::timeout_msg(
+                M, &h.uri, &uuid, &holder, waited, now,
             ))
-        })?;
-    let waited_ms = held.waited.as_millis() as u64;
-    Ok(DestLock {
-        _held: held,
-        path,
-        waited_ms,
+            .with("guest_on_source", mode == "migrate")
+            .with("claim_uuid", &uuid);
+            if let Ok(o) = &*holder {
+                f = f.with(
+                    "claim_holder",
+                    json!({"host": o.host, "pid": o.pid, "guest": o.guest, "source": o.source, "age_s": o.age_s(now)}),
+                );
+            }
+            anyhow::Error::new(f)
+        }
+        crate::claim::Refused::Error(e) => anyhow!("{M}: cannot claim {}: {e:#}", h.uri),
     })
+}
+
+/// Release the claim now and put it (and any trouble releasing it) in the result.
+fn release_claim(o: &mut Outcome, c: Option<crate::claim::Claim>) {
+    let Some(mut c) = c else { return };
+    let mut rep = c.report();
+    match c.release() {
+        Ok(true) => rep["released"] = json!(true),
+        Ok(false) => {
+            rep["released"] = json!(false);
+            o.warnings.push(format!("the claim {} on {} was gone or no longer ours when releasing it (removed by hand?)", c.uuid, c.destination));
+        }
+        Err(e) => {
+            rep["released"] = json!(false);
+            o.warnings.push(format!(
+                "could not release the claim on {}: {e:#}; remove it: virsh -c {} undefine {}",
+                c.destination,
+                c.destination,
+                libvirt::CLAIM_NAME
+            ));
+        }
+    }
+    if let Some((u, h)) = &c.took_over {
+        o.warnings.push(format!(
+            "took over a stale claim ({u}) left on {} by pid {} of this machine (process gone; guest {})",
+            c.destination, h.pid, h.guest
+        ));
+    }
+    o.set("claim", rep);
 }
 
 fn cpumap(set: &CpuSet) -> Vec<u8> {
@@ -1068,18 +1094,15 @@ fn migrate(a: &Args, ctx: &Context) -> Result<Outcome> {
     let topo = GuestTopology::from_guest(g, a.thread_policy);
     let cpu = cpu_check(&src, &dst, &sg.live_xml)?;
 
-    // The claim: exclusive per destination, held to the end of this function.
-    let lock = if ctx.check_mode {
+    // The claim: exclusive per destination, in its libvirtd, held to the end of this function
+    // (released explicitly at the end, by Drop on every early return). None in check mode.
+    let claim = if ctx.check_mode {
         None
     } else {
-        let key = host_uuid(&dst)?;
-        Some(lock_destination(
-            &a.lock_dir,
-            &key,
-            Duration::from_secs(a.lock_timeout_s),
-        )?)
+        Some(take_claim(&dst, a, &g.name, "migrate")?)
     };
-    // The destination's live state, read under the lock.
+    let claim_rep = claim.as_ref().map(|c| c.report());
+    // The destination's live state, read under the claim.
     let dfacts = facts::gather_live(&dest_uri, a.dest_nova_conf.as_deref(), Some(&dest_host))?;
     let state = dfacts.host_state(Some(&g.uuid));
     let placement = match fit::fit_topology(&state, &topo, &FitOptions::default()) {
@@ -1091,6 +1114,7 @@ fn migrate(a: &Args, ctx: &Context) -> Result<Outcome> {
                 .with("guest", &g.name)
                 .with("dest_host", &dest_host)
                 .with("guest_on_source", true)
+                .with("claim", &claim_rep)
                 .with("hint", format!("nothing was changed: {} keeps running on {source_host} with its pins; choose another destination or free pCPUs/memory on {dest_host}", g.name))
                 .into());
         }
@@ -1147,9 +1171,7 @@ fn migrate(a: &Args, ctx: &Context) -> Result<Outcome> {
         o.set("disks", &disks);
         return Ok(o);
     }
-    if let Some(l) = &lock {
-        o.set("lock", json!({"path": l.path, "waited_ms": l.waited_ms}));
-    }
+    o.set("claim", &claim_rep);
 
     // Block migration: prepare the destination.
     let ssh = if a.storage == Storage::Block && !disks.is_empty() {
@@ -1242,6 +1264,7 @@ fn migrate(a: &Args, ctx: &Context) -> Result<Outcome> {
             ssh.as_ref(),
             &disks,
         )
+        .with("claim", &claim_rep)
         .into());
     }
 
@@ -1278,6 +1301,7 @@ fn migrate(a: &Args, ctx: &Context) -> Result<Outcome> {
     if let Err(why) = verify.1 {
         o.failed = true;
         o.msg = format!("{} migrated to {dest_host} but the check after failed: {why}; the guest runs on {dest_host}: fix its pins with mode: repin there", g.name);
+        release_claim(&mut o, claim);
         return Ok(o);
     }
     o.msg = format!(
@@ -1285,7 +1309,7 @@ fn migrate(a: &Args, ctx: &Context) -> Result<Outcome> {
         g.name,
         placement_msg(&placement)
     );
-    drop(lock);
+    release_claim(&mut o, claim);
     Ok(o)
 }
 
@@ -1522,14 +1546,11 @@ fn repin_in_place(a: &Args, ctx: &Context) -> Result<Outcome> {
     let node = a.dest_node.clone().unwrap_or_else(|| host_name.clone());
     let dom = h.lookup(&a.guest)?;
     let active = dom.is_active().unwrap_or(false);
-    let lock = if ctx.check_mode {
+    // The same claim as a migration to this host (see module docs); none in check mode.
+    let claim = if ctx.check_mode {
         None
     } else {
-        Some(lock_destination(
-            &a.lock_dir,
-            &host_uuid(&h)?,
-            Duration::from_secs(a.lock_timeout_s),
-        )?)
+        Some(take_claim(&h, a, &a.guest, "repin")?)
     };
     let f = facts::gather_live(&a.source_uri, a.dest_nova_conf.as_deref(), Some(&host_name))?;
     let g = libvirt::guest_of(&dom)?;
@@ -1545,6 +1566,7 @@ fn repin_in_place(a: &Args, ctx: &Context) -> Result<Outcome> {
         );
         base_fields(&mut o, &g.uuid, &host_name, &host_name, &node, &current);
         o.set("guest", &g.name);
+        release_claim(&mut o, claim);
         return Ok(o);
     }
     let why_invalid = valid.err().unwrap_or_default();
@@ -1698,6 +1720,7 @@ fn repin_in_place(a: &Args, ctx: &Context) -> Result<Outcome> {
             g.name,
             bad.join("; ")
         );
+        release_claim(&mut o, claim);
         return Ok(o);
     }
     o.msg = format!(
@@ -1705,7 +1728,7 @@ fn repin_in_place(a: &Args, ctx: &Context) -> Result<Outcome> {
         g.name,
         placement_msg(&placement)
     );
-    drop(lock);
+    release_claim(&mut o, claim);
     Ok(o)
 }
 
@@ -1752,19 +1775,6 @@ mod tests {
     fn cpumaps() {
         assert_eq!(cpumap(&[0].into_iter().collect()), vec![1]);
         assert_eq!(cpumap(&[1, 9].into_iter().collect()), vec![2, 2]);
-    }
-
-    #[test]
-    fn locks_are_exclusive() {
-        let d = tempfile::tempdir().unwrap();
-        let l1 = lock_destination(d.path(), "host-1", Duration::from_secs(1)).unwrap();
-        let e = lock_destination(d.path(), "host-1", Duration::from_millis(200))
-            .err()
-            .unwrap();
-        assert!(e.to_string().contains("holds"), "{e}");
-        let _other = lock_destination(d.path(), "host-2", Duration::from_millis(200)).unwrap();
-        drop(l1);
-        lock_destination(d.path(), "host-1", Duration::from_millis(200)).unwrap();
     }
 
     #[test]

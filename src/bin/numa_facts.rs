@@ -56,6 +56,16 @@ fn main() {
         let mut o = Outcome::new(false, msg)
             .with("overlaps", &f.overlaps)
             .with("missing_cpus", &f.missing_cpus);
+        o.set("claims", &f.claims);
+        for c in &f.claims {
+            o.warnings.push(match &c.error {
+                None => format!(
+                    "numa-repin claim {} held by host {} pid {} for guest {} from {}, for {} s; stale if no numa-repin migration to this host runs (remove it: virsh undefine numa-repin-claim)",
+                    c.uuid, c.host, c.pid.unwrap_or(0), c.guest, c.source, c.age_s.unwrap_or(0)
+                ),
+                Some(e) => format!("numa-repin claim {} with an unreadable owner ({e})", c.uuid),
+            });
+        }
         if !f.unreadable_guests.is_empty() {
             o.warnings.push(format!(
                 "guests whose XML could not be read: {}",

@@ -61,6 +61,18 @@ pub mod consts {
     /// virErrorNumber VIR_ERR_NO_DOMAIN.
     pub const VIR_ERR_NO_DOMAIN: i32 = 42;
 }
+
+/// The name of numa-repin's destination claim (`crate::claim`): a never-started domain that is
+/// not a guest. Every guest listing skips it.
+pub const CLAIM_NAME: &str = "numa-repin-claim";
+
+/// A never-started claim domain found on a host: its uuid and its persistent XML (or why it
+/// could not be read).
+#[derive(Debug, Clone)]
+pub struct ClaimDomain {
+    pub uuid: String,
+    pub xml: std::result::Result<String, String>,
+}
 use consts::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -341,7 +353,9 @@ fn open_stream(uri: &str, t: &Target) -> Result<Stream> {
     }
 }
 
-/// An open libvirt connection and the URI it was opened with (for messages).
+/// An open libvirt connection and the URI it was opened with (for messages). Clones share the
+/// connection.
+#[derive(Clone)]
 pub struct Host {
     pub uri: String,
     conn: Arc<Conn>,
@@ -490,19 +504,42 @@ impl Host {
     }
 
     /// Every defined or running guest, parsed. A guest whose XML cannot be read is returned in
-    /// the second list with the reason, so one odd domain does not hide the others.
+    /// the second list with the reason, so one odd domain does not hide the others. The claim
+    /// domain (`CLAIM_NAME`) is not a guest and is left out.
     pub fn guests(&self) -> anyhow::Result<(Vec<Guest>, Vec<String>)> {
+        self.guests_and_claims().map(|(g, b, _)| (g, b))
+    }
+
+    /// `guests()` and, apart, the claim domains (`CLAIM_NAME`) with their XML, from one listing.
+    #[allow(clippy::type_complexity)]
+    pub fn guests_and_claims(&self) -> anyhow::Result<(Vec<Guest>, Vec<String>, Vec<ClaimDomain>)> {
         let doms = self.list_all_domains(0)?;
         let mut guests = Vec::new();
         let mut bad = Vec::new();
+        let mut claims = Vec::new();
         for d in doms {
+            if d.name() == CLAIM_NAME {
+                claims.push(ClaimDomain {
+                    uuid: d.uuid_string(),
+                    xml: d.xml_desc(0).map_err(|e| e.message()),
+                });
+                continue;
+            }
             match guest_of(&d) {
                 Ok(g) => guests.push(g),
                 Err(e) => bad.push(format!("{e:#}")),
             }
         }
         guests.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok((guests, bad))
+        Ok((guests, bad, claims))
+    }
+
+    /// `virDomainDefineXMLFlags`: define (never start) a persistent domain.
+    pub fn define_xml(&self, xml: &str, flags: u32) -> Result<Domain> {
+        let r = self.call("cannot define a domain", |c| {
+            proc::define_xml_flags(c, xml, flags)
+        })?;
+        Ok(self.domain(r))
     }
 
     /// A domain by name, else by uuid. A missing domain is `Error::NoDomain`; a broken
@@ -651,6 +688,19 @@ impl Domain {
     }
     pub fn uuid_string(&self) -> String {
         uuid_string(&self.raw.uuid)
+    }
+    /// The connection this domain was found on.
+    pub fn host(&self) -> Host {
+        Host {
+            uri: self.uri.clone(),
+            conn: self.conn.clone(),
+        }
+    }
+    /// `virDomainUndefineFlags` of this domain (the daemon finds it by its uuid).
+    pub fn undefine(&self, flags: u32) -> Result<()> {
+        self.call("cannot undefine it", |c, d| {
+            proc::undefine_flags(c, d, flags)
+        })
     }
     pub fn xml_desc(&self, flags: u32) -> Result<String> {
         self.call("cannot read its XML", |c, d| proc::xml_desc(c, d, flags))

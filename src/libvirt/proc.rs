@@ -28,11 +28,13 @@ pub const DOMAIN_GET_BLOCK_INFO: i32 = 194;
 pub const DOMAIN_GET_STATE: i32 = 212;
 pub const DOMAIN_PIN_VCPU_FLAGS: i32 = 225;
 pub const DOMAIN_GET_VCPU_PIN_INFO: i32 = 230;
+pub const DOMAIN_UNDEFINE_FLAGS: i32 = 231;
 pub const CONNECT_LIST_ALL_DOMAINS: i32 = 273;
 pub const DOMAIN_PIN_EMULATOR: i32 = 279;
 pub const DOMAIN_GET_EMULATOR_PIN_INFO: i32 = 280;
 pub const DOMAIN_GET_JOB_STATS: i32 = 298;
 pub const DOMAIN_MIGRATE_PERFORM3_PARAMS: i32 = 305;
+pub const DOMAIN_DEFINE_XML_FLAGS: i32 = 350;
 pub const DOMAIN_MIGRATE_START_POST_COPY: i32 = 364;
 
 /// Our own bounds on reply arrays (at or below libvirt's REMOTE_*_MAX).
@@ -364,6 +366,34 @@ pub fn lookup_by_uuid(c: &mut Client, uuid: &[u8; 16]) -> Result<RemoteDomain, E
     RemoteDomain::decode(&mut Dec::new(&b))
 }
 
+/// `remote_domain_define_xml_flags_args` (xml, flags) -> `remote_domain_define_xml_flags_ret` (dom).
+pub fn define_xml_args(xml: &str, flags: u32) -> Vec<u8> {
+    let mut e = Enc::new();
+    e.string(xml).u32(flags);
+    e.buf
+}
+
+/// `virDomainDefineXMLFlags`: a persistent, inactive definition. The daemon refuses, under its
+/// domain-list lock, a name that already exists with another uuid.
+pub fn define_xml_flags(c: &mut Client, xml: &str, flags: u32) -> Result<RemoteDomain, Error> {
+    let b = c.call(DOMAIN_DEFINE_XML_FLAGS, &define_xml_args(xml, flags))?;
+    RemoteDomain::decode(&mut Dec::new(&b))
+}
+
+/// `remote_domain_undefine_flags_args` (dom, flags); no reply data.
+pub fn undefine_args(dom: &RemoteDomain, flags: u32) -> Vec<u8> {
+    let mut e = dom_args(dom);
+    e.u32(flags);
+    e.buf
+}
+
+/// `virDomainUndefineFlags`. The daemon finds the domain by the uuid in `dom` (the qemu driver
+/// looks domains up by uuid), so a domain of the same name but another uuid is not touched.
+pub fn undefine_flags(c: &mut Client, dom: &RemoteDomain, flags: u32) -> Result<(), Error> {
+    c.call(DOMAIN_UNDEFINE_FLAGS, &undefine_args(dom, flags))
+        .map(|_| ())
+}
+
 pub fn xml_desc(c: &mut Client, dom: &RemoteDomain, flags: u32) -> Result<String, Error> {
     let mut e = dom_args(dom);
     e.u32(flags);
@@ -679,5 +709,97 @@ mod tests {
         // The daemon hung up: the next call fails with an I/O error, then the client is closed.
         assert!(matches!(hostname(&mut c), Err(Error::Io { .. })));
         assert!(matches!(hostname(&mut c), Err(Error::Closed)));
+    }
+
+    #[test]
+    fn define_and_undefine_encode_like_remote_protocol_x() {
+        // remote_domain_define_xml_flags_args: string xml (length, bytes, pad to 4), uint flags.
+        let a = define_xml_args("<d/>!", 0);
+        assert_eq!(
+            a,
+            vec![0, 0, 0, 5, b'<', b'd', b'/', b'>', b'!', 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(define_xml_args("abcd", 1)[8..], [0, 0, 0, 1]);
+        // remote_domain_undefine_flags_args: remote_nonnull_domain (name, uuid[16], id), uint flags.
+        let d = RemoteDomain {
+            name: "numa-repin-claim".into(),
+            uuid: [7; 16],
+            id: -1,
+        };
+        let a = undefine_args(&d, 2);
+        let mut x = Dec::new(&a);
+        assert_eq!(x.string().unwrap(), "numa-repin-claim");
+        assert_eq!(x.fixed_opaque(16).unwrap(), &[7u8; 16]);
+        assert_eq!(x.i32().unwrap(), -1);
+        assert_eq!(x.u32().unwrap(), 2);
+        assert_eq!(a.len(), 4 + 16 + 16 + 4 + 4);
+        assert_eq!((DOMAIN_DEFINE_XML_FLAGS, DOMAIN_UNDEFINE_FLAGS), (350, 231));
+    }
+
+    /// Define replies with the domain; undefine with an empty body; a refused define is the
+    /// daemon's error.
+    #[test]
+    fn define_and_undefine_over_a_fake_daemon() {
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || {
+            let (h, args) = wire::read_packet(&mut b).unwrap();
+            assert_eq!(h.proc_, DOMAIN_DEFINE_XML_FLAGS);
+            let mut d = Dec::new(&args);
+            assert_eq!(d.string().unwrap(), "<domain/>");
+            assert_eq!(d.u32().unwrap(), 0);
+            let mut e = Enc::new();
+            RemoteDomain {
+                name: "numa-repin-claim".into(),
+                uuid: [1; 16],
+                id: -1,
+            }
+            .encode(&mut e);
+            let rep = Header {
+                mtype: wire::REPLY,
+                ..h
+            };
+            wire::write_packet(&mut b, &rep, &e.buf).unwrap();
+            let (h, args) = wire::read_packet(&mut b).unwrap();
+            assert_eq!(h.proc_, DOMAIN_UNDEFINE_FLAGS);
+            let mut d = Dec::new(&args);
+            assert_eq!(RemoteDomain::decode(&mut d).unwrap().uuid, [1; 16]);
+            assert_eq!(d.u32().unwrap(), 0);
+            let rep = Header {
+                mtype: wire::REPLY,
+                ..h
+            };
+            wire::write_packet(&mut b, &rep, &[]).unwrap();
+            let (h, _) = wire::read_packet(&mut b).unwrap();
+            let mut e = Enc::new();
+            e.i32(9)
+                .i32(10)
+                .opt_string(Some("operation failed: domain 'numa-repin-claim' already exists with uuid 01010101-0101-0101-0101-010101010101"))
+                .i32(2)
+                .bool(false);
+            e.opt_string(None)
+                .opt_string(None)
+                .opt_string(None)
+                .i32(0)
+                .i32(0)
+                .bool(false);
+            let rep = Header {
+                mtype: wire::REPLY,
+                status: wire::STATUS_ERROR,
+                ..h
+            };
+            wire::write_packet(&mut b, &rep, &e.buf).unwrap();
+        });
+        let mut c = Client::new(Stream::Unix(a));
+        let d = define_xml_flags(&mut c, "<domain/>", 0).unwrap();
+        assert_eq!(
+            (d.name.as_str(), d.uuid, d.id),
+            ("numa-repin-claim", [1; 16], -1)
+        );
+        undefine_flags(&mut c, &d, 0).unwrap();
+        match define_xml_flags(&mut c, "<domain/>", 0) {
+            Err(Error::Remote(r)) => assert!(r.message.contains("already exists"), "{r:?}"),
+            other => panic!("{other:?}"),
+        }
+        t.join().unwrap();
     }
 }

@@ -426,3 +426,266 @@ def test_arguments_and_never_a_trace(lab, run_module):
     assert rc == 1 and "cannot connect to libvirt" in out["msg"]
     for r in (out,):
         assert "panicked" not in json.dumps(r)
+
+
+# ---------------------------------------------------------------------------------------------- destination claim
+# The claim lives in the destination's libvirtd (a never-started domain numa-repin-claim), so runs on
+# different machines (each with its own lock_dir) exclude each other. See src/claim.rs.
+
+CLAIM = "numa-repin-claim"
+CLAIM_NS = "http://numa-repin/xmlns/claim/1"
+
+
+def claim_xml(uuid, host, pid, guest, source, started, boot_id="", pid_ns="", pid_start=""):
+    return """<domain type='qemu'>
+  <name>%s</name>
+  <uuid>%s</uuid>
+  <description>claim defined by hand by a test</description>
+  <metadata>
+    <nrc:claim xmlns:nrc='%s'>
+      <nrc:host>%s</nrc:host><nrc:pid>%d</nrc:pid><nrc:pid_start>%s</nrc:pid_start><nrc:pid_ns>%s</nrc:pid_ns>
+      <nrc:boot_id>%s</nrc:boot_id><nrc:started>%d</nrc:started><nrc:guest>%s</nrc:guest><nrc:source>%s</nrc:source>
+      <nrc:destination></nrc:destination><nrc:mode>migrate</nrc:mode>
+    </nrc:claim>
+  </metadata>
+  <memory unit='KiB'>16384</memory>
+  <vcpu>1</vcpu>
+  <os><type>hvm</type></os>
+</domain>
+""" % (CLAIM, uuid, CLAIM_NS, host, pid, pid_start, pid_ns, boot_id, started, guest, source)
+
+
+def define_claim(lab, on, **owner):
+    """A claim defined by hand (virsh define) on lab host `on`, as another runner would hold it. Returns its uuid."""
+    import uuid as uuidlib
+    u = str(uuidlib.uuid4())
+    with tempfile.NamedTemporaryFile("w", suffix=".xml", delete=False) as f:
+        f.write(claim_xml(u, **owner))
+    try:
+        lab.virsh(on, "define", f.name)
+    finally:
+        os.unlink(f.name)
+    return u
+
+
+def claim_uuid(lab, host):
+    r = lab.virsh(host, "domuuid", CLAIM, check=False)
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+@pytest.fixture
+def no_claim(lab):
+    """No claim on the destination before and after the test (a leftover of an earlier failed run is removed)."""
+    for h in (SRC, DST):
+        lab.virsh(h, "undefine", CLAIM, check=False)
+    yield
+    for h in (SRC, DST):
+        lab.virsh(h, "undefine", CLAIM, check=False)
+
+
+def live_vcpupin(lab, host, name):
+    """{vcpu: {pCPUs}} of a running guest as libvirt reports it (`virsh vcpupin --live`); works whether or not
+    the guest's QEMU is visible in this machine's /proc (lab hosts in their own namespaces)."""
+    out = {}
+    for line in lab.virsh(host, "vcpupin", "--live", name).stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0].isdigit():
+            out[int(parts[0])] = lablib.cpuset(parts[1])
+    return out
+
+
+def real_pins(lab, host, name):
+    """The kernel's affinity when the guest's QEMU is visible here, else libvirt's live pins."""
+    try:
+        return lab.affinity(host, name)["vcpus"]
+    except OSError:
+        return live_vcpupin(lab, host, name)
+
+
+def _claim_double_pinned(lab, run_module, conf, racers, residents):
+    """pCPUs of cmp2 pinned by two guests of which at least one is a racer (the others: `residents`, on cmp2
+    before the trial): from each running guest's live pins (virsh vcpupin, plus /proc where visible) and from
+    numa_facts' overlaps. Overlaps among residents only (other tests on the shared lab pin guests onto cmp2
+    directly, some on purpose) and guests created there during the trial by others are not the trial's doing."""
+    watched = set(racers) | set(residents)
+    f = facts(run_module, lab.uri(DST), conf)
+    holders = {}
+    for g in f["guests"]:
+        if g["state"] != "running" or g["name"] not in watched:
+            continue
+        for src in (live_vcpupin(lab, DST, g["name"]), real_pins(lab, DST, g["name"])):
+            for cpus in src.values():
+                if len(cpus) == 1:
+                    holders.setdefault(next(iter(cpus)), set()).add(g["name"])
+    live = {c: sorted(gs) for c, gs in holders.items() if len(gs) > 1 and gs & set(racers)}
+    return live, [o for o in f["overlaps"] if len(set(o["guests"]) & watched) > 1 and set(o["guests"]) & set(racers)]
+
+
+def mig_args(lab, name, conf, **extra):
+    a = {"guest": name, "source_uri": lab.uri(SRC), "dest_uri": lab.uri(DST), "dest_nova_conf": conf}
+    a.update(extra)
+    return a
+
+
+def test_claim_of_another_machine_times_out_naming_the_holder(lab, fresh_guest, run_module, conf_allcpus, no_claim):
+    """(a) A claim held on cmp2 by another machine: repin_migrate waits lock_timeout_s, then fails naming the
+    holder and the command to remove a stale claim; nothing changed, the foreign claim is untouched; numa_facts
+    does not count it as a guest and reports it under claims. Check mode takes no claim. Once removed, the run
+    migrates and reports its own claim, released."""
+    pin = expect_pin(lab, run_module, conf_allcpus)
+    g = fresh_guest(SRC, [1])
+    before = lab.dumpxml(SRC, g.name)
+    u = define_claim(lab, DST, host="ctl-other", pid=4242, guest="vm-elsewhere", source="qemu+tcp://cmp9/system",
+                     started=int(time.time()) - 90, boot_id="0000-other-boot", pid_ns="pid:[1]")
+    t0 = time.time()
+    rc, out = run_module("repin_migrate", mig_args(lab, g.name, conf_allcpus, lock_timeout_s=2))
+    took = time.time() - t0
+    assert rc == 1 and out["failed"], out
+    m = out["msg"]
+    assert "the destination %s is claimed" % lab.uri(DST) in m, m
+    assert "host ctl-other pid 4242, guest vm-elsewhere from qemu+tcp://cmp9/system" in m, m
+    assert "virsh -c %s undefine numa-repin-claim" % lab.uri(DST) in m, m
+    assert "Nothing was changed" in m, m
+    assert 2 <= took < 30, took
+    h = out["claim_holder"]
+    assert h["host"] == "ctl-other" and h["pid"] == 4242 and h["guest"] == "vm-elsewhere" and h["age_s"] >= 90, h
+    assert out["claim_uuid"] == u and out["guest_on_source"] is True
+    # Nothing changed: the guest runs on its source with its pins; the foreign claim is still there.
+    assert lab.guest_host(g.name) == SRC and lab.domstate(SRC, g.name) == "running"
+    assert lab.dumpxml(SRC, g.name) == before
+    assert real_pins(lab, SRC, g.name) == {0: {1}}
+    assert claim_uuid(lab, DST) == u
+
+    # numa_facts: the claim domain is no guest; it is reported under claims (with a warning).
+    rc, fo = run_module("numa_facts", {"uri": lab.uri(DST), "nova_conf": conf_allcpus})
+    assert rc == 0, fo
+    f = fo["ansible_facts"]["numa"]
+    assert CLAIM not in [x["name"] for x in f["guests"]]
+    [c] = [c for c in f["claims"] if c["uuid"] == u]
+    assert (c["host"], c["pid"], c["guest"]) == ("ctl-other", 4242, "vm-elsewhere") and c["age_s"] >= 90, c
+    assert any("numa-repin claim %s" % u in w for w in fo.get("warnings", [])), fo.get("warnings")
+    # pin_fit_check (uri mode) reads the same listing: the claim is no guest there either.
+    rc, pf = run_module("pin_fit_check", {"uri": lab.uri(DST), "nova_conf": conf_allcpus, "guest": g.name,
+                                          "source_uri": lab.uri(SRC)})
+    assert rc == 0 and pf.get("fits") is True and CLAIM not in json.dumps(pf), pf
+
+    # Check mode takes no claim at all (and so does not wait for one).
+    t0 = time.time()
+    rc, plan = run_module("repin_migrate", mig_args(lab, g.name, conf_allcpus, lock_timeout_s=30), check_mode=True)
+    assert rc == 0 and plan["changed"] and "claim" not in plan, plan
+    assert time.time() - t0 < 20
+    assert claim_uuid(lab, DST) == u
+
+    # The operator removes the stale claim: the run migrates and reports (and releases) its own claim.
+    lab.virsh(DST, "undefine", CLAIM)
+    rc, out = run_module("repin_migrate", mig_args(lab, g.name, conf_allcpus, lock_timeout_s=2))
+    assert rc == 0 and out["changed"], out
+    c = out["claim"]
+    assert c["name"] == CLAIM and c["destination"] == lab.uri(DST) and c["took_over"] is False, c
+    assert c["released"] is True and c["uuid"] != u and isinstance(c["waited_ms"], int), c
+    assert claim_uuid(lab, DST) is None
+    assert real_pins(lab, DST, g.name) == {0: {pin}}
+
+
+def test_claim_of_this_machine_with_dead_pid_is_taken_over(lab, fresh_guest, run_module, conf_allcpus, no_claim):
+    """A claim recorded by this machine (same hostname, boot id, pid namespace) whose process is gone is taken
+    over, and the result says so; the same with a live pid is waited for."""
+    expect_pin(lab, run_module, conf_allcpus)
+    g = fresh_guest(SRC, [1])
+    me = dict(host=Path("/proc/sys/kernel/hostname").read_text().strip(),
+              boot_id=Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+              pid_ns=os.readlink("/proc/self/ns/pid"), guest="vm-dead", source=lab.uri(SRC),
+              started=int(time.time()) - 60)
+    # Alive: this test process itself holds it -> waited for, then refused.
+    u = define_claim(lab, DST, pid=os.getpid(), **me)
+    rc, out = run_module("repin_migrate", mig_args(lab, g.name, conf_allcpus, lock_timeout_s=1))
+    assert rc == 1 and "pid %d" % os.getpid() in out["msg"], out
+    assert claim_uuid(lab, DST) == u
+    lab.virsh(DST, "undefine", CLAIM)
+    # Dead: a process that has exited.
+    p = subprocess.Popen(["true"])
+    p.wait()
+    u = define_claim(lab, DST, pid=p.pid, **me)
+    rc, out = run_module("repin_migrate", mig_args(lab, g.name, conf_allcpus, lock_timeout_s=5))
+    assert rc == 0 and out["changed"], out
+    t = out["claim"]["took_over"]
+    assert t and t["uuid"] == u and t["pid"] == p.pid and t["guest"] == "vm-dead", out["claim"]
+    assert any("took over a stale claim" in w for w in out.get("warnings", [])), out.get("warnings")
+    assert claim_uuid(lab, DST) is None
+
+
+def local_runner(lab):
+    """Runs the module as process `i` of a trial on this machine. The signature is what a runner on another lab
+    host (over SSH) provides: runner(i, module, args) -> (rc, result dict)."""
+    def run(i, module, args):
+        return lab.run_module(module, args)
+    return run
+
+
+def claim_trial(lab, run_module, fresh_guest, runner, conf, lock_root, t):
+    """Two repin_migrate runs started at the same moment toward cmp2, each with its OWN lock_dir, for two fresh
+    guests on cmp1 pinned alike (both would take the same free pCPU of cmp2 if both fitted blindly). Returns
+    (free pCPUs before, [(guest, rc, result)], double-pinned)."""
+    import threading
+    end = time.time() + 120  # the lab is shared: wait for other runs to leave cmp2 a free pCPU
+    free = free_cpus(lab, run_module, conf)
+    while not free and time.time() < end:
+        time.sleep(1)
+        free = free_cpus(lab, run_module, conf)
+    before = {x["name"]: (x["uuid"], x["vcpu_pins"]) for x in facts(run_module, lab.uri(DST), conf)["guests"]}
+    names = [fresh_guest(SRC, [1]).name for _ in range(2)]
+    barrier = threading.Barrier(2)
+
+    def one(i):
+        lock_dir = lock_root / ("trial%d-runner%d" % (t, i))
+        lock_dir.mkdir(parents=True)
+        barrier.wait()
+        return runner(i, "repin_migrate", mig_args(lab, names[i], conf, lock_dir=str(lock_dir), lock_timeout_s=120))
+
+    with ThreadPoolExecutor(2) as ex:
+        results = list(ex.map(one, range(2)))
+    # Residents: guests that were on cmp2 before the trial and are the same domain with the same pins after
+    # (the lab is shared: other runs, with binaries that do not take the claim, move guests to and from cmp2).
+    after = {x["name"]: (x["uuid"], x["vcpu_pins"]) for x in facts(run_module, lab.uri(DST), conf)["guests"]}
+    residents = [n for n, v in before.items() if after.get(n) == v]
+    live, mine = _claim_double_pinned(lab, run_module, conf, names, residents)
+    return free, [(n, rc, r) for n, (rc, r) in zip(names, results)], {"live": live, "libvirt": mine}, names
+
+
+def test_claim_two_runners_own_lock_dirs_never_double_pin(lab, fresh_guest, run_module, conf_allcpus, no_claim,
+                                                         tmp_path, runner=None):
+    """(b) 20 trials of two simultaneous runs with separate lock_dirs (as two machines would have): no pCPU of
+    cmp2 is pinned by two guests after any trial; each run migrated or failed cleanly with its guest running on
+    its source with its old pins; no claim is left behind."""
+    runner = runner or local_runner(lab)
+    trials = 20
+    stats = {"trials": 0, "migrated": 0, "refused": 0, "double_pinned": 0, "waited_ms": []}
+    for t in range(trials):
+        free, results, double, names = claim_trial(lab, run_module, fresh_guest, runner, conf_allcpus, tmp_path, t)
+        assert free, "cmp2 has no free pCPU under %s: cannot run the trial" % conf_allcpus
+        won = []
+        for n, rc, r in results:
+            if not r["failed"]:
+                won.append(n)
+                assert r["claim"]["released"] and r["claim"]["name"] == CLAIM, r
+                stats["waited_ms"].append(r["claim"]["waited_ms"])
+            else:
+                assert r["msg"].startswith("No numa available with"), r
+                assert r.get("guest_on_source") is True, r
+                assert lab.guest_host(n) == SRC and lab.domstate(SRC, n) == "running", (n, r)
+                assert real_pins(lab, SRC, n) == {0: {1}}, n
+        # At most as many winners on cmp2 as it had free pCPUs (fewer when another run on the shared lab took
+        # one meanwhile; a winner that another run, e.g. a drain, moved on again frees its pCPU).
+        on_dst = [n for n in won if lab.guest_host(n) == DST]
+        assert len(on_dst) <= min(len(free), 2), (free, results)
+        stats["double_pinned"] += len(double["live"]) + len(double["libvirt"])
+        assert not double["live"] and not double["libvirt"], (t, double, results)
+        assert claim_uuid(lab, DST) is None, "a claim was left on %s after trial %d" % (DST, t)
+        stats["trials"] += 1
+        stats["migrated"] += len(won)
+        stats["refused"] += len(results) - len(won)
+        for n in names:
+            lab.remove_guest(n)
+    stats["max_waited_ms"] = max(stats.pop("waited_ms") or [0])
+    print("claim trials:", json.dumps(stats))
+    assert stats["trials"] == trials and stats["double_pinned"] == 0
