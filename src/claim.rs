@@ -12,20 +12,34 @@
 //! The owner (runner's hostname, pid and its start time, pid namespace, boot id, start time,
 //! guest, source, destination) is in the domain's `<metadata>` (namespace `CLAIM_NS`) and, for a
 //! human reading `virsh dumpxml`, in `<description>`. Waiters poll until the claim is gone or their
-//! timeout ends; the only automatic recovery is a claim recorded by *this* machine (same
-//! hostname, boot id and pid namespace) whose process is gone: it is taken over. A claim of
-//! another machine is never broken; the timeout message says who holds it and how to remove it.
+//! timeout ends.
+//!
+//! A claim is a lease: its holder renews it every `BEAT` (redefines it with the same uuid and a
+//! `beat` counter one higher) from a thread of its own, until it releases it. A claim whose `beat`
+//! a waiter sees unchanged for `LEASE` of the waiter's *own* monotonic clock is stale (its holder
+//! died, or lost every connection to this host for that long, as when the host's libvirtd was
+//! restarted under it and the release could not reach it): the waiter removes it by uuid and
+//! takes the claim. No clocks of two machines are compared. A claim recorded by *this* machine
+//! (same hostname, boot id and pid namespace) whose process is gone is taken over at once. A claim
+//! without a beat (defined by hand, or by an older numa-repin) is never broken automatically; the
+//! timeout message says who holds it and how to remove it.
 
 use crate::libvirt::{self, Domain, Host, CLAIM_NAME};
 use anyhow::{anyhow, Result};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// XML namespace of the owner record in the claim's `<metadata>`.
 pub const CLAIM_NS: &str = "http://numa-repin/xmlns/claim/1";
 /// How often a waiter asks the destination whether the claim is free.
 pub const POLL: Duration = Duration::from_millis(250);
+/// How often the holder renews its claim.
+pub const BEAT: Duration = Duration::from_secs(10);
+/// A claim whose beat stays unchanged this long (four missed renewals and more) is stale.
+pub const LEASE: Duration = Duration::from_secs(45);
 
 /// Who holds a claim.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
@@ -54,6 +68,9 @@ pub struct Owner {
     /// `migrate` or `repin`.
     #[serde(default)]
     pub mode: String,
+    /// Renewal counter of the lease (None: a claim that is never renewed, never stale).
+    #[serde(default)]
+    pub beat: Option<u64>,
 }
 
 fn read_trim(p: &str) -> Option<String> {
@@ -107,6 +124,7 @@ impl Owner {
             source: source.to_string(),
             destination: destination.to_string(),
             mode: mode.to_string(),
+            beat: Some(0),
         }
     }
 
@@ -204,6 +222,7 @@ pub fn claim_xml(uuid: &str, o: &Owner) -> String {
       <nrc:source>{source}</nrc:source>
       <nrc:destination>{dest}</nrc:destination>
       <nrc:mode>{mode}</nrc:mode>
+      <nrc:beat>{beat}</nrc:beat>
     </nrc:claim>
   </metadata>
   <memory unit='KiB'>16384</memory>
@@ -227,6 +246,7 @@ pub fn claim_xml(uuid: &str, o: &Owner) -> String {
         source = esc(&o.source),
         dest = esc(&o.destination),
         mode = esc(&o.mode),
+        beat = o.beat.map(|b| b.to_string()).unwrap_or_default(),
     )
 }
 
@@ -271,6 +291,7 @@ pub fn parse_owner(xml: &str) -> Result<Owner, String> {
         source: get("source"),
         destination: get("destination"),
         mode: get("mode"),
+        beat: num("beat")?,
     })
 }
 
@@ -322,14 +343,65 @@ impl ClaimFact {
     }
 }
 
-/// A held claim: released (undefined) by `release` or when dropped.
+/// A held claim: released (undefined) by `release` or when dropped; renewed meanwhile.
 pub struct Claim {
     dom: Option<Domain>,
     pub destination: String,
     pub uuid: String,
     pub waited_ms: u64,
-    /// The stale claim of this machine that was taken over, if any.
-    pub took_over: Option<(String, Owner)>,
+    /// The stale claim that was taken over, if any, and why it was stale.
+    pub took_over: Option<(String, Owner, &'static str)>,
+    renewal: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
+}
+
+/// The holder's renewal thread: every `BEAT`, on a connection of its own (the module's may be
+/// busy in a migration, or broken), redefine the claim with the next beat while the name still
+/// carries our uuid. Errors are ignored: a missed beat only brings the lease nearer its end.
+fn renew(destination: String, uuid: String, mut me: Owner, stop: Arc<AtomicBool>) {
+    let mut conn: Option<Host> = None;
+    loop {
+        std::thread::park_timeout(BEAT);
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        if conn.is_none() {
+            conn = libvirt::connect(&destination).ok();
+        }
+        let Some(h) = &conn else { continue };
+        let ok = match h.lookup(CLAIM_NAME) {
+            Ok(d) if d.uuid_string() == uuid => {
+                me.beat = Some(me.beat.unwrap_or(0) + 1);
+                h.define_xml(&claim_xml(&uuid, &me), 0).is_ok()
+            }
+            // Removed or taken over: nothing of ours to renew.
+            Ok(_) | Err(libvirt::Error::NoDomain { .. }) => return,
+            Err(_) => false,
+        };
+        if !ok {
+            conn = None;
+        }
+    }
+}
+
+/// Staleness of the claims a waiter keeps finding: (uuid, beat) and since when (this clock).
+#[derive(Default)]
+struct Watch {
+    seen: Option<(String, Option<u64>, Instant)>,
+}
+
+impl Watch {
+    /// True once the same claim has shown the same beat for `lease` (never for a claim without one).
+    fn stale(&mut self, uuid: &str, beat: Option<u64>, lease: Duration) -> bool {
+        match &self.seen {
+            Some((u, b, since)) if u == uuid && *b == beat => {
+                beat.is_some() && since.elapsed() >= lease
+            }
+            _ => {
+                self.seen = Some((uuid.to_string(), beat, Instant::now()));
+                false
+            }
+        }
+    }
 }
 
 /// Why a claim could not be taken.
@@ -354,23 +426,54 @@ fn conn_error(e: &libvirt::Error) -> bool {
 
 /// Take the claim on `h`, waiting up to `timeout`, polling every `poll`.
 pub fn acquire(h: &Host, me: &Owner, timeout: Duration, poll: Duration) -> Result<Claim, Refused> {
+    acquire_with_lease(h, me, timeout, poll, LEASE)
+}
+
+fn held(
+    h: &Host,
+    d: Domain,
+    uuid: String,
+    me: &Owner,
+    t0: Instant,
+    took_over: Option<(String, Owner, &'static str)>,
+) -> Claim {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (dest, u, o, st) = (h.uri.clone(), uuid.clone(), me.clone(), stop.clone());
+    let renewal = std::thread::Builder::new()
+        .name("claim-renewal".into())
+        .spawn(move || renew(dest, u, o, st))
+        .ok()
+        .map(|j| (stop, j));
+    Claim {
+        dom: Some(d),
+        destination: h.uri.clone(),
+        uuid,
+        waited_ms: t0.elapsed().as_millis() as u64,
+        took_over,
+        renewal,
+    }
+}
+
+/// `acquire` with the staleness period given (tests use a short one).
+pub fn acquire_with_lease(
+    h: &Host,
+    me: &Owner,
+    timeout: Duration,
+    poll: Duration,
+    lease: Duration,
+) -> Result<Claim, Refused> {
     let uuid = random_uuid().map_err(Refused::Error)?;
     let xml = claim_xml(&uuid, me);
     let t0 = Instant::now();
     let mut took_over = None;
     let mut tried_takeover: Vec<String> = Vec::new();
+    let mut watch = Watch::default();
     let mut lonely_failures = 0;
     loop {
         let define_err = match h.define_xml(&xml, 0) {
             Ok(d) => {
                 if d.uuid_string() == uuid {
-                    return Ok(Claim {
-                        dom: Some(d),
-                        destination: h.uri.clone(),
-                        uuid,
-                        waited_ms: t0.elapsed().as_millis() as u64,
-                        took_over,
-                    });
+                    return Ok(held(h, d, uuid, me, t0, took_over));
                 }
                 // Cannot happen with libvirtd (a name with another uuid is refused).
                 return Err(Refused::Error(anyhow!(
@@ -389,25 +492,26 @@ pub fn acquire(h: &Host, me: &Owner, timeout: Duration, poll: Duration) -> Resul
                 let their = d.uuid_string();
                 if their == uuid {
                     // Our define went through after all (cannot happen, but it is ours).
-                    return Ok(Claim {
-                        dom: Some(d),
-                        destination: h.uri.clone(),
-                        uuid,
-                        waited_ms: t0.elapsed().as_millis() as u64,
-                        took_over,
-                    });
+                    return Ok(held(h, d, uuid, me, t0, took_over));
                 }
                 let owner = d
                     .xml_desc(0)
                     .map_err(|e| e.message())
                     .and_then(|x| parse_owner(&x));
                 if let Ok(o) = &owner {
-                    if !tried_takeover.contains(&their) && may_take_over(o, me, pid_alive) {
+                    let why = if may_take_over(o, me, pid_alive) {
+                        Some("its process on this machine is gone")
+                    } else if watch.stale(&their, o.beat, lease) {
+                        Some("its lease ran out (not renewed)")
+                    } else {
+                        None
+                    };
+                    if let Some(why) = why.filter(|_| !tried_takeover.contains(&their)) {
                         tried_takeover.push(their.clone());
                         // By uuid: if it changed hands meanwhile, this fails and we wait.
                         match d.undefine(0) {
                             Ok(()) => {
-                                took_over = Some((their, o.clone()));
+                                took_over = Some((their, o.clone(), why));
                                 continue;
                             }
                             Err(e) if conn_error(&e) => return Err(Refused::Error(e.into())),
@@ -449,6 +553,11 @@ impl Claim {
     /// Undefine the claim if the domain by that name still has our uuid. `Ok(false)`: it was no
     /// longer ours (removed by hand); nothing was touched.
     pub fn release(&mut self) -> Result<bool> {
+        if let Some((stop, j)) = self.renewal.take() {
+            stop.store(true, Ordering::SeqCst);
+            j.thread().unpark();
+            let _ = j.join();
+        }
         let Some(d) = self.dom.take() else {
             return Ok(false);
         };
@@ -480,9 +589,9 @@ impl Claim {
             "waited_ms": self.waited_ms,
             "took_over": match &self.took_over {
                 None => serde_json::Value::Bool(false),
-                Some((u, o)) => serde_json::json!({
+                Some((u, o, why)) => serde_json::json!({
                     "uuid": u, "host": o.host, "pid": o.pid, "guest": o.guest,
-                    "source": o.source, "age_s": o.age_s(now)
+                    "source": o.source, "age_s": o.age_s(now), "why": why
                 }),
             },
         })
@@ -530,6 +639,7 @@ mod tests {
             source: "qemu+tcp://cmp1/system".into(),
             destination: "qemu+tcp://cmp2/system".into(),
             mode: "migrate".into(),
+            beat: Some(0),
         }
     }
 
@@ -628,6 +738,36 @@ mod tests {
         let o = Owner::me("g", "s", "d", "migrate");
         assert_eq!(o.pid, me);
         assert!(!o.boot_id.is_empty() && !o.host.is_empty());
+    }
+
+    #[test]
+    fn lease_stale_only_when_the_same_beat_outlives_it() {
+        let mut w = Watch::default();
+        let lease = Duration::from_millis(30);
+        assert!(!w.stale("a", Some(3), lease));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(
+            w.stale("a", Some(3), lease),
+            "same claim, same beat past the lease"
+        );
+        // A renewal (new beat) or another claim starts the clock again.
+        assert!(!w.stale("a", Some(4), lease));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!w.stale("b", Some(4), lease));
+        // Never renewed (no beat): never stale, however long.
+        let mut w = Watch::default();
+        assert!(!w.stale("c", None, lease));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!w.stale("c", None, lease));
+    }
+
+    #[test]
+    fn beat_round_trips_through_the_xml() {
+        let mut o = owner();
+        o.beat = Some(7);
+        assert_eq!(parse_owner(&claim_xml("u", &o)).unwrap().beat, Some(7));
+        o.beat = None;
+        assert_eq!(parse_owner(&claim_xml("u", &o)).unwrap().beat, None);
     }
 
     #[test]

@@ -436,7 +436,7 @@ CLAIM = "numa-repin-claim"
 CLAIM_NS = "http://numa-repin/xmlns/claim/1"
 
 
-def claim_xml(uuid, host, pid, guest, source, started, boot_id="", pid_ns="", pid_start=""):
+def claim_xml(uuid, host, pid, guest, source, started, boot_id="", pid_ns="", pid_start="", beat=""):
     return """<domain type='qemu'>
   <name>%s</name>
   <uuid>%s</uuid>
@@ -445,14 +445,14 @@ def claim_xml(uuid, host, pid, guest, source, started, boot_id="", pid_ns="", pi
     <nrc:claim xmlns:nrc='%s'>
       <nrc:host>%s</nrc:host><nrc:pid>%d</nrc:pid><nrc:pid_start>%s</nrc:pid_start><nrc:pid_ns>%s</nrc:pid_ns>
       <nrc:boot_id>%s</nrc:boot_id><nrc:started>%d</nrc:started><nrc:guest>%s</nrc:guest><nrc:source>%s</nrc:source>
-      <nrc:destination></nrc:destination><nrc:mode>migrate</nrc:mode>
+      <nrc:destination></nrc:destination><nrc:mode>migrate</nrc:mode><nrc:beat>%s</nrc:beat>
     </nrc:claim>
   </metadata>
   <memory unit='KiB'>16384</memory>
   <vcpu>1</vcpu>
   <os><type>hvm</type></os>
 </domain>
-""" % (CLAIM, uuid, CLAIM_NS, host, pid, pid_start, pid_ns, boot_id, started, guest, source)
+""" % (CLAIM, uuid, CLAIM_NS, host, pid, pid_start, pid_ns, boot_id, started, guest, source, beat)
 
 
 def define_claim(lab, on, **owner):
@@ -614,11 +614,75 @@ def test_claim_of_this_machine_with_dead_pid_is_taken_over(lab, fresh_guest, run
     assert claim_uuid(lab, DST) is None
 
 
+def test_claim_whose_lease_runs_out_is_taken_over(lab, fresh_guest, run_module, conf_allcpus, no_claim):
+    """A claim of another machine that is no longer renewed (its holder died, or its release never reached a
+    restarting libvirtd): once its beat has stayed unchanged for claim_lease_s of this run's clock, the run
+    takes it over, migrates, and says so; a claim that is renewed meanwhile is waited for instead."""
+    pin = expect_pin(lab, run_module, conf_allcpus)
+    g = fresh_guest(SRC, [1])
+    other = dict(host="ctl-gone", pid=4242, guest="vm-gone", source=lab.uri(SRC), started=int(time.time()) - 600,
+                 boot_id="00000000-0000-4000-8000-000000000000", beat=17)
+    u = define_claim(lab, DST, **other)
+    t0 = time.time()
+    rc, out = run_module("repin_migrate", mig_args(lab, g.name, conf_allcpus, lock_timeout_s=30, claim_lease_s=3))
+    assert rc == 0 and out["changed"], out
+    assert time.time() - t0 >= 3  # not before the lease ran out
+    t = out["claim"]["took_over"]
+    assert t["uuid"] == u and t["host"] == "ctl-gone" and "lease" in t["why"], out["claim"]
+    assert any("took over a stale claim" in w and "ctl-gone" in w for w in out.get("warnings", [])), out
+    assert claim_uuid(lab, DST) is None and lab.guest_host(g.name) == DST
+    assert real_pins(lab, DST, g.name) == {0: {pin}}
+
+    # Renewed: the holder's beat moves on every 1 s, so with a 3 s lease the run waits its timeout and fails.
+    g2 = fresh_guest(SRC, [1])
+    u = define_claim(lab, DST, **dict(other, beat=1))
+    import threading
+    stop = threading.Event()
+
+    def renew():
+        b = 1
+        while not stop.wait(1.0):
+            b += 1
+            with tempfile.NamedTemporaryFile("w", suffix=".xml", delete=False) as f:
+                f.write(claim_xml(u, **dict(other, beat=b)))
+            lab.virsh(DST, "define", f.name, check=False)
+            os.unlink(f.name)
+    th = threading.Thread(target=renew)
+    th.start()
+    try:
+        rc, out = run_module("repin_migrate", mig_args(lab, g2.name, conf_allcpus, lock_timeout_s=6, claim_lease_s=3))
+    finally:
+        stop.set()
+        th.join()
+    assert rc == 1 and "ctl-gone" in out["msg"] and out.get("guest_on_source") is True, out
+    assert claim_uuid(lab, DST) == u and lab.guest_host(g2.name) == SRC
+
+
 def local_runner(lab):
     """Runs the module as process `i` of a trial on this machine. The signature is what a runner on another lab
     host (over SSH) provides: runner(i, module, args) -> (rc, result dict)."""
     def run(i, module, args):
         return lab.run_module(module, args)
+    return run
+
+
+def remote_runner(lab, hosts=("cmp1", "control")):
+    """Runs process `i` of a trial on lab host hosts[i] over SSH, the way Ansible runs a module there: two
+    separate machines (the source compute and the control host), each with its own /run/lock and /proc. A
+    nova.conf given as a path on this machine is copied to the host first."""
+    s = lab.data["ssh"]
+
+    def run(i, module, args):
+        h = hosts[i]
+        a = dict(args)
+        conf = a.get("dest_nova_conf")
+        if conf and os.path.exists(conf):
+            remote = "/tmp/numa-repin-trial-%s" % os.path.basename(conf)
+            subprocess.run(["scp", "-q", "-F", s["config"], "-i", s["key"], conf,
+                            "root@%s:%s" % (lab.nodes[h]["address"], remote)], check=True, capture_output=True)
+            a["dest_nova_conf"] = remote
+        a["lock_dir"] = "/run/lock/numa-repin"  # each machine's own default: they do not see each other's
+        return lab.run_module_on(h, module, a)
     return run
 
 
@@ -652,12 +716,12 @@ def claim_trial(lab, run_module, fresh_guest, runner, conf, lock_root, t):
     return free, [(n, rc, r) for n, (rc, r) in zip(names, results)], {"live": live, "libvirt": mine}, names
 
 
-def test_claim_two_runners_own_lock_dirs_never_double_pin(lab, fresh_guest, run_module, conf_allcpus, no_claim,
-                                                         tmp_path, runner=None):
-    """(b) 20 trials of two simultaneous runs with separate lock_dirs (as two machines would have): no pCPU of
-    cmp2 is pinned by two guests after any trial; each run migrated or failed cleanly with its guest running on
-    its source with its old pins; no claim is left behind."""
-    runner = runner or local_runner(lab)
+def test_claim_two_runners_on_two_hosts_never_double_pin(lab, fresh_guest, run_module, conf_allcpus, no_claim,
+                                                        tmp_path, runner=None):
+    """(b) 20 trials of two simultaneous runs started from two separate lab hosts (cmp1 and control, each with its
+    own /run/lock): no pCPU of cmp2 is pinned by two guests after any trial; each run migrated or failed cleanly
+    with its guest running on its source with its old pins; no claim is left behind."""
+    runner = runner or remote_runner(lab)
     trials = 20
     stats = {"trials": 0, "migrated": 0, "refused": 0, "double_pinned": 0, "waited_ms": []}
     for t in range(trials):

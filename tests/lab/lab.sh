@@ -268,8 +268,12 @@ make_root_tarball() { # make_root_tarball <host>: debootstrap the host's userlan
 }
 do_roots() {
   mkdir -p "$CACHE/debootstrap" "$SSH_DIR"; chmod 700 "$SSH_DIR"
-  make_root_tarball cmp1
-  make_root_tarball ctl27
+  # The two userlands download in parallel (each debootstrap mostly waits on the mirror).
+  local p1 p2
+  make_root_tarball cmp1 & p1=$!
+  make_root_tarball ctl27 & p2=$!
+  wait $p1 || die "the hosts' root filesystem could not be made"
+  wait $p2 || die "ctl27's root filesystem could not be made"
   [ -f "$SSH_DIR/id_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C numa-repin-lab -f "$SSH_DIR/id_ed25519"
   local dockercli; dockercli=$(command -v docker || true)
   local h d R x tgz
