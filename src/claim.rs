@@ -188,15 +188,7 @@ pub fn random_uuid() -> Result<String> {
         .map_err(|e| anyhow!("cannot read random bytes for the claim's uuid: {e}"))?;
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    Ok(format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    ))
+    Ok(libvirt::uuid_string(&b))
 }
 
 /// The claim domain: a minimal QEMU definition that is never started (no disks, no network, 16

@@ -443,7 +443,8 @@ fn uuid_bytes(s: &str) -> Option<[u8; 16]> {
     Some(out)
 }
 
-fn uuid_string(u: &[u8; 16]) -> String {
+/// The canonical text form (8-4-4-4-12 lowercase hex) of a uuid's 16 bytes.
+pub fn uuid_string(u: &[u8; 16]) -> String {
     let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
     format!(
         "{}-{}-{}-{}-{}",

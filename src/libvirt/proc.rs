@@ -617,6 +617,35 @@ pub fn block_info(
 mod tests {
     use super::*;
 
+    /// A fake daemon's error reply (`remote_error`: code, domain, message, level, no domain or
+    /// network, no extra strings or ints) to the call whose header is `h`.
+    fn write_error_reply<W: std::io::Write>(
+        b: &mut W,
+        h: Header,
+        code: i32,
+        domain: i32,
+        msg: &str,
+    ) {
+        let mut e = Enc::new();
+        e.i32(code)
+            .i32(domain)
+            .opt_string(Some(msg))
+            .i32(2)
+            .bool(false);
+        e.opt_string(None)
+            .opt_string(None)
+            .opt_string(None)
+            .i32(0)
+            .i32(0)
+            .bool(false);
+        let rep = Header {
+            mtype: wire::REPLY,
+            status: wire::STATUS_ERROR,
+            ..h
+        };
+        wire::write_packet(b, &rep, &e.buf).unwrap();
+    }
+
     #[test]
     fn typed_params_round_trip() {
         let ps = vec![
@@ -684,20 +713,7 @@ mod tests {
             wire::write_packet(&mut b, &rep, &e.buf).unwrap();
             // Then an error reply to the second call.
             let (h, _) = wire::read_packet(&mut b).unwrap();
-            let mut e = Enc::new();
-            e.i32(1).i32(0).opt_string(Some("boom")).i32(2).bool(false);
-            e.opt_string(None)
-                .opt_string(None)
-                .opt_string(None)
-                .i32(0)
-                .i32(0)
-                .bool(false);
-            let rep = Header {
-                mtype: wire::REPLY,
-                status: wire::STATUS_ERROR,
-                ..h
-            };
-            wire::write_packet(&mut b, &rep, &e.buf).unwrap();
+            write_error_reply(&mut b, h, 1, 0, "boom");
         });
         let mut c = Client::new(Stream::Unix(a));
         assert_eq!(hostname(&mut c).unwrap(), "cmp9");
@@ -770,24 +786,13 @@ mod tests {
             };
             wire::write_packet(&mut b, &rep, &[]).unwrap();
             let (h, _) = wire::read_packet(&mut b).unwrap();
-            let mut e = Enc::new();
-            e.i32(9)
-                .i32(10)
-                .opt_string(Some("operation failed: domain 'numa-repin-claim' already exists with uuid 01010101-0101-0101-0101-010101010101"))
-                .i32(2)
-                .bool(false);
-            e.opt_string(None)
-                .opt_string(None)
-                .opt_string(None)
-                .i32(0)
-                .i32(0)
-                .bool(false);
-            let rep = Header {
-                mtype: wire::REPLY,
-                status: wire::STATUS_ERROR,
-                ..h
-            };
-            wire::write_packet(&mut b, &rep, &e.buf).unwrap();
+            write_error_reply(
+                &mut b,
+                h,
+                9,
+                10,
+                "operation failed: domain 'numa-repin-claim' already exists with uuid 01010101-0101-0101-0101-010101010101",
+            );
         });
         let mut c = Client::new(Stream::Unix(a));
         let d = define_xml_flags(&mut c, "<domain/>", 0).unwrap();

@@ -249,14 +249,7 @@ class Lab:
             r = subprocess.run([str(path), f.name], capture_output=True, text=True, timeout=timeout)
         finally:
             os.unlink(f.name)
-        try:
-            res = json.loads(r.stdout)
-            if not isinstance(res, dict):
-                raise ValueError("not an object")
-        except ValueError:
-            res = {"failed": True, "msg": "module printed no JSON object", "stdout": r.stdout, "stderr": r.stderr}
-        res.setdefault("_stderr", r.stderr)
-        return r.returncode, res
+        return module_result(r)
 
     def ansible_playbook(self, playbook, extra_vars=None, check=False, diff=False, limit=None, timeout=1800,
                          extra_args=(), ansible="ansible"):
@@ -342,18 +335,24 @@ class Lab:
             r = self.ssh(cmd, timeout=timeout, host=host)
         finally:
             os.unlink(f.name)
-        try:
-            res = json.loads(r.stdout)
-            if not isinstance(res, dict):
-                raise ValueError("not an object")
-        except ValueError:
-            res = {"failed": True, "msg": "module printed no JSON object", "stdout": r.stdout, "stderr": r.stderr}
-        res.setdefault("_stderr", r.stderr)
-        return r.returncode, res
+        return module_result(r)
 
     def lab_sh(self, *args, timeout=1200):
         return subprocess.run(["bash", str(LAB_SH)] + list(args), capture_output=True, text=True, timeout=timeout,
                               env=dict(os.environ, LAB_DIR=self.data["lab_dir"]))
+
+
+def module_result(r):
+    """(rc, result dict) of a finished module process; one that printed no JSON object gives
+    {"failed": True, "msg": ..., "stdout": ..., "stderr": ...}."""
+    try:
+        res = json.loads(r.stdout)
+        if not isinstance(res, dict):
+            raise ValueError("not an object")
+    except ValueError:
+        res = {"failed": True, "msg": "module printed no JSON object", "stdout": r.stdout, "stderr": r.stderr}
+    res.setdefault("_stderr", r.stderr)
+    return r.returncode, res
 
 
 @dataclass
