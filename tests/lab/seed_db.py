@@ -34,7 +34,7 @@ from nova import objects  # noqa: E402
 objects.register_all()
 from oslo_serialization import jsonutils  # noqa: E402
 
-HOSTS = {"cmp1": "127.0.0.2", "cmp2": "127.0.0.3"}
+HOSTS = ("cmp1", "cmp2")  # their addresses (compute_nodes.host_ip) are nova.conf's my_ip
 NODE_UUID = {"cmp1": "6c1a9e10-0000-4000-8000-0000000c0001", "cmp2": "6c1a9e10-0000-4000-8000-0000000c0002"}
 RESERVED_MB = 512
 
@@ -123,9 +123,10 @@ def main():
     # Compute nodes, from the instances each host has now (tests may have moved some).
     mem = host_memory_mb()
     labdb.upsert_service(cur, "control", "nova-conductor", "conductor")
-    for h, addr in HOSTS.items():
+    for h in HOSTS:
         conf = configparser.ConfigParser()
         conf.read(os.path.join(a.lab_dir, h, "etc/kolla/nova-compute/nova.conf"))
+        addr = conf.get("DEFAULT", "my_ip")
         allowed = cpuset(conf.get("DEFAULT", "vcpu_pin_set"))
         cur.execute("SELECT i.vcpus, i.memory_mb, e.numa_topology FROM nova.instances i LEFT JOIN nova.instance_extra e"
                     " ON e.instance_uuid=i.uuid WHERE i.host=%s AND i.deleted=0", (h,))
