@@ -416,11 +416,7 @@ fn conn_error(e: &libvirt::Error) -> bool {
     ) && !matches!(e, libvirt::Error::At { source, .. } if matches!(**source, libvirt::Error::Remote(_)))
 }
 
-/// Take the claim on `h`, waiting up to `timeout`, polling every `poll`.
-pub fn acquire(h: &Host, me: &Owner, timeout: Duration, poll: Duration) -> Result<Claim, Refused> {
-    acquire_with_lease(h, me, timeout, poll, LEASE)
-}
-
+/// The held claim, with its renewal thread started.
 fn held(
     h: &Host,
     d: Domain,
@@ -446,8 +442,9 @@ fn held(
     }
 }
 
-/// `acquire` with the staleness period given (tests use a short one).
-pub fn acquire_with_lease(
+/// Take the claim on `h`, waiting up to `timeout`, polling every `poll`; a claim whose beat
+/// stays unchanged for `lease` (`LEASE` by default, `claim_lease_s`) is taken over as stale.
+pub fn acquire(
     h: &Host,
     me: &Owner,
     timeout: Duration,

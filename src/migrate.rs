@@ -243,7 +243,7 @@ fn conf_host(path: Option<&Path>) -> Option<String> {
 /// Take the claim on `h` for this run (see module docs), or fail with the holder named.
 fn take_claim(h: &Host, a: &Args, guest: &str, mode: &str) -> Result<crate::claim::Claim> {
     let me = crate::claim::Owner::me(guest, &a.source_uri, &h.uri, mode);
-    crate::claim::acquire_with_lease(
+    crate::claim::acquire(
         h,
         &me,
         Duration::from_secs(a.lock_timeout_s),
