@@ -1,8 +1,9 @@
 //! `nova_instance_fixup`: make Nova's database say where and how a guest runs now.
 //!
-//! One transaction, in the field-proven order: release the instance's pinned CPUs and memory
-//! on the source compute node, update the instance (host, node, `instance_extra.numa_topology`),
-//! account them on the destination compute node; then the trail (`migrations`), the Placement
+//! One transaction, planned from reads before anything is written (check mode stops there, in a
+//! READ ONLY transaction): the instance (host, node, `instance_extra.numa_topology`), the usage
+//! of its source and destination compute nodes recomputed from every instance on them the way
+//! Nova's resource tracker does; then the trail (`migrations`), the Placement
 //! allocations and the Neutron port bindings. Placement and Neutron are read through the same
 //! connection (databases on the same server, as Kolla deploys them), so either everything is
 //! committed or nothing is. Idempotent: what already matches is left alone.
@@ -149,21 +150,32 @@ fn same_pins(a: &[CellPins], b: &[CellPins]) -> bool {
         })
 }
 
-/// Bring one instance's rows in line with `t`, in its own transaction. Returns (changed,
-/// before, after, steps).
-pub fn fixup(
-    conn: &mut Conn,
+/// What a fixup writes, computed from reads alone (check mode stops here, so it writes
+/// nothing, not even an AUTO_INCREMENT step of a rolled-back INSERT).
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub changed: bool,
+    pub before: Value,
+    pub after: Value,
+    pub steps: Vec<String>,
+    /// What Nova's accounting would refuse on a node, that this fixup did not cause.
+    pub warnings: Vec<String>,
+    writes: Vec<(String, mysql::Params)>,
+}
+
+/// A transaction; READ ONLY when nothing may be written (the server then refuses any write).
+pub fn begin<'a>(
+    conn: &'a mut Conn,
     creds: &DbCreds,
-    dbs: &Dbs,
-    t: &Target,
-    check_mode: bool,
-) -> Result<(bool, Value, Value, Vec<String>)> {
-    let mut tx = conn
-        .start_transaction(TxOpts::default())
-        .map_err(|e| sql_err(e, "starting the transaction", creds))?;
-    let r = fixup_in(&mut tx, creds, dbs, t)?;
-    finish(tx, creds, r.0 && !check_mode)?;
-    Ok(r)
+    read_only: bool,
+) -> Result<mysql::Transaction<'a>> {
+    let opts = if read_only {
+        TxOpts::default().set_access_mode(Some(mysql::AccessMode::ReadOnly))
+    } else {
+        TxOpts::default()
+    };
+    conn.start_transaction(opts)
+        .map_err(|e| sql_err(e, "starting the transaction", creds))
 }
 
 /// Commit (or roll back) a transaction.
@@ -181,17 +193,38 @@ pub fn finish(tx: mysql::Transaction, creds: &DbCreds, commit: bool) -> Result<(
     tx.commit().map_err(|e| sql_err(e, "committing", creds))
 }
 
-/// The work of `fixup` inside a transaction the caller owns (the audit's fix puts every
-/// drifted instance in one).
-pub fn fixup_in(
+/// Run a plan's writes, in order, inside the caller's transaction.
+pub fn apply(tx: &mut mysql::Transaction, creds: &DbCreds, p: &Plan) -> Result<()> {
+    for (i, (sql, params)) in p.writes.iter().enumerate() {
+        tx.exec_drop(sql, params.clone()).map_err(|e| {
+            sql_err(
+                e,
+                &format!(
+                    "write {} of {} ({})",
+                    i + 1,
+                    p.writes.len(),
+                    sql.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+                ),
+                creds,
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Read what the fixup of `t` needs and plan its writes. `lock`: read FOR UPDATE (the writes
+/// follow in this transaction).
+pub fn plan(
     tx: &mut mysql::Transaction,
     creds: &DbCreds,
     dbs: &Dbs,
     t: &Target,
-) -> Result<(bool, Value, Value, Vec<String>)> {
+    lock: bool,
+) -> Result<Plan> {
+    let for_update = if lock { " FOR UPDATE" } else { "" };
     let row: Option<(String, String, Option<String>)> = tx
         .exec_first(
-            "SELECT i.host, i.node, e.numa_topology FROM instances i JOIN instance_extra e ON e.instance_uuid = i.uuid WHERE i.uuid = ? AND i.deleted = 0 FOR UPDATE",
+            format!("SELECT i.host, i.node, e.numa_topology FROM instances i JOIN instance_extra e ON e.instance_uuid = i.uuid WHERE i.uuid = ? AND i.deleted = 0{for_update}"),
             (&t.uuid,),
         )
         .map_err(|e| sql_err(e, "reading the instance", creds))?;
@@ -206,111 +239,111 @@ pub fn fixup_in(
     let mut new_doc = doc.clone();
     numa_json::set_instance_cells(&mut new_doc, &t.cells)
         .map_err(|e| Failure::new(format!("nova_instance_fixup: instance {}: {e}", t.uuid)))?;
-    let new_cells = numa_json::cells_of_placement(&t.cells);
+    // Read back what was written: the new cells as Nova will load them (cpuset, thread policy).
+    let new_cells = numa_json::instance_cells(&numa_json::to_nova_json(&new_doc))
+        .map(|(_, c)| c)
+        .map_err(|e| Failure::new(format!("nova_instance_fixup: instance {}: {e}", t.uuid)))?;
     let moved = old_host != t.host || old_node != t.node;
     let repinned = !same_pins(&old_cells, &new_cells);
-    let mut steps = Vec::new();
-    let mut before = json!({"host": old_host, "node": old_node, "numa_topology": doc});
-    let mut after = json!({"host": t.host, "node": t.node, "numa_topology": new_doc});
+    let mut p = Plan {
+        before: json!({"host": old_host, "node": old_node, "numa_topology": doc}),
+        after: json!({"host": t.host, "node": t.node, "numa_topology": new_doc}),
+        ..Plan::default()
+    };
 
     if moved || repinned {
-        // 1. release on the source node
-        let node_doc = |tx: &mut mysql::Transaction, node: &str| -> Result<(u64, Value)> {
-            let r: Option<(u64, Option<String>)> = tx
-                .exec_first("SELECT id, numa_topology FROM compute_nodes WHERE hypervisor_hostname = ? AND deleted = 0 FOR UPDATE", (node,))
-                .map_err(|e| sql_err(e, "reading the compute node", creds))?;
-            let (id, text) = r.ok_or_else(|| {
-                Failure::new(format!(
-                    "nova_instance_fixup: no compute node '{node}' in Nova's database"
-                ))
-            })?;
-            let v: Value =
-                serde_json::from_str(text.as_deref().unwrap_or("null")).map_err(|e| {
-                    Failure::new(format!(
-                        "nova_instance_fixup: compute node {node}: numa_topology is not JSON ({e})"
-                    ))
-                })?;
-            Ok((id, v))
-        };
-        let (src_id, mut src_doc) = node_doc(tx, &old_node)?;
-        before["source_node_numa_topology"] = src_doc.clone();
-        numa_json::account_on_node(&mut src_doc, &old_cells, -1).map_err(|e| {
-            Failure::new(format!("nova_instance_fixup: compute node {old_node}: {e}"))
-        })?;
-        tx.exec_drop(
-            "UPDATE compute_nodes SET numa_topology = ?, updated_at = UTC_TIMESTAMP() WHERE id = ?",
-            (numa_json::to_nova_json(&src_doc), src_id),
-        )
-        .map_err(|e| sql_err(e, "releasing on the source node", creds))?;
-        steps.push(format!(
-            "released {} pinned pCPUs on {old_node}",
-            old_cells
-                .iter()
-                .map(|c| c.pins.len() + c.reserved.len())
-                .sum::<usize>()
+        p.writes.push((
+            "UPDATE instances SET host = ?, node = ?, updated_at = UTC_TIMESTAMP() WHERE uuid = ?"
+                .into(),
+            (&t.host, &t.node, &t.uuid).into(),
         ));
-        // 2. the instance
-        tx.exec_drop(
-            "UPDATE instances SET host = ?, node = ?, updated_at = UTC_TIMESTAMP() WHERE uuid = ?",
-            (&t.host, &t.node, &t.uuid),
-        )
-        .map_err(|e| sql_err(e, "updating the instance", creds))?;
-        tx.exec_drop("UPDATE instance_extra SET numa_topology = ?, updated_at = UTC_TIMESTAMP() WHERE instance_uuid = ?", (numa_json::to_nova_json(&new_doc), &t.uuid)).map_err(|e| sql_err(e, "updating instance_extra", creds))?;
-        steps.push(format!(
+        p.writes.push((
+            "UPDATE instance_extra SET numa_topology = ?, updated_at = UTC_TIMESTAMP() WHERE instance_uuid = ?".into(),
+            (numa_json::to_nova_json(&new_doc), &t.uuid).into(),
+        ));
+        p.steps.push(format!(
             "instance {} now on {}/{} with its new pins",
             t.uuid, t.host, t.node
         ));
-        // 3. account on the destination node (re-read: it may be the source node itself)
-        let (dst_id, mut dst_doc) = node_doc(tx, &t.node)?;
-        before["dest_node_numa_topology"] = dst_doc.clone();
-        numa_json::account_on_node(&mut dst_doc, &new_cells, 1).map_err(|e| {
-            Failure::new(format!("nova_instance_fixup: compute node {}: {e}", t.node))
-        })?;
-        tx.exec_drop(
-            "UPDATE compute_nodes SET numa_topology = ?, updated_at = UTC_TIMESTAMP() WHERE id = ?",
-            (numa_json::to_nova_json(&dst_doc), dst_id),
-        )
-        .map_err(|e| sql_err(e, "accounting on the destination node", creds))?;
-        steps.push(format!("accounted the pins on {}", t.node));
-        after["dest_node_numa_topology"] = dst_doc;
+        // The nodes' usage, recomputed from every instance on them after the change, the way
+        // Nova's resource tracker computes it.
+        let mut nodes = vec![(old_node.clone(), "source")];
+        if t.node != old_node {
+            nodes.push((t.node.clone(), "dest"));
+        }
+        for (node, role) in nodes {
+            let (id, before_doc) = node_doc(tx, creds, &node, for_update)?;
+            let mut others = node_instances(tx, creds, &node, &t.uuid, for_update)?;
+            if node == t.node {
+                others.push((t.uuid.clone(), new_cells.clone()));
+            }
+            let mut doc = before_doc.clone();
+            let problems = numa_json::usage_from_instances(&mut doc, &others).map_err(|e| {
+                Failure::new(format!("nova_instance_fixup: compute node {node}: {e}"))
+            })?;
+            let (ours, theirs): (Vec<String>, Vec<String>) = problems
+                .into_iter()
+                .partition(|m| node == t.node && m.contains(&t.uuid));
+            if !ours.is_empty() {
+                return Err(Failure::new(format!(
+                    "nova_instance_fixup: recording instance {} on {node} would leave a compute node Nova refuses: {}; nothing was changed",
+                    t.uuid,
+                    ours.join("; ")
+                ))
+                .into());
+            }
+            p.warnings
+                .extend(theirs.into_iter().map(|m| format!("{node}: {m}")));
+            p.before[format!("{role}_node_numa_topology")] = before_doc.clone();
+            p.after[format!("{role}_node_numa_topology")] = doc.clone();
+            if doc != before_doc {
+                p.writes.push((
+                    "UPDATE compute_nodes SET numa_topology = ?, updated_at = UTC_TIMESTAMP() WHERE id = ?".into(),
+                    (numa_json::to_nova_json(&doc), id).into(),
+                ));
+                p.steps.push(format!(
+                    "recomputed the usage of {node} from its {} instances",
+                    others.len()
+                ));
+            }
+        }
     }
     if moved {
-        tx.exec_drop(
-            "INSERT INTO migrations (created_at, updated_at, source_compute, dest_compute, dest_host, status, instance_uuid, source_node, dest_node, deleted, migration_type, hidden, uuid) VALUES (UTC_TIMESTAMP(), UTC_TIMESTAMP(), ?, ?, ?, 'completed', ?, ?, ?, 0, 'live-migration', 0, UUID())",
-            (&old_host, &t.host, &t.host, &t.uuid, &old_node, &t.node),
-        )
-        .map_err(|e| sql_err(e, "recording the migration", creds))?;
-        steps.push("recorded a completed live-migration in migrations".into());
+        p.writes.push((
+            "INSERT INTO migrations (created_at, updated_at, source_compute, dest_compute, dest_host, status, instance_uuid, source_node, dest_node, deleted, migration_type, hidden, uuid) VALUES (UTC_TIMESTAMP(), UTC_TIMESTAMP(), ?, ?, ?, 'completed', ?, ?, ?, 0, 'live-migration', 0, UUID())".into(),
+            (&old_host, &t.host, &t.host, &t.uuid, &old_node, &t.node).into(),
+        ));
+        p.steps
+            .push("recorded a completed live-migration in migrations".into());
     }
     // Placement: the consumer's allocations move to the destination provider.
     if let Some(pdb) = &dbs.placement {
-        let rp = |tx: &mut mysql::Transaction, name: &str| -> Result<Option<u64>> {
-            tx.exec_first(
+        let dst_rp: Option<u64> = tx
+            .exec_first(
                 format!("SELECT id FROM {pdb}.resource_providers WHERE name = ?"),
-                (name,),
+                (&t.node,),
             )
-            .map_err(|e| sql_err(e, "reading Placement's providers", creds))
-        };
-        let dst_rp = rp(tx, &t.node)?;
+            .map_err(|e| sql_err(e, "reading Placement's providers", creds))?;
         let on_other: Vec<(u64, u64, u64)> = tx
-            .exec(format!("SELECT resource_provider_id, resource_class_id, used FROM {pdb}.allocations WHERE consumer_id = ? ORDER BY resource_class_id"), (&t.uuid,))
+            .exec(format!("SELECT resource_provider_id, resource_class_id, used FROM {pdb}.allocations WHERE consumer_id = ? ORDER BY resource_class_id{for_update}"), (&t.uuid,))
             .map_err(|e| sql_err(e, "reading Placement's allocations", creds))?;
-        before["allocations"] = json!(on_other);
+        p.before["allocations"] = json!(on_other);
         if let Some(dst) = dst_rp {
-            let stray: Vec<&(u64, u64, u64)> = on_other.iter().filter(|a| a.0 != dst).collect();
-            if !stray.is_empty() {
-                tx.exec_drop(format!("UPDATE {pdb}.allocations SET resource_provider_id = ?, updated_at = UTC_TIMESTAMP() WHERE consumer_id = ? AND resource_provider_id <> ?"), (dst, &t.uuid, dst))
-                    .map_err(|e| sql_err(e, "moving Placement allocations", creds))?;
-                steps.push(format!(
-                    "moved {} Placement allocations to provider {}",
-                    stray.len(),
+            let stray = on_other.iter().filter(|a| a.0 != dst).count();
+            if stray > 0 {
+                p.writes.push((
+                    format!("UPDATE {pdb}.allocations SET resource_provider_id = ?, updated_at = UTC_TIMESTAMP() WHERE consumer_id = ? AND resource_provider_id <> ?"),
+                    (dst, &t.uuid, dst).into(),
+                ));
+                p.steps.push(format!(
+                    "moved {stray} Placement allocations to provider {}",
                     t.node
                 ));
             }
-            after["allocations"] =
+            p.after["allocations"] =
                 json!(on_other.iter().map(|a| (dst, a.1, a.2)).collect::<Vec<_>>());
         } else {
-            steps.push(format!(
+            p.warnings.push(format!(
                 "no Placement provider named {}: allocations left as they are",
                 t.node
             ));
@@ -319,27 +352,82 @@ pub fn fixup_in(
     // Neutron: the ports' binding host follows the guest, or it loses its network.
     if let Some(ndb) = &dbs.neutron {
         let bindings: Vec<(String, String)> = tx
-            .exec(format!("SELECT b.port_id, b.host FROM {ndb}.ml2_port_bindings b JOIN {ndb}.ports p ON p.id = b.port_id WHERE p.device_id = ? ORDER BY b.port_id"), (&t.uuid,))
+            .exec(format!("SELECT b.port_id, b.host FROM {ndb}.ml2_port_bindings b JOIN {ndb}.ports p ON p.id = b.port_id WHERE p.device_id = ? ORDER BY b.port_id{for_update}"), (&t.uuid,))
             .map_err(|e| sql_err(e, "reading Neutron port bindings", creds))?;
-        before["port_bindings"] = json!(bindings);
+        p.before["port_bindings"] = json!(bindings);
         let stale: Vec<&(String, String)> = bindings.iter().filter(|b| b.1 != t.host).collect();
+        for (port, _) in &stale {
+            p.writes.push((
+                format!(
+                    "UPDATE {ndb}.ml2_port_bindings SET host = ? WHERE port_id = ? AND host <> ?"
+                ),
+                (&t.host, port, &t.host).into(),
+            ));
+        }
         if !stale.is_empty() {
-            for (port, _) in &stale {
-                tx.exec_drop(format!("UPDATE {ndb}.ml2_port_bindings SET host = ? WHERE port_id = ? AND host <> ?"), (&t.host, port, &t.host)).map_err(|e| sql_err(e, "moving Neutron port bindings", creds))?;
-            }
-            steps.push(format!(
+            p.steps.push(format!(
                 "moved {} Neutron port bindings to {}",
                 stale.len(),
                 t.host
             ));
         }
-        after["port_bindings"] = json!(bindings
+        p.after["port_bindings"] = json!(bindings
             .iter()
             .map(|b| (b.0.clone(), t.host.clone()))
             .collect::<Vec<_>>());
     }
-    let changed = !steps.iter().all(|s| s.starts_with("no Placement provider"));
-    Ok((changed, before, after, steps))
+    p.changed = !p.writes.is_empty();
+    Ok(p)
+}
+
+/// A compute node's id and stored topology.
+fn node_doc(
+    tx: &mut mysql::Transaction,
+    creds: &DbCreds,
+    node: &str,
+    for_update: &str,
+) -> Result<(u64, Value)> {
+    let r: Option<(u64, Option<String>)> = tx
+        .exec_first(format!("SELECT id, numa_topology FROM compute_nodes WHERE hypervisor_hostname = ? AND deleted = 0{for_update}"), (node,))
+        .map_err(|e| sql_err(e, "reading the compute node", creds))?;
+    let (id, text) = r.ok_or_else(|| {
+        Failure::new(format!(
+            "nova_instance_fixup: no compute node '{node}' in Nova's database"
+        ))
+    })?;
+    let v: Value = serde_json::from_str(text.as_deref().unwrap_or("null")).map_err(|e| {
+        Failure::new(format!(
+            "nova_instance_fixup: compute node {node}: numa_topology is not JSON ({e})"
+        ))
+    })?;
+    Ok((id, v))
+}
+
+/// Every other instance Nova's resource tracker counts on a node (not deleted, not shelved
+/// offloaded), with its cells. One it cannot read stops the fixup: the node's usage would be
+/// wrong, and Nova's own periodic fails on it as well.
+fn node_instances(
+    tx: &mut mysql::Transaction,
+    creds: &DbCreds,
+    node: &str,
+    except: &str,
+    for_update: &str,
+) -> Result<Vec<(String, Vec<CellPins>)>> {
+    let rows: Vec<(String, Option<String>)> = tx
+        .exec(
+            format!("SELECT i.uuid, e.numa_topology FROM instances i JOIN instance_extra e ON e.instance_uuid = i.uuid WHERE i.node = ? AND i.deleted = 0 AND i.uuid <> ? AND COALESCE(i.vm_state, '') NOT IN ('deleted', 'shelved_offloaded') ORDER BY i.uuid{for_update}"),
+            (node, except),
+        )
+        .map_err(|e| sql_err(e, "reading the node's instances", creds))?;
+    let mut out = Vec::new();
+    for (uuid, numa) in rows {
+        let Some(text) = numa else { continue };
+        let (_, cells) = numa_json::instance_cells(&text).map_err(|e| {
+            Failure::new(format!("nova_instance_fixup: instance {uuid} on {node}: {e}; its node's usage cannot be recomputed, nothing was changed (repair that row first: audit with fix)"))
+        })?;
+        out.push((uuid, cells));
+    }
+    Ok(out)
 }
 
 /// Audit: compare the DB's host and pins of every pinned guest on these hosts with libvirt.
@@ -457,38 +545,31 @@ pub fn backup(dir: &std::path::Path, uuid: &str, before: &Value) -> Result<Strin
 }
 
 /// Outcome for one instance.
-pub fn outcome(
-    ctx: &Context,
-    uuid: &str,
-    changed: bool,
-    before: Value,
-    after: Value,
-    steps: Vec<String>,
-    backup_file: Option<String>,
-) -> Outcome {
-    let msg = if !changed {
+pub fn outcome(ctx: &Context, uuid: &str, p: Plan, backup_file: Option<String>) -> Outcome {
+    let msg = if !p.changed {
         format!("instance {uuid}: Nova's database already matches")
     } else if ctx.check_mode {
         format!(
             "instance {uuid} (check mode, nothing written): would have {}",
-            steps.join("; ")
+            p.steps.join("; ")
         )
     } else {
-        format!("instance {uuid}: {}", steps.join("; "))
+        format!("instance {uuid}: {}", p.steps.join("; "))
     };
     let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default() + "\n";
-    let mut o = Outcome::new(changed, msg)
+    let mut o = Outcome::new(p.changed, msg)
         .with("instance_uuid", uuid)
-        .with("steps", &steps)
-        .with("before", &before)
-        .with("after", &after);
+        .with("steps", &p.steps)
+        .with("before", &p.before)
+        .with("after", &p.after);
     if let Some(b) = backup_file {
         o.set("backup_file", b);
     }
-    if changed {
+    if p.changed {
         o.diff = Some(
-            json!({"before": pretty(&before), "after": pretty(&after), "before_header": format!("{uuid} in Nova's DB"), "after_header": format!("{uuid} in Nova's DB (fixed)")}),
+            json!({"before": pretty(&p.before), "after": pretty(&p.after), "before_header": format!("{uuid} in Nova's DB"), "after_header": format!("{uuid} in Nova's DB (fixed)")}),
         );
     }
+    o.warnings = p.warnings;
     o
 }

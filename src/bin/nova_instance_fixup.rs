@@ -107,16 +107,11 @@ fn main() {
             let drift = fixup::audit(&mut conn, &creds, &a.hosts)?;
             let overlaps = fixup::db_overlaps(&mut conn, &creds)?;
             let mut fixed = Vec::new();
+            let mut warnings = Vec::new();
             if a.fix {
-                // Every drifted instance in one transaction: all repaired, or none.
-                let mut tx = conn
-                    .start_transaction(mysql::TxOpts::default())
-                    .map_err(|e| {
-                        Failure::new(format!(
-                            "nova_instance_fixup: cannot start a transaction: {}",
-                            db::scrub(&e.to_string(), &creds.password)
-                        ))
-                    })?;
+                // Every drifted instance in one transaction: all repaired, or none. Check mode
+                // plans in a READ ONLY transaction and writes nothing.
+                let mut tx = fixup::begin(&mut conn, &creds, ctx.check_mode)?;
                 let mut backups = Vec::new();
                 for d in &drift {
                     let uuid = d["instance_uuid"].as_str().unwrap_or_default();
@@ -137,10 +132,14 @@ fn main() {
                         node: f.host.clone(),
                         cells: p.cells,
                     };
-                    let (changed, before, _, steps) = fixup::fixup_in(&mut tx, &creds, &dbs, &t)?;
-                    if changed {
-                        backups.push((uuid.to_string(), before));
-                        fixed.push(serde_json::json!({"instance_uuid": uuid, "steps": steps}));
+                    let plan = fixup::plan(&mut tx, &creds, &dbs, &t, !ctx.check_mode)?;
+                    if !ctx.check_mode {
+                        fixup::apply(&mut tx, &creds, &plan)?;
+                    }
+                    warnings.extend(plan.warnings);
+                    if plan.changed {
+                        backups.push((uuid.to_string(), plan.before));
+                        fixed.push(serde_json::json!({"instance_uuid": uuid, "steps": plan.steps}));
                     }
                 }
                 if let (Some(dir), false) = (&a.backup_dir, ctx.check_mode) {
@@ -160,10 +159,12 @@ fn main() {
                     String::new()
                 }
             );
-            return Ok(Outcome::new(!fixed.is_empty(), msg)
+            let mut o = Outcome::new(!fixed.is_empty(), msg)
                 .with("drift", &drift)
                 .with("db_overlaps", &overlaps)
-                .with("fixed", &fixed));
+                .with("fixed", &fixed);
+            o.warnings = warnings;
+            return Ok(o);
         }
         let uuid = a.instance_uuid.clone().ok_or_else(|| {
             Failure::new("nova_instance_fixup: instance_uuid is required (or audit: true)")
@@ -191,24 +192,18 @@ fn main() {
             host,
             cells: placement.cells,
         };
-        // Dry run first when a backup is asked for: the file holds the values before the change.
+        // The backup holds the values read under the transaction's locks, written before the
+        // writes run.
+        let mut tx = fixup::begin(&mut conn, &creds, ctx.check_mode)?;
+        let plan = fixup::plan(&mut tx, &creds, &dbs, &t, !ctx.check_mode)?;
         let mut backup_file = None;
-        if let (Some(dir), false) = (&a.backup_dir, ctx.check_mode) {
-            let (changed, before, _, _) = fixup::fixup(&mut conn, &creds, &dbs, &t, true)?;
-            if changed {
-                backup_file = Some(fixup::backup(dir, &uuid, &before)?);
+        if plan.changed && !ctx.check_mode {
+            if let Some(dir) = &a.backup_dir {
+                backup_file = Some(fixup::backup(dir, &uuid, &plan.before)?);
             }
+            fixup::apply(&mut tx, &creds, &plan)?;
         }
-        let (changed, before, after, steps) =
-            fixup::fixup(&mut conn, &creds, &dbs, &t, ctx.check_mode)?;
-        Ok(fixup::outcome(
-            ctx,
-            &uuid,
-            changed,
-            before,
-            after,
-            steps,
-            backup_file,
-        ))
+        fixup::finish(tx, &creds, plan.changed && !ctx.check_mode)?;
+        Ok(fixup::outcome(ctx, &uuid, plan, backup_file))
     })
 }

@@ -62,6 +62,10 @@ pub struct CellPins {
     pub reserved: BTreeSet<u32>,
     pub memory_mb: u64,
     pub pagesize_kb: Option<u64>,
+    /// vCPUs of the cell (`cpuset` plus Victoria's `pcpuset`): Nova's `cpu_usage` counts them.
+    pub vcpus: usize,
+    /// `cpu_thread_policy: isolate`: Nova pins (and counts) each pCPU's whole sibling set.
+    pub isolate: bool,
 }
 
 fn data<'a>(obj: &'a Value, what: &str) -> Result<&'a Map<String, Value>, String> {
@@ -123,6 +127,8 @@ pub fn instance_cells(text: &str) -> Result<(Value, Vec<CellPins>), String> {
             reserved: ints(d.get("cpuset_reserved")),
             memory_mb: d.get("memory").and_then(Value::as_u64).unwrap_or(0),
             pagesize_kb: d.get("pagesize").and_then(Value::as_u64),
+            vcpus: ints(d.get("cpuset")).len() + ints(d.get("pcpuset")).len(),
+            isolate: d.get("cpu_thread_policy").and_then(Value::as_str) == Some("isolate"),
         });
     }
     Ok((doc, out))
@@ -179,56 +185,113 @@ pub fn set_instance_cells(doc: &mut Value, cells: &[CellPlacement]) -> Result<()
     Ok(())
 }
 
-/// Release (`sign = -1`) or account (`+1`) an instance's cells on a compute node's topology.
-/// Touches `pinned_cpus`, `cpu_usage`, `memory_usage` and the used pages of a page-sized cell.
-pub fn account_on_node(doc: &mut Value, cells: &[CellPins], sign: i64) -> Result<(), String> {
+/// Recompute a compute node's usage from every instance on it, as Nova's resource tracker
+/// does (`hardware.numa_usage_from_instances` over a fresh host topology): `pinned_cpus`,
+/// `cpu_usage`, `memory_usage` and the used pages of page-sized cells, from zero. Subtracting
+/// one guest's pins instead would drop a pCPU another guest still holds.
+///
+/// Returns what Nova's own accounting would refuse (a pCPU pinned twice: `CPUPinningInvalid`;
+/// a pCPU outside its cell: `CPUPinningUnknown`; an instance cell on no node cell). The usage is
+/// still written as the union of the pins, so the caller decides whether to go on.
+pub fn usage_from_instances(
+    doc: &mut Value,
+    instances: &[(String, Vec<CellPins>)],
+) -> Result<Vec<String>, String> {
     let node_cells = data_mut(doc, "NUMATopology")?
         .get_mut("cells")
         .and_then(Value::as_array_mut)
         .ok_or("NUMATopology without cells")?;
-    for c in cells {
-        let Some(nc) = node_cells.iter_mut().find(|nc| {
-            nc.get("nova_object.data")
-                .and_then(|d| d.get("id"))
-                .and_then(Value::as_u64)
-                == Some(c.host_cell as u64)
-        }) else {
-            return Err(format!("the compute node has no NUMA cell {}", c.host_cell));
-        };
+    let mut problems = Vec::new();
+    for (uuid, cells) in instances {
+        for c in cells {
+            let known = node_cells.iter().any(|nc| cell_id(nc) == Some(c.host_cell));
+            if !known {
+                problems.push(format!(
+                    "instance {uuid} is on NUMA cell {}, which the compute node does not have",
+                    c.host_cell
+                ));
+            }
+        }
+    }
+    for nc in node_cells.iter_mut() {
+        let id = cell_id(nc);
         let d = data_mut(nc, "NUMACell")?;
-        let cpus: BTreeSet<u32> = c
-            .pins
-            .values()
+        let cpuset = ints(d.get("cpuset"))
+            .union(&ints(d.get("pcpuset")))
             .copied()
-            .chain(c.reserved.iter().copied())
-            .collect();
-        let mut pinned = ints(d.get("pinned_cpus"));
-        if sign < 0 {
-            pinned.retain(|x| !cpus.contains(x));
-        } else {
-            pinned.extend(cpus.iter().copied());
+            .collect::<BTreeSet<u32>>();
+        let siblings: Vec<BTreeSet<u32>> = d
+            .get("siblings")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().map(|s| ints(Some(s))).collect())
+            .unwrap_or_default();
+        let widest = siblings.iter().map(BTreeSet::len).max().unwrap_or(1).max(1);
+        let smallest = d.get("mempages").and_then(Value::as_array).and_then(|a| {
+            a.iter()
+                .filter_map(|p| p.get("nova_object.data")?.get("size_kb")?.as_u64())
+                .filter(|s| *s > 0)
+                .min()
+        });
+        let mut pinned = BTreeSet::new();
+        let (mut cpu_usage, mut memory_usage) = (0u64, 0u64);
+        let mut pages: BTreeMap<u64, u64> = BTreeMap::new();
+        for (uuid, cells) in instances {
+            for c in cells.iter().filter(|c| Some(c.host_cell) == id) {
+                let vcpus = c.vcpus.max(c.pins.len()) as u64;
+                cpu_usage += if c.isolate && !siblings.is_empty() {
+                    vcpus * widest as u64
+                } else {
+                    vcpus
+                };
+                cpu_usage += c.reserved.len() as u64;
+                memory_usage = memory_usage.saturating_add(c.memory_mb);
+                // A cell without a page size takes the smallest pages (Nova's
+                // `_numa_pagesize_usage_from_cell`).
+                if let Some(size) = c.pagesize_kb.filter(|s| *s > 0).or(smallest) {
+                    *pages.entry(size).or_default() += c.memory_mb.saturating_mul(1024) / size;
+                }
+                let mut want: BTreeSet<u32> = c.pins.values().chain(&c.reserved).copied().collect();
+                if c.isolate {
+                    for cpu in want.clone() {
+                        if let Some(s) = siblings.iter().find(|s| s.contains(&cpu)) {
+                            want.extend(s);
+                        }
+                    }
+                }
+                let id = c.host_cell;
+                let unknown: Vec<u32> = want.difference(&cpuset).copied().collect();
+                if !unknown.is_empty() {
+                    problems.push(format!(
+                        "instance {uuid} pins pCPUs {unknown:?}, which are not in NUMA cell {id}"
+                    ));
+                }
+                let twice: Vec<u32> = want.intersection(&pinned).copied().collect();
+                if !twice.is_empty() {
+                    problems.push(format!("instance {uuid} pins pCPUs {twice:?} of NUMA cell {id}, which another instance on the node already pins"));
+                }
+                pinned.extend(want);
+            }
         }
         d.insert("pinned_cpus".into(), json!(pinned));
-        let bump = |d: &mut Map<String, Value>, key: &str, by: i64| {
-            let cur = d.get(key).and_then(Value::as_i64).unwrap_or(0);
-            d.insert(key.into(), json!((cur + by).max(0)));
-        };
-        bump(d, "cpu_usage", sign * cpus.len() as i64);
-        bump(d, "memory_usage", sign * c.memory_mb as i64);
-        if let (Some(size), Some(pages)) = (
-            c.pagesize_kb,
-            d.get_mut("mempages").and_then(Value::as_array_mut),
-        ) {
-            for p in pages.iter_mut() {
+        d.insert("cpu_usage".into(), json!(cpu_usage));
+        d.insert("memory_usage".into(), json!(memory_usage));
+        if let Some(mp) = d.get_mut("mempages").and_then(Value::as_array_mut) {
+            for p in mp.iter_mut() {
                 if let Some(pd) = p.get_mut("nova_object.data").and_then(Value::as_object_mut) {
-                    if pd.get("size_kb").and_then(Value::as_u64) == Some(size) {
-                        bump(pd, "used", sign * (c.memory_mb * 1024 / size) as i64);
-                    }
+                    let size = pd.get("size_kb").and_then(Value::as_u64).unwrap_or(0);
+                    pd.insert("used".into(), json!(pages.get(&size).copied().unwrap_or(0)));
                 }
             }
         }
     }
-    Ok(())
+    Ok(problems)
+}
+
+fn cell_id(nc: &Value) -> Option<u32> {
+    nc.get("nova_object.data")
+        .and_then(|d| d.get("id"))
+        .and_then(Value::as_u64)
+        .map(|x| x as u32)
 }
 
 /// The pinning a placement asks for, in the shape stored pinning is read into.
@@ -245,6 +308,8 @@ pub fn cells_of_placement(cells: &[CellPlacement]) -> Vec<CellPins> {
             reserved: c.cpuset_reserved.iter().copied().collect(),
             memory_mb: c.memory_mb,
             pagesize_kb: c.pagesize_kb,
+            vcpus: c.vcpus.len(),
+            isolate: c.thread_policy == Some(crate::fit::ThreadPolicy::Isolate),
         })
         .collect()
 }
@@ -309,36 +374,98 @@ mod tests {
         assert_eq!(doc["nova_object.changes"], json!(["cells"]));
     }
 
+    fn node_cell(node: &Value) -> &Value {
+        &node["nova_object.data"]["cells"][0]["nova_object.data"]
+    }
+
     #[test]
-    fn node_accounting_release_then_account() {
+    fn usage_is_recomputed_from_every_instance_on_the_node() {
         let mut node: Value = serde_json::from_str(NODE).unwrap();
-        let (_, cells) = instance_cells(STEIN).unwrap();
-        account_on_node(&mut node, &cells, -1).unwrap();
-        let d = &node["nova_object.data"]["cells"][0]["nova_object.data"];
-        assert_eq!(
-            (
-                d["pinned_cpus"].clone(),
-                d["cpu_usage"].clone(),
-                d["memory_usage"].clone()
-            ),
-            (json!([]), json!(0), json!(0))
-        );
-        account_on_node(
+        let (_, stein) = instance_cells(STEIN).unwrap(); // pCPUs 2,3, 2048 MB
+                                                         // An older guest also pinning pCPU 3 (an overlap Nova would refuse): releasing the
+                                                         // Stein guest must keep 3 pinned, which subtracting its pins would drop.
+        let other = cells_of_placement(&[place(0, &[(0, 3)], &[], 64)]);
+        let problems = usage_from_instances(
             &mut node,
-            &cells_of_placement(&[place(0, &[(0, 0), (1, 1)], &[], 2048)]),
-            1,
+            &[("a".into(), stein.clone()), ("b".into(), other.clone())],
         )
         .unwrap();
-        let d = &node["nova_object.data"]["cells"][0]["nova_object.data"];
-        assert_eq!(d["pinned_cpus"], json!([0, 1]));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("instance b pins pCPUs [3]"),
+            "{problems:?}"
+        );
+        let d = node_cell(&node);
+        assert_eq!(d["pinned_cpus"], json!([2, 3]));
+        assert_eq!(
+            (d["cpu_usage"].clone(), d["memory_usage"].clone()),
+            (json!(3), json!(2112))
+        );
+        // a leaves: b keeps pCPU 3.
+        let problems = usage_from_instances(&mut node, &[("b".into(), other)]).unwrap();
+        assert!(problems.is_empty());
+        let d = node_cell(&node);
+        assert_eq!(d["pinned_cpus"], json!([3]));
+        assert_eq!(
+            (d["cpu_usage"].clone(), d["memory_usage"].clone()),
+            (json!(1), json!(64))
+        );
         assert_eq!(d["network_metadata"]["nova_object.data"]["tunneled"], false);
-        assert!(account_on_node(
+        // No instances: nothing used.
+        usage_from_instances(&mut node, &[]).unwrap();
+        assert_eq!(node_cell(&node)["pinned_cpus"], json!([]));
+    }
+
+    #[test]
+    fn unknown_cells_and_cpus_are_what_nova_refuses() {
+        let mut node: Value = serde_json::from_str(NODE).unwrap();
+        let p = usage_from_instances(
             &mut node,
-            &cells_of_placement(&[place(5, &[(0, 0)], &[], 1)]),
-            1
+            &[
+                (
+                    "x".into(),
+                    cells_of_placement(&[place(5, &[(0, 0)], &[], 1)]),
+                ),
+                (
+                    "y".into(),
+                    cells_of_placement(&[place(0, &[(0, 9)], &[], 1)]),
+                ),
+            ],
         )
-        .unwrap_err()
-        .contains("no NUMA cell 5"));
+        .unwrap();
+        assert!(
+            p[0].contains("NUMA cell 5, which the compute node does not have"),
+            "{p:?}"
+        );
+        assert!(
+            p[1].contains("pins pCPUs [9], which are not in NUMA cell 0"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn isolate_pins_siblings_and_pages_are_counted() {
+        let text = NODE
+            .replace(r#""siblings":[[0],[1],[2],[3]]"#, r#""siblings":[[0,1],[2,3]]"#)
+            .replace(
+                r#"{"size_kb":4,"total":1048576,"used":0,"reserved":0}}"#,
+                r#"{"size_kb":4,"total":1048576,"used":7,"reserved":0}},{"nova_object.name":"NUMAPagesTopology","nova_object.namespace":"nova","nova_object.version":"1.1","nova_object.data":{"size_kb":2048,"total":512,"used":9,"reserved":0}}"#,
+            );
+        let mut node: Value = serde_json::from_str(&text).unwrap();
+        let mut c = place(0, &[(0, 0)], &[], 64);
+        c.thread_policy = Some(crate::fit::ThreadPolicy::Isolate);
+        c.pagesize_kb = Some(2048);
+        usage_from_instances(&mut node, &[("i".into(), cells_of_placement(&[c]))]).unwrap();
+        let d = node_cell(&node);
+        assert_eq!(d["pinned_cpus"], json!([0, 1]));
+        assert_eq!(d["cpu_usage"], json!(2));
+        let used: Vec<Value> = d["mempages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["nova_object.data"]["used"].clone())
+            .collect();
+        assert_eq!(used, vec![json!(0), json!(32)]);
     }
 
     #[test]
@@ -354,8 +481,7 @@ mod tests {
                 r#"{{"nova_object.name":"NUMATopology","nova_object.namespace":"nova","nova_object.version":"1.2","nova_object.data":{{"cells":[{{"nova_object.name":"NUMACell","nova_object.namespace":"nova","nova_object.version":"{ver}","nova_object.data":{{"id":0,"cpuset":[0,1],"memory":4096,"cpu_usage":2,"memory_usage":2048,"pinned_cpus":[2,3],"siblings":[[2],[3]],"mempages":[]{extra}}}}}]}}}}"#
             );
             let mut node: Value = serde_json::from_str(&text).unwrap();
-            let (_, cells) = instance_cells(STEIN).unwrap();
-            account_on_node(&mut node, &cells, -1).unwrap();
+            usage_from_instances(&mut node, &[]).unwrap();
             let d = &node["nova_object.data"]["cells"][0];
             assert_eq!(d["nova_object.version"], ver);
             assert_eq!(d["nova_object.data"]["pinned_cpus"], json!([]));

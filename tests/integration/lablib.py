@@ -203,6 +203,41 @@ class Lab:
                                password=self.db_info["password"], database=database, autocommit=autocommit,
                                charset="utf8", connect_timeout=10)
 
+    def db_fingerprint(self, schemas=("nova", "nova_api", "placement", "neutron")):
+        """Every table's CHECKSUM and AUTO_INCREMENT: equal before and after means nothing was written, not even
+        a rolled-back INSERT (InnoDB does not give back the AUTO_INCREMENT step)."""
+        with self.connect_db() as conn, conn.cursor() as c:
+            c.execute("SELECT TABLE_SCHEMA, TABLE_NAME, AUTO_INCREMENT FROM information_schema.TABLES WHERE"
+                      " TABLE_SCHEMA IN (%s) AND TABLE_TYPE='BASE TABLE'" % ",".join(["%s"] * len(schemas)), schemas)
+            tables = c.fetchall()
+            out = {}
+            for schema, name, auto in tables:
+                c.execute("CHECKSUM TABLE `%s`.`%s`" % (schema, name))
+                out["%s.%s" % (schema, name)] = (c.fetchone()[1], auto)
+        return out
+
+    @staticmethod
+    def fingerprint_diff(before, after):
+        return {t: (before.get(t), after.get(t)) for t in set(before) | set(after) if before.get(t) != after.get(t)}
+
+    def nova_accounting(self, nodes=None):
+        """Nova 19.3.2's own resource-tracker accounting over the lab DB (tests/nova_objects/node_accounting.py):
+        {node: {"errors": [...], "mismatch": [...], "pinned": {...}}}."""
+        venv = subprocess.run([str(REPO / "tests/lab/venv.sh"), "nova"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        req = {"db": {k: self.db_info[k] for k in ("host", "port", "user", "password")}, "nodes": nodes}
+        p = subprocess.run([f"{venv}/bin/python", str(REPO / "tests/nova_objects/node_accounting.py")],
+                           input=json.dumps(req), capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-2000:]
+        return json.loads(p.stdout.strip().splitlines()[-1])
+
+    def assert_nova_accepts_nodes(self, nodes=None):
+        """Zero errors and zero mismatches in Nova's own accounting of these nodes (all when None)."""
+        r = self.nova_accounting(nodes)
+        bad = {n: v for n, v in r.items() if v["errors"] or v["mismatch"]}
+        assert not bad, json.dumps(bad, indent=1)
+        return r
+
     def insert_instance_rows(self, conn, host, pins, uuid=None, name=None, vcpus=None, memory_mb=64, fmt="stein",
                              allocations=True, port=True):
         """Instance rows like Nova's (labdb.insert_instance), plus placement allocations on the host's provider

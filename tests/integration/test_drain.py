@@ -34,9 +34,11 @@ def test_drain_cmp1(lab, seeded, ansible_playbook, run_module):
     before1 = facts(run_module, lab, "cmp1")
     assert {g["name"] for g in before1["guests"]} >= {"vm-taken", "vm-toobig"}
 
-    # --check --diff: the plan is shown, nothing moves.
+    # --check --diff: the plan is shown, nothing moves, nothing is written (not even an AUTO_INCREMENT step).
+    fp = lab.db_fingerprint()
     p = ansible_playbook(PB, extra_vars={"target_host": "cmp1"}, check=True, diff=True)
     assert p.returncode == 0, p.stdout[-4000:]
+    assert lab.fingerprint_diff(fp, lab.db_fingerprint()) == {}
     assert "vm-taken -> cmp2" in p.stdout and "No numa available with 2 vcpu and 64 memory" in p.stdout
     # the diff of the guest XML: pCPU 1 (taken on cmp2) becomes 0
     assert "-    <vcpupin vcpu='0' cpuset='1'/>" in p.stdout and "+    <vcpupin vcpu='0' cpuset='0'/>" in p.stdout
@@ -61,6 +63,9 @@ def test_drain_cmp1(lab, seeded, ansible_playbook, run_module):
         host, numa = c.fetchone()
     assert host == "cmp2" and '"cpu_pinning_raw": {"0": 0}' in numa  # written the way Nova writes JSON
     assert "DB drift after: 0" in p.stdout
+    # Nova's own resource-tracker accounting agrees with every compute node row: no overlap left, no pCPU
+    # of vm-toobig released with vm-taken's.
+    lab.assert_nova_accepts_nodes()
 
     # Again: nothing to do.
     p = ansible_playbook(PB, extra_vars={"target_host": "cmp1"})

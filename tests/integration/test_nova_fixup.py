@@ -63,9 +63,12 @@ def test_move_in_one_transaction_and_nova_accepts_it(lab, db, fresh_instance_row
     before = rows(db, u)
     assert (before["host"], before["rps"], before["bindings"]) == ("cmp1", ["cmp1"], ["cmp1"])
     args = dict(creds(lab), instance_uuid=u, dest_host="cmp2", placement=placement({0: 0}))
+    fp = lab.db_fingerprint()
     rc, res = run_module("nova_instance_fixup", args, check_mode=True, diff=True)
     assert rc == 0 and res["changed"] and "nothing written" in res["msg"], res
-    assert rows(db, u) == before  # check mode wrote nothing
+    # check mode wrote nothing: every table's checksum and AUTO_INCREMENT (the migrations row it would
+    # insert) as before
+    assert lab.fingerprint_diff(fp, lab.db_fingerprint()) == {}
     assert '"cpu_pinning_raw"' in res["diff"]["after"]
 
     rc, res = run_module("nova_instance_fixup", args)
@@ -88,6 +91,38 @@ def test_move_in_one_transaction_and_nova_accepts_it(lab, db, fresh_instance_row
     assert ok.get("ok") and ok["pinned"]["0"] == [0, 1], ok
 
 
+@pytest.fixture
+def seeded(lab):
+    assert lab.lab_sh("seed").returncode == 0
+    yield
+    assert lab.lab_sh("seed").returncode == 0
+
+
+def test_release_keeps_the_pcpus_other_guests_hold(lab, db, seeded, run_module):
+    """The seeded cmp1: vm-taken (pCPU 1) and vm-toobig (pCPUs 0, 1) overlap, as after an unpatched
+    migration. Moving vm-taken to cmp2's pCPU 0 must leave cmp1's pCPU 1 pinned (vm-toobig holds it),
+    and Nova's own accounting must then agree with every node row."""
+    acc = lab.nova_accounting()
+    assert any("CPUPinningInvalid" in e for e in acc["cmp1"]["errors"]), acc  # the control: the overlap is seen
+    taken = next(g for g in lab.data["guests"] if g["name"] == "vm-taken")
+    rc, res = run_module("nova_instance_fixup", dict(creds(lab), instance_uuid=taken["uuid"], dest_host="cmp2",
+                                                     placement=placement({0: 0})))
+    assert rc == 0 and res["changed"], res
+    cmp1 = json.loads(node_numa(db, "cmp1"))["nova_object.data"]["cells"][0]["nova_object.data"]
+    assert cmp1["pinned_cpus"] == [0, 1], cmp1
+    lab.assert_nova_accepts_nodes()
+
+
+def test_a_move_onto_pcpus_the_db_gives_another_guest_is_refused(lab, db, seeded, run_module):
+    """c2-resident holds cmp2's pCPU 1 in the DB: recording vm-taken there would leave a node row Nova refuses."""
+    taken = next(g for g in lab.data["guests"] if g["name"] == "vm-taken")
+    fp = lab.db_fingerprint()
+    rc, res = run_module("nova_instance_fixup", dict(creds(lab), instance_uuid=taken["uuid"], dest_host="cmp2",
+                                                     placement=placement({0: 1})))
+    assert rc == 1 and "would leave a compute node Nova refuses" in res["msg"] and "nothing was changed" in res["msg"], res
+    assert lab.fingerprint_diff(fp, lab.db_fingerprint()) == {}
+
+
 def test_nova_rejects_an_overlap_control(lab, db, fresh_instance_rows):
     """The acceptance check can fail: the same accounting over two instances pinned to one pCPU."""
     a = fresh_instance_rows("cmp2", [1])
@@ -97,12 +132,12 @@ def test_nova_rejects_an_overlap_control(lab, db, fresh_instance_rows):
 
 
 def test_victoria_format_round_trip(lab, db, fresh_instance_rows, run_module):
-    u = fresh_instance_rows("cmp1", [0], fmt="victoria")
-    rc, res = run_module("nova_instance_fixup", dict(creds(lab), instance_uuid=u, dest_host="cmp2", placement=placement({0: 1})))
+    u = fresh_instance_rows("cmp1", [1], fmt="victoria")
+    rc, res = run_module("nova_instance_fixup", dict(creds(lab), instance_uuid=u, dest_host="cmp2", placement=placement({0: 0})))
     assert rc == 0 and res["changed"], res
     cell = rows(db, u)["numa"]["nova_object.data"]["cells"][0]
     assert cell["nova_object.version"] == "1.5" and cell["nova_object.data"]["pcpuset"] == [0]
-    assert cell["nova_object.data"]["cpu_pinning_raw"] == {"0": 1}
+    assert cell["nova_object.data"]["cpu_pinning_raw"] == {"0": 0}
     # (Nova 19.3.2 cannot load InstanceNUMACell 1.5: the Victoria layout is checked field by field)
 
 
@@ -192,6 +227,10 @@ def test_audit_reports_drift_and_fix_repairs_it(lab, db, fresh_guest, fresh_inst
     assert rc == 0 and not res["changed"], res
     mine = [d for d in res["drift"] if d["instance_uuid"] == g.uuid]
     assert len(mine) == 1 and "DB says host cmp1" in mine[0]["kind"] and "live pins" in mine[0]["kind"], res["drift"]
+    fp = lab.db_fingerprint()
+    rc, res = run_module("nova_instance_fixup", dict(creds(lab), audit=True, fix=True, hosts=hosts), check_mode=True)
+    assert rc == 0 and res["changed"] and any(x["instance_uuid"] == g.uuid for x in res["fixed"]), res
+    assert lab.fingerprint_diff(fp, lab.db_fingerprint()) == {}
     rc, res = run_module("nova_instance_fixup", dict(creds(lab), audit=True, fix=True, hosts=hosts))
     assert rc == 0 and res["changed"] and any(x["instance_uuid"] == g.uuid for x in res["fixed"]), res
     r = rows(db, g.uuid)

@@ -468,6 +468,22 @@ remove_standard_guests() {
     done
   done < <($SYS_PY "$HERE/render_guest.py" --list)
 }
+# Domains that are not standard guests: test guests and destination claims (numa-repin-claim) left by a
+# test run that was killed. Their pins and claims would change every later plan, so up and seed remove
+# them (disks kept): the lab starts from the standard guests only.
+remove_leftover_domains() {
+  local h d keep
+  keep=$($SYS_PY "$HERE/render_guest.py" --list | cut -f1)
+  for h in "${HOSTS[@]}"; do
+    while read -r d; do
+      [ -n "$d" ] || continue
+      grep -qxF "$d" <<<"$keep" && continue
+      virsh_ "$h" destroy "$d" >/dev/null 2>&1 || true
+      virsh_ "$h" undefine "$d" >/dev/null 2>&1 || true
+      log "$d: left over on $h by an earlier run, removed"
+    done < <(virsh_ "$h" list --all --name)
+  done
+}
 
 # --------------------------------------------------------------------------------------------- mariadb
 db_password() {
@@ -948,6 +964,7 @@ cmd_up() {
   phase roots do_roots
   phase mariadb do_mariadb
   phase hosts do_hosts
+  phase leftovers remove_leftover_domains
   phase guests do_guests
   phase base-image do_base_image
   phase schemas do_schemas
@@ -966,6 +983,7 @@ cmd_up() {
 cmd_seed() {
   [ -f "$LAB_DIR/lab.json" ] || die "the lab is not up: run $0 up first"
   phase remove-guests remove_standard_guests
+  phase leftovers remove_leftover_domains
   phase guests do_guests
   phase seed-db do_seed_db --reset
 }

@@ -131,6 +131,9 @@ def main():
         cur.execute("SELECT i.vcpus, i.memory_mb, e.numa_topology FROM nova.instances i LEFT JOIN nova.instance_extra e"
                     " ON e.instance_uuid=i.uuid WHERE i.host=%s AND i.deleted=0", (h,))
         rows = cur.fetchall()
+        # Usage as Nova's resource tracker computes it (hardware.numa_usage_from_instances): the union of the
+        # pins (cmp1's seeded overlap is one the tracker would refuse), the vCPUs and memory of the cells, and
+        # the memory in the smallest pages (a cell without a page size takes those).
         pinned = set()
         for _, _, nt in rows:
             pinned |= set(pins_of(nt).values())
