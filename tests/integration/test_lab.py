@@ -284,3 +284,17 @@ def test_numa_facts_without_libvirt_library(lab, host, via, tmp_path):
     assert names, "the lab host has no guests (tests/lab/lab.sh seed)"
     for g in numa["guests"]:
         assert g["uuid"] and g["state"] in ("running", "shutoff", "paused"), g
+
+
+def test_seed_removes_what_a_killed_run_left(lab):
+    """A test guest and a destination claim left by a killed test run would change every later plan: seed
+    (and up) remove them and keep the standard guests."""
+    g = lab.define_guest("cmp1", "t-left-%s" % os.urandom(3).hex(), [0], start=False)
+    try:
+        assert lab.guest_host(g.name) == "cmp1"
+        assert lab.lab_sh("seed").returncode == 0
+        assert lab.guest_host(g.name) is None
+        for s in lab.data["guests"]:
+            assert lab.guest_host(s["name"]) == s["host"]
+    finally:
+        lab.remove_guest(g.name)
