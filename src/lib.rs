@@ -13,6 +13,7 @@ pub mod libvirt;
 pub mod lock;
 pub mod migrate;
 pub mod nova;
+pub mod presence;
 pub mod repin;
 pub mod ssh;
 pub mod topology;

@@ -42,6 +42,7 @@ use crate::domain::Guest;
 use crate::facts::{self, NumaFacts};
 use crate::fit::{self, CellPlacement, FitOptions, GuestTopology, Placement, ThreadPolicy};
 use crate::libvirt::{self, consts, Domain, Host, MigrateParameters};
+use crate::presence::{self, Presence, Stale};
 use crate::repin;
 use crate::ssh::{quote, Ssh};
 use anyhow::{anyhow, Result};
@@ -947,8 +948,16 @@ struct SourceGuest {
 }
 
 fn read_source(src: &Host, name: &str) -> Result<Option<SourceGuest>> {
-    let Ok(dom) = src.lookup(name) else {
-        return Ok(None);
+    let dom = match src.find(name) {
+        Ok(Some(d)) => d,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            return Err(Failure::new(format!(
+                "{M}: cannot ask the source's libvirtd about {name}: {}; nothing was changed",
+                lv(e)
+            ))
+            .into())
+        }
     };
     let guest = libvirt::guest_of(&dom)?;
     let live_xml = dom
@@ -1070,29 +1079,41 @@ fn migrate(a: &Args, ctx: &Context) -> Result<Outcome> {
         .as_ref()
         .is_some_and(|s| s.dom.is_active().unwrap_or(false));
     if !on_source_active {
-        // Idempotency: already on the destination with a valid placement?
-        if let Ok(ddom) = dst.lookup(&a.guest) {
-            if ddom.is_active().unwrap_or(false) {
-                let f =
-                    facts::gather_live(&dest_uri, a.dest_nova_conf.as_deref(), Some(&dest_host))?;
-                let g = libvirt::guest_of(&ddom)?;
-                let (_, p, valid) = current_valid(&f, &g, a.thread_policy);
-                let mut o = Outcome::new(
-                    false,
-                    format!(
-                        "{} already runs on {dest_host} with a valid placement: {}",
-                        g.name,
-                        placement_msg(&p)
-                    ),
-                );
-                base_fields(&mut o, &g.uuid, &source_host, &dest_host, &dest_node, &p);
-                o.set("guest", &g.name);
-                if let Err(why) = valid {
-                    o.failed = true;
-                    o.msg = format!("{} already runs on {dest_host} but its placement is not valid there ({why}); fix it with mode: repin on {dest_uri}", g.name);
-                }
-                return Ok(o);
+        // Idempotency: already on the destination with a valid placement? (By uuid when the
+        // source still has a definition: the name may differ.)
+        let key = sg
+            .as_ref()
+            .map(|s| s.guest.uuid.clone())
+            .unwrap_or(a.guest.clone());
+        let ddom = dst.find(&key).map_err(|e| {
+            Failure::new(format!("{M}: {} is not running on {}, and the destination's libvirtd cannot be asked whether it runs there: {}; nothing was changed", a.guest, a.source_uri, lv(e)))
+        })?;
+        if let Some(ddom) = ddom.filter(|d| d.is_active().unwrap_or(false)) {
+            let f = facts::gather_live(&dest_uri, a.dest_nova_conf.as_deref(), Some(&dest_host))?;
+            let g = libvirt::guest_of(&ddom)?;
+            let (_, p, valid) = current_valid(&f, &g, a.thread_policy);
+            // One host per guest: a definition the source kept is a stale copy.
+            let stale = presence::remove_stale_copy(&src, &a.source_uri, &g.uuid, ctx.check_mode);
+            let note = stale.note(&g.name, &source_host);
+            let mut o = Outcome::new(
+                matches!(stale, Stale::Removed(_) | Stale::WouldRemove(_)),
+                format!(
+                    "{} already runs on {dest_host} with a valid placement: {}{}",
+                    g.name,
+                    placement_msg(&p),
+                    note.as_ref().map(|n| format!("; {n}")).unwrap_or_default()
+                ),
+            );
+            base_fields(&mut o, &g.uuid, &source_host, &dest_host, &dest_node, &p);
+            o.set("guest", &g.name);
+            o.set("stale_source_copy", stale.to_json());
+            if let Err(why) = valid {
+                o.failed = true;
+                o.msg = format!("{} already runs on {dest_host} but its placement is not valid there ({why}); fix it with mode: repin on {dest_uri}{}", g.name, note.as_ref().map(|n| format!("; {n}")).unwrap_or_default());
+            } else if !stale.ok() {
+                o.failed = true;
             }
+            return Ok(o);
         }
         return Err(match sg {
             Some(_) => Failure::new(format!("{M}: {} is not running on {}; live migration needs a running guest (start it, or move a stopped guest offline)", a.guest, a.source_uri)),
@@ -1102,10 +1123,14 @@ fn migrate(a: &Args, ctx: &Context) -> Result<Outcome> {
     }
     let sg = sg.expect("checked above");
     let g = &sg.guest;
-    if let Ok(ddom) = dst.lookup(&g.uuid) {
-        if ddom.is_active().unwrap_or(false) {
+    match Presence::of(&dst, &dest_uri, &g.uuid) {
+        Presence::Defined { active: true, .. } => {
             return Err(Failure::new(format!("{M}: {} runs on both {} and {dest_uri}; resolve that by hand first (destroy the stale copy)", g.name, a.source_uri)).into());
         }
+        Presence::Unknown(why) => {
+            return Err(Failure::new(format!("{M}: cannot ask the destination's libvirtd whether {} is there: {why}; nothing was changed", g.name)).into());
+        }
+        _ => {}
     }
     let topo = GuestTopology::from_guest(g, a.thread_policy);
     let cpu = cpu_check(&src, &dst, &sg.live_xml)?;
@@ -1286,12 +1311,21 @@ fn migrate(a: &Args, ctx: &Context) -> Result<Outcome> {
     }
 
     // Figures: the destination keeps the completed job's statistics.
-    let ddom = dst.lookup(&g.uuid).map_err(|_| {
-        anyhow!(
-            "{M}: the migration returned success but {} is not on {dest_uri}",
-            g.name
-        )
-    })?;
+    let ddom = match Presence::of(&dst, &dest_uri, &g.uuid) {
+        Presence::Defined { dom, .. } => dom,
+        Presence::Absent => {
+            return Err(anyhow!(
+                "{M}: the migration returned success but {dest_uri} has no {}; CHECK BY HAND where it runs (virsh list --all on both hosts)",
+                g.name
+            ))
+        }
+        Presence::Unknown(why) => {
+            return Err(anyhow!(
+                "{M}: the migration returned success but the destination's libvirtd cannot be asked about {} ({why}); CHECK BY HAND where it runs (virsh list --all on both hosts), then rerun: a rerun verifies and removes a stale copy",
+                g.name
+            ))
+        }
+    };
     let done = ddom.job_stats(consts::VIR_DOMAIN_JOB_STATS_COMPLETED).ok();
     let mig = json!({
         "total_time_ms": total_ms,
@@ -1356,29 +1390,44 @@ fn migration_failed(
             }
         }
     }
-    let (on_source, source_state, pins_unchanged) = match src
-        .lookup(&g.uuid)
-        .map_err(anyhow::Error::from)
-        .and_then(|d| libvirt::guest_of(&d))
-    {
-        Ok(now) => {
-            let same = now.vcpu_pins == g.vcpu_pins && now.emulator_pins == g.emulator_pins;
-            (true, now.state.clone(), same)
-        }
-        Err(_) => (false, "absent".to_string(), false),
+    // Where is it now? Each host is asked (over a new connection if the old one broke); one that
+    // cannot be asked is reported as such, never as "absent".
+    let settle = Duration::from_secs(15);
+    let dst_now = Presence::settled(
+        dst,
+        a.dest_uri.as_deref().unwrap_or_default(),
+        &g.uuid,
+        settle,
+    );
+    let src_now = Presence::settled(src, &a.source_uri, &g.uuid, settle);
+    let pins_unchanged = match &src_now {
+        Presence::Defined { dom, .. } => libvirt::guest_of(dom)
+            .ok()
+            .map(|now| now.vcpu_pins == g.vcpu_pins && now.emulator_pins == g.emulator_pins),
+        _ => None,
     };
-    let on_dest = dst
-        .lookup(&g.uuid)
-        .map(|d| d.is_active().unwrap_or(false))
-        .unwrap_or(false);
+    let on_source = src_now.running();
+    let on_dest = dst_now.running();
     let removed = ssh.map(|s| cleanup_disks(s, disks)).unwrap_or_default();
-    let state_msg = if on_source && source_state == "running" && pins_unchanged && !on_dest {
-        format!(
+    let src_label = src_now.label();
+    let dst_label = dst_now.label();
+    let state_msg = match (on_source, on_dest) {
+        (Some(true), Some(false)) if pins_unchanged == Some(true) => format!(
             "{} keeps running on {source_host} with its old pinning (checked)",
             g.name
-        )
-    } else {
-        format!("CHECK BY HAND: {} on {source_host}: {source_state}, old pins kept: {pins_unchanged}; running on {dest_host}: {on_dest}", g.name)
+        ),
+        // The destination runs it although libvirt reported an error (a daemon died near the
+        // end). Not settled yet: a daemon restarting may still resume or remove a copy, so the
+        // source's definition is left alone here; the rerun removes it once both answer.
+        (Some(false) | None, Some(true)) => format!(
+            "{} runs on {dest_host} by its libvirtd now, and on {source_host} it is {src_label}; rerun once both libvirtds answer: the rerun verifies where it runs, removes a stale definition the source kept, and records it",
+            g.name
+        ),
+        _ => format!(
+            "CHECK BY HAND: {} on {source_host}: {src_label}, old pins kept: {}; on {dest_host}: {dst_label}",
+            g.name,
+            pins_unchanged.map(|b| b.to_string()).unwrap_or("unknown".into())
+        ),
     };
     let timeout = figs
         .timeout
@@ -1421,7 +1470,8 @@ fn migration_failed(
     .with("source_host", source_host)
     .with("dest_host", dest_host)
     .with("guest_on_source", on_source)
-    .with("source_state", &source_state)
+    .with("source_state", &src_label)
+    .with("dest_state", &dst_label)
     .with("source_pins_unchanged", pins_unchanged)
     .with("running_on_destination", on_dest)
     .with("old_pins", old_pins(g))
@@ -1444,22 +1494,34 @@ fn verify_after(
 ) -> (Value, Result<(), String>) {
     let mut v = serde_json::Map::new();
     let mut bad = Vec::new();
-    match src.lookup(&g.uuid) {
-        Ok(d) => {
-            let active = d.is_active().unwrap_or(false);
-            v.insert("source_defined".into(), json!(true));
-            bad.push(format!(
-                "{} is still defined on the source (active: {active})",
-                g.name
-            ));
+    // One host per guest: a copy the source kept (its daemon died at the end of the migration)
+    // is removed once the guest is confirmed running here.
+    let dest_running = Presence::of(dst, dest_uri, &g.uuid).running() == Some(true);
+    let stale = if dest_running {
+        presence::remove_stale_copy(src, &a.source_uri, &g.uuid, false)
+    } else {
+        match Presence::of(src, &a.source_uri, &g.uuid) {
+            Presence::Absent => Stale::None,
+            Presence::Unknown(why) => Stale::Unknown(why),
+            Presence::Defined { state, .. } => Stale::Running(state),
         }
-        Err(_) => {
-            v.insert("source_defined".into(), json!(false));
-        }
+    };
+    v.insert(
+        "source_defined".into(),
+        json!(!matches!(stale, Stale::None | Stale::Removed(_))),
+    );
+    v.insert("stale_source_copy".into(), stale.to_json());
+    if !stale.ok() {
+        bad.extend(stale.note(&g.name, "the source"));
     }
-    match dst.lookup(&g.uuid) {
-        Err(_) => bad.push(format!("{} is not on {dest_uri}", g.name)),
-        Ok(d) => {
+    match dst.find(&g.uuid) {
+        Ok(None) => bad.push(format!("{} is not on {dest_uri}", g.name)),
+        Err(e) => bad.push(format!(
+            "the destination's libvirtd cannot be asked about {}: {}",
+            g.name,
+            lv(e)
+        )),
+        Ok(Some(d)) => {
             let live = libvirt::guest_of(&d);
             match &live {
                 Ok(live) => {

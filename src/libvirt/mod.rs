@@ -48,6 +48,10 @@ pub mod consts {
     pub const VIR_MIGRATE_AUTO_CONVERGE: u32 = 8192;
     pub const VIR_MIGRATE_POSTCOPY: u32 = 32768;
 
+    pub const VIR_DOMAIN_UNDEFINE_MANAGED_SAVE: u32 = 1;
+    pub const VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA: u32 = 2;
+    pub const VIR_DOMAIN_UNDEFINE_KEEP_NVRAM: u32 = 8;
+
     pub const VIR_DOMAIN_JOB_NONE: i32 = 0;
     pub const VIR_DOMAIN_JOB_BOUNDED: i32 = 1;
     pub const VIR_DOMAIN_JOB_UNBOUNDED: i32 = 2;
@@ -563,6 +567,16 @@ impl Host {
             name: name_or_uuid.to_string(),
             uri: self.uri.clone(),
         })
+    }
+
+    /// `lookup` where a missing domain is `Ok(None)`: `None` only when libvirtd answered that it
+    /// has none, never when it could not be asked.
+    pub fn find(&self, name_or_uuid: &str) -> Result<Option<Domain>> {
+        match self.lookup(name_or_uuid) {
+            Ok(d) => Ok(Some(d)),
+            Err(Error::NoDomain { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -753,3 +753,90 @@ def test_claim_two_runners_on_two_hosts_never_double_pin(lab, fresh_guest, run_m
     stats["max_waited_ms"] = max(stats.pop("waited_ms") or [0])
     print("claim trials:", json.dumps(stats))
     assert stats["trials"] == trials and stats["double_pinned"] == 0
+
+
+# ---------------------------------------------------------------------------------------------- late daemon kills
+
+def _defined_on(lab, uuid):
+    """{host: state} of every lab host that has the guest defined (virsh answers there)."""
+    out = {}
+    for h in lab.hosts:
+        r = lab.virsh(h, "domstate", uuid, check=False)
+        if r.returncode == 0:
+            out[h] = r.stdout.strip()
+    return out
+
+
+def _late_kill_trial(lab, conf, victim, delay):
+    """Migrate an idle guest cmp1 -> cmp2 and kill `victim`'s libvirtd `delay` s after the incoming QEMU
+    appeared on cmp2 (late: around the end of the memory copy, or after it). Returns (result, where the guest
+    was defined and how, right after the module returned, before the daemon is restarted)."""
+    name = "t-late-%s" % os.urandom(3).hex()
+    g = lab.define_guest(SRC, name, [1])
+    args = {"guest": name, "source_uri": lab.uri(SRC), "dest_uri": lab.uri(DST), "dest_nova_conf": conf}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(args, f)
+    proc = subprocess.Popen([str(REPO / "library" / "repin_migrate"), f.name], stdout=subprocess.PIPE, text=True)
+    try:
+        end = time.time() + 30
+        while time.time() < end and _incoming_qemu(g.uuid) is None and proc.poll() is None:
+            time.sleep(0.01)
+        time.sleep(delay)
+        os.kill(lab.daemon_pid(victim), 9)
+        out = json.loads(proc.communicate(timeout=180)[0])
+    finally:
+        os.unlink(f.name)
+        if proc.poll() is None:
+            proc.kill()
+    r = lab.lab_sh("_phase", "hosts")  # restart the killed daemon
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    # With both daemons back (they reconnect to the QEMUs that run), libvirt says where it runs; a
+    # half-arrived incoming copy is cleaned up by the restarted daemon within seconds.
+    end = time.time() + 20
+    while True:
+        defined = _defined_on(lab, g.uuid)
+        running = [h for h, st in defined.items() if st in ("running", "paused")]
+        if len(running) == 1 or time.time() > end:
+            return g, out, running, defined
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize("victim", [SRC, DST])
+def test_late_daemon_kill_one_host_per_guest_and_the_truth_reported(lab, run_module, conf_allcpus, victim):
+    """10 trials each: the source's (or the destination's) libvirtd is killed late in or right after the
+    migration. The result never says "absent" / "not running" of a host whose daemon could not be asked; after
+    the daemon is back, a rerun leaves the guest defined on exactly one host, running, pinned as planned."""
+    expect_pin(lab, run_module, conf_allcpus)
+    seen = []
+    for i in range(10):
+        delay = 0.1 * i  # 0-0.9 s: an idle 64 MiB guest moves in about 0.6 s here
+        g, out, running, defined = _late_kill_trial(lab, conf_allcpus, victim, delay)
+        try:
+            assert len(running) == 1, (defined, out)  # a migration hands over, it never copies
+            where = running[0]
+            seen.append((round(delay, 2), where, sorted(defined.items()), out.get("failed") and out["msg"][-300:]))
+            if out.get("failed"):
+                # Never "absent" for a host that runs it: False only where libvirtd answered so.
+                if where == SRC:
+                    assert out.get("guest_on_source") is not False, out
+                else:
+                    assert out.get("running_on_destination") is not False, out
+                    assert "is not on" not in out["msg"] or "cannot be asked" in out["msg"], out
+                # "No" only where the daemon answered: a host that could not be asked is "unknown".
+                if out.get("guest_on_source") is False:
+                    assert not out.get("source_state", "").startswith("unknown"), out
+                if out.get("running_on_destination") is False:
+                    assert not out.get("dest_state", "").startswith("unknown"), out
+                assert "Traceback" not in out["msg"] and "panic" not in out["msg"], out
+            # The rerun, with both daemons back: the guest ends defined on one host only, running on cmp2.
+            rc, again = run_module("repin_migrate", {"guest": g.uuid, "source_uri": lab.uri(SRC),
+                                                     "dest_uri": lab.uri(DST), "dest_nova_conf": conf_allcpus})
+            assert rc == 0 and not again.get("failed"), (again, out)
+            defined = _defined_on(lab, g.uuid)
+            assert defined == {DST: "running"}, (defined, again, out)
+            stale = again.get("stale_source_copy") or again.get("verify", {}).get("stale_source_copy")
+            if stale and stale["status"] == "removed":
+                assert "removed the stale" in again["msg"] and again["changed"], again
+        finally:
+            lab.remove_guest(g.name)
+    print("late kills of %s: (delay s, where it ran, defined where, the failure's message): %s" % (victim, seen))
