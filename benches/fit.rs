@@ -3,8 +3,9 @@
 //! - numa_facts on a host with 100 guests (saved dumps) — goal < 50 ms of process time;
 //! - one fit decision on a 2-socket SMT host. The ratio against Nova is bench/fit_vs_nova.sh.
 use numa_repin::cpuset::CpuSet;
+use numa_repin::drain::{self, DrainGuest};
 use numa_repin::fit::{
-    self, DrainGuest, FitOptions, GuestCellReq, GuestTopology, HostCell, HostState, MemPages,
+    self, FitOptions, GuestCellReq, GuestTopology, HostCell, HostState, MemPages,
 };
 use std::time::Instant;
 
@@ -84,7 +85,7 @@ fn main() {
     }
     let candidates: Vec<HostState> = hosts[50..].to_vec();
     let (c0, t0) = (cpu_time(), Instant::now());
-    let plan = fit::plan_drain(candidates, &guests, &FitOptions::default());
+    let plan = drain::plan_drain(candidates, &guests, &FitOptions::default());
     let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_time() - c0);
     println!(
         "drain plan 1000 hosts x 40 guests, 50 evacuated: {} moved, {} unplaced, {:.3} s wall, {:.3} s CPU (goal < 1 s: {:.1}x under)",

@@ -6,6 +6,7 @@ pub mod claim;
 pub mod container;
 pub mod cpuset;
 pub mod domain;
+pub mod drain;
 pub mod facts;
 pub mod fit;
 pub mod fixup;

@@ -1,10 +1,9 @@
 //! Ansible module `pin_fit_check`: does a guest fit on a host, per NUMA cell, with which pCPUs;
 //! or plan a whole drain. Never changes anything.
 use numa_repin::ansible::{self, Failure, ModuleArgs, Outcome};
+use numa_repin::drain::{self, DrainGuest};
 use numa_repin::facts::{self, NumaFacts};
-use numa_repin::fit::{
-    self, Decision, DrainGuest, FitOptions, GuestTopology, Request, ThreadPolicy,
-};
+use numa_repin::fit::{self, Decision, FitOptions, GuestTopology, Request, ThreadPolicy};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -192,9 +191,17 @@ fn drain(d: &DrainArgs, opts: &FitOptions) -> Outcome {
         }
     }
     let hosts = d.candidates.iter().map(|f| f.host_state(None)).collect();
-    let plan = fit::plan_drain(hosts, &guests, opts);
+    let plan = drain::plan_drain(hosts, &guests, opts);
+    let bound = if plan.optimal {
+        "no plan places more".to_string()
+    } else {
+        format!(
+            "of at most {}: the search budget ran out before proving more impossible",
+            plan.upper_bound
+        )
+    };
     let msg = format!(
-        "drain plan: {} pinned guests placed, {} cannot be placed, {} unpinned left to Nova",
+        "drain plan: {} pinned guests placed ({bound}), {} cannot be placed, {} unpinned left to Nova",
         plan.moves.len(),
         plan.unplaced.len(),
         skipped.len()
