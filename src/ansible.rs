@@ -26,6 +26,11 @@ pub trait ModuleArgs: DeserializeOwned + JsonSchema {
     fn secrets(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Bounds on the values (counts, sizes, paths; see [`crate::limits`]), checked after typing
+    /// and before the module runs. The error names the argument.
+    fn validate(&self) -> Result<(), crate::limits::Error> {
+        Ok(())
+    }
 }
 
 /// The `_ansible_*` control keys the module honours.
@@ -147,6 +152,9 @@ pub fn parse_args<A: ModuleArgs>(module: &str, text: &str) -> Result<(A, Context
         )));
     }
     let de = Value::Object(map);
+    // No argument string reaches a path, a URI or a query with a NUL in it.
+    crate::limits::json_no_nul(&de, "")
+        .map_err(|e| Failure::new(format!("{module}: argument '{}': {}", e.field, e.kind)))?;
     let args: A = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
@@ -159,6 +167,8 @@ pub fn parse_args<A: ModuleArgs>(module: &str, text: &str) -> Result<(A, Context
             Failure::new(format!("{module}: argument '{path}': {inner}"))
         }
     })?;
+    args.validate()
+        .map_err(|e| Failure::new(format!("{module}: argument '{}': {}", e.field, e.kind)))?;
     Ok((args, ctx))
 }
 
@@ -281,9 +291,15 @@ where
         )),
         Some("-") => {
             let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s).map(|_| s).map_err(|e| format!("{module}: cannot read stdin: {e}"))
+            std::io::stdin().take(crate::limits::MAX_ARGS_BYTES + 1).read_to_string(&mut s).map_err(|e| format!("{module}: cannot read stdin: {e}")).and_then(|n| {
+                if n as u64 > crate::limits::MAX_ARGS_BYTES {
+                    Err(format!("{module}: the arguments on stdin are more than the {} bytes accepted", crate::limits::MAX_ARGS_BYTES))
+                } else {
+                    Ok(s)
+                }
+            })
         }
-        Some(path) => std::fs::read_to_string(path).map_err(|e| format!("{module}: cannot read arguments file {path}: {e}")),
+        Some(path) => crate::limits::read_text("arguments file", std::path::Path::new(path), crate::limits::MAX_ARGS_BYTES).map_err(|e| format!("{module}: {e} ({path})")),
     };
     let mut secrets = Vec::new();
     let result = match text {
@@ -360,6 +376,32 @@ mod tests {
         assert!(e.msg.contains("argument 'count'"), "{}", e.msg);
         let e = parse_args::<A>("m", r#"{"count":1}"#).unwrap_err();
         assert!(e.msg.contains("missing field `uri`"), "{}", e.msg);
+    }
+
+    #[test]
+    fn nul_bytes_are_refused_in_any_argument() {
+        let e = parse_args::<A>("m", r#"{"uri":"qemu:///sys\u0000tem"}"#).unwrap_err();
+        assert_eq!(e.msg, "m: argument 'uri': contains a NUL byte");
+    }
+
+    #[derive(Deserialize, JsonSchema, Debug)]
+    struct B {
+        n: u64,
+    }
+    impl ModuleArgs for B {
+        fn validate(&self) -> Result<(), crate::limits::Error> {
+            crate::limits::at_most("n", self.n, 10, "things").map(|_| ())
+        }
+    }
+
+    #[test]
+    fn validate_runs_after_typing_and_names_the_argument() {
+        assert!(parse_args::<B>("m", r#"{"n": 10}"#).is_ok());
+        let e = parse_args::<B>("m", r#"{"n": 11}"#).unwrap_err();
+        assert_eq!(
+            e.msg,
+            "m: argument 'n': 11 things is more than the 10 accepted"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! stream so every byte we do not own survives.
 
 use crate::cpuset::{self, CpuSet};
+use crate::limits;
 use crate::topology::to_kib;
 use crate::xml::{self, Element};
 use schemars::JsonSchema;
@@ -81,6 +82,54 @@ impl Guest {
         let emu: CpuSet = self.emulator_pins.iter().copied().collect();
         (emu.intersection(&vcpu).is_empty()).then_some(emu)
     }
+    /// The bounds of [`crate::limits`] on a guest handed in as JSON (facts from an earlier run):
+    /// vCPUs, memory, pCPU ids of pins and cells, page size. `field` names where it sits.
+    pub fn check(&self, field: &str) -> Result<(), limits::Error> {
+        limits::vcpus(&format!("{field}.vcpus"), self.vcpus)?;
+        limits::memory_mib(&format!("{field}.memory_mb"), self.memory_mb)?;
+        limits::at_most(
+            &format!("{field}.vcpu_pins"),
+            self.vcpu_pins.len() as u64,
+            limits::MAX_VCPUS as u64,
+            "vCPU pins",
+        )?;
+        for (v, pins) in &self.vcpu_pins {
+            for p in pins {
+                limits::cpu_id(&format!("{field}.vcpu_pins.{v}"), *p)?;
+            }
+        }
+        for p in &self.emulator_pins {
+            limits::cpu_id(&format!("{field}.emulator_pins"), *p)?;
+        }
+        limits::at_most(
+            &format!("{field}.numa_cells"),
+            self.numa_cells.len() as u64,
+            limits::MAX_NUMA_NODES as u64,
+            "guest NUMA cells",
+        )?;
+        for (i, c) in self.numa_cells.iter().enumerate() {
+            let f = format!("{field}.numa_cells[{i}]");
+            limits::memory_mib(&format!("{f}.memory_mb"), c.memory_mb)?;
+            limits::at_most(
+                &format!("{f}.vcpus"),
+                c.vcpus.len() as u64,
+                limits::MAX_VCPUS as u64,
+                "vCPUs",
+            )?;
+            for v in &c.vcpus {
+                limits::at_most(
+                    &format!("{f}.vcpus"),
+                    *v as u64,
+                    limits::MAX_VCPUS as u64 - 1,
+                    "(vCPU id)",
+                )?;
+            }
+        }
+        if let Some(k) = self.hugepage_kb {
+            limits::page_kib(&format!("{field}.hugepage_kb"), k)?;
+        }
+        Ok(())
+    }
     /// Every pCPU named by any pin.
     pub fn all_pinned_cpus(&self) -> CpuSet {
         self.vcpu_pins
@@ -119,9 +168,7 @@ pub fn parse_guest(doc: &str) -> Result<Guest, String> {
         Some(cur) => cur,
         None => vcpu_el.text_num().map_err(ctx)?,
     };
-    if vcpus > 4096 {
-        return Err(ctx(format!("{vcpus} vCPUs is beyond any real guest")));
-    }
+    limits::vcpus("<vcpu>", vcpus).map_err(|e| ctx(e.to_string()))?;
     let memory_mb = match root.child("currentMemory").or_else(|| root.child("memory")) {
         Some(m) => to_kib(m.text_num().map_err(ctx)?, m.attr("unit")).map_err(ctx)? / 1024,
         None => return Err(ctx("no <memory> element".into())),
@@ -187,6 +234,9 @@ pub fn parse_guest(doc: &str) -> Result<Guest, String> {
 
     let mut numa_cells = Vec::new();
     if let Some(numa) = root.path("cpu/numa") {
+        let n = numa.children("cell").count() as u64;
+        limits::at_most("<cpu><numa>", n, limits::MAX_NUMA_NODES as u64, "cells")
+            .map_err(|e| ctx(e.to_string()))?;
         for c in numa.children("cell") {
             let id: u32 = match c.attr_num("id").map_err(ctx)? {
                 Some(i) => i,
@@ -223,7 +273,10 @@ pub fn parse_guest(doc: &str) -> Result<Guest, String> {
                 .attr_num("size")
                 .map_err(ctx)?
                 .ok_or_else(|| ctx("<page> without size".into()))?;
-            hugepage_kb = Some(to_kib(size, page.attr("unit")).map_err(ctx)?);
+            let kib = to_kib(size, page.attr("unit")).map_err(ctx)?;
+            limits::page_kib(&format!("<page size='{size}'>"), kib)
+                .map_err(|e| ctx(e.to_string()))?;
+            hugepage_kb = Some(kib);
         }
     }
 
@@ -369,5 +422,54 @@ mod tests {
         assert!(parse_guest(&x).unwrap_err().starts_with("domain vm1"));
         let bomb = "<!DOCTYPE d [<!ENTITY a 'x'>]><domain><name>&a;</name></domain>";
         assert!(parse_guest(bomb).unwrap_err().contains("DOCTYPE"));
+    }
+
+    #[test]
+    fn sizes_are_bounded_and_checked() {
+        let base = "<domain><name>b</name><memory unit='GiB'>4</memory><vcpu>2</vcpu><memoryBacking><hugepages><page size='2048' unit='KiB'/></hugepages></memoryBacking></domain>";
+        assert_eq!(parse_guest(base).unwrap().hugepage_kb, Some(2048));
+        for (from, to, want) in [
+            (
+                "size='2048'",
+                "size='0'",
+                "<page size='0'>: a page size of 0",
+            ),
+            ("size='2048'", "size='1000'", "not a power of two"),
+            (
+                "<memory unit='GiB'>4",
+                "<memory unit='KB'>18446744073709551615",
+                "memory value 18446744073709551615 KB: ",
+            ),
+            (
+                "<memory unit='GiB'>4",
+                "<memory unit='EB'>18446744073709551615",
+                "overflows",
+            ),
+            ("<memory unit='GiB'>4", "<memory unit='TiB'>65", "more than"),
+            ("<vcpu>2", "<vcpu>4294967295", "4294967295 vCPUs"),
+        ] {
+            let bad = base.replace(from, to);
+            let e = parse_guest(&bad).unwrap_err();
+            assert!(e.starts_with("domain b: ") && e.contains(want), "{e}");
+        }
+        let cells = "<cell cpus='0' memory='1'/>".repeat(129);
+        let x = base.replace(
+            "</domain>",
+            &format!("<cpu><numa>{cells}</numa></cpu></domain>"),
+        );
+        assert!(parse_guest(&x).unwrap_err().contains("128"));
+    }
+
+    #[test]
+    fn guests_from_json_are_checked() {
+        let mut g = parse_guest(&fixtures::pinned("vm1", "u", &[2, 3], None, 0, 64)).unwrap();
+        assert!(g.check("g").is_ok());
+        g.hugepage_kb = Some(0);
+        assert_eq!(g.check("g").unwrap_err().field, "g.hugepage_kb");
+        g.hugepage_kb = None;
+        g.vcpu_pins.insert("0".into(), vec![u32::MAX]);
+        assert_eq!(g.check("g").unwrap_err().field, "g.vcpu_pins.0");
+        g.vcpus = u32::MAX;
+        assert_eq!(g.check("g").unwrap_err().field, "g.vcpus");
     }
 }

@@ -6,6 +6,7 @@ use crate::claim::ClaimFact;
 use crate::cpuset::CpuSet;
 use crate::domain::{self, Guest};
 use crate::fit::{HostCell, HostState, MemPages};
+use crate::limits;
 use crate::nova::conf::{ComputeConf, ReservedPages};
 use crate::topology::{self, Cell, HostTopology};
 use schemars::JsonSchema;
@@ -98,9 +99,17 @@ fn cell_usage<'a>(
     let mut pages: BTreeMap<(u32, u64), u64> = BTreeMap::new();
     for g in guests {
         for (cell, mb) in memory_by_cell(g, topo) {
-            *mem.entry(cell).or_default() += mb;
-            if let Some(size) = g.hugepage_kb.or(small_pages.then_some(4)) {
-                *pages.entry((cell, size)).or_default() += mb * 1024 / size;
+            let m = mem.entry(cell).or_default();
+            *m = m.saturating_add(mb);
+            // A page size of 0 never gets here (parsers and `NumaFacts::check` refuse it);
+            // checked anyway, as is the arithmetic.
+            let size = g
+                .hugepage_kb
+                .or(small_pages.then_some(4))
+                .filter(|s| *s > 0);
+            if let Some(size) = size {
+                let p = pages.entry((cell, size)).or_default();
+                *p = p.saturating_add(mb.saturating_mul(1024) / size);
             }
         }
     }
@@ -234,6 +243,10 @@ pub fn gather_live(
     Ok(f)
 }
 
+/// At most this many saved domain XMLs in one run (a compute host runs a few hundred guests):
+/// with [`limits::MAX_FILE_BYTES`] each, what the saved dumps can take stays bounded.
+pub const MAX_DOMAIN_FILES: usize = 1024;
+
 /// Offline facts from files: a saved `virsh capabilities` and saved `virsh dumpxml` outputs.
 pub fn gather_saved(
     caps_file: &std::path::Path,
@@ -248,13 +261,23 @@ pub fn gather_saved(
             ..Default::default()
         },
     };
-    let read = |p: &std::path::Path| {
-        std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
+    let read = |what: &str, p: &std::path::Path| {
+        let field = format!("{what} {}", p.display());
+        limits::read_text(&field, p, limits::MAX_FILE_BYTES).map_err(|e| match e.kind {
+            limits::Kind::Unreadable { why } => anyhow::anyhow!("cannot read {field}: {why}"),
+            _ => anyhow::Error::new(e),
+        })
     };
-    let caps = read(caps_file)?;
+    let caps = read("capabilities_file", caps_file)?;
+    limits::at_most(
+        "domain_files",
+        domain_files.len() as u64,
+        MAX_DOMAIN_FILES as u64,
+        "files",
+    )?;
     let mut doms = Vec::new();
     for f in domain_files {
-        doms.push((f.display().to_string(), read(f)?));
+        doms.push((f.display().to_string(), read("domain_files", f)?));
     }
     let name = host.map(str::to_string).unwrap_or_else(|| {
         caps_file
@@ -295,6 +318,28 @@ pub fn from_saved(
 }
 
 impl NumaFacts {
+    /// The bounds of [`crate::limits`] on facts handed in as JSON (`host_facts`, `drain`): cell
+    /// count, CPU ids, memory, page sizes, each guest. `field` names the argument.
+    pub fn check(&self, field: &str) -> Result<(), limits::Error> {
+        limits::at_most(
+            &format!("{field}.cells"),
+            self.cells.len() as u64,
+            limits::MAX_HOST_CELLS as u64,
+            "cells",
+        )?;
+        for (i, c) in self.cells.iter().enumerate() {
+            c.check(&format!("{field}.cells[{i}]"))?;
+        }
+        limits::memory_mib(
+            &format!("{field}.reserved_host_memory_mb"),
+            self.reserved_host_memory_mb,
+        )?;
+        for (i, g) in self.guests.iter().enumerate() {
+            g.check(&format!("{field}.guests[{i}]"))?;
+        }
+        Ok(())
+    }
+
     /// The host as the fit engine sees it (Nova's NUMATopology shape), optionally ignoring one
     /// guest's own usage (when replanning that guest on its own host).
     pub fn host_state(&self, exclude_guest: Option<&str>) -> HostState {

@@ -16,6 +16,7 @@
 //!   each; an isolated emulator pCPU comes from outside those cores, partly used cores first.
 
 use crate::cpuset::CpuSet;
+use crate::limits;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -77,7 +78,8 @@ impl HostCell {
             .max(1)
     }
     fn avail_memory(&self) -> i64 {
-        self.memory as i64 - self.memory_usage as i64
+        (self.memory as i128 - self.memory_usage as i128).clamp(i64::MIN as i128, i64::MAX as i128)
+            as i64
     }
 }
 
@@ -370,7 +372,10 @@ fn image_props(req: &Request) -> Result<ImageProps, String> {
                 format!("invalid literal for int() with base 10: '{s}'"),
             )
         })?;
-        mems.push(m.max(0) as u64);
+        mems.push(
+            limits::memory_mib("hw_numa_mem", m.max(0) as u64)
+                .map_err(|e| req_err("InvalidRequest", e))?,
+        );
     }
     Ok(ImageProps {
         numa_nodes,
@@ -388,6 +393,18 @@ fn image_props(req: &Request) -> Result<ImageProps, String> {
     })
 }
 
+/// A NUMA node count from the flavor or image, at most [`limits::MAX_NUMA_NODES`].
+fn numa_nodes(field: &str, n: i64) -> Result<u32, String> {
+    limits::at_most(
+        field,
+        n.max(0) as u64,
+        limits::MAX_NUMA_NODES as u64,
+        "NUMA nodes",
+    )
+    .map(|n| n as u32)
+    .map_err(|e| req_err("InvalidRequest", e))
+}
+
 /// Nova's `numa_get_constraints` (19.3.2): the guest topology a request asks for, `None` when
 /// it asks for no NUMA placement at all (no pinning, no NUMA nodes, no page size), or Nova's
 /// error. Checks run in Nova's order so the same request fails with the same exception.
@@ -395,6 +412,10 @@ pub fn constraints(req: &Request) -> Result<Option<GuestTopology>, String> {
     if req.vcpus == 0 {
         return Err(req_err("InvalidRequest", "vcpus must be at least 1"));
     }
+    // Bounds before anything is sized from the request (the vCPU list, the cells).
+    let bound = |r: Result<u64, limits::Error>| r.map_err(|e| req_err("InvalidRequest", e));
+    bound(limits::vcpus("vcpus", req.vcpus).map(u64::from))?;
+    bound(limits::memory_mib("memory_mb", req.memory_mb))?;
     let image = image_props(req)?;
     // Present flavor keys, empty values included (Nova tests presence for the .N maps and
     // truthiness elsewhere).
@@ -413,7 +434,7 @@ pub fn constraints(req: &Request) -> Result<Option<GuestTopology>, String> {
     let nodes: Option<u32> = match (&fnodes, image.numa_nodes) {
         (Some(f), _) => match f.parse::<i64>() {
             // strutils.is_int_like: str(int(v)) == v, so "+1", "02", " 2" are refused
-            Ok(n) if n.to_string() == *f && n >= 1 => Some(n.min(u32::MAX as i64) as u32),
+            Ok(n) if n.to_string() == *f && n >= 1 => Some(numa_nodes("hw:numa_nodes", n)?),
             _ => {
                 return Err(req_err(
                     "InvalidNUMANodesNumber",
@@ -431,7 +452,7 @@ pub fn constraints(req: &Request) -> Result<Option<GuestTopology>, String> {
                 ),
             ))
         }
-        (None, Some(n)) => Some(n.min(u32::MAX as i64) as u32),
+        (None, Some(n)) => Some(numa_nodes("hw_numa_nodes", n)?),
         (None, None) => None,
     };
     // hw:mem_page_size: the image may only choose when the flavor says large or any.
@@ -485,7 +506,10 @@ pub fn constraints(req: &Request) -> Result<Option<GuestTopology>, String> {
             (Some(f), None) => Some(f),
         };
         let fmem = flavor_map("hw:numa_mem", &|v| match py_int(v) {
-            Some(m) => Ok(vec![m.max(0) as u32]),
+            // Bounded first: the value is carried as u32 MiB (64 TiB fits).
+            Some(m) => Ok(vec![limits::memory_mib("hw:numa_mem", m.max(0) as u64)
+                .map_err(|e| req_err("InvalidRequest", e))?
+                as u32]),
             None => Err(req_err(
                 "ValueError",
                 format!("invalid literal for int() with base 10: '{v}'"),
@@ -833,14 +857,20 @@ fn page_candidates(h: &HostCell, req: PageRequest) -> impl Iterator<Item = u64> 
 
 /// Nova's memory checks for one cell: the page size it gets, or why not.
 fn cell_memory_check(h: &HostCell, g: &GuestCellReq) -> Result<Option<u64>, Why> {
-    let mem_kb = g.memory_mb * 1024;
+    // Sizes are bounded where they enter (`limits`); the arithmetic is checked here anyway, as
+    // a HostState may be built by hand.
+    let mem_kb = g.memory_mb.saturating_mul(1024);
     match g.pagesize {
         Some(req) => {
             let fits = |size: u64| {
                 h.mempages
                     .iter()
                     .find(|p| p.size_kb == size)
-                    .is_some_and(|p| mem_kb <= p.free() * p.size_kb && mem_kb % p.size_kb == 0)
+                    .is_some_and(|p| {
+                        p.size_kb > 0
+                            && mem_kb <= p.free().saturating_mul(p.size_kb)
+                            && mem_kb % p.size_kb == 0
+                    })
             };
             match page_candidates(h, req).find(|s| fits(*s)) {
                 Some(s) => Ok(Some(s)),
@@ -850,9 +880,10 @@ fn cell_memory_check(h: &HostCell, g: &GuestCellReq) -> Result<Option<u64>, Why>
         None => {
             match h.mempages.iter().min_by_key(|p| p.size_kb) {
                 Some(small) => {
-                    if mem_kb > small.total * small.size_kb || mem_kb % small.size_kb != 0 {
+                    let small_kb = small.total.saturating_mul(small.size_kb);
+                    if mem_kb > small_kb || mem_kb.checked_rem(small.size_kb) != Some(0) {
                         return Err(Why::SmallPages {
-                            small_mb: small.total * small.size_kb / 1024,
+                            small_mb: small_kb / 1024,
                         });
                     }
                 }
@@ -1265,10 +1296,11 @@ pub fn claim(host: &mut HostState, p: &Placement) {
             }
         }
         h.pinned_cpus = h.pinned_cpus.union(&pins);
-        h.memory_usage += c.memory_mb;
+        h.memory_usage = h.memory_usage.saturating_add(c.memory_mb);
         if let Some(size) = c.pagesize_kb {
             if let Some(pool) = h.mempages.iter_mut().find(|m| m.size_kb == size) {
-                pool.used += c.memory_mb * 1024 / size;
+                let pages = c.memory_mb.saturating_mul(1024).checked_div(size);
+                pool.used = pool.used.saturating_add(pages.unwrap_or(0));
             }
         }
     }
@@ -1360,8 +1392,8 @@ pub fn validate(host: &HostState, topo: &GuestTopology, p: &Placement) -> Result
                 .iter()
                 .find(|m| m.size_kb == size)
                 .ok_or(format!("no {size} KiB pages on cell {}", h.id))?;
-            let kb = c.memory_mb * 1024;
-            if kb % size != 0 || kb > pool.free() * size {
+            let kb = c.memory_mb.saturating_mul(1024);
+            if kb.checked_rem(size) != Some(0) || kb > pool.free().saturating_mul(size) {
                 return Err(format!(
                     "cell {}: {} MiB does not fit in free {size} KiB pages",
                     h.id, c.memory_mb
@@ -1683,6 +1715,62 @@ mod tests {
         assert!(constraints(&r)
             .unwrap_err()
             .starts_with("MemoryPageSizeForbidden"));
+    }
+
+    #[test]
+    fn request_sizes_are_bounded_before_anything_is_allocated() {
+        let e =
+            constraints(&req(u32::MAX, 512, json!({"hw:cpu_policy": "dedicated"}))).unwrap_err();
+        assert!(
+            e.starts_with("InvalidRequest: vcpus: 4294967295 vCPUs"),
+            "{e}"
+        );
+        assert!(constraints(&req(4096, 4096, json!({"hw:cpu_policy": "dedicated"}))).is_ok());
+        let e = constraints(&req(2, u64::MAX, json!({}))).unwrap_err();
+        assert!(e.contains("memory_mb"), "{e}");
+        let e = constraints(&req(
+            u32::MAX,
+            u32::MAX as u64,
+            json!({"hw:numa_nodes": "4294967295"}),
+        ))
+        .unwrap_err();
+        assert!(e.contains("vcpus"), "{e}");
+        let e = constraints(&req(4, 4096, json!({"hw:numa_nodes": "4294967295"}))).unwrap_err();
+        assert!(e.contains("hw:numa_nodes: 4294967295 NUMA nodes"), "{e}");
+        let mut r = req(4, 4096, json!({}));
+        r.image_properties
+            .insert("hw_numa_nodes".into(), json!(i64::MAX));
+        assert!(constraints(&r).unwrap_err().contains("hw_numa_nodes"));
+        let e = constraints(&req(
+            2,
+            4096,
+            json!({"hw:numa_nodes": "2", "hw:numa_cpus.0": "0", "hw:numa_cpus.1": "1",
+                   "hw:numa_mem.0": "4294967296", "hw:numa_mem.1": "0"}),
+        ))
+        .unwrap_err();
+        assert!(e.contains("hw:numa_mem"), "{e}");
+    }
+
+    #[test]
+    fn hand_built_hosts_with_empty_page_sizes_do_not_divide_by_zero() {
+        let mut c = nosmt(0, &[0, 1, 2, 3], &[], 4096);
+        c.mempages = vec![MemPages {
+            size_kb: 0,
+            total: 10,
+            used: 0,
+            reserved: 0,
+        }];
+        let host = HostState {
+            name: "h".into(),
+            cells: vec![c],
+        };
+        let r = req(2, 512, json!({"hw:cpu_policy": "dedicated"}));
+        assert!(matches!(
+            fit_request(&host, &r, &FitOptions::default()),
+            Ok(Decision::NoFit(_))
+        ));
+        let r = req(2, 512, json!({"hw:mem_page_size": "any"}));
+        assert!(fit_request(&host, &r, &FitOptions::default()).is_ok());
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod facts;
 pub mod fit;
 pub mod fixup;
 pub mod libvirt;
+pub mod limits;
 pub mod lock;
 pub mod migrate;
 pub mod nova;

@@ -42,6 +42,7 @@ use crate::domain::Guest;
 use crate::facts::{self, NumaFacts};
 use crate::fit::{self, CellPlacement, FitOptions, GuestTopology, Placement, ThreadPolicy};
 use crate::libvirt::{self, consts, Domain, Host, MigrateParameters};
+use crate::limits;
 use crate::presence::{self, Presence, Stale};
 use crate::repin;
 use crate::ssh::{quote, Ssh};
@@ -209,7 +210,30 @@ fn d_ssh_user() -> String {
 fn yes() -> bool {
     true
 }
-impl ModuleArgs for Args {}
+impl ModuleArgs for Args {
+    fn validate(&self) -> std::result::Result<(), limits::Error> {
+        limits::at_most(
+            "downtime_steps",
+            self.downtime_steps,
+            limits::MAX_DOWNTIME_STEPS,
+            "steps",
+        )?;
+        limits::at_most(
+            "max_downtime_ms",
+            self.max_downtime_ms,
+            MAX_DOWNTIME_MS,
+            "ms",
+        )?;
+        limits::at_most("downtime_delay_s", self.downtime_delay_s, MAX_DELAY_S, "s")?;
+        limits::abs_dir("lock_dir", &self.lock_dir)?;
+        Ok(())
+    }
+}
+
+/// Bounds of the migration's timing arguments (see [`crate::limits`]): an hour of downtime, a
+/// day per GiB between downtime steps; far beyond Nova's defaults (500 ms, 75 s).
+pub const MAX_DOWNTIME_MS: u64 = 3_600_000;
+pub const MAX_DELAY_S: u64 = 86_400;
 
 const M: &str = "repin_migrate";
 
@@ -222,7 +246,7 @@ fn lv(e: libvirt::Error) -> String {
 
 /// `[DEFAULT] host` of a nova.conf.
 fn conf_host(path: Option<&Path>) -> Option<String> {
-    let text = std::fs::read_to_string(path?).ok()?;
+    let text = limits::read_text("nova.conf", path?, limits::MAX_FILE_BYTES).ok()?;
     let mut in_default = false;
     for line in text.lines() {
         let l = line.trim();
@@ -809,12 +833,18 @@ pub fn downtime_steps(
     delay_per_gib: u64,
     data_gib: f64,
 ) -> Vec<(u64, u64)> {
-    let steps = steps.max(1);
+    // Bounded where it comes in (Args::validate); clamped here too, as the list is allocated.
+    let steps = steps.clamp(1, limits::MAX_DOWNTIME_STEPS);
     let delay = (delay_per_gib as f64 * data_gib) as u64;
     let base = max_ms / steps;
     let offset = (max_ms - base) / steps;
     (0..=steps)
-        .map(|i| (delay * i, base + offset * i))
+        .map(|i| {
+            (
+                delay.saturating_mul(i),
+                base.saturating_add(offset.saturating_mul(i)),
+            )
+        })
         .collect()
 }
 
@@ -1814,6 +1844,43 @@ fn repin_in_place(a: &Args, ctx: &Context) -> Result<Outcome> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timing_and_paths_are_bounded_in_the_args() {
+        let parse = |extra: &str| {
+            crate::ansible::parse_args::<Args>(
+                M,
+                &format!(r#"{{"guest": "g", "source_uri": "qemu:///system"{extra}}}"#),
+            )
+            .map(|_| ())
+            .map_err(|f| f.msg)
+        };
+        assert!(parse("").is_ok());
+        assert!(parse(r#", "downtime_steps": 1000"#).is_ok());
+        for (extra, field) in [
+            (r#", "downtime_steps": 1099511627776"#, "downtime_steps"),
+            (
+                r#", "downtime_steps": 18446744073709551615"#,
+                "downtime_steps",
+            ),
+            (
+                r#", "max_downtime_ms": 18446744073709551615"#,
+                "max_downtime_ms",
+            ),
+            (
+                r#", "downtime_delay_s": 18446744073709551615"#,
+                "downtime_delay_s",
+            ),
+            (r#", "lock_dir": "run/lock""#, "lock_dir"),
+            (r#", "lock_dir": "/run/../etc""#, "lock_dir"),
+            (r#", "dest_uri": "qemu+tcp://a\u0000b/system""#, "dest_uri"),
+        ] {
+            let e = parse(extra).unwrap_err();
+            assert!(e.starts_with(&format!("{M}: argument '{field}': ")), "{e}");
+        }
+        // The step list is never larger than the bound, whatever the library caller passes.
+        assert_eq!(downtime_steps(500, u64::MAX, u64::MAX, 1e30).len(), 1001);
+    }
 
     #[test]
     fn nova_downtime_steps() {

@@ -5,6 +5,7 @@
 //! `facts` combines both with the guests into what the fit engine consumes.
 
 use crate::cpuset::{self, CpuSet};
+use crate::limits;
 use crate::xml::{self, Element};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -44,6 +45,23 @@ impl Cell {
     pub fn cpu_set(&self) -> CpuSet {
         self.cpus.iter().map(|c| c.id).collect()
     }
+    /// The bounds of [`crate::limits`] on a cell handed in as JSON (facts from an earlier run):
+    /// CPU ids, memory, page sizes and counts. `field` is where the cell sits (`host_facts.cells[0]`).
+    pub fn check(&self, field: &str) -> Result<(), limits::Error> {
+        for (i, c) in self.cpus.iter().enumerate() {
+            limits::cpu_id(&format!("{field}.cpus[{i}].id"), c.id)?;
+            for s in &c.siblings {
+                limits::cpu_id(&format!("{field}.cpus[{i}].siblings"), *s)?;
+            }
+        }
+        limits::memory_mib(&format!("{field}.memory_mb"), self.memory_mb)?;
+        for (i, p) in self.pages.iter().enumerate() {
+            let f = format!("{field}.pages[{i}]");
+            limits::page_kib(&format!("{f}.size_kb"), p.size_kb)?;
+            limits::pages(&format!("{f}.total"), p.size_kb, p.total)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Default)]
@@ -74,22 +92,29 @@ impl HostTopology {
     }
 }
 
-/// Convert a libvirt memory quantity to KiB (`unit` defaults to KiB as in libvirt).
+/// Convert a libvirt memory quantity to KiB (`unit` defaults to KiB as in libvirt). Every step
+/// is checked: a quantity that overflows, or is above 64 TiB, is refused, never wrapped.
 pub fn to_kib(value: u64, unit: Option<&str>) -> Result<u64, String> {
-    let mult: u64 = match unit.unwrap_or("KiB") {
-        "b" | "bytes" => return Ok(value / 1024),
-        "KB" => return Ok(value * 1000 / 1024),
-        "k" | "KiB" => 1,
-        "MB" => return Ok(value * 1_000_000 / 1024),
-        "M" | "MiB" => 1024,
-        "GB" => return Ok(value * 1_000_000_000 / 1024),
-        "G" | "GiB" => 1024 * 1024,
-        "T" | "TiB" => 1024 * 1024 * 1024,
+    let unit = unit.unwrap_or("KiB");
+    let bytes_per_unit: u64 = match unit {
+        "b" | "bytes" => 1,
+        "KB" => 1000,
+        "k" | "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "M" | "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "G" | "GiB" => 1 << 30,
+        "TB" => 1_000_000_000_000,
+        "T" | "TiB" => 1 << 40,
+        "PB" => 1_000_000_000_000_000,
+        "P" | "PiB" => 1 << 50,
+        "EB" => 1_000_000_000_000_000_000,
+        "E" | "EiB" => 1 << 60,
         other => return Err(format!("unknown memory unit '{other}'")),
     };
-    value
-        .checked_mul(mult)
-        .ok_or_else(|| format!("memory value {value} {} overflows", unit.unwrap_or("KiB")))
+    let kib = limits::checked_kib(value, bytes_per_unit)
+        .ok_or_else(|| format!("memory value {value} {unit} overflows"))?;
+    limits::memory_kib(&format!("memory value {value} {unit}"), kib).map_err(|e| e.to_string())
 }
 
 /// Parse `virsh capabilities` output. A host without `<topology><cells>` (some drivers) yields
@@ -114,28 +139,30 @@ pub fn parse_capabilities(doc: &str) -> Result<HostTopology, String> {
     let Some(cells) = host.path("topology/cells") else {
         return Ok(topo);
     };
+    let n = cells.children("cell").count();
+    limits::at_most(
+        "capabilities XML: <cells>",
+        n as u64,
+        limits::MAX_HOST_CELLS as u64,
+        "cells",
+    )
+    .map_err(|e| e.to_string())?;
     for cell in cells.children("cell") {
         topo.cells.push(parse_cell(cell)?);
     }
     let mut seen = std::collections::BTreeSet::new();
+    let mut cpus_seen = CpuSet::new();
     for c in &topo.cells {
         if !seen.insert(c.id) {
             return Err(format!("capabilities XML: cell id {} appears twice", c.id));
         }
-        for p in &c.cpus {
-            if topo
-                .cells
-                .iter()
-                .filter(|o| o.cpus.iter().any(|q| q.id == p.id))
-                .count()
-                > 1
-            {
-                return Err(format!(
-                    "capabilities XML: CPU {} appears in more than one cell",
-                    p.id
-                ));
-            }
+        let mine = c.cpu_set();
+        if let Some(p) = mine.intersection(&cpus_seen).first() {
+            return Err(format!(
+                "capabilities XML: CPU {p} appears in more than one cell"
+            ));
         }
+        cpus_seen = cpus_seen.union(&mine);
     }
     Ok(topo)
 }
@@ -156,9 +183,13 @@ fn parse_cell(cell: &Element) -> Result<Cell, String> {
             .map_err(ctx)?
             .ok_or_else(|| ctx("<pages> without size".into()))?;
         let size_kb = to_kib(size, p.attr("unit")).map_err(ctx)?;
+        let field = format!("<pages size='{size}'>");
+        limits::page_kib(&field, size_kb).map_err(|e| ctx(e.to_string()))?;
+        let total = limits::pages(&field, size_kb, p.text_num().map_err(ctx)?)
+            .map_err(|e| ctx(e.to_string()))?;
         pages.push(PagePool {
             size_kb,
-            total: p.text_num().map_err(ctx)?,
+            total,
             free: None,
         });
     }
@@ -354,5 +385,50 @@ mod tests {
         assert_eq!(to_kib(2048, Some("b")).unwrap(), 2);
         assert_eq!(to_kib(64, Some("MiB")).unwrap(), 65536);
         assert!(to_kib(u64::MAX, Some("TiB")).is_err());
+        // Decimal units overflowed silently before: now every step is checked and bounded.
+        for unit in ["KB", "MB", "GB", "TB", "PB", "EB", "b", "KiB", "EiB"] {
+            let e = to_kib(u64::MAX, Some(unit)).unwrap_err();
+            assert!(
+                e.contains("overflows") || e.contains("more than"),
+                "{unit}: {e}"
+            );
+        }
+        assert_eq!(to_kib(1_000_000, Some("KB")).unwrap(), 976_562);
+        assert_eq!(to_kib(1, Some("TB")).unwrap(), 976_562_500);
+        assert_eq!(
+            to_kib(64, Some("TiB")).unwrap(),
+            crate::limits::MAX_MEMORY_KIB
+        );
+        assert!(to_kib(65, Some("TiB")).unwrap_err().contains("more than"));
+    }
+
+    #[test]
+    fn bounded_page_pools_and_memory() {
+        let full = caps(1, 2, 1, 1024, &[(2048, 8)]);
+        assert!(parse_capabilities(&full).is_ok());
+        for (from, to, want) in [
+            ("size='2048'", "size='0'", "page size of 0"),
+            ("size='2048'", "size='3'", "not a power of two"),
+            (
+                ">8</pages>",
+                ">18446744073709551615</pages>",
+                "KiB of pages",
+            ),
+        ] {
+            let bad = full.replace(from, to);
+            assert_ne!(bad, full, "{from}");
+            let e = parse_capabilities(&bad).unwrap_err();
+            assert!(e.contains(want) && e.contains("<pages"), "{e}");
+        }
+        let big = full.replace(
+            "<memory unit='KiB'>1048576",
+            "<memory unit='KB'>18446744073709551615",
+        );
+        assert!(parse_capabilities(&big).unwrap_err().contains("cell 0"));
+        let many = "<cell id='0'/>".repeat(crate::limits::MAX_HOST_CELLS + 1);
+        let doc = format!(
+            "<capabilities><host><topology><cells>{many}</cells></topology></host></capabilities>"
+        );
+        assert!(parse_capabilities(&doc).unwrap_err().contains("cells"));
     }
 }

@@ -1,7 +1,7 @@
 //! A stable-toolchain fuzz pass run by `cargo test`: thousands of deterministic mutations of
 //! real documents through every parser. `fuzz/` holds the libFuzzer targets for longer runs
 //! (tests/fuzz.sh); this keeps a no-panic guarantee in the plain test suite too.
-use numa_repin::{cpuset, domain, fit, nova, topology};
+use numa_repin::{cpuset, domain, facts, fit, limits, nova, topology};
 use std::panic;
 
 struct Rng(u64);
@@ -43,6 +43,11 @@ const TOKENS: &[&str] = &[
     "vcpu_pin_set=",
     "node:0,size:",
     "<cell id='0'>",
+    "4294967295",
+    "18446744073709551615",
+    "size='0'",
+    "unit='KB'",
+    "unit='EB'",
 ];
 
 fn mutate(rng: &mut Rng, base: &str) -> String {
@@ -141,6 +146,8 @@ fn fit_never_panics_on_random_hosts_and_requests() {
         "512",
         "x",
         "",
+        "4294967295",
+        "1099511627776",
     ];
     for _ in 0..20000 {
         let cells = (0..1 + rng.below(4))
@@ -179,7 +186,11 @@ fn fit_never_panics_on_random_hosts_and_requests() {
             cells,
         };
         let mut req = fit::Request {
-            vcpus: rng.below(10) as u32,
+            vcpus: match rng.below(100) {
+                0 => u32::MAX,
+                1 => limits::MAX_VCPUS + 1,
+                n => (n % 10) as u32,
+            },
             memory_mb: rng.below(4096) as u64,
             ..Default::default()
         };
@@ -254,5 +265,103 @@ fn libvirt_wire_decoders_never_panic_on_mutated_bytes() {
             let _ = Dec::new(body).count(1 << 20, 4);
         });
         assert!(r.is_ok(), "panic on {b:?}");
+    }
+}
+
+/// Each measured out-of-bounds input (issue 15) fails with an error naming what is wrong, through
+/// the library, without a panic and before anything is sized from it.
+#[test]
+fn out_of_bounds_inputs_are_refused_not_allocated() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let read = |p: &str| std::fs::read_to_string(format!("{root}/tests/fixtures/{p}")).unwrap();
+    let caps = read("saved/caps-2s12c2t.xml");
+    let dom = read("saved/db-1.xml");
+    let request = |vcpus: u32, specs: serde_json::Value| fit::Request {
+        vcpus,
+        memory_mb: 4096,
+        extra_specs: serde_json::from_value(specs).unwrap(),
+        ..Default::default()
+    };
+    let cases: Vec<(
+        &str,
+        Box<dyn Fn() -> Result<(), String> + panic::RefUnwindSafe>,
+        &str,
+    )> = vec![
+        (
+            "vcpus 2^32-1",
+            Box::new(move || {
+                fit::constraints(&request(
+                    u32::MAX,
+                    serde_json::json!({"hw:cpu_policy": "dedicated"}),
+                ))
+                .map(drop)
+            }),
+            "vcpus",
+        ),
+        (
+            "hw:numa_nodes 2^32-1",
+            Box::new(move || {
+                fit::constraints(&request(
+                    4,
+                    serde_json::json!({"hw:numa_nodes": "4294967295"}),
+                ))
+                .map(drop)
+            }),
+            "hw:numa_nodes",
+        ),
+        (
+            "capabilities <pages size='0'>",
+            {
+                let c = caps.replacen("size='2048'", "size='0'", 1);
+                assert_ne!(c, caps);
+                Box::new(move || topology::parse_capabilities(&c).map(drop))
+            },
+            "page size of 0",
+        ),
+        (
+            "domain <page size='0'>",
+            {
+                let d = dom.replacen("<page size='1048576'", "<page size='0'", 1);
+                assert_ne!(d, dom);
+                Box::new(move || domain::parse_guest(&d).map(drop))
+            },
+            "page size of 0",
+        ),
+        (
+            "domain <currentMemory unit='KB'> beyond u64 bytes",
+            {
+                let d = dom.replacen(
+                    "<currentMemory unit='KiB'>2097152",
+                    "<currentMemory unit='KB'>18446744073709551615",
+                    1,
+                );
+                assert_ne!(d, dom);
+                Box::new(move || domain::parse_guest(&d).map(drop))
+            },
+            "memory value 18446744073709551615 KB",
+        ),
+        (
+            "facts JSON with a page size of 0",
+            {
+                let conf = nova::conf::ComputeConf::default();
+                let f = facts::from_saved("h", &caps, &[], &conf).unwrap();
+                let mut v = serde_json::to_value(&f).unwrap();
+                v["cells"][0]["pages"][0]["size_kb"] = serde_json::json!(0);
+                v["cells"][1]["cpus"][0]["id"] = serde_json::json!(u32::MAX);
+                Box::new(move || {
+                    let f: facts::NumaFacts =
+                        serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
+                    f.check("host_facts").map_err(|e| e.to_string())
+                })
+            },
+            "host_facts.cells[0].pages[0].size_kb",
+        ),
+    ];
+    for (what, f, want) in cases {
+        match panic::catch_unwind(|| f()) {
+            Err(_) => panic!("{what}: panicked"),
+            Ok(Ok(())) => panic!("{what}: accepted"),
+            Ok(Err(e)) => assert!(e.contains(want), "{what}: {e}"),
+        }
     }
 }

@@ -4,6 +4,7 @@ use numa_repin::ansible::{self, Failure, ModuleArgs, Outcome};
 use numa_repin::drain::{self, DrainGuest};
 use numa_repin::facts::{self, NumaFacts};
 use numa_repin::fit::{self, Decision, FitOptions, GuestTopology, Request, ThreadPolicy};
+use numa_repin::limits;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -55,7 +56,31 @@ struct DrainArgs {
 fn yes() -> bool {
     true
 }
-impl ModuleArgs for Args {}
+impl ModuleArgs for Args {
+    fn validate(&self) -> Result<(), limits::Error> {
+        if let Some(r) = &self.request {
+            limits::vcpus("request.vcpus", r.vcpus)?;
+            limits::memory_mib("request.memory_mb", r.memory_mb)?;
+        }
+        for (f, name) in [
+            (&self.host_facts, "host_facts"),
+            (&self.source_facts, "source_facts"),
+        ] {
+            if let Some(f) = f {
+                f.check(name)?;
+            }
+        }
+        if let Some(d) = &self.drain {
+            for (i, f) in d.sources.iter().enumerate() {
+                f.check(&format!("drain.sources[{i}]"))?;
+            }
+            for (i, f) in d.candidates.iter().enumerate() {
+                f.check(&format!("drain.candidates[{i}]"))?;
+            }
+        }
+        Ok(())
+    }
+}
 
 fn target(a: &Args) -> anyhow::Result<NumaFacts> {
     match (&a.host_facts, &a.uri) {

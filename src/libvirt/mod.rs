@@ -207,6 +207,9 @@ pub fn parse_uri(uri: &str) -> Result<Target> {
         uri: uri.to_string(),
         why,
     };
+    if uri.contains('\0') {
+        return Err(unsupported("it contains a NUL byte".into()));
+    }
     let (scheme, rest) = uri
         .split_once("://")
         .ok_or_else(|| unsupported("not a URI (expected e.g. qemu:///system)".into()))?;
@@ -888,6 +891,9 @@ mod tests {
 
     #[test]
     fn uris() {
+        let e = parse_uri("qemu:///sys\0tem").unwrap_err();
+        assert!(e.to_string().contains("NUL byte"), "{e}");
+        assert!(connect("qemu+tcp://h\0st/system").is_err());
         let t = parse_uri("qemu:///system").unwrap();
         assert_eq!(t.name, "qemu:///system");
         assert_eq!(

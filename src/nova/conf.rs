@@ -129,7 +129,7 @@ fn parse_reserved(line: &str) -> Result<ReservedPages, String> {
         (Some(node), Some(size_kb), Some(count)) => Ok(ReservedPages {
             node,
             size_kb,
-            count,
+            count: crate::limits::pages("count", size_kb, count).map_err(|e| e.to_string())?,
         }),
         _ => Err("node, size and count are all required".into()),
     }
@@ -138,8 +138,12 @@ fn parse_reserved(line: &str) -> Result<ReservedPages, String> {
 /// A page size as Nova accepts it: KiB as a bare number, or with a unit (`2MB`, `1GB`, `2048KB`),
 /// read the way oslo's `string_to_bytes` reads IEC-ish suffixes (powers of 1024).
 pub fn parse_page_size(v: &str) -> Result<u64, String> {
+    let checked = |kb: Option<u64>| {
+        let kb = kb.ok_or_else(|| format!("page size {v:?} overflows"))?;
+        crate::limits::page_kib(&format!("page size {v:?}"), kb).map_err(|e| e.to_string())
+    };
     if let Ok(n) = v.parse::<u64>() {
-        return Ok(n);
+        return checked(Some(n));
     }
     let lower = v.to_ascii_lowercase();
     let digits: String = lower.chars().take_while(|c| c.is_ascii_digit()).collect();
@@ -151,16 +155,13 @@ pub fn parse_page_size(v: &str) -> Result<u64, String> {
         .parse()
         .map_err(|_| format!("page size {v:?} is not a size"))?;
     let kb = match unit {
-        "k" => n,
-        "m" => n * 1024,
-        "g" => n * 1024 * 1024,
-        "" => n / 1024, // bytes
+        "k" => Some(n),
+        "m" => n.checked_mul(1024),
+        "g" => n.checked_mul(1024 * 1024),
+        "" => Some(n / 1024), // bytes
         _ => return Err(format!("page size {v:?} has an unknown unit")),
     };
-    if kb == 0 {
-        return Err(format!("page size {v:?} is zero"));
-    }
-    Ok(kb)
+    checked(kb)
 }
 
 /// Where Kolla and distro installs keep nova-compute's config, in the order tried.
@@ -173,14 +174,24 @@ pub fn default_paths() -> Vec<PathBuf> {
 
 /// Load the first existing file of `explicit` (must exist) or the defaults (absence is fine).
 pub fn load(explicit: Option<&Path>) -> Result<ComputeConf, String> {
+    let read = |p: &Path| {
+        let field = format!("nova.conf {}", p.display());
+        crate::limits::read_text(&field, p, crate::limits::MAX_FILE_BYTES)
+    };
     if let Some(p) = explicit {
-        let text = std::fs::read_to_string(p)
-            .map_err(|e| format!("cannot read nova.conf {}: {e}", p.display()))?;
+        let text = read(p).map_err(|e| match e.kind {
+            crate::limits::Kind::Unreadable { why } => {
+                format!("cannot read nova.conf {}: {why}", p.display())
+            }
+            _ => e.to_string(),
+        })?;
         return parse(&text, Some(p));
     }
     for p in default_paths() {
-        if let Ok(text) = std::fs::read_to_string(&p) {
-            return parse(&text, Some(&p));
+        match read(&p) {
+            Ok(text) => return parse(&text, Some(&p)),
+            Err(e) if matches!(e.kind, crate::limits::Kind::Unreadable { .. }) => {}
+            Err(e) => return Err(e.to_string()),
         }
     }
     Ok(ComputeConf {
@@ -244,5 +255,21 @@ mod tests {
         assert_eq!(parse_page_size("1GB").unwrap(), 1048576);
         assert_eq!(parse_page_size("1GiB").unwrap(), 1048576);
         assert!(parse_page_size("huge").is_err());
+        assert!(parse_page_size("0").unwrap_err().contains("page size of 0"));
+        assert!(parse_page_size("3").unwrap_err().contains("power of two"));
+        assert!(parse_page_size("18446744073709551615G")
+            .unwrap_err()
+            .contains("overflows"));
+        assert!(parse_reserved("node:0,size:1GB,count:18446744073709551615").is_err());
+    }
+
+    #[test]
+    fn an_oversized_nova_conf_is_refused_unread() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("nova.conf");
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(crate::limits::MAX_FILE_BYTES + 1).unwrap();
+        let e = load(Some(&p)).unwrap_err();
+        assert!(e.contains("nova.conf") && e.contains("more than"), "{e}");
     }
 }

@@ -108,14 +108,20 @@ pub fn ini_value(text: &str, section: &str, key: &str) -> Option<String> {
 /// Credentials from Kolla's files: the conductor's nova.conf, and passwords.yml when given
 /// (its `nova_database_password` wins over the URL's, as Kolla templates the URL from it).
 pub fn from_kolla(nova_conf: &Path, passwords: Option<&Path>) -> Result<DbCreds, String> {
-    let text = std::fs::read_to_string(nova_conf)
-        .map_err(|e| format!("cannot read {}: {e}", nova_conf.display()))?;
+    let read = |what: &str, p: &Path| {
+        crate::limits::read_text(what, p, crate::limits::MAX_FILE_BYTES).map_err(|e| match e.kind {
+            crate::limits::Kind::Unreadable { why } => {
+                format!("cannot read {}: {why}", p.display())
+            }
+            k => format!("{what} {}: {k}", p.display()),
+        })
+    };
+    let text = read("nova_conf", nova_conf)?;
     let url = ini_value(&text, "database", "connection")
         .ok_or_else(|| format!("{} has no [database] connection", nova_conf.display()))?;
     let mut c = parse_url(&url).map_err(|e| format!("{}: {e}", nova_conf.display()))?;
     if let Some(p) = passwords {
-        let y =
-            std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+        let y = read("passwords", p)?;
         let pw = y
             .lines()
             .find_map(|l| l.strip_prefix("nova_database_password:"))

@@ -6,6 +6,7 @@
 
 use crate::ansible::{Context, Failure, ModuleArgs, Outcome};
 use crate::container::{sha256_hex, Engine};
+use crate::limits;
 use crate::nova::tree::{sum_of, ContainerTree, LocalTree, NovaInfo, NovaTree};
 use anyhow::{anyhow, bail, Context as _, Result};
 use schemars::JsonSchema;
@@ -73,7 +74,11 @@ pub struct Args {
     pub python: Option<String>,
 }
 
-impl ModuleArgs for Args {}
+impl ModuleArgs for Args {
+    fn validate(&self) -> std::result::Result<(), limits::Error> {
+        limits::abs_dir("backup_dir", &self.backup_dir)
+    }
+}
 
 #[derive(Deserialize, JsonSchema, Default, Clone, Copy, PartialEq, Debug)]
 #[serde(rename_all = "lowercase")]
@@ -145,7 +150,11 @@ struct PatchSet {
 fn load_patch_set(dir: &Path, release: &str) -> Result<PatchSet> {
     let base = dir.join(release);
     let mpath = base.join("manifest.json");
-    let text = std::fs::read_to_string(&mpath).map_err(|e| {
+    let text = limits::read_text("manifest", &mpath, limits::MAX_FILE_BYTES).map_err(|e| {
+        let e = match e.kind {
+            limits::Kind::Unreadable { why } => why,
+            k => k.to_string(),
+        };
         let have = available_releases(dir);
         anyhow!(
             "no patch for Nova {release}: cannot read {}: {e}; patch sets available: {}",
@@ -170,8 +179,8 @@ fn load_patch_set(dir: &Path, release: &str) -> Result<PatchSet> {
     for f in m.files {
         check_rel_path(&f.path)?;
         let p = base.join("nova").join(&f.path);
-        let data =
-            std::fs::read(&p).with_context(|| format!("patch file {} missing", p.display()))?;
+        let data = limits::read_bytes("patch file", &p, limits::MAX_SOURCE_BYTES)
+            .with_context(|| format!("patch file {} missing or unreadable", p.display()))?;
         let got = sha256_hex(&data);
         if got != f.patched_sha256 {
             bail!("patch file {} has sha256 {got}, its manifest says {}: the patch set is damaged; rebuild it (roles/nova_patch/build.py)",
@@ -636,7 +645,7 @@ fn pristine_original(
         return Ok(None);
     };
     let host = backup_path(backup_dir, &tree.backup_key(), release, &mf.path);
-    if let Ok(data) = std::fs::read(&host) {
+    if let Ok(data) = limits::read_bytes("backup", &host, limits::MAX_SOURCE_BYTES) {
         if sha256_hex(&data) == want {
             return Ok(Some(data));
         }
@@ -733,10 +742,14 @@ fn written_path(dir: &Path, key: &str, release: &str) -> PathBuf {
 }
 
 fn load_written(dir: &Path, key: &str, release: &str) -> BTreeMap<String, String> {
-    std::fs::read_to_string(written_path(dir, key, release))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default()
+    limits::read_text(
+        "written.json",
+        &written_path(dir, key, release),
+        limits::MAX_FILE_BYTES,
+    )
+    .ok()
+    .and_then(|t| serde_json::from_str(&t).ok())
+    .unwrap_or_default()
 }
 
 fn record_written(dir: &Path, p: &TreePlan, state: PatchState) -> Result<()> {
@@ -956,6 +969,19 @@ fn unified_diff(before: &[u8], after: &[u8], bh: &str, ah: &str) -> Option<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backup_dir_must_be_absolute_without_dotdot() {
+        let parse = |dir: &str| {
+            let text = serde_json::json!({"patch_dir": "/p", "backup_dir": dir}).to_string();
+            crate::ansible::parse_args::<Args>("deploy_patched_nova", &text).map(|_| ())
+        };
+        assert!(parse("/var/lib/numa-repin/b").is_ok());
+        for bad in ["backup", "./b", "/var/lib/../../etc", "/var/\u{0}"] {
+            let e = parse(bad).unwrap_err().msg;
+            assert!(e.contains("argument 'backup_dir'"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn prefixes_match_dirs_and_files() {

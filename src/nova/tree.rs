@@ -6,6 +6,7 @@
 //! no process to restart.
 
 use crate::container::{sha256_hex, Engine};
+use crate::limits;
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -380,7 +381,7 @@ pub fn version_from_metadata(parent: &Path) -> Result<Option<String>> {
         } else {
             continue;
         };
-        let Ok(text) = std::fs::read_to_string(&file) else {
+        let Ok(text) = limits::read_text("package metadata", &file, limits::MAX_FILE_BYTES) else {
             continue;
         };
         let (mut name, mut version) = (None, None);
@@ -457,11 +458,12 @@ impl NovaTree for LocalTree {
         "reinstall this Nova (its wheel or distribution package)"
     }
     fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>> {
-        match std::fs::read(path) {
-            Ok(d) => Ok(Some(d)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("cannot read {path}")),
+        if !Path::new(path).exists() {
+            return Ok(None);
         }
+        limits::read_bytes(path, Path::new(path), limits::MAX_SOURCE_BYTES)
+            .map(Some)
+            .map_err(anyhow::Error::new)
     }
     /// Atomic: a temp file in the same directory renamed over the file, with the old file's
     /// mode (and owner, when permitted); a new file gets 0644.
