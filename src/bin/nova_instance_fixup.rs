@@ -113,8 +113,22 @@ fn main() {
                 // plans in a READ ONLY transaction and writes nothing.
                 let mut tx = fixup::begin(&mut conn, &creds, ctx.check_mode)?;
                 let mut backups = Vec::new();
+                // A uuid defined on two hosts is not repaired: which copy is the guest is the
+                // operator's call (the fix would otherwise record whichever host came first).
+                let twice: Vec<&str> = drift
+                    .iter()
+                    .filter(|d| {
+                        d["kind"]
+                            .as_str()
+                            .is_some_and(|k| k.starts_with("defined on two hosts"))
+                    })
+                    .filter_map(|d| d["instance_uuid"].as_str())
+                    .collect();
                 for d in &drift {
                     let uuid = d["instance_uuid"].as_str().unwrap_or_default();
+                    if twice.contains(&uuid) {
+                        continue;
+                    }
                     let Some(f) = a
                         .hosts
                         .iter()

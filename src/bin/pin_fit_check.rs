@@ -198,12 +198,37 @@ fn main() {
 fn drain(d: &DrainArgs, opts: &FitOptions) -> Outcome {
     let mut guests = Vec::new();
     let mut skipped = Vec::new();
+    // Every host a uuid is defined on, over sources and candidates: a guest must live on one.
+    let mut homes: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for f in d.sources.iter().chain(&d.candidates) {
+        for g in &f.guests {
+            let h = homes.entry(g.uuid.as_str()).or_default();
+            if !h.contains(&f.host) {
+                h.push(f.host.clone());
+            }
+        }
+    }
     for s in &d.sources {
         for g in &s.guests {
             if d.guests.is_empty() || d.guests.iter().any(|w| w == &g.name || w == &g.uuid) {
+                let skip = |why: String| serde_json::json!({"guest": g.name, "uuid": g.uuid, "source": s.host, "reason": why});
                 // Floating guests have no pins to recompute: Nova's own live migration moves them.
                 if !g.is_dedicated() {
-                    skipped.push(serde_json::json!({"guest": g.name, "uuid": g.uuid, "source": s.host, "reason": "not pinned (no hw:cpu_policy=dedicated): use nova live-migration"}));
+                    skipped.push(skip(
+                        "not pinned (no hw:cpu_policy=dedicated): use nova live-migration".into(),
+                    ));
+                    continue;
+                }
+                let on = &homes[g.uuid.as_str()];
+                if on.len() > 1 {
+                    skipped.push(skip(format!("defined on {} (one uuid on two hosts, a stale copy after an interrupted migration): keep the copy Nova records (openstack server show), undefine the other, then drain", on.join(" and "))));
+                    continue;
+                }
+                if matches!(
+                    g.state.as_str(),
+                    "shutoff" | "shutdown" | "crashed" | "pmsuspended"
+                ) {
+                    skipped.push(skip(format!("{}: live migration needs a running guest; cold-migrate it (openstack server migrate) or start it first", g.state)));
                     continue;
                 }
                 guests.push(DrainGuest {
@@ -226,7 +251,7 @@ fn drain(d: &DrainArgs, opts: &FitOptions) -> Outcome {
         )
     };
     let msg = format!(
-        "drain plan: {} pinned guests placed ({bound}), {} cannot be placed, {} unpinned left to Nova",
+        "drain plan: {} pinned guests placed ({bound}), {} cannot be placed, {} skipped (unpinned: left to Nova; not running; or defined on two hosts)",
         plan.moves.len(),
         plan.unplaced.len(),
         skipped.len()

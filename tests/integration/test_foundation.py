@@ -144,6 +144,21 @@ def test_drain_plan_leaves_unpinned_guests_to_nova(tmp_path):
     assert rc == 0, out
     assert [m["guest"] for m in out["plan"]["moves"]] == ["web-1"]
     assert [s["guest"] for s in out["skipped"]] == ["float-1"] and "not pinned" in out["skipped"][0]["reason"]
+    # A shut-off guest cannot be live-migrated, and a uuid defined on two hosts (a stale copy) must be
+    # resolved first: both are skipped with the reason, not planned.
+    s = json.loads(json.dumps(src["ansible_facts"]["numa"]))
+    web = next(g for g in s["guests"] if g["name"] == "web-1")
+    web["state"] = "shutoff"
+    rc, out = module("pin_fit_check", {"drain": {"sources": [s], "candidates": [dst["ansible_facts"]["numa"]]}})
+    assert rc == 0 and out["plan"]["moves"] == [], out
+    assert any(k["guest"] == "web-1" and k["reason"].startswith("shutoff: live migration needs a running guest")
+               for k in out["skipped"]), out
+    d = json.loads(json.dumps(dst["ansible_facts"]["numa"]))
+    d["guests"] = [dict(web, state="running")]
+    web["state"] = "unknown"
+    rc, out = module("pin_fit_check", {"drain": {"sources": [s], "candidates": [d]}})
+    assert rc == 0 and out["plan"]["moves"] == [], out
+    assert any(k["guest"] == "web-1" and "defined on src and dst" in k["reason"] for k in out["skipped"]), out
 
 
 def refused(name, args, field):

@@ -237,3 +237,19 @@ def test_audit_reports_drift_and_fix_repairs_it(lab, db, fresh_guest, fresh_inst
     assert (r["host"], pins_of(r["numa"])) == ("cmp2", {"0": 0})
     rc, res = run_module("nova_instance_fixup", dict(creds(lab), audit=True, hosts=hosts))
     assert not [d for d in res["drift"] if d["instance_uuid"] == g.uuid]
+    # A stale, shut-off copy of it left on cmp1 (same uuid, as after an interrupted migration): the audit
+    # reports the uuid defined on two hosts, and fix leaves its rows alone (which copy is the guest is the
+    # operator's call).
+    fresh_guest("cmp1", [1], uuid=g.uuid, name=g.name + "-stale", start=False)
+    both = []
+    for h in ("cmp1", "cmp2"):
+        rc, f = run_module("numa_facts", {"uri": lab.uri(h), "nova_conf": lab.nova_conf(h), "host": h})
+        assert rc == 0, f
+        both.append(f["ansible_facts"]["numa"])
+    before = rows(db, g.uuid)
+    rc, res = run_module("nova_instance_fixup", dict(creds(lab), audit=True, fix=True, hosts=both))
+    assert rc == 0, res
+    twice = [d for d in res["drift"] if d["instance_uuid"] == g.uuid and d["kind"].startswith("defined on two hosts")]
+    assert twice and "cmp1 (shutoff)" in twice[0]["kind"] and "cmp2 (running)" in twice[0]["kind"], res["drift"]
+    assert not [x for x in res["fixed"] if x["instance_uuid"] == g.uuid], res
+    assert rows(db, g.uuid) == before
