@@ -65,7 +65,8 @@ def test_python_modules_on_the_py27_host_need_ansible_216(lab, ansible_playbook,
 
 
 def test_audit_drain_and_patch_check_under_ansible_216(lab, seeded, ansible_playbook):
-    r = ansible_playbook(REPO / "playbooks" / "numa_audit.yml", {"numa_audit_report_name": "audit-2.16"},
+    r = ansible_playbook(REPO / "playbooks" / "numa_audit.yml", {"numa_audit_report_name": "audit-2.16",
+                                                                  "numa_repin_allow_leftovers": True},
                          ansible="ansible216")
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     rc = recap(r.stdout)
@@ -77,7 +78,8 @@ def test_audit_drain_and_patch_check_under_ansible_216(lab, seeded, ansible_play
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert "nova_conductor" in r.stdout
 
-    r = ansible_playbook(REPO / "playbooks" / "drain_host.yml", {"target_host": "cmp1"}, ansible="ansible216")
+    r = ansible_playbook(REPO / "playbooks" / "drain_host.yml", {"target_host": "cmp1", "numa_repin_allow_leftovers": True},
+                         ansible="ansible216")
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert "moved ['vm-taken']; refused ['vm-toobig']" in r.stdout
     assert "DB drift after: 0" in r.stdout

@@ -38,3 +38,17 @@ def test_overlap_on_cmp2_is_repinned_live(lab, fresh_guest, fresh_instance_rows,
 
     p = ansible_playbook(PB, limit="cmp2")
     assert p.returncode == 0 and re.search(r"^cmp2\s+: ok=\d+\s+changed=0", p.stdout, re.M), p.stdout[-3000:]
+
+
+def test_an_overlap_that_cannot_be_resolved_in_place_fails_the_play(lab, ansible_playbook, run_module):
+    """The seeded cmp1: vm-taken (pCPU 1) and vm-toobig (pCPUs 0, 1) share pCPU 1, and cmp1 has no third
+    pCPU. The play lists vm-toobig with the module's answer and fails, unless leftovers are accepted."""
+    assert lab.lab_sh("seed").returncode == 0
+    p = ansible_playbook(PB, limit="cmp1")
+    assert p.returncode != 0, p.stdout[-3000:]
+    assert re.search(r"guest vm-toobig on cmp1: .*No numa available", p.stdout), p.stdout[-3000:]
+    assert "Overlap repin on cmp1: 1 left unresolved: vm-toobig" in p.stdout, p.stdout[-3000:]
+    assert {"cpu": 1, "guests": ["vm-taken", "vm-toobig"]} in facts(run_module, lab, "cmp1")["overlaps"]
+    p = ansible_playbook(PB, limit="cmp1", extra_vars={"numa_repin_allow_leftovers": True})
+    assert p.returncode == 0, p.stdout[-3000:]
+    assert re.search(r"guest vm-toobig on cmp1: .*No numa available", p.stdout), p.stdout[-3000:]
