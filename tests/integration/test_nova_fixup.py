@@ -2,6 +2,7 @@
 Neutron's own migrations): the transaction, Nova's acceptance of what it wrote, check mode,
 idempotency, faults, bad input, secrets, audit."""
 import json
+import re
 import os
 import signal
 import subprocess
@@ -253,3 +254,14 @@ def test_audit_reports_drift_and_fix_repairs_it(lab, db, fresh_guest, fresh_inst
     assert twice and "cmp1 (shutoff)" in twice[0]["kind"] and "cmp2 (running)" in twice[0]["kind"], res["drift"]
     assert not [x for x in res["fixed"] if x["instance_uuid"] == g.uuid], res
     assert rows(db, g.uuid) == before
+
+
+def test_audit_names_rows_the_running_nova_cannot_load(lab, fresh_instance_rows, ansible_playbook):
+    """A row in the Victoria+ layout (InstanceNUMACell 1.5) in this Stein DB: the Nova 19.3.2 that runs in the
+    lab's nova_conductor container is asked, cannot load it, and the audit names it and fails."""
+    u = fresh_instance_rows("cmp2", [0], fmt="victoria")
+    p = ansible_playbook(REPO / "playbooks" / "numa_audit.yml", extra_vars={"numa_audit_report_name": "rows"})
+    assert p.returncode != 0, p.stdout[-3000:]
+    assert re.search(r"instance_extra row %s on cmp2: Nova 19\.3\.2 cannot load it: \w+: .*1\.5" % u, p.stdout), \
+        p.stdout[-4000:]
+    assert "NUMA audit: " in p.stdout and "left unresolved" in p.stdout
