@@ -130,6 +130,10 @@ pub struct Args {
     /// Give up when the remaining data has not shrunk for this many seconds (0 = never).
     #[serde(default = "d_progress")]
     pub progress_timeout_s: u64,
+    /// While the migration runs, append one JSON line per second here (on the host the module
+    /// runs on): data remaining, dirty rate, downtime step, elapsed and stalled seconds. The role
+    /// shows it while it waits.
+    pub progress_file: Option<PathBuf>,
     /// On timeout: abort (the guest stays on the source) or force_complete (post-copy when allowed, else pause and finish).
     #[serde(default = "d_action")]
     pub timeout_action: TimeoutAction,
@@ -226,6 +230,9 @@ impl ModuleArgs for Args {
         )?;
         limits::at_most("downtime_delay_s", self.downtime_delay_s, MAX_DELAY_S, "s")?;
         limits::abs_dir("lock_dir", &self.lock_dir)?;
+        if let Some(p) = &self.progress_file {
+            limits::abs_dir("progress_file", p)?;
+        }
         Ok(())
     }
 }
@@ -816,9 +823,31 @@ pub struct JobFigures {
     pub errors: Vec<String>,
     pub job_stats_errors: u64,
     pub last_job_stats_error: Option<String>,
+    /// Bytes dirtied per second at the last sample.
+    pub dirty_rate_bytes_s: u64,
+    /// The longest time the remaining data did not shrink, in seconds.
+    pub longest_stall_s: u64,
+}
+
+/// One line of the progress file.
+#[derive(Debug, Serialize)]
+struct ProgressLine<'a> {
+    elapsed_s: u64,
+    data_remaining_bytes: u64,
+    data_processed_bytes: u64,
+    data_total_bytes: u64,
+    dirty_rate_bytes_s: u64,
+    memory_iteration: u64,
+    downtime_ms: Option<u64>,
+    downtime_step: String,
+    stalled_s: u64,
+    /// Set while stalled: how long until progress_timeout_s acts, and what it will do.
+    stall: Option<String>,
+    phase: &'a str,
 }
 
 struct MonitorCfg {
+    progress_file: Option<PathBuf>,
     steps: Vec<(u64, u64)>, // (delay s, downtime ms)
     completion_timeout_s: u64,
     progress_timeout_s: u64,
@@ -873,6 +902,20 @@ fn monitor(
     let mut last_remaining = u64::MAX;
     let mut last_progress = Instant::now();
     let mut acted = false;
+    let mut progress = cfg.progress_file.as_ref().and_then(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .map_err(|e| {
+                figs.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .errors
+                    .push(format!("progress_file {}: {e}", p.display()))
+            })
+            .ok()
+    });
+    let mut last_line = Instant::now() - Duration::from_secs(1);
     while !stop.load(Ordering::SeqCst) {
         // Woken early when the migration returns (unpark): joining this thread then costs no poll
         // interval and no extra job_stats round trip (measured: ~100 ms of every migration).
@@ -917,6 +960,55 @@ fn monitor(
         if remaining < last_remaining {
             last_remaining = remaining;
             last_progress = Instant::now();
+        }
+        let stalled_s = last_progress.elapsed().as_secs();
+        f.longest_stall_s = f.longest_stall_s.max(stalled_s);
+        f.dirty_rate_bytes_s = st
+            .mem_dirty_rate
+            .unwrap_or(0)
+            .saturating_mul(st.mem_page_size.unwrap_or(4096));
+        if let Some(out) = progress
+            .as_mut()
+            .filter(|_| last_line.elapsed() >= Duration::from_secs(1))
+        {
+            last_line = Instant::now();
+            // A stall is shown before progress_timeout_s acts on it.
+            let stall = (stalled_s >= 2).then(|| {
+                if cfg.progress_timeout_s > 0 {
+                    format!(
+                        "no progress for {stalled_s} s: {} in {} s (progress_timeout_s {})",
+                        match cfg.action {
+                            TimeoutAction::Abort => "aborts",
+                            TimeoutAction::ForceComplete => "forces completion",
+                        },
+                        cfg.progress_timeout_s.saturating_sub(stalled_s),
+                        cfg.progress_timeout_s
+                    )
+                } else {
+                    format!("no progress for {stalled_s} s (progress_timeout_s 0: never acts)")
+                }
+            });
+            let line = ProgressLine {
+                elapsed_s: elapsed.as_secs(),
+                data_remaining_bytes: remaining,
+                data_processed_bytes: f.data_processed_bytes,
+                data_total_bytes: f.data_total_bytes,
+                dirty_rate_bytes_s: f.dirty_rate_bytes_s,
+                memory_iteration: f.memory_iterations,
+                downtime_ms: f.downtime_set_ms.last().map(|d| d.1),
+                downtime_step: format!("{step}/{}", cfg.steps.len()),
+                stalled_s,
+                stall,
+                phase: if acted {
+                    "acting on a timeout"
+                } else {
+                    "copying"
+                },
+            };
+            if let Ok(text) = serde_json::to_string(&line) {
+                use std::io::Write;
+                let _ = writeln!(out, "{text}");
+            }
         }
         if acted {
             continue;
@@ -1292,6 +1384,7 @@ fn migrate(a: &Args, ctx: &Context) -> Result<Outcome> {
     };
     let completion = a.completion_timeout_s.unwrap_or((800.0 * data_gib) as u64);
     let cfg = MonitorCfg {
+        progress_file: a.progress_file.clone(),
         steps: downtime_steps(
             a.max_downtime_ms,
             a.downtime_steps,

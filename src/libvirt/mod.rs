@@ -663,6 +663,9 @@ pub struct JobStats {
     pub mem_iteration: Option<u64>,
     pub downtime: Option<u64>,
     pub disk_processed: Option<u64>,
+    /// Pages dirtied per second, and the page size: the rate the copy has to beat.
+    pub mem_dirty_rate: Option<u64>,
+    pub mem_page_size: Option<u64>,
 }
 
 /// Live pinning as libvirt reports it for a running guest.
@@ -780,6 +783,8 @@ impl Domain {
             mem_iteration: get("memory_iteration"),
             downtime: get("downtime"),
             disk_processed: get("disk_processed"),
+            mem_dirty_rate: get("memory_dirty_rate"),
+            mem_page_size: get("memory_page_size"),
         })
     }
     pub fn block_info(&self, path: &str, flags: u32) -> Result<BlockInfo> {

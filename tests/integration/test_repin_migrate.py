@@ -7,6 +7,7 @@ makes its own guests (removed at teardown wherever they went) and leaves the see
 Most scenarios run through ansible-playbook (tests/playbooks/repin_*.yml).
 """
 import json
+import re
 import os
 import subprocess
 import sys
@@ -840,3 +841,25 @@ def test_late_daemon_kill_one_host_per_guest_and_the_truth_reported(lab, run_mod
         finally:
             lab.remove_guest(g.name)
     print("late kills of %s: (delay s, where it ran, defined where, the failure's message): %s" % (victim, seen))
+
+
+def test_role_shows_progress_and_a_stall_before_progress_timeout_aborts(lab, run_module, request):
+    """A busy guest (8 MiB dirtied in a loop) sent at 1 MiB/s never converges: while the role waits it shows
+    data remaining, dirty rate and downtime step, then the stall with the time left before
+    progress_timeout_s acts; then the abort, the guest still on the source with its pins."""
+    expect_pin(lab, run_module, lab.nova_conf(DST))
+    name = busy_guest(lab, SRC, [1], request)
+    uuid = lab.virsh(SRC, "domuuid", name).stdout.strip()
+    p = playbook(lab, "move_one.yml", {"guest": name, "uuid": uuid, "src": SRC, "dst": DST, "numa_repin_fixup": False,
+                                       "numa_repin_bandwidth_mibps": 1, "numa_repin_max_downtime_ms": 10,
+                                       "numa_repin_progress_timeout_s": 12, "numa_repin_timeout_action": "abort",
+                                       "numa_repin_progress_every_s": 2})
+    assert p.returncode != 0, p.stdout[-3000:]
+    progress = re.findall(r"Migration of %s to cmp2: (\d+) s: (\d+) MiB remaining of (\d+) MiB, dirtying ([\d.]+) MiB/s"
+                          % name, p.stdout)
+    assert len(progress) >= 2, p.stdout[-4000:]
+    stalls = re.findall(r"STALLED: no progress for (\d+) s: aborts in (\d+) s \(progress_timeout_s 12\)", p.stdout)
+    assert stalls and int(stalls[-1][1]) < 12, p.stdout[-4000:]  # shown before it acted
+    assert "no progress for 12 s (progress_timeout_s" in p.stdout, p.stdout[-3000:]
+    assert lab.domstate(SRC, name) == "running" and lab.affinity(SRC, name)["vcpus"] == {0: {1}}
+    print("progress lines: %d, stall lines: %d, e.g. %s" % (len(progress), len(stalls), progress[-1]))
