@@ -1620,22 +1620,28 @@ fn verify_after(
     // One host per guest: a copy the source kept (its daemon died at the end of the migration)
     // is removed once the guest is confirmed running here.
     let dest_running = Presence::of(dst, dest_uri, &g.uuid).running() == Some(true);
-    let stale = if dest_running {
-        presence::remove_stale_copy(src, &a.source_uri, &g.uuid, false)
-    } else {
-        match Presence::of(src, &a.source_uri, &g.uuid) {
-            Presence::Absent => Stale::None,
-            Presence::Unknown(why) => Stale::Unknown(why),
-            Presence::Defined { state, .. } => Stale::Running(state),
+    if dest_running {
+        let stale = presence::remove_stale_copy(src, &a.source_uri, &g.uuid, false);
+        v.insert(
+            "source_defined".into(),
+            json!(!matches!(stale, Stale::None | Stale::Removed(_))),
+        );
+        v.insert("stale_source_copy".into(), stale.to_json());
+        if !stale.ok() {
+            bad.extend(stale.note(&g.name, "the source"));
         }
-    };
-    v.insert(
-        "source_defined".into(),
-        json!(!matches!(stale, Stale::None | Stale::Removed(_))),
-    );
-    v.insert("stale_source_copy".into(), stale.to_json());
-    if !stale.ok() {
-        bad.extend(stale.note(&g.name, "the source"));
+    } else {
+        // Not running here: whatever the source has is not a stale copy, and stays.
+        let src_now = Presence::of(src, &a.source_uri, &g.uuid);
+        v.insert("source_defined".into(), json!(src_now.defined()));
+        v.insert("source".into(), src_now.to_json());
+        if src_now.defined() != Some(false) {
+            bad.push(format!(
+                "{} does not run on the destination, and on the source it is {}",
+                g.name,
+                src_now.label()
+            ));
+        }
     }
     match dst.find(&g.uuid) {
         Ok(None) => bad.push(format!("{} is not on {dest_uri}", g.name)),
