@@ -16,32 +16,15 @@ use numa_repin::fit::{
 };
 use std::time::Instant;
 
-/// xorshift64*.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-}
-
 /// A 2-cell host, `cpus` pCPUs per cell in cores of `smt` threads, pinned at random.
-fn host(r: &mut Rng, name: String, cpus: u32, smt: u32, pinned_pct: u64) -> HostState {
+fn host(r: &mut fastrand::Rng, name: String, cpus: u32, smt: u32, pinned_pct: u64) -> HostState {
     let cells = (0..2u32)
         .map(|c| {
             let ids: Vec<u32> = (c * cpus..(c + 1) * cpus).collect();
             let pinned = ids
                 .iter()
                 .copied()
-                .filter(|_| r.below(100) < pinned_pct)
+                .filter(|_| r.u64(..100) < pinned_pct)
                 .collect();
             HostCell {
                 id: c,
@@ -52,7 +35,7 @@ fn host(r: &mut Rng, name: String, cpus: u32, smt: u32, pinned_pct: u64) -> Host
                     .collect(),
                 pinned_cpus: pinned,
                 memory: 65536,
-                memory_usage: 1024 * r.below(32),
+                memory_usage: 1024 * r.u64(..32),
                 mempages: vec![MemPages {
                     size_kb: 4,
                     total: 65536 * 256,
@@ -66,7 +49,7 @@ fn host(r: &mut Rng, name: String, cpus: u32, smt: u32, pinned_pct: u64) -> Host
     HostState { name, cells }
 }
 
-fn guest(r: &mut Rng, name: String, vcpus: u32) -> DrainGuest {
+fn guest(r: &mut fastrand::Rng, name: String, vcpus: u32) -> DrainGuest {
     let mem = 2048 * vcpus as u64;
     let cell = |id, v: std::ops::Range<u32>, m| GuestCellReq {
         id,
@@ -74,7 +57,7 @@ fn guest(r: &mut Rng, name: String, vcpus: u32) -> DrainGuest {
         memory_mb: m,
         pagesize: None,
     };
-    let cells = if vcpus >= 4 && r.below(6) == 0 {
+    let cells = if vcpus >= 4 && r.u64(..6) == 0 {
         vec![
             cell(0, 0..vcpus / 2, mem / 2),
             cell(1, vcpus / 2..vcpus, mem / 2),
@@ -82,7 +65,7 @@ fn guest(r: &mut Rng, name: String, vcpus: u32) -> DrainGuest {
     } else {
         vec![cell(0, 0..vcpus, mem)]
     };
-    let thread_policy = match r.below(10) {
+    let thread_policy = match r.u64(..10) {
         0 => Some(ThreadPolicy::Isolate),
         1 => Some(ThreadPolicy::Require),
         _ => None,
@@ -95,7 +78,7 @@ fn guest(r: &mut Rng, name: String, vcpus: u32) -> DrainGuest {
             cells,
             dedicated: true,
             thread_policy,
-            emulator_isolate: r.below(8) == 0,
+            emulator_isolate: r.u64(..8) == 0,
         },
     }
 }
@@ -109,25 +92,25 @@ fn free_pcpus(hosts: &[HostState]) -> u64 {
 }
 
 /// Guests until their vCPUs reach about the free pCPUs (90-110%), 4 to `max` of them.
-fn guests(r: &mut Rng, free: u64, sizes: &[u32], max: usize) -> Vec<DrainGuest> {
-    let target = free * r.range(90, 110) / 100;
+fn guests(r: &mut fastrand::Rng, free: u64, sizes: &[u32], max: usize) -> Vec<DrainGuest> {
+    let target = free * r.u64(90..=110) / 100;
     let mut out = Vec::new();
     let mut total = 0;
     while out.len() < 4 || (out.len() < max && total < target) {
-        let v = sizes[r.below(sizes.len() as u64) as usize];
+        let v = sizes[r.u64(..sizes.len() as u64) as usize];
         total += v as u64;
         out.push(guest(r, format!("g{}", out.len()), v));
     }
     out
 }
 
-fn tight(r: &mut Rng) -> (Vec<HostState>, Vec<DrainGuest>) {
-    let nh = r.range(2, 5);
+fn tight(r: &mut fastrand::Rng) -> (Vec<HostState>, Vec<DrainGuest>) {
+    let nh = r.u64(2..=5);
     let hosts: Vec<HostState> = (0..nh)
         .map(|i| {
-            let smt = 1 + r.below(2) as u32;
-            let cpus = [4, 6, 8][r.below(3) as usize] * smt;
-            let pct = r.range(20, 60);
+            let smt = 1 + r.u64(..2) as u32;
+            let cpus = [4, 6, 8][r.u64(..3) as usize] * smt;
+            let pct = r.u64(20..=60);
             host(r, format!("h{i}"), cpus, smt, pct)
         })
         .collect();
@@ -136,18 +119,18 @@ fn tight(r: &mut Rng) -> (Vec<HostState>, Vec<DrainGuest>) {
     (hosts, gs)
 }
 
-fn large(r: &mut Rng) -> (Vec<HostState>, Vec<DrainGuest>) {
+fn large(r: &mut fastrand::Rng) -> (Vec<HostState>, Vec<DrainGuest>) {
     let hosts: Vec<HostState> = (0..100)
         .map(|i| {
-            let smt = 1 + r.below(2) as u32;
-            let pct = r.range(75, 95);
+            let smt = 1 + r.u64(..2) as u32;
+            let pct = r.u64(75..=95);
             host(r, format!("h{i:03}"), 12 * smt, smt, pct)
         })
         .collect();
     let free = free_pcpus(&hosts);
     let mut gs = guests(r, free, &[1, 2, 2, 3, 4, 4, 6, 8], 60);
     while gs.len() < 60 {
-        let v = 1 + r.below(4) as u32;
+        let v = 1 + r.u64(..4) as u32;
         gs.push(guest(r, format!("g{}", gs.len()), v));
     }
     (hosts, gs)
@@ -240,7 +223,7 @@ fn main() {
         }
     }
     let opts = FitOptions::default();
-    let mut r = Rng(seed | 1);
+    let mut r = fastrand::Rng::with_seed(seed | 1);
     let (mut g_sum, mut n_sum, mut ub_sum, mut optimal, mut beaten) = (0, 0, 0, 0, 0);
     let (mut checked, mut agree, mut bf_sum_checked, mut n_sum_checked) = (0, 0, 0, 0);
     let (mut times, mut g_times) = (Vec::new(), Vec::new());

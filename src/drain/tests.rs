@@ -234,45 +234,31 @@ fn an_exhausted_budget_says_so_with_a_true_bound() {
     }
 }
 
-/// xorshift64*: the random cases without a dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// A tiny drain: 1-3 two-cell hosts (sometimes SMT, partly pinned), 1-5 guests (sometimes two
 /// cells, isolate/require, emulator isolation, or a source among the candidates).
-fn tiny(r: &mut Rng) -> (Vec<HostState>, Vec<DrainGuest>) {
-    let nh = 1 + r.below(3) as usize;
+fn tiny(r: &mut fastrand::Rng) -> (Vec<HostState>, Vec<DrainGuest>) {
+    let nh = 1 + r.u64(..3) as usize;
     let hosts: Vec<HostState> = (0..nh)
         .map(|i| {
-            let smt = 1 + r.below(2) as u32;
-            let cpus = 2 * (1 + r.below(3) as u32) * smt;
+            let smt = 1 + r.u64(..2) as u32;
+            let cpus = 2 * (1 + r.u64(..3) as u32) * smt;
             let cells = (0..2u32)
                 .map(|c| {
-                    let mut hc = cell(c, c * cpus, cpus, smt, r.below(cpus as u64) as u32, 4096);
-                    hc.memory_usage = 512 * r.below(6);
+                    let mut hc = cell(c, c * cpus, cpus, smt, r.u64(..cpus as u64) as u32, 4096);
+                    hc.memory_usage = 512 * r.u64(..6);
                     hc
                 })
                 .collect();
             host(&format!("h{i}"), cells)
         })
         .collect();
-    let ng = 1 + r.below(5) as usize;
+    let ng = 1 + r.u64(..5) as usize;
     let guests = (0..ng)
         .map(|i| {
-            let vcpus = 1 + r.below(4) as u32;
-            let mem = 512 * (1 + r.below(4));
+            let vcpus = 1 + r.u64(..4) as u32;
+            let mem = 512 * (1 + r.u64(..4));
             let mut t = topo(vcpus, mem);
-            if vcpus >= 2 && r.below(4) == 0 {
+            if vcpus >= 2 && r.u64(..4) == 0 {
                 t.cells = vec![
                     GuestCellReq {
                         id: 0,
@@ -288,13 +274,13 @@ fn tiny(r: &mut Rng) -> (Vec<HostState>, Vec<DrainGuest>) {
                     },
                 ];
             }
-            t.thread_policy = match r.below(6) {
+            t.thread_policy = match r.u64(..6) {
                 0 => Some(ThreadPolicy::Isolate),
                 1 => Some(ThreadPolicy::Require),
                 _ => None,
             };
-            t.emulator_isolate = r.below(5) == 0;
-            let source = if r.below(5) == 0 { "h0" } else { "src" };
+            t.emulator_isolate = r.u64(..5) == 0;
+            let source = if r.u64(..5) == 0 { "h0" } else { "src" };
             guest(&format!("g{i}"), source, t)
         })
         .collect();
@@ -303,7 +289,7 @@ fn tiny(r: &mut Rng) -> (Vec<HostState>, Vec<DrainGuest>) {
 
 #[test]
 fn random_tiny_drains_match_brute_force() {
-    let mut r = Rng(0x5eed_0f_d4a1_u64);
+    let mut r = fastrand::Rng::with_seed(0x5eed_0f_d4a1_u64);
     let opts = FitOptions::default();
     let mut better = 0;
     for case in 0..400 {
