@@ -514,6 +514,21 @@ pub fn audit(conn: &mut Conn, creds: &DbCreds, hosts: &[NumaFacts]) -> Result<Ve
     Ok(drift)
 }
 
+/// Compute node rows no nova-compute service stands behind (the host was removed, or renamed,
+/// and its row left): the scheduler may still count them, and nothing updates them.
+pub fn stale_compute_nodes(conn: &mut Conn, creds: &DbCreds) -> Result<Vec<Value>> {
+    let rows: Vec<(String, String)> = conn
+        .exec(
+            "SELECT cn.hypervisor_hostname, cn.host FROM compute_nodes cn LEFT JOIN services s ON s.host = cn.host AND s.`binary` = 'nova-compute' AND s.deleted = 0 WHERE cn.deleted = 0 AND s.id IS NULL ORDER BY cn.hypervisor_hostname",
+            (),
+        )
+        .map_err(|e| sql_err(e, "reading compute nodes", creds))?;
+    Ok(rows
+        .into_iter()
+        .map(|(node, host)| json!({"node": node, "host": host, "kind": "compute node row with no live nova-compute service on its host (removed or renamed host?): check `openstack compute service list`, then delete the service and its node"}))
+        .collect())
+}
+
 /// The DB's own view of overlaps: pCPUs that two instances on one host both claim.
 pub fn db_overlaps(conn: &mut Conn, creds: &DbCreds) -> Result<Vec<Value>> {
     let rows: Vec<(String, String, Option<String>)> = conn

@@ -1200,7 +1200,22 @@ fn migrate(a: &Args, ctx: &Context) -> Result<Outcome> {
     let on_source_active = sg
         .as_ref()
         .is_some_and(|s| s.dom.is_active().unwrap_or(false));
-    if !on_source_active {
+    // A source copy still paused inside a migration while the destination runs the guest: the
+    // handover completed but its Confirm step never ran (the source's libvirtd died). The
+    // guest is the destination's; the path below removes the source's copy.
+    let handed_over = on_source_active
+        && sg.as_ref().is_some_and(|s| {
+            matches!(
+                Presence::of(&src, &a.source_uri, &s.guest.uuid),
+                Presence::Defined {
+                    migrating: true,
+                    ..
+                }
+            ) && Presence::settled(&dst, &dest_uri, &s.guest.uuid, Duration::from_secs(15))
+                .running()
+                == Some(true)
+        });
+    if !on_source_active || handed_over {
         // Idempotency: already on the destination with a valid placement? (By uuid when the
         // source still has a definition: the name may differ.)
         let key = sg
@@ -1535,9 +1550,16 @@ fn migration_failed(
     let src_label = src_now.label();
     let dst_label = dst_now.label();
     let state_msg = match (on_source, on_dest) {
-        (Some(true), Some(false)) if pins_unchanged == Some(true) => format!(
-            "{} keeps running on {source_host} with its old pinning (checked)",
-            g.name
+        // Running (not paused inside the migration) on the source with its old pins: the
+        // migration did not hand over, whatever the destination could say.
+        (Some(true), Some(false) | None) if pins_unchanged == Some(true) => format!(
+            "{} keeps running on {source_host} with its old pinning (checked){}",
+            g.name,
+            if on_dest.is_none() {
+                format!("; on {dest_host}: {dst_label} (its libvirtd removes a half-arrived copy when it is back)")
+            } else {
+                String::new()
+            }
         ),
         // The destination runs it although libvirt reported an error (a daemon died near the
         // end). Not settled yet: a daemon restarting may still resume or remove a copy, so the

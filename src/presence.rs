@@ -169,20 +169,31 @@ impl Stale {
     }
 }
 
-/// The guest is confirmed running on the destination: deal with what the source still has.
-/// A shut-off copy is undefined (with its managed-save image and snapshot metadata, keeping NVRAM
-/// and disks); a running one is left alone and reported.
+/// The guest is confirmed running on the destination (settled, not inside a migration there):
+/// deal with what the source still has. A shut-off copy is undefined (with its managed-save image
+/// and snapshot metadata, keeping NVRAM and disks). A copy still paused inside the migration
+/// (the source's libvirtd died before the migration's Confirm step, and came back keeping it
+/// paused) is what Confirm would have removed: its QEMU is stopped, then it is undefined. A
+/// running one is left alone and reported.
 pub fn remove_stale_copy(src: &Host, src_uri: &str, uuid: &str, check_mode: bool) -> Stale {
     match Presence::of(src, src_uri, uuid) {
         Presence::Absent => Stale::None,
         Presence::Unknown(why) => Stale::Unknown(why),
         Presence::Defined {
             active: true,
+            migrating: false,
             state,
             ..
         } => Stale::Running(state),
         Presence::Defined { state, .. } if check_mode => Stale::WouldRemove(state),
-        Presence::Defined { dom, state, .. } => {
+        Presence::Defined {
+            dom, state, active, ..
+        } => {
+            if active {
+                if let Err(e) = dom.destroy(0) {
+                    return Stale::Failed(format!("stopping its paused QEMU: {e}"));
+                }
+            }
             let flags = consts::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
                 | consts::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
                 | consts::VIR_DOMAIN_UNDEFINE_KEEP_NVRAM;

@@ -106,6 +106,7 @@ fn main() {
         if a.audit {
             let drift = fixup::audit(&mut conn, &creds, &a.hosts)?;
             let overlaps = fixup::db_overlaps(&mut conn, &creds)?;
+            let stale_nodes = fixup::stale_compute_nodes(&mut conn, &creds)?;
             let mut fixed = Vec::new();
             let mut warnings = Vec::new();
             if a.fix {
@@ -164,9 +165,10 @@ fn main() {
                 fixup::finish(tx, &creds, !ctx.check_mode && !fixed.is_empty())?;
             }
             let msg = format!(
-                "audit: {} drifted instances, {} pCPUs claimed twice in the DB{}",
+                "audit: {} drifted instances, {} pCPUs claimed twice in the DB, {} stale compute node rows{}",
                 drift.len(),
                 overlaps.len(),
+                stale_nodes.len(),
                 if a.fix {
                     format!(", {} fixed", fixed.len())
                 } else {
@@ -176,6 +178,7 @@ fn main() {
             let mut o = Outcome::new(!fixed.is_empty(), msg)
                 .with("drift", &drift)
                 .with("db_overlaps", &overlaps)
+                .with("stale_compute_nodes", &stale_nodes)
                 .with("fixed", &fixed);
             o.warnings = warnings;
             return Ok(o);

@@ -723,6 +723,10 @@ impl Domain {
             proc::undefine_flags(c, d, flags)
         })
     }
+    /// `virDomainDestroyFlags`: stop its QEMU at once (the definition stays).
+    pub fn destroy(&self, flags: u32) -> Result<()> {
+        self.call("cannot destroy it", |c, d| proc::destroy_flags(c, d, flags))
+    }
     pub fn xml_desc(&self, flags: u32) -> Result<String> {
         self.call("cannot read its XML", |c, d| proc::xml_desc(c, d, flags))
     }

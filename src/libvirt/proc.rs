@@ -29,6 +29,7 @@ pub const DOMAIN_GET_STATE: i32 = 212;
 pub const DOMAIN_PIN_VCPU_FLAGS: i32 = 225;
 pub const DOMAIN_GET_VCPU_PIN_INFO: i32 = 230;
 pub const DOMAIN_UNDEFINE_FLAGS: i32 = 231;
+pub const DOMAIN_DESTROY_FLAGS: i32 = 234;
 pub const CONNECT_LIST_ALL_DOMAINS: i32 = 273;
 pub const DOMAIN_PIN_EMULATOR: i32 = 279;
 pub const DOMAIN_GET_EMULATOR_PIN_INFO: i32 = 280;
@@ -391,6 +392,12 @@ pub fn undefine_args(dom: &RemoteDomain, flags: u32) -> Vec<u8> {
 /// looks domains up by uuid), so a domain of the same name but another uuid is not touched.
 pub fn undefine_flags(c: &mut Client, dom: &RemoteDomain, flags: u32) -> Result<(), Error> {
     c.call(DOMAIN_UNDEFINE_FLAGS, &undefine_args(dom, flags))
+        .map(|_| ())
+}
+
+/// `virDomainDestroyFlags` (same arguments as undefine: the domain and flags; no reply data).
+pub fn destroy_flags(c: &mut Client, dom: &RemoteDomain, flags: u32) -> Result<(), Error> {
+    c.call(DOMAIN_DESTROY_FLAGS, &undefine_args(dom, flags))
         .map(|_| ())
 }
 

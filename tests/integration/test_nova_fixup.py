@@ -265,3 +265,26 @@ def test_audit_names_rows_the_running_nova_cannot_load(lab, fresh_instance_rows,
     assert re.search(r"instance_extra row %s on cmp2: Nova 19\.3\.2 cannot load it: \w+: .*1\.5" % u, p.stdout), \
         p.stdout[-4000:]
     assert "NUMA audit: " in p.stdout and "left unresolved" in p.stdout
+
+
+def test_audit_reports_a_compute_node_row_no_service_stands_behind(lab, db, run_module):
+    """A compute node row left by a removed host (no nova-compute service on it): reported; the lab's own
+    nodes (cmp1, cmp2, each with its service) are not."""
+    import uuid as uuidlib
+    import lablib
+    u = str(uuidlib.uuid4())
+    with db.cursor() as c:
+        lablib.labdb.upsert_compute_node(c, "cmp9", u, "10.77.0.99", 2, 1024, None, 0, 0, 0)
+    db.commit()
+    try:
+        rc, res = run_module("nova_instance_fixup", dict(creds(lab), audit=True, hosts=[]))
+        assert rc == 0, res
+        stale = {n["node"]: n for n in res["stale_compute_nodes"]}
+        assert "cmp9" in stale and "no live nova-compute service" in stale["cmp9"]["kind"], res
+        assert not {"cmp1", "cmp2"} & set(stale), res
+        assert "1 stale compute node rows" in res["msg"], res
+    finally:
+        with db.cursor() as c:
+            c.execute("DELETE FROM nova.compute_nodes WHERE uuid=%s", (u,))
+            c.execute("DELETE FROM nova_api.host_mappings WHERE host='cmp9'")
+        db.commit()

@@ -792,11 +792,12 @@ def _late_kill_trial(lab, conf, victim, delay):
     r = lab.lab_sh("_phase", "hosts")  # restart the killed daemon
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     # With both daemons back (they reconnect to the QEMUs that run), libvirt says where it runs; a
-    # half-arrived incoming copy is cleaned up by the restarted daemon within seconds.
+    # half-arrived incoming copy is cleaned up by the restarted daemon within seconds. A source copy
+    # left paused inside the migration (its daemon died before Confirm) does not run: the rerun removes it.
     end = time.time() + 20
     while True:
         defined = _defined_on(lab, g.uuid)
-        running = [h for h, st in defined.items() if st in ("running", "paused")]
+        running = [h for h, st in defined.items() if st == "running"]
         if len(running) == 1 or time.time() > end:
             return g, out, running, defined
         time.sleep(0.5)
