@@ -13,9 +13,11 @@ phase() { # name, command...
   echo "=== phase: $n took $(( $(date +%s) - t0 )) s"
 }
 phase deps bash scripts/install-deps.sh
-# The Nova harness venvs (pip, mostly waiting on downloads) build while cargo compiles; cached after.
+# The Nova harness venvs and the Nova 22.4.0 (Victoria) venv of tests/integration/test_victoria_rows.py (pip,
+# mostly waiting on downloads) build while cargo compiles; cached after.
 venvs_log=$(mktemp)
-( for r in 19.3.2 18.3.0 17.0.13; do tests/nova_harness/venv.sh "$r" || exit 1; done ) >"$venvs_log" 2>&1 &
+( for r in 19.3.2 18.3.0 17.0.13; do tests/nova_harness/venv.sh "$r" || exit 1; done
+  tests/lab/venv.sh nova-victoria || exit 1 ) >"$venvs_log" 2>&1 &
 venvs_pid=$!
 phase build bash scripts/build.sh
 phase cargo-test cargo test --release --quiet

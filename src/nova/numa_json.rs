@@ -5,7 +5,8 @@
 //! changes, so object versions, unknown fields and field order survive byte-for-byte in meaning.
 //! - `instance_extra.numa_topology`: InstanceNUMATopology 1.3 with InstanceNUMACell cells;
 //!   1.4 (Queens..Ussuri) keeps pinned vCPUs in `cpuset` and `cpu_pinning_raw` (string keys);
-//!   1.5/1.6 (Victoria+) keep them in `pcpuset`.
+//!   1.5/1.6 (Victoria+; Victoria writes 1.6) keep them in `pcpuset`, and `cpuset` holds only
+//!   the shared vCPUs, the only ones Victoria's accounting counts in the node's `cpu_usage`.
 //! - `compute_nodes.numa_topology`: NUMATopology with NUMACell cells (`pinned_cpus`,
 //!   `cpu_usage`, `memory_usage`, `mempages[].used`).
 
@@ -62,8 +63,15 @@ pub struct CellPins {
     pub reserved: BTreeSet<u32>,
     pub memory_mb: u64,
     pub pagesize_kb: Option<u64>,
-    /// vCPUs of the cell (`cpuset` plus Victoria's `pcpuset`): Nova's `cpu_usage` counts them.
+    /// vCPUs of the cell (`cpuset` plus Victoria's `pcpuset`).
     pub vcpus: usize,
+    /// Victoria+ layout (InstanceNUMACell 1.5+, the cell has `pcpuset`): `cpuset` holds only the
+    /// shared (unpinned) vCPUs, and only those count in the node's `cpu_usage`
+    /// (`shared_cpus_usage` in Victoria's `numa_usage_from_instance_numa`); a pinned vCPU, an
+    /// isolated sibling or an emulator thread's pCPU is in `pinned_cpus` alone.
+    /// `None`: Stein..Ussuri layout, where every vCPU (times the siblings with `isolate`) and the
+    /// reserved emulator pCPUs count.
+    pub shared_vcpus: Option<usize>,
     /// `cpu_thread_policy: isolate`: Nova pins (and counts) each pCPU's whole sibling set.
     pub isolate: bool,
 }
@@ -128,6 +136,9 @@ pub fn instance_cells(text: &str) -> Result<(Value, Vec<CellPins>), String> {
             memory_mb: d.get("memory").and_then(Value::as_u64).unwrap_or(0),
             pagesize_kb: d.get("pagesize").and_then(Value::as_u64),
             vcpus: ints(d.get("cpuset")).len() + ints(d.get("pcpuset")).len(),
+            shared_vcpus: d
+                .contains_key("pcpuset")
+                .then(|| ints(d.get("cpuset")).len()),
             isolate: d.get("cpu_thread_policy").and_then(Value::as_str) == Some("isolate"),
         });
     }
@@ -237,13 +248,17 @@ pub fn usage_from_instances(
         let mut pages: BTreeMap<u64, u64> = BTreeMap::new();
         for (uuid, cells) in instances {
             for c in cells.iter().filter(|c| Some(c.host_cell) == id) {
-                let vcpus = c.vcpus.max(c.pins.len()) as u64;
-                cpu_usage += if c.isolate && !siblings.is_empty() {
-                    vcpus * widest as u64
+                if let Some(shared) = c.shared_vcpus {
+                    cpu_usage += shared as u64;
                 } else {
-                    vcpus
-                };
-                cpu_usage += c.reserved.len() as u64;
+                    let vcpus = c.vcpus.max(c.pins.len()) as u64;
+                    cpu_usage += if c.isolate && !siblings.is_empty() {
+                        vcpus * widest as u64
+                    } else {
+                        vcpus
+                    };
+                    cpu_usage += c.reserved.len() as u64;
+                }
                 memory_usage = memory_usage.saturating_add(c.memory_mb);
                 // A cell without a page size takes the smallest pages (Nova's
                 // `_numa_pagesize_usage_from_cell`).
@@ -309,6 +324,7 @@ pub fn cells_of_placement(cells: &[CellPlacement]) -> Vec<CellPins> {
             memory_mb: c.memory_mb,
             pagesize_kb: c.pagesize_kb,
             vcpus: c.vcpus.len(),
+            shared_vcpus: None,
             isolate: c.thread_policy == Some(crate::fit::ThreadPolicy::Isolate),
         })
         .collect()
@@ -372,6 +388,43 @@ mod tests {
             (json!(0), json!([0]), json!([2]))
         );
         assert_eq!(doc["nova_object.changes"], json!(["cells"]));
+    }
+
+    #[test]
+    fn victoria_cells_count_only_shared_vcpus_in_cpu_usage() {
+        // Victoria's numa_usage_from_instance_numa: cpu_usage += len(cpuset) (the shared vCPUs);
+        // pinned vCPUs (pcpuset) and the emulator's reserved pCPU only go to pinned_cpus.
+        let text = NODE.replace(
+            r#""cpuset":[0,1,2,3],"#,
+            r#""cpuset":[],"pcpuset":[0,1,2,3],"#,
+        );
+        let mut node: Value = serde_json::from_str(&text).unwrap();
+        let mut victoria = VICTORIA.replace(r#""pcpuset":[0]"#, r#""pcpuset":[0,1]"#);
+        victoria = victoria.replace(
+            r#""cpu_pinning_raw":{"0":8}"#,
+            r#""cpu_pinning_raw":{"0":0,"1":1}"#,
+        );
+        victoria = victoria
+            .replace(r#""id":1,"#, r#""id":0,"#)
+            .replace(r#""cpuset_reserved":[9]"#, r#""cpuset_reserved":[2]"#);
+        let (_, cells) = instance_cells(&victoria).unwrap();
+        assert_eq!(cells[0].shared_vcpus, Some(0));
+        let (_, stein) = instance_cells(STEIN).unwrap();
+        assert_eq!(stein[0].shared_vcpus, None);
+        assert!(usage_from_instances(&mut node, &[("v".into(), cells)])
+            .unwrap()
+            .is_empty());
+        let d = node_cell(&node);
+        assert_eq!(d["pinned_cpus"], json!([0, 1, 2]));
+        assert_eq!(
+            (d["cpu_usage"].clone(), d["memory_usage"].clone()),
+            (json!(0), json!(64))
+        );
+        // a mixed-policy cell (InstanceNUMACell 1.6): its shared vCPUs in cpuset count
+        let mixed = victoria.replace(r#""cpuset":[]"#, r#""cpuset":[2,3]"#);
+        let (_, cells) = instance_cells(&mixed).unwrap();
+        usage_from_instances(&mut node, &[("m".into(), cells)]).unwrap();
+        assert_eq!(node_cell(&node)["cpu_usage"], json!(2));
     }
 
     fn node_cell(node: &Value) -> &Value {
