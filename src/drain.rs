@@ -77,6 +77,53 @@ pub struct DrainPlan {
     /// The most guests any plan could place: `moves.len()` when `optimal`.
     #[serde(default)]
     pub upper_bound: usize,
+    /// The moves grouped into waves that run at the same time (indexes into `moves`): see
+    /// `waves`. One move per wave when none is asked for.
+    #[serde(default)]
+    pub waves: Vec<Vec<usize>>,
+}
+
+/// Group moves into waves that run at the same time: at most `max_parallel` moves in a wave and
+/// at most `per_dest` toward one destination (runs toward one destination exclude each other
+/// through its claim anyway). A wave is filled one move at a time from the destination with the
+/// most moves left, which needs the fewest waves: the larger of `moves / max_parallel` and, per
+/// destination, `its moves / per_dest`, rounded up. Each destination keeps the plan's order.
+/// With `max_parallel` 1, the plan's order. Limits of 0 count as 1.
+pub fn waves(moves: &[DrainMove], max_parallel: usize, per_dest: usize) -> Vec<Vec<usize>> {
+    let (max_parallel, per_dest) = (max_parallel.max(1), per_dest.max(1));
+    if max_parallel == 1 {
+        return (0..moves.len()).map(|i| vec![i]).collect();
+    }
+    // Destinations in order of first appearance, each with its moves still to run.
+    let mut queues: Vec<(&str, std::collections::VecDeque<usize>)> = Vec::new();
+    for (i, m) in moves.iter().enumerate() {
+        match queues.iter_mut().find(|(d, _)| *d == m.dest) {
+            Some((_, q)) => q.push_back(i),
+            None => queues.push((&m.dest, [i].into())),
+        }
+    }
+    let mut out = Vec::new();
+    let mut left = moves.len();
+    while left > 0 {
+        let mut wave = Vec::new();
+        let mut taken = vec![0usize; queues.len()];
+        while wave.len() < max_parallel {
+            // The destination with the most moves left that has room in this wave (first on ties).
+            let pick = (0..queues.len())
+                .filter(|&d| taken[d] < per_dest && !queues[d].1.is_empty())
+                .fold(None, |best: Option<usize>, d| match best {
+                    Some(b) if queues[b].1.len() >= queues[d].1.len() => Some(b),
+                    _ => Some(d),
+                });
+            let Some(d) = pick else { break };
+            wave.extend(queues[d].1.pop_front());
+            taken[d] += 1;
+        }
+        left -= wave.len();
+        wave.sort_unstable();
+        out.push(wave);
+    }
+    out
 }
 
 /// The exact search's work budget, in search nodes plus `place` computations. Deterministic
@@ -300,6 +347,7 @@ fn finish(
     }
     plan.optimal = optimal && plan.moves.len() >= upper_bound;
     plan.upper_bound = upper_bound.max(plan.moves.len());
+    plan.waves = waves(&plan.moves, 1, 1);
     plan
 }
 

@@ -43,6 +43,8 @@ pub enum Kind {
     },
     /// A page size of zero.
     Zero,
+    /// A count that must be at least 1.
+    NotPositive,
     /// A page size that is not a power of two.
     NotPowerOfTwo { value: u64 },
     /// A quantity whose conversion overflows (`what` says which).
@@ -82,6 +84,7 @@ impl fmt::Display for Kind {
                 write!(f, "{value} {unit} is more than the {max} accepted")
             }
             Kind::Zero => f.write_str("a page size of 0 is invalid"),
+            Kind::NotPositive => f.write_str("must be at least 1"),
             Kind::NotPowerOfTwo { value } => {
                 write!(f, "page size {value} KiB is not a power of two")
             }
@@ -117,6 +120,14 @@ pub fn at_most(field: &str, value: u64, max: u64, unit: &'static str) -> Result<
         ));
     }
     Ok(value)
+}
+
+/// A count of things at once (parallel moves): 1 to `max`.
+pub fn count(field: &str, value: u64, max: u64) -> Result<u64, Error> {
+    if value == 0 {
+        return Err(Error::new(field, Kind::NotPositive));
+    }
+    at_most(field, value, max, "at once")
 }
 
 pub fn vcpus(field: &str, n: u32) -> Result<u32, Error> {

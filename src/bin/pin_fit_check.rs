@@ -51,6 +51,20 @@ struct DrainArgs {
     guests: Vec<String>,
     /// Thread policy assumed for existing guests. Default: prefer.
     thread_policy: Option<ThreadPolicy>,
+    /// Moves run at the same time (`plan.waves`), in all. At most 64.
+    #[serde(default = "two")]
+    max_parallel: u64,
+    /// Moves run at the same time toward one destination. At most 16. Runs toward one
+    /// destination wait for each other's claim there, so more than 1 mostly overlaps the waits.
+    #[serde(default = "one")]
+    max_parallel_per_dest: u64,
+}
+
+fn two() -> u64 {
+    2
+}
+fn one() -> u64 {
+    1
 }
 
 fn yes() -> bool {
@@ -77,6 +91,8 @@ impl ModuleArgs for Args {
             for (i, f) in d.candidates.iter().enumerate() {
                 f.check(&format!("drain.candidates[{i}]"))?;
             }
+            limits::count("drain.max_parallel", d.max_parallel, 64)?;
+            limits::count("drain.max_parallel_per_dest", d.max_parallel_per_dest, 16)?;
         }
         Ok(())
     }
@@ -241,7 +257,12 @@ fn drain(d: &DrainArgs, opts: &FitOptions) -> Outcome {
         }
     }
     let hosts = d.candidates.iter().map(|f| f.host_state(None)).collect();
-    let plan = drain::plan_drain(hosts, &guests, opts);
+    let mut plan = drain::plan_drain(hosts, &guests, opts);
+    plan.waves = drain::waves(
+        &plan.moves,
+        d.max_parallel as usize,
+        d.max_parallel_per_dest as usize,
+    );
     let bound = if plan.optimal {
         "no plan places more".to_string()
     } else {
@@ -251,8 +272,11 @@ fn drain(d: &DrainArgs, opts: &FitOptions) -> Outcome {
         )
     };
     let msg = format!(
-        "drain plan: {} pinned guests placed ({bound}), {} cannot be placed, {} skipped (unpinned: left to Nova; not running; or defined on two hosts)",
+        "drain plan: {} pinned guests placed ({bound}) in {} waves (at most {} moves at once, {} per destination), {} cannot be placed, {} skipped (unpinned: left to Nova; not running; or defined on two hosts)",
         plan.moves.len(),
+        plan.waves.len(),
+        d.max_parallel,
+        d.max_parallel_per_dest,
         plan.unplaced.len(),
         skipped.len()
     );

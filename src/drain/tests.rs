@@ -326,3 +326,87 @@ fn shapes_tell_apart_what_matters() {
     // A source is never interchangeable with another host.
     assert_ne!(shape_hash(&a, ""), shape_hash(&a, "a"));
 }
+
+fn moves_to(dests: &[&str]) -> Vec<DrainMove> {
+    dests
+        .iter()
+        .enumerate()
+        .map(|(i, d)| DrainMove {
+            guest: format!("g{i}"),
+            uuid: String::new(),
+            source: "src".into(),
+            dest: (*d).into(),
+            placement: Placement {
+                cells: vec![],
+                emulator_pins: vec![],
+                dedicated: true,
+            },
+        })
+        .collect()
+}
+
+#[test]
+fn waves_run_distinct_destinations_together() {
+    let m = moves_to(&["a", "a", "b", "c", "a"]);
+    // Two at a time, one per destination: a's three moves need three waves; b and c fill them.
+    assert_eq!(waves(&m, 2, 1), vec![vec![0, 2], vec![1, 3], vec![4]]);
+    // Sequential by default.
+    assert_eq!(waves(&m, 1, 1), (0..5).map(|i| vec![i]).collect::<Vec<_>>());
+    // Limits of 0 are taken as 1; no moves, no waves.
+    assert_eq!(waves(&m, 0, 0), waves(&m, 1, 1));
+    assert!(waves(&[], 2, 1).is_empty());
+}
+
+#[test]
+fn random_waves_are_as_few_as_the_limits_allow() {
+    let mut r = fastrand::Rng::with_seed(7);
+    for case in 0..2000 {
+        let n_dest = r.usize(1..6);
+        let names: Vec<String> = (0..n_dest).map(|d| format!("h{d}")).collect();
+        let dests: Vec<&str> = (0..r.usize(0..14))
+            .map(|_| names[r.usize(..n_dest)].as_str())
+            .collect();
+        let m = moves_to(&dests);
+        let (p, per) = (r.usize(1..5), r.usize(1..4));
+        let w = waves(&m, p, per);
+        // Every move exactly once, each destination in the plan's order.
+        let mut seen: Vec<usize> = w.iter().flatten().copied().collect();
+        for d in &names {
+            let order: Vec<usize> = seen.iter().copied().filter(|&i| m[i].dest == *d).collect();
+            assert!(
+                order.windows(2).all(|x| x[0] < x[1]),
+                "case {case}: {d} out of order in {w:?}"
+            );
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (0..m.len()).collect::<Vec<_>>(), "case {case}");
+        for wave in &w {
+            assert!(!wave.is_empty() && wave.len() <= p, "case {case}: {w:?}");
+            for d in &names {
+                let k = wave.iter().filter(|&&i| m[i].dest == *d).count();
+                assert!(
+                    k <= per,
+                    "case {case}: {k} moves to {d} in one wave of {w:?}"
+                );
+            }
+        }
+        // No grouping under these limits needs fewer waves.
+        let per_dest_bound = names
+            .iter()
+            .map(|d| {
+                dests
+                    .iter()
+                    .filter(|x| **x == d.as_str())
+                    .count()
+                    .div_ceil(per)
+            })
+            .max()
+            .unwrap_or(0);
+        let bound = m.len().div_ceil(p).max(per_dest_bound);
+        assert_eq!(
+            w.len(),
+            bound,
+            "case {case}: {dests:?} p={p} per={per}: {w:?}"
+        );
+    }
+}

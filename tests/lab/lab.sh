@@ -23,16 +23,19 @@ PY37=${PY37:-$(pyenv root 2>/dev/null || echo /root/.pyenv)/versions/3.7.16}
 # Separate hosts: each its own network namespace (nrl-<host>) on the lab's bridge, its own bullseye root
 # filesystem, /etc/kolla, sshd and /proc. Their addresses exist only on that bridge, which has no uplink:
 # no lab traffic leaves the machine. The bridge's own address is this machine, the deploy host.
-HOSTS=(cmp1 cmp2)                     # computes: libvirtd inside, the Kolla nova_libvirt way
+HOSTS=(cmp1 cmp2 cmp3)                # computes: libvirtd inside, the Kolla nova_libvirt way
+# The standard cloud's compute group (inventory.yml): cmp1 and cmp2, where the seeded field cases live.
+# cmp3 joins them only in inventory-3computes.yml: the drains whose moves go to two destinations at once.
+CLOUD_COMPUTES=(cmp1 cmp2)
 # ctl27: a second control host like CentOS 7's, whose only Python is 2.7, for the ansible-core 2.16 run
 # (the last ansible-core that manages Python 2.7 and 3.6 hosts); it shares control's /etc/kolla.
-NODES=(control cmp1 cmp2 ctl27)       # every separate host
+NODES=(control cmp1 cmp2 cmp3 ctl27)  # every separate host
 BRIDGE=nrlab0
 NET=10.77.0
 DEPLOY_ADDR=$NET.1
-declare -A ADDR=([control]=$NET.10 [cmp1]=$NET.11 [cmp2]=$NET.12 [ctl27]=$NET.13)
-declare -A MIGPORTS=([cmp1]="49152 49215" [cmp2]="49216 49279")
-declare -A PIN_SET=([cmp1]="0-1" [cmp2]="0-1")
+declare -A ADDR=([control]=$NET.10 [cmp1]=$NET.11 [cmp2]=$NET.12 [ctl27]=$NET.13 [cmp3]=$NET.14)
+declare -A MIGPORTS=([cmp1]="49152 49215" [cmp2]="49216 49279" [cmp3]="49280 49343")
+declare -A PIN_SET=([cmp1]="0-1" [cmp2]="0-1" [cmp3]="0-1")
 LIBVIRT_PORT=16509
 SSH_PORT=22
 NOVA_SSH_PORT=8022                    # Kolla's nova_ssh port, also served by each host's sshd
@@ -639,12 +642,12 @@ do_seed_db() { # do_seed_db [--reset]
     local n; n=$(sql -e "SELECT (SELECT COUNT(*) FROM nova.instances WHERE deleted=0 AND uuid IN ($uuids))
       + (SELECT COUNT(DISTINCT consumer_id) FROM placement.allocations WHERE consumer_id IN ($uuids))
       + (SELECT COUNT(*) FROM neutron.ports WHERE device_id IN ($uuids))
-      + (SELECT COUNT(*) FROM nova.compute_nodes WHERE deleted=0 AND host IN ('cmp1','cmp2'))" 2>/dev/null || echo 0)
-    if [ "$n" = $(( 3 * $(echo "$uuids" | tr ',' '\n' | wc -l) + 2 )) ]; then log "seed rows present"; return 0; fi
+      + (SELECT COUNT(*) FROM nova.compute_nodes WHERE deleted=0 AND host IN ($(printf "'%s'," "${HOSTS[@]}" | sed 's/,$//')))" 2>/dev/null || echo 0)
+    if [ "$n" = $(( 3 * $(echo "$uuids" | tr ',' '\n' | wc -l) + ${#HOSTS[@]} )) ]; then log "seed rows present"; return 0; fi
   fi
   local nova; nova=$(venv nova)
   "$nova/bin/python" "$HERE/seed_db.py" --nova-conf "$KOLLA/nova-conductor/nova.conf" \
-    --lab-dir "$LAB_DIR" "$@"
+    --lab-dir "$LAB_DIR" --hosts "${HOSTS[*]}" "$@"
 }
 
 # --------------------------------------------------------------------------------------------- containers
@@ -835,7 +838,7 @@ EOF
   for h in "${NODES[@]}"; do addrs="$addrs$sep\"$h\": \"${ADDR[$h]}\""; sep=", "; done
   addrs="$addrs}"
   NOVA_VENV=$novavenv ENGINE=${ENGINE:-docker} LAB_DIR=$LAB_DIR REPO=$REPO LAB_VENV=$LAB_VENV PW=$pw \
-    ENGINE_OWNER=$ENGINE_OWNER ADDRS=$addrs HOSTS="${HOSTS[*]}" NODES="${NODES[*]}" DEPLOY_ADDR=$DEPLOY_ADDR \
+    ENGINE_OWNER=$ENGINE_OWNER ADDRS=$addrs HOSTS="${HOSTS[*]}" CLOUD_COMPUTES="${CLOUD_COMPUTES[*]}" NODES="${NODES[*]}" DEPLOY_ADDR=$DEPLOY_ADDR \
     DB_HOST=$DB_HOST KOLLA=$KOLLA SSH_PORT=$SSH_PORT NOVA_SSH_PORT=$NOVA_SSH_PORT ANSIBLE216_VENV=$ANSIBLE216_VENV \
     $SYS_PY "$HERE/write_files.py"
 }

@@ -8,7 +8,8 @@ Runs in the Nova 19.3.2 venv (tests/lab/venv.sh nova), so the JSON is Nova's own
   (--reset: deleted first). instance_extra.numa_topology and .flavor come from Nova's objects (Stein format);
   the guest marked "numa_format": "victoria" gets the Victoria+ layout (InstanceNUMACell 1.5 with pcpuset), which
   Stein's objects cannot produce: labdb.py writes it, and its Stein part is checked against Nova's objects.
-- services + compute_nodes (cmp1, cmp2) with numa_topology (NUMATopology 1.2 / NUMACell 1.3) recomputed on every
+- services + compute_nodes (every compute of --hosts; compute_nodes.host_ip is the host's nova.conf my_ip)
+  with numa_topology (NUMATopology 1.2 / NUMACell 1.3) recomputed on every
   run from the instances on each host and the host's vcpu_pin_set, plus nova_api.host_mappings. (lab.sh up runs
   this only when some standard rows are missing.)
 - placement: a resource provider per compute node (VCPU, MEMORY_MB, DISK_GB, PCPU inventories) and allocations
@@ -34,8 +35,11 @@ from nova import objects  # noqa: E402
 objects.register_all()
 from oslo_serialization import jsonutils  # noqa: E402
 
-HOSTS = ("cmp1", "cmp2")  # their addresses (compute_nodes.host_ip) are nova.conf's my_ip
-NODE_UUID = {"cmp1": "6c1a9e10-0000-4000-8000-0000000c0001", "cmp2": "6c1a9e10-0000-4000-8000-0000000c0002"}
+
+
+def node_uuid(host):
+    """cmpN's compute node (and resource provider) uuid: ...0000000c000N."""
+    return "6c1a9e10-0000-4000-8000-0000000c%04d" % int(host[len("cmp"):])
 RESERVED_MB = 512
 
 
@@ -90,6 +94,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--nova-conf", required=True)
     ap.add_argument("--lab-dir", required=True)
+    ap.add_argument("--hosts", required=True, help="the computes, space-separated (cmp1 cmp2 ...)")
     ap.add_argument("--reset", action="store_true", help="delete and re-insert the standard guests' rows")
     a = ap.parse_args()
     cp = configparser.ConfigParser()
@@ -123,7 +128,7 @@ def main():
     # Compute nodes, from the instances each host has now (tests may have moved some).
     mem = host_memory_mb()
     labdb.upsert_service(cur, "control", "nova-conductor", "conductor")
-    for h in HOSTS:
+    for h in a.hosts.split():
         conf = configparser.ConfigParser()
         conf.read(os.path.join(a.lab_dir, h, "etc/kolla/nova-compute/nova.conf"))
         addr = conf.get("DEFAULT", "my_ip")
@@ -153,9 +158,9 @@ def main():
         if not labdb.same_primitive(jsonutils.loads(numa), ours):
             sys.exit("labdb.compute_numa_primitive differs from Nova's objects")
         sid = labdb.upsert_service(cur, h)
-        labdb.upsert_compute_node(cur, h, NODE_UUID[h], addr, len(allowed), mem, numa, vcpus_used,
+        labdb.upsert_compute_node(cur, h, node_uuid(h), addr, len(allowed), mem, numa, vcpus_used,
                                   mem_used + RESERVED_MB, len(rows), service_id=sid)
-        labdb.upsert_provider(cur, NODE_UUID[h], h, {
+        labdb.upsert_provider(cur, node_uuid(h), h, {
             labdb.VCPU: (len(allowed), 0, len(allowed), 16.0),
             labdb.PCPU: (len(allowed), 0, len(allowed), 1.0),
             labdb.MEMORY_MB: (mem, RESERVED_MB, mem, 1.5),
@@ -170,17 +175,17 @@ def main():
         cur.execute("SELECT COUNT(*) FROM placement.allocations WHERE consumer_id=%s", (g["uuid"],))
         if a.reset or g["name"] in made or not cur.fetchone()[0]:
             cls = labdb.PCPU if g.get("numa_format") == "victoria" else labdb.VCPU
-            labdb.set_allocations(cur, g["uuid"], NODE_UUID[host], {cls: g["vcpus"], labdb.MEMORY_MB: g["memory_mib"]},
+            labdb.set_allocations(cur, g["uuid"], node_uuid(host), {cls: g["vcpus"], labdb.MEMORY_MB: g["memory_mib"]},
                                   std["project_id"], std["user_id"])
         cur.execute("SELECT COUNT(*) FROM neutron.ports WHERE device_id=%s", (g["uuid"],))
         if a.reset or g["name"] in made or not cur.fetchone()[0]:
             labdb.insert_port(cur, g["uuid"], host, std["project_id"])
     conn.commit()
-    verify(a.nova_conf, std)
+    verify(a.nova_conf, std, a.hosts.split())
     print("seed_db: %s" % ("inserted " + ", ".join(made) if made else "standard rows present"))
 
 
-def verify(conf, std):
+def verify(conf, std, hosts):
     """Load the rows back through Nova's own DB API and objects."""
     import nova.conf
     from nova import context
@@ -193,7 +198,7 @@ def verify(conf, std):
         cell = inst.numa_topology.cells[0]
         assert cell.cpu_pinning == {i: p for i, p in enumerate(g["pins"])}, (g["name"], cell.cpu_pinning)
         assert inst.flavor.vcpus == g["vcpus"]
-    for h in HOSTS:
+    for h in hosts:
         cn = objects.ComputeNode.get_by_host_and_nodename(ctxt, h, h)
         objects.NUMATopology.obj_from_db_obj(cn.numa_topology)
 

@@ -11,6 +11,7 @@ L, R, pw = E["LAB_DIR"], E["REPO"], E["PW"]
 venv, engine = E["LAB_VENV"], E["ENGINE"]
 addr = json.loads(E["ADDRS"])  # host -> address on the lab bridge
 computes = E["HOSTS"].split()
+cloud_computes = E["CLOUD_COMPUTES"].split()  # inventory.yml's compute group; every compute in inventory-3computes.yml
 nodes = E["NODES"].split()
 deploy, db_host, kolla = E["DEPLOY_ADDR"], E["DB_HOST"], E["KOLLA"]
 ssh_dir = os.path.join(L, "ssh")
@@ -56,7 +57,7 @@ def url(db, host=db_host):
 dbs = {k: k for k in ("nova_api", "nova", "nova_cell0", "placement", "neutron")}
 lab = {
     "lab_dir": L, "repo": R,
-    "hosts": hosts, "host_names": computes,
+    "hosts": hosts, "host_names": computes, "cloud_computes": cloud_computes,
     "nodes": {h: node(h) for h in nodes}, "node_names": nodes, "deploy_address": deploy,
     "control": dict(node("control"), **{
         "nova_conductor_conf_in_host": "/etc/kolla/nova-conductor/nova.conf",
@@ -81,6 +82,7 @@ lab = {
     "ssh": {"address": addr["cmp2"], "port": int(E["NOVA_SSH_PORT"]), "user": "root", "key": key,
             "config": os.path.join(ssh_dir, "ssh_config"), "host": "cmp2"},
     "ansible": {"config": os.path.join(L, "ansible.cfg"), "inventory": os.path.join(L, "inventory.yml"),
+                "inventory_3computes": os.path.join(L, "inventory-3computes.yml"),
                 "venv": venv, "playbook": os.path.join(venv, "bin/ansible-playbook"),
                 "library": os.path.join(R, "library"), "roles_path": os.path.join(R, "roles")},
     "ansible216": {"inventory": os.path.join(L, "inventory-ansible-2.16.yml"), "venv": E["ANSIBLE216_VENV"],
@@ -97,34 +99,44 @@ os.chmod(tmp, 0o600)
 os.rename(tmp, os.path.join(L, "lab.json"))
 
 # The inventory: every host over SSH (its own sshd, the lab key); only localhost is local.
-inv = ["---", "# numa-repin lab inventory (tests/lab/lab.sh): separate hosts, reached over SSH", "all:",
-       "  vars:",
-       "    ansible_user: root",
-       "    ansible_ssh_private_key_file: %s" % key,
-       "    ansible_ssh_common_args: '-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR'",
-       "    ansible_python_interpreter: /usr/bin/python3",
-       "    container_engine: %s" % engine,
-       "  hosts:",
-       "    localhost:",
-       "      ansible_connection: local",
-       "      ansible_python_interpreter: %s/bin/python" % venv,
-       "  children:", "    compute:", "      hosts:"]
-for h in computes:
+head = ["---", "# numa-repin lab inventory (tests/lab/lab.sh): separate hosts, reached over SSH", "all:",
+        "  vars:",
+        "    ansible_user: root",
+        "    ansible_ssh_private_key_file: %s" % key,
+        "    ansible_ssh_common_args: '-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR'",
+        "    ansible_python_interpreter: /usr/bin/python3",
+        "    container_engine: %s" % engine,
+        "  hosts:",
+        "    localhost:",
+        "      ansible_connection: local",
+        "      ansible_python_interpreter: %s/bin/python" % venv,
+        "  children:", "    compute:", "      hosts:"]
+
+
+def compute_lines(h):
     v = hosts[h]
-    inv += ["        %s:" % h, "          ansible_host: %s" % v["address"],
-            "          libvirt_uri: %s" % v["libvirt_uri"], "          nova_conf: %s" % KOLLA_COMPUTE_CONF,
-            "          migrate_address: %s" % v["migrate_address"], "          vcpu_pin_set: '%s'" % v["vcpu_pin_set"]]
+    out = ["        %s:" % h, "          ansible_host: %s" % v["address"],
+           "          libvirt_uri: %s" % v["libvirt_uri"], "          nova_conf: %s" % KOLLA_COMPUTE_CONF,
+           "          migrate_address: %s" % v["migrate_address"], "          vcpu_pin_set: '%s'" % v["vcpu_pin_set"]]
     if h != lab["containers"]["nova_compute_host"]:
-        # One nova_compute container in the lab, on its host; the Nova patch rollout skips the other.
-        inv += ["          nova_patch_containers: {}"]
-inv += ["    control:", "      hosts:", "        control:",
+        # One nova_compute container in the lab, on its host; the Nova patch rollout skips the others.
+        out += ["          nova_patch_containers: {}"]
+    return out
+
+
+tail = ["    control:", "      hosts:", "        control:",
         "          ansible_host: %s" % addr["control"],
         "          nova_conductor_conf: /etc/kolla/nova-conductor/nova.conf",
         "          kolla_passwords: /etc/kolla/passwords.yml",
         "          placement_conf: /etc/kolla/placement-api/placement.conf",
         "          neutron_conf: /etc/kolla/neutron-server/neutron.conf", ""]
+inv = head + [x for h in cloud_computes for x in compute_lines(h)] + tail
 with open(os.path.join(L, "inventory.yml"), "w") as f:
     f.write("\n".join(inv))
+# The same cloud with every lab compute (cmp3 too) in the compute group: drains with two destinations.
+inv3 = head + [x for h in computes for x in compute_lines(h)] + tail
+with open(os.path.join(L, "inventory-3computes.yml"), "w") as f:
+    f.write("\n".join(inv3).replace("reached over SSH", "reached over SSH; every compute"))
 
 # The same cloud for ansible-core 2.16 (the last release that manages Python 2.7 and 3.6 hosts): its
 # control host is ctl27, whose only Python is 2.7 (as on CentOS 7), with the same /etc/kolla.
