@@ -1423,6 +1423,7 @@ fn migrate(a: &Args, ctx: &Context) -> Result<Outcome> {
         std::thread::spawn(move || monitor(u, id, cfg, s, f))
     };
     let t0 = Instant::now();
+    let started_unix_ms = unix_ms();
     let res = sg.dom.migrate_to_uri3(Some(&dest_uri), params, flags);
     let total_ms = t0.elapsed().as_millis() as u64;
     stop.store(true, Ordering::SeqCst);
@@ -1467,6 +1468,8 @@ fn migrate(a: &Args, ctx: &Context) -> Result<Outcome> {
     let done = ddom.job_stats(consts::VIR_DOMAIN_JOB_STATS_COMPLETED).ok();
     let mig = json!({
         "total_time_ms": total_ms,
+        // Wall-clock start, so that migrations run at the same time (a drain's wave) can be told apart.
+        "started_unix_ms": started_unix_ms,
         "job_time_ms": done.as_ref().and_then(|d| d.time_elapsed).unwrap_or(figs.elapsed_ms),
         "downtime_ms": done.as_ref().and_then(|d| d.downtime),
         "data_total_bytes": done.as_ref().and_then(|d| d.data_total).unwrap_or(figs.data_total_bytes),
@@ -1960,6 +1963,14 @@ fn repin_in_place(a: &Args, ctx: &Context) -> Result<Outcome> {
     );
     release_claim(&mut o, claim);
     Ok(o)
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

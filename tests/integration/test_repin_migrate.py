@@ -260,15 +260,21 @@ BOOT_SECTOR = bytes.fromhex(
     "43ebef900000000000000000ffff0000009acf00ffff00000092cf001700387c")
 
 
-def busy_guest(lab, host, pins, request):
+def busy_guest(lab, host, pins, request, once=False):
     """A guest that dirties 8 MiB of memory in a tight loop (a boot sector), on a raw disk outside the
     per-host bind mounts, seen by both lab hosts, read-only (libvirt then calls the migration safe without a
-    shared filesystem). Migrations of it converge only with enough bandwidth."""
+    shared filesystem). Migrations of it converge only with enough bandwidth.
+    once=True: it fills the 8 MiB once (not with zeros, which migrate for free) and halts: an idle guest
+    whose migration takes 8 MiB / bandwidth, and then converges."""
     import render_guest
     name = "t-busy-%s" % os.urandom(3).hex()
     SHARED_DIR.mkdir(parents=True, exist_ok=True)
     img = SHARED_DIR / ("%s.img" % name)
-    sector = BOOT_SECTOR + b"\0" * (510 - len(BOOT_SECTOR)) + b"\x55\xaa"
+    code = BOOT_SECTOR
+    if once:  # mov eax,ebx; rep stosl; inc ebx; jmp loop  ->  not eax; rep stosl; hlt; jmp hlt
+        assert code.count(bytes.fromhex("89d8f3ab43ebef")) == 1
+        code = code.replace(bytes.fromhex("89d8f3ab43ebef"), bytes.fromhex("f7d0f3abf4ebfd"))
+    sector = code + b"\0" * (510 - len(code)) + b"\x55\xaa"
     img.write_bytes(sector + b"\0" * (1024 * 1024 - 512))
     xml = render_guest.render(name, None, len(pins), list(pins), 64, str(img)).replace("type='qcow2'", "type='raw'") \
         .replace("<target dev='vda'", "<readonly/>\n      <target dev='vda'")  # read-only: safe to migrate
