@@ -229,6 +229,23 @@ impl ModuleArgs for Args {
             "ms",
         )?;
         limits::at_most("downtime_delay_s", self.downtime_delay_s, MAX_DELAY_S, "s")?;
+        limits::at_most("lock_timeout_s", self.lock_timeout_s, MAX_WAIT_S, "s")?;
+        limits::at_most("claim_lease_s", self.claim_lease_s, MAX_WAIT_S, "s")?;
+        limits::at_most(
+            "progress_timeout_s",
+            self.progress_timeout_s,
+            MAX_WAIT_S,
+            "s",
+        )?;
+        if let Some(t) = self.completion_timeout_s {
+            limits::at_most("completion_timeout_s", t, MAX_COMPLETION_S, "s")?;
+        }
+        limits::at_most(
+            "bandwidth_mibps",
+            self.bandwidth_mibps,
+            MAX_BANDWIDTH_MIBPS,
+            "MiB/s",
+        )?;
         limits::abs_dir("lock_dir", &self.lock_dir)?;
         if let Some(p) = &self.progress_file {
             limits::abs_dir("progress_file", p)?;
@@ -241,6 +258,11 @@ impl ModuleArgs for Args {
 /// day per GiB between downtime steps; far beyond Nova's defaults (500 ms, 75 s).
 pub const MAX_DOWNTIME_MS: u64 = 3_600_000;
 pub const MAX_DELAY_S: u64 = 86_400;
+/// Waits (a claim, its lease, a stall) up to a day; a migration up to a week; bandwidth up to
+/// 1 TiB/s. Beyond these a value is a typo, and some overflow libvirt's and QEMU's own types.
+pub const MAX_WAIT_S: u64 = 86_400;
+pub const MAX_COMPLETION_S: u64 = 604_800;
+pub const MAX_BANDWIDTH_MIBPS: u64 = 1 << 20;
 
 const M: &str = "repin_migrate";
 

@@ -198,6 +198,9 @@ def test_pin_fit_check_bounds(host_facts):
     huge_cpu["cells"][0]["cpus"][0]["id"] = 4294967295
     refused("pin_fit_check", {"drain": {"sources": [], "candidates": [huge_cpu]}}, "drain.candidates[0].cells[0].cpus[0].id")
     refused("pin_fit_check", {"uri": "qemu:///sys\0tem", "request": {"vcpus": 1, "memory_mb": 64}}, "'uri'")
+    refused("pin_fit_check", {"drain": {"sources": [], "candidates": [], "max_parallel": 0}}, "drain.max_parallel")
+    refused("pin_fit_check", {"drain": {"sources": [], "candidates": [], "max_parallel_per_dest": 17}},
+            "drain.max_parallel_per_dest")
 
 
 @pytest.mark.parametrize("steps", [1099511627776, 2 ** 64 - 1])
@@ -207,6 +210,11 @@ def test_repin_migrate_downtime_steps_bound(steps):
 
 
 @pytest.mark.parametrize("args,field", [
+    ({"lock_timeout_s": 86401}, "lock_timeout_s"),
+    ({"claim_lease_s": 2 ** 64 - 1}, "claim_lease_s"),
+    ({"progress_timeout_s": 10 ** 9}, "progress_timeout_s"),
+    ({"completion_timeout_s": 604801}, "completion_timeout_s"),
+    ({"bandwidth_mibps": 2 ** 40}, "bandwidth_mibps"),
     ({"lock_dir": "run/lock"}, "lock_dir"),
     ({"lock_dir": "/run/../etc"}, "lock_dir"),
     ({"source_uri": "qemu+tcp://127.0.0.1\0:1/system"}, "source_uri"),
