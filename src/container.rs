@@ -61,6 +61,13 @@ impl Engine {
     }
 
     fn output(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<Output> {
+        self.output_bounded(args, stdin, crate::limits::MAX_SOURCE_BYTES)
+    }
+
+    /// Run the engine, keeping at most `max` bytes of its standard output (and of its standard
+    /// error, which only feeds messages): more output is refused, not buffered, so a container
+    /// that floods cannot exhaust the module's memory.
+    fn output_bounded(&self, args: &[&str], stdin: Option<&[u8]>, max: u64) -> Result<Output> {
         let mut cmd = Command::new(&self.bin);
         cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd.stdin(if stdin.is_some() {
@@ -79,7 +86,27 @@ impl Engine {
                 let _ = pipe.write_all(&data);
             });
         }
-        Ok(child.wait_with_output()?)
+        let out = child.stdout.take().context("no stdout pipe")?;
+        let err = child.stderr.take().context("no stderr pipe")?;
+        let err = std::thread::spawn(move || read_bounded(err, max));
+        let stdout = read_bounded(out, max);
+        let status = child.wait()?;
+        let stderr = err
+            .join()
+            .map_err(|_| anyhow::anyhow!("reading the stderr of {} failed", self.bin))??;
+        let (stdout, over) = stdout?;
+        if over {
+            bail!(
+                "`{} {}` wrote more than {max} bytes: refused (no file the rollout reads is that large)",
+                self.bin,
+                args.join(" ")
+            );
+        }
+        Ok(Output {
+            status,
+            stdout,
+            stderr: stderr.0,
+        })
     }
 
     /// Run `<engine> args...`; Err with the engine's stderr when it fails.
@@ -270,6 +297,21 @@ impl Engine {
     }
 }
 
+/// Up to `max` bytes of `r`, and whether there was more (the rest is read and dropped, so the
+/// writer is never blocked on a full pipe).
+fn read_bounded(r: impl std::io::Read, max: u64) -> std::io::Result<(Vec<u8>, bool)> {
+    use std::io::Read as _;
+    let mut r = r;
+    let mut buf = Vec::new();
+    (&mut r).take(max + 1).read_to_end(&mut buf)?;
+    let over = buf.len() as u64 > max;
+    if over {
+        buf.truncate(max as usize);
+        std::io::copy(&mut r, &mut std::io::sink())?;
+    }
+    Ok((buf, over))
+}
+
 fn tail(stderr: &[u8]) -> String {
     let s = String::from_utf8_lossy(stderr);
     let s = s.trim();
@@ -294,6 +336,20 @@ mod tests {
     fn unknown_engine_is_refused() {
         let e = Engine::detect("lxc").unwrap_err().to_string();
         assert!(e.contains("auto, docker or podman"), "{e}");
+    }
+
+    #[test]
+    fn output_beyond_the_bound_is_refused() {
+        let e = Engine { bin: "head".into() };
+        let ok = e
+            .output_bounded(&["-c", "1000", "/dev/zero"], None, 1000)
+            .unwrap();
+        assert_eq!(ok.stdout.len(), 1000);
+        let err = e
+            .output_bounded(&["-c", "3000000", "/dev/zero"], None, 1000)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("more than 1000 bytes"), "{err}");
     }
 
     #[test]

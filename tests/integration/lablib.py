@@ -287,15 +287,17 @@ class Lab:
         return module_result(r)
 
     def ansible_playbook(self, playbook, extra_vars=None, check=False, diff=False, limit=None, timeout=1800,
-                         extra_args=(), ansible="ansible", inventory=None):
+                         extra_args=(), ansible="ansible", inventory=None, inventory_path=None):
         """ansible-playbook with the lab inventory and ANSIBLE_CONFIG; returns the CompletedProcess (text).
         ansible="ansible216": ansible-core 2.16 with its inventory (control is ctl27, Python 2.7 only).
-        inventory="inventory_3computes": another inventory of lab.json's "ansible" (cmp3 in the compute group)."""
+        inventory="inventory_3computes": another inventory of lab.json's "ansible" (cmp3 in the compute group);
+        inventory_path: any inventory file."""
         an = self.data["ansible"]
         alt = self.data[ansible]
         env = dict(os.environ, ANSIBLE_CONFIG=an["config"], ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
                    ANSIBLE_LIBRARY=str(self.repo / "library"), ANSIBLE_ROLES_PATH=str(self.repo / "roles"))
-        cmd = [alt["playbook"], "-i", an[inventory] if inventory else alt["inventory"], str(playbook)]
+        inv = inventory_path or (an[inventory] if inventory else alt["inventory"])
+        cmd = [alt["playbook"], "-i", str(inv), str(playbook)]
         tmp = None
         if extra_vars:
             with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:

@@ -70,9 +70,9 @@ def test_audit_drain_and_patch_check_under_ansible_216(lab, seeded, ansible_play
                          ansible="ansible216")
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     rc = recap(r.stdout)
-    assert set(rc) >= {"cmp1", "cmp2", "control", "localhost"}, rc
+    assert set(rc) >= {"cmp1", "cmp2", "control01", "localhost"}, rc
     assert all(v["changed"] == 0 and v["failed"] == 0 for v in rc.values()), rc
-    assert "control nova_conductor:" in r.stdout  # the status ran on ctl27 (staging with copy on Python 2.7)
+    assert "control01 nova_conductor:" in r.stdout  # the status ran on ctl27 (staging with copy on Python 2.7)
     assert "cannot load it" not in r.stdout and "could not ask the Nova" not in r.stdout  # asked from ctl27
 
     r = ansible_playbook(REPO / "playbooks" / "deploy_nova_patch.yml", check=True, diff=True, ansible="ansible216")

@@ -324,7 +324,7 @@ def test_playbook_rolls_into_the_lab_containers_and_back(lab, ansible_playbook):
     r = ansible_playbook(REPO / "playbooks" / "deploy_nova_patch.yml")
     assert r.returncode == 0, r.stdout[-3000:]
     rc = recap(r.stdout)
-    assert rc["cmp1"]["changed"] >= 1 and rc["control"]["changed"] >= 1 and rc["cmp2"]["changed"] == 0, rc
+    assert rc["cmp1"]["changed"] >= 1 and rc["control01"]["changed"] >= 1 and rc["cmp2"]["changed"] == 0, rc
     # compute first, conductor last
     assert r.stdout.index("nova_compute") < r.stdout.index("nova_conductor")
     assert raw_sums(lab, "nova_conductor", PATHS) == dict(pristine(), **patched(CONDUCTOR_PARTS))
@@ -337,7 +337,7 @@ def test_playbook_rolls_into_the_lab_containers_and_back(lab, ansible_playbook):
     r = ansible_playbook(REPO / "playbooks" / "numa_audit.yml", extra_vars={"numa_audit_report_name": "patch-test", "numa_repin_allow_leftovers": True})
     assert r.returncode == 0, r.stdout[-3000:]
     assert "cmp1 nova_compute: patched (Nova 19.3.2)" in r.stdout
-    assert "control nova_conductor: patched (Nova 19.3.2)" in r.stdout
+    assert "control01 nova_conductor: patched (Nova 19.3.2)" in r.stdout
     assert all(v["changed"] == 0 for v in recap(r.stdout).values())
     html = Path(report_dir(r.stdout), "patch-test.html").read_text()
     assert "Nova patch status" in html and "nova_conductor" in html and ">patched<" in html

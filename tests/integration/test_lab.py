@@ -187,8 +187,9 @@ def test_ansible_playbook_uses_the_lab_inventory(lab, ansible_playbook, tmp_path
     """))
     r = ansible_playbook(pb, {"marker": "xyzzy"})
     assert r.returncode == 0, r.stdout + r.stderr
-    for h in ("cmp1", "cmp2", "control"):
-        assert "%s runs on %s via ssh xyzzy" % (h, h) in r.stdout, r.stdout
+    for inv, h in (("cmp1", "cmp1"), ("cmp2", "cmp2"), ("control01", "control")):
+        assert "%s runs on %s via ssh xyzzy" % (inv, h) in r.stdout, r.stdout
+    assert "Found both group and host with same name" not in r.stdout + r.stderr
     r = ansible_playbook(pb, {"marker": "x"}, check=True, diff=True)
     assert r.returncode == 0, r.stdout + r.stderr
     inv = open(lab.data["ansible"]["inventory"]).read()
