@@ -52,6 +52,11 @@ struct Args {
     /// Audit mode: repair every drifted instance from its live pinning.
     #[serde(default)]
     fix: bool,
+    /// Audit mode with fix: rows the running Nova could not load (the audit's Nova rows check,
+    /// `unloadable`). An instance row written for a newer release is rewritten in the version
+    /// Nova names; any other row is listed as not repaired, with the reason.
+    #[serde(default)]
+    repair_rows: Vec<fixup::UnloadableRow>,
 }
 fn default_conductor_conf() -> PathBuf {
     "/etc/kolla/nova-conductor/nova.conf".into()
@@ -109,11 +114,33 @@ fn main() {
             let stale_nodes = fixup::stale_compute_nodes(&mut conn, &creds)?;
             let mut fixed = Vec::new();
             let mut warnings = Vec::new();
+            let mut not_repaired = Vec::new();
+            let mut diffs = Vec::new();
             if a.fix {
                 // Every drifted instance in one transaction: all repaired, or none. Check mode
                 // plans in a READ ONLY transaction and writes nothing.
                 let mut tx = fixup::begin(&mut conn, &creds, ctx.check_mode)?;
                 let mut backups = Vec::new();
+                // Rows Nova cannot load first: the drift fixes below then write a loadable row.
+                for r in &a.repair_rows {
+                    match fixup::plan_row_repair(&mut tx, &creds, r, !ctx.check_mode)? {
+                        Ok(plan) => {
+                            if !ctx.check_mode {
+                                fixup::apply(&mut tx, &creds, &plan)?;
+                            }
+                            diffs.push(
+                                serde_json::json!({"before": plan.before, "after": plan.after}),
+                            );
+                            backups.push((r.key.clone(), plan.before));
+                            fixed.push(
+                                serde_json::json!({"instance_uuid": r.key, "steps": plan.steps}),
+                            );
+                        }
+                        Err(why) => not_repaired.push(
+                            serde_json::json!({"table": r.table, "key": r.key, "reason": why}),
+                        ),
+                    }
+                }
                 // A uuid defined on two hosts is not repaired: which copy is the guest is the
                 // operator's call (the fix would otherwise record whichever host came first).
                 let twice: Vec<&str> = drift
@@ -153,6 +180,7 @@ fn main() {
                     }
                     warnings.extend(plan.warnings);
                     if plan.changed {
+                        diffs.push(serde_json::json!({"before": plan.before, "after": plan.after}));
                         backups.push((uuid.to_string(), plan.before));
                         fixed.push(serde_json::json!({"instance_uuid": uuid, "steps": plan.steps}));
                     }
@@ -170,7 +198,15 @@ fn main() {
                 overlaps.len(),
                 stale_nodes.len(),
                 if a.fix {
-                    format!(", {} fixed", fixed.len())
+                    format!(
+                        ", {} fixed{}",
+                        fixed.len(),
+                        if not_repaired.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", {} rows Nova cannot load left as they are", not_repaired.len())
+                        }
+                    )
                 } else {
                     String::new()
                 }
@@ -179,8 +215,12 @@ fn main() {
                 .with("drift", &drift)
                 .with("db_overlaps", &overlaps)
                 .with("stale_compute_nodes", &stale_nodes)
-                .with("fixed", &fixed);
+                .with("fixed", &fixed)
+                .with("rows_not_repaired", &not_repaired);
             o.warnings = warnings;
+            if !diffs.is_empty() {
+                o.diff = Some(serde_json::Value::Array(diffs));
+            }
             return Ok(o);
         }
         let uuid = a.instance_uuid.clone().ok_or_else(|| {

@@ -309,6 +309,66 @@ fn cell_id(nc: &Value) -> Option<u32> {
         .map(|x| x as u32)
 }
 
+/// `(major, minor)` of an object version string ("1.5").
+fn version(v: &str) -> Option<(u32, u32)> {
+    let (a, b) = v.split_once('.')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// Rewrite an instance's `numa_topology` so that an older release loads it: every
+/// InstanceNUMACell newer than `target` ("1.4" for Queens..Ussuri) becomes that version the way
+/// Nova's own `InstanceNUMACell.obj_make_compatible` (Victoria) does it: below 1.6 a `mixed`
+/// policy cell cannot be represented (refused); below 1.5 a dedicated cell's `pcpuset` becomes
+/// its `cpuset` and `pcpuset` goes; below 1.4 `cpuset_reserved` goes; below 1.3 the CPU
+/// policies go. Returns whether anything changed; on an error nothing is.
+pub fn downgrade_instance_cells(doc: &mut Value, target: &str) -> Result<bool, String> {
+    let t = version(target).ok_or_else(|| format!("{target:?} is not an object version"))?;
+    let mut out = doc.clone();
+    let mut changed = false;
+    let cells = data_mut(&mut out, "InstanceNUMATopology")?
+        .get_mut("cells")
+        .and_then(Value::as_array_mut)
+        .ok_or("InstanceNUMATopology has no cells")?;
+    for (i, cell) in cells.iter_mut().enumerate() {
+        let v = cell
+            .get("nova_object.version")
+            .and_then(Value::as_str)
+            .and_then(version)
+            .ok_or(format!("cell {i} has no object version"))?;
+        if v <= t {
+            continue;
+        }
+        let d = data_mut(cell, "InstanceNUMACell")?;
+        let policy = d
+            .get("cpu_policy")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        if t < (1, 6) && policy == "mixed" {
+            return Err(format!(
+                "cell {i} has cpu_policy mixed, which InstanceNUMACell {target} cannot hold"
+            ));
+        }
+        if t < (1, 5) {
+            let pcpus = d.remove("pcpuset");
+            if policy == "dedicated" {
+                d.insert("cpuset".into(), pcpus.unwrap_or(Value::Array(vec![])));
+            }
+        }
+        if t < (1, 4) {
+            d.remove("cpuset_reserved");
+        }
+        if t < (1, 3) {
+            d.remove("cpu_policy");
+            d.remove("cpu_thread_policy");
+        }
+        cell["nova_object.version"] = Value::String(target.to_string());
+        changed = true;
+    }
+    *doc = out;
+    Ok(changed)
+}
+
 /// The pinning a placement asks for, in the shape stored pinning is read into.
 pub fn cells_of_placement(cells: &[CellPlacement]) -> Vec<CellPins> {
     cells
@@ -425,6 +485,38 @@ mod tests {
         let (_, cells) = instance_cells(&mixed).unwrap();
         usage_from_instances(&mut node, &[("m".into(), cells)]).unwrap();
         assert_eq!(node_cell(&node)["cpu_usage"], json!(2));
+    }
+
+    #[test]
+    fn victoria_cells_downgrade_as_novas_obj_make_compatible() {
+        let mut doc: Value = serde_json::from_str(VICTORIA).unwrap();
+        assert!(downgrade_instance_cells(&mut doc, "1.4").unwrap());
+        let cell = &doc["nova_object.data"]["cells"][0];
+        assert_eq!(cell["nova_object.version"], "1.4");
+        let d = &cell["nova_object.data"];
+        assert_eq!(d["cpuset"], serde_json::json!([0]));
+        assert!(d.get("pcpuset").is_none());
+        assert_eq!(d["cpuset_reserved"], serde_json::json!([9]));
+        assert_eq!(d["cpu_pinning_raw"], serde_json::json!({"0": 8}));
+        // Read back as the Stein layout, with the same pins; a second pass changes nothing.
+        let (_, cells) = instance_cells(&to_nova_json(&doc)).unwrap();
+        assert_eq!(cells[0].shared_vcpus, None);
+        assert_eq!(cells[0].pins, [(0, 8)].into_iter().collect());
+        assert!(!downgrade_instance_cells(&mut doc, "1.4").unwrap());
+        // A Stein row is left as it is.
+        let mut stein: Value = serde_json::from_str(STEIN).unwrap();
+        assert!(!downgrade_instance_cells(&mut stein, "1.4").unwrap());
+    }
+
+    #[test]
+    fn a_mixed_cell_cannot_be_downgraded_and_nothing_changes() {
+        let text = VICTORIA.replace(r#""cpu_policy":"dedicated""#, r#""cpu_policy":"mixed""#);
+        let mut doc: Value = serde_json::from_str(&text).unwrap();
+        let before = doc.clone();
+        let e = downgrade_instance_cells(&mut doc, "1.4").unwrap_err();
+        assert!(e.contains("mixed"), "{e}");
+        assert_eq!(doc, before);
+        assert!(downgrade_instance_cells(&mut doc, "x").is_err());
     }
 
     fn node_cell(node: &Value) -> &Value {

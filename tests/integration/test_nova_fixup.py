@@ -288,3 +288,31 @@ def test_audit_reports_a_compute_node_row_no_service_stands_behind(lab, db, run_
             c.execute("DELETE FROM nova.compute_nodes WHERE uuid=%s", (u,))
             c.execute("DELETE FROM nova_api.host_mappings WHERE host='cmp9'")
         db.commit()
+
+
+def test_audit_fix_rewrites_a_row_the_running_nova_cannot_load(lab, fresh_instance_rows, ansible_playbook, db):
+    """numa_audit.yml -e numa_repin_fix=true: the Victoria+ row (InstanceNUMACell 1.5) that Stein's Nova
+    refuses is rewritten as InstanceNUMACell 1.4, as Victoria's own obj_make_compatible does (pcpuset becomes
+    cpuset), and the running Nova, asked again, loads it. --check --diff first: the diff, nothing written."""
+    u = fresh_instance_rows("cmp2", [0], fmt="victoria")
+    fp = lab.db_fingerprint()
+    extra = {"numa_audit_report_name": "rows-fix", "numa_repin_fix": True, "numa_repin_allow_leftovers": True}
+    p = ansible_playbook(REPO / "playbooks" / "numa_audit.yml", extra_vars=extra, check=True, diff=True)
+    assert p.returncode == 0, p.stdout[-4000:]
+    assert lab.fingerprint_diff(fp, lab.db_fingerprint()) == {}
+    assert '"pcpuset"' in p.stdout and "rewritten as InstanceNUMACell 1.4" in p.stdout, p.stdout[-4000:]
+
+    p = ansible_playbook(REPO / "playbooks" / "numa_audit.yml", extra_vars=extra)
+    assert p.returncode == 0, p.stdout[-4000:]
+    with db.cursor() as c:
+        c.execute("SELECT numa_topology FROM nova.instance_extra WHERE instance_uuid=%s", (u,))
+        cell = json.loads(c.fetchone()[0])["nova_object.data"]["cells"][0]
+    assert cell["nova_object.version"] == "1.4", cell
+    assert cell["nova_object.data"]["cpuset"] == [0] and "pcpuset" not in cell["nova_object.data"], cell
+    assert cell["nova_object.data"]["cpu_pinning_raw"] == {"0": 0}, cell
+    # Asked again after the repair, the running Nova loads every row.
+    after = p.stdout.split("The running Nova asked again, after the repair")[-1]
+    assert "cannot load it" not in after, after[-3000:]
+    # A second run has nothing left to rewrite.
+    p = ansible_playbook(REPO / "playbooks" / "numa_audit.yml", extra_vars=extra)
+    assert p.returncode == 0 and "rewritten as InstanceNUMACell" not in p.stdout, p.stdout[-3000:]
