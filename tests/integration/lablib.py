@@ -24,6 +24,14 @@ LAB_DIR = os.environ.get("LAB_DIR", "/var/lib/numa-repin-lab")
 LAB_JSON = os.environ.get("LAB_JSON", os.path.join(LAB_DIR, "lab.json"))
 
 
+BOOT_SECTOR = bytes.fromhex(
+    # 16-bit: cli; ds=0; lgdt; cr0.PE=1; ljmp to 32-bit flat code, which loops forever:
+    #   edi=0x200000; ecx=8 MiB/4; eax=ebx; rep stosl; inc ebx  -> rewrites 8 MiB of RAM with a new pattern
+    # (assembled with GNU as from bs.S in the commit message of this test; GDT: null, code, data, flat 4 GiB)
+    "fa31c08ed80f0116507c0f20c06683c8010f22c066ea1c7c0000080066b810008ed88ec031dbbf00002000b90000200089d8f3ab"
+    "43ebef900000000000000000ffff0000009acf00ffff00000092cf001700387c")
+
+
 class LabNotUp(Exception):
     pass
 
@@ -185,6 +193,38 @@ class Lab:
             self.virsh(host, "start", name)
         return Guest(name=name, uuid=uuid, host=host, uri=self.uri(host), vcpus=vcpus, pins=list(pins),
                      memory_mib=memory_mib, disk_path=disk, xml=xml)
+
+    def busy_guest(self, host, pins, once=False):
+        """A guest that dirties 8 MiB of memory in a tight loop (a boot sector), on a raw disk outside the
+        per-host bind mounts, seen by every lab host, read-only (libvirt then calls the migration safe without a
+        shared filesystem). Migrations of it converge only with enough bandwidth.
+        once=True: it fills the 8 MiB once (not with zeros, which migrate for free) and halts: an idle guest
+        whose migration takes 8 MiB / bandwidth, and then converges. Returns (name, cleanup)."""
+        name = "t-busy-%s" % os.urandom(3).hex()
+        shared = Path(self.data["lab_dir"]) / "repin-test-shared"
+        shared.mkdir(parents=True, exist_ok=True)
+        img = shared / ("%s.img" % name)
+        code = BOOT_SECTOR
+        if once:  # mov eax,ebx; rep stosl; inc ebx; jmp loop  ->  not eax; rep stosl; hlt; jmp hlt
+            assert code.count(bytes.fromhex("89d8f3ab43ebef")) == 1
+            code = code.replace(bytes.fromhex("89d8f3ab43ebef"), bytes.fromhex("f7d0f3abf4ebfd"))
+        sector = code + b"\0" * (510 - len(code)) + b"\x55\xaa"
+        img.write_bytes(sector + b"\0" * (1024 * 1024 - 512))
+        xml = render_guest.render(name, None, len(pins), list(pins), 64, str(img)).replace(
+            "type='qcow2'", "type='raw'").replace("<target dev='vda'", "<readonly/>\n      <target dev='vda'")
+        with tempfile.NamedTemporaryFile("w", suffix=".xml", delete=False) as f:
+            f.write(xml)
+        try:
+            self.virsh(host, "define", f.name)
+        finally:
+            os.unlink(f.name)
+        self.virsh(host, "start", name)
+
+        def cleanup():
+            self.remove_guest(name)
+            img.unlink(missing_ok=True)
+        time.sleep(1.0)  # let it boot into the loop
+        return name, cleanup
 
     def remove_guest(self, name):
         """Destroy and undefine the guest wherever it is (it may have migrated); delete its disk files."""

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from test_repin_migrate import busy_guest
-
 REPO = Path(__file__).resolve().parents[2]
 PB = REPO / "playbooks" / "drain_host.yml"
 
@@ -23,7 +21,11 @@ def seeded(lab):
 
 
 def test_two_moves_to_two_destinations_run_at_once(lab, seeded, request, run_module):
-    names = [busy_guest(lab, "cmp1", [p], request, once=True) for p in (0, 1)]
+    names = []
+    for pin in (0, 1):
+        name, cleanup = lab.busy_guest("cmp1", [pin], once=True)
+        request.addfinalizer(cleanup)
+        names.append(name)
     uuids = [lab.virsh("cmp1", "domuuid", n).stdout.strip() for n in names]
     with lab.connect_db() as conn:
         for n, u, p in zip(names, uuids, (0, 1)):

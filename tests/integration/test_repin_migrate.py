@@ -24,7 +24,6 @@ import lablib  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 PLAYBOOKS = REPO / "tests" / "playbooks"
 SRC, DST = "cmp1", "cmp2"
-SHARED_DIR = Path("/var/lib/numa-repin-lab/repin-test-shared")  # outside the per-host bind mounts
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -252,45 +251,10 @@ def test_parallel_migrations_never_double_pin(lab, fresh_guest, run_module, conf
 
 # ---------------------------------------------------------------------------------------------- faults
 
-BOOT_SECTOR = bytes.fromhex(
-    # 16-bit: cli; ds=0; lgdt; cr0.PE=1; ljmp to 32-bit flat code, which loops forever:
-    #   edi=0x200000; ecx=8 MiB/4; eax=ebx; rep stosl; inc ebx  -> rewrites 8 MiB of RAM with a new pattern
-    # (assembled with GNU as from bs.S in the commit message of this test; GDT: null, code, data, flat 4 GiB)
-    "fa31c08ed80f0116507c0f20c06683c8010f22c066ea1c7c0000080066b810008ed88ec031dbbf00002000b90000200089d8f3ab"
-    "43ebef900000000000000000ffff0000009acf00ffff00000092cf001700387c")
-
-
 def busy_guest(lab, host, pins, request, once=False):
-    """A guest that dirties 8 MiB of memory in a tight loop (a boot sector), on a raw disk outside the
-    per-host bind mounts, seen by both lab hosts, read-only (libvirt then calls the migration safe without a
-    shared filesystem). Migrations of it converge only with enough bandwidth.
-    once=True: it fills the 8 MiB once (not with zeros, which migrate for free) and halts: an idle guest
-    whose migration takes 8 MiB / bandwidth, and then converges."""
-    import render_guest
-    name = "t-busy-%s" % os.urandom(3).hex()
-    SHARED_DIR.mkdir(parents=True, exist_ok=True)
-    img = SHARED_DIR / ("%s.img" % name)
-    code = BOOT_SECTOR
-    if once:  # mov eax,ebx; rep stosl; inc ebx; jmp loop  ->  not eax; rep stosl; hlt; jmp hlt
-        assert code.count(bytes.fromhex("89d8f3ab43ebef")) == 1
-        code = code.replace(bytes.fromhex("89d8f3ab43ebef"), bytes.fromhex("f7d0f3abf4ebfd"))
-    sector = code + b"\0" * (510 - len(code)) + b"\x55\xaa"
-    img.write_bytes(sector + b"\0" * (1024 * 1024 - 512))
-    xml = render_guest.render(name, None, len(pins), list(pins), 64, str(img)).replace("type='qcow2'", "type='raw'") \
-        .replace("<target dev='vda'", "<readonly/>\n      <target dev='vda'")  # read-only: safe to migrate
-    with tempfile.NamedTemporaryFile("w", suffix=".xml", delete=False) as f:
-        f.write(xml)
-    try:
-        lab.virsh(host, "define", f.name)
-    finally:
-        os.unlink(f.name)
-    lab.virsh(host, "start", name)
-
-    def cleanup():
-        lab.remove_guest(name)
-        img.unlink(missing_ok=True)
+    """lablib.Lab.busy_guest, removed when the test ends."""
+    name, cleanup = lab.busy_guest(host, pins, once=once)
     request.addfinalizer(cleanup)
-    time.sleep(1.0)  # let it boot into the loop
     return name
 
 
