@@ -110,6 +110,24 @@ impl fmt::Display for Failure {
 impl std::error::Error for Failure {}
 
 /// Parse args from the JSON text Ansible wrote. Split out of [`run`] so tests can call it.
+/// A whole number given as a JSON number or as a string of digits: Ansible before 2.19 hands a
+/// templated value nested in a dict (`drain: {max_parallel: "{{ n }}"}`) to the module as a string.
+pub fn u64_lenient<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum N {
+        Num(u64),
+        Text(String),
+    }
+    match serde::Deserialize::deserialize(d)? {
+        N::Num(n) => Ok(n),
+        N::Text(t) => t
+            .trim()
+            .parse()
+            .map_err(|_| serde::de::Error::custom(format!("{t:?} is not a whole number"))),
+    }
+}
+
 pub fn parse_args<A: ModuleArgs>(module: &str, text: &str) -> Result<(A, Context), Failure> {
     let value: Value = serde_json::from_str(text).map_err(|e| {
         Failure::new(format!(
@@ -424,6 +442,25 @@ mod tests {
         assert_eq!(code, 1);
         assert!(!v.to_string().contains("s3cret"));
         assert!(v["msg"].as_str().unwrap().contains("nova:********@db"));
+    }
+
+    #[test]
+    fn numbers_may_come_as_strings_where_ansible_leaves_them_so() {
+        #[derive(serde::Deserialize)]
+        struct A {
+            #[serde(deserialize_with = "u64_lenient")]
+            n: u64,
+        }
+        let a: A = serde_json::from_str(r#"{"n": "2"}"#).unwrap();
+        assert_eq!(a.n, 2);
+        let a: A = serde_json::from_str(r#"{"n": 3}"#).unwrap();
+        assert_eq!(a.n, 3);
+        let e = serde_json::from_str::<A>(r#"{"n": "two"}"#)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("not a whole number"), "{e}");
+        assert!(serde_json::from_str::<A>(r#"{"n": -1}"#).is_err());
     }
 
     #[test]

@@ -52,11 +52,11 @@ struct DrainArgs {
     /// Thread policy assumed for existing guests. Default: prefer.
     thread_policy: Option<ThreadPolicy>,
     /// Moves run at the same time (`plan.waves`), in all. At most 64.
-    #[serde(default = "two")]
+    #[serde(default = "two", deserialize_with = "numa_repin::ansible::u64_lenient")]
     max_parallel: u64,
     /// Moves run at the same time toward one destination. At most 16. Runs toward one
     /// destination wait for each other's claim there, so more than 1 mostly overlaps the waits.
-    #[serde(default = "one")]
+    #[serde(default = "one", deserialize_with = "numa_repin::ansible::u64_lenient")]
     max_parallel_per_dest: u64,
 }
 
