@@ -31,9 +31,11 @@ pub fn sha256_hex(data: &[u8]) -> String {
 impl Engine {
     /// `auto`: docker when its daemon answers, else podman.
     pub fn detect(choice: &str) -> Result<Engine> {
+        // Plain `info`: it fails when docker's daemon is down, and podman (no daemon) answers it;
+        // `--format {{.ServerVersion}}` is docker's field only, and made podman look dead.
         let answers = |bin: &str| {
             Command::new(bin)
-                .args(["info", "--format", "{{.ServerVersion}}"])
+                .arg("info")
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()

@@ -54,7 +54,8 @@ DEBOOTSTRAP_INCLUDE=python3,netbase,libvirt0
 LAB_VENV=$CACHE/venvs/lab-py311
 APT_PKGS=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev qemu-system-x86 qemu-utils
   pkg-config mariadb-server openssh-server openssh-client debootstrap docker.io python3-venv python3-pip
-  util-linux procps iproute2 ca-certificates)
+  util-linux procps iproute2 ca-certificates
+  podman catatonit)                   # podman beside docker: the rollout tests run under both
 # Directories every lab host gets its own copy of (bind-mounted inside its private mount namespace).
 LIBVIRT_DIRS=(/run/libvirt /var/lib/libvirt /var/log/libvirt /etc/libvirt /var/cache/libvirt)
 
