@@ -109,3 +109,11 @@ def custom_container(lab):
     yield make
     for n in made:
         lab.remove_container(n)
+
+
+@pytest.fixture
+def seeded(lab):
+    """The lab's standard guests and rows, reseeded before and after the test (it moves or changes them)."""
+    assert lab.lab_sh("seed").returncode == 0
+    yield
+    assert lab.lab_sh("seed").returncode == 0

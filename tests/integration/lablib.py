@@ -176,6 +176,15 @@ class Lab:
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(p), "%dM" % size_mib], check=True)
         return "%s/%s.qcow2" % (self.hosts[host]["images_dir_in_host"], name)
 
+    def define_xml(self, host, xml):
+        """virsh define of a domain XML text on the host."""
+        with tempfile.NamedTemporaryFile("w", suffix=".xml", delete=False) as f:
+            f.write(xml)
+        try:
+            self.virsh(host, "define", f.name)
+        finally:
+            os.unlink(f.name)
+
     def define_guest(self, host, name, pins, vcpus=None, memory_mib=64, disk_mib=0, uuid=None, start=True,
                      nodeset="0"):
         """Define (and start) a pinned TCG guest; pins: one pCPU (or cpuset string) per vCPU."""
@@ -183,12 +192,7 @@ class Lab:
         uuid = uuid or str(uuidlib.uuid4())
         disk = self.create_disk(host, name, disk_mib) if disk_mib else None
         xml = render_guest.render(name, uuid, vcpus, list(pins), memory_mib, disk, nodeset)
-        with tempfile.NamedTemporaryFile("w", suffix=".xml", delete=False) as f:
-            f.write(xml)
-        try:
-            self.virsh(host, "define", f.name)
-        finally:
-            os.unlink(f.name)
+        self.define_xml(host, xml)
         if start:
             self.virsh(host, "start", name)
         return Guest(name=name, uuid=uuid, host=host, uri=self.uri(host), vcpus=vcpus, pins=list(pins),
@@ -212,12 +216,7 @@ class Lab:
         img.write_bytes(sector + b"\0" * (1024 * 1024 - 512))
         xml = render_guest.render(name, None, len(pins), list(pins), 64, str(img)).replace(
             "type='qcow2'", "type='raw'").replace("<target dev='vda'", "<readonly/>\n      <target dev='vda'")
-        with tempfile.NamedTemporaryFile("w", suffix=".xml", delete=False) as f:
-            f.write(xml)
-        try:
-            self.virsh(host, "define", f.name)
-        finally:
-            os.unlink(f.name)
+        self.define_xml(host, xml)
         self.virsh(host, "start", name)
 
         def cleanup():

@@ -7,7 +7,6 @@ import re
 import textwrap
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -19,13 +18,6 @@ def recap(out):
         if m:
             got[m[1]] = {"changed": int(m[3]), "unreachable": int(m[4]), "failed": int(m[5])}
     return got
-
-
-@pytest.fixture
-def seeded(lab):
-    assert lab.lab_sh("seed").returncode == 0
-    yield
-    assert lab.lab_sh("seed").returncode == 0
 
 
 def test_ctl27_has_only_python_27(lab):

@@ -5,17 +5,9 @@ guests are reseeded before and after, so other tests see the lab as seeded."""
 import re
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PB = REPO / "playbooks" / "drain_host.yml"
-
-
-@pytest.fixture
-def seeded(lab):
-    assert lab.lab_sh("seed").returncode == 0
-    yield
-    assert lab.lab_sh("seed").returncode == 0
 
 
 def recap(out, host):

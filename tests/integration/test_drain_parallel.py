@@ -7,17 +7,9 @@ import re
 import time
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PB = REPO / "playbooks" / "drain_host.yml"
-
-
-@pytest.fixture
-def seeded(lab):
-    assert lab.lab_sh("seed").returncode == 0
-    yield
-    assert lab.lab_sh("seed").returncode == 0
 
 
 def test_two_moves_to_two_destinations_run_at_once(lab, seeded, request, run_module):

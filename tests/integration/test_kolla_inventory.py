@@ -11,7 +11,6 @@ import subprocess
 import zipfile
 from pathlib import Path
 
-import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,13 +54,6 @@ def operator_inventory(lab, tmp_path):
         for h, v in inv["children"][group]["hosts"].items():
             (d / "host_vars" / ("%s.yml" % h)).write_text(yaml.safe_dump(v))
     return d / "multinode", text
-
-
-@pytest.fixture
-def seeded(lab):
-    assert lab.lab_sh("seed").returncode == 0
-    yield
-    assert lab.lab_sh("seed").returncode == 0
 
 
 def test_audit_and_drain_check_on_kollas_multinode_inventory(lab, seeded, tmp_path):

@@ -92,13 +92,6 @@ def test_move_in_one_transaction_and_nova_accepts_it(lab, db, fresh_instance_row
     assert ok.get("ok") and ok["pinned"]["0"] == [0, 1], ok
 
 
-@pytest.fixture
-def seeded(lab):
-    assert lab.lab_sh("seed").returncode == 0
-    yield
-    assert lab.lab_sh("seed").returncode == 0
-
-
 def test_release_keeps_the_pcpus_other_guests_hold(lab, db, seeded, run_module):
     """The seeded cmp1: vm-taken (pCPU 1) and vm-toobig (pCPUs 0, 1) overlap, as after an unpatched
     migration. Moving vm-taken to cmp2's pCPU 0 must leave cmp1's pCPU 1 pinned (vm-toobig holds it),
