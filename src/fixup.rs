@@ -649,7 +649,14 @@ pub fn backup(dir: &std::path::Path, uuid: &str, before: &Value) -> Result<Strin
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0);
-    let path = dir.join(format!("{uuid}-{stamp}.json"));
+    // Two changes of one instance in one run (a row repaired, then its drift fixed) each keep
+    // their own file.
+    let mut path = dir.join(format!("{uuid}-{stamp}.json"));
+    let mut n = 1;
+    while path.exists() {
+        path = dir.join(format!("{uuid}-{stamp}-{n}.json"));
+        n += 1;
+    }
     std::fs::write(&path, serde_json::to_vec_pretty(before).unwrap_or_default()).map_err(|e| {
         Failure::new(format!(
             "nova_instance_fixup: cannot write backup {}: {e}",

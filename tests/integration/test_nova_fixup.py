@@ -295,8 +295,14 @@ def test_audit_fix_rewrites_a_row_the_running_nova_cannot_load(lab, fresh_instan
     assert lab.fingerprint_diff(fp, lab.db_fingerprint()) == {}
     assert '"pcpuset"' in p.stdout and "rewritten as InstanceNUMACell 1.4" in p.stdout, p.stdout[-4000:]
 
-    p = ansible_playbook(REPO / "playbooks" / "numa_audit.yml", extra_vars=extra)
+    backup = "/tmp/numa-repin-fix-backup-%s" % os.urandom(3).hex()  # on the control host, where the fix runs
+    p = ansible_playbook(REPO / "playbooks" / "numa_audit.yml", extra_vars=dict(extra, numa_repin_fix_backup_dir=backup))
     assert p.returncode == 0, p.stdout[-4000:]
+    # The row as it was, kept before the write.
+    files = list((Path(lab.nodes["control"]["root"]) / backup.lstrip("/")).glob(u + "-*.json"))
+    assert len(files) == 1, files
+    kept = json.loads(files[0].read_text())["numa_topology"]["nova_object.data"]["cells"][0]
+    assert kept["nova_object.version"] == "1.5" and kept["nova_object.data"]["pcpuset"] == [0], kept
     with db.cursor() as c:
         c.execute("SELECT numa_topology FROM nova.instance_extra WHERE instance_uuid=%s", (u,))
         cell = json.loads(c.fetchone()[0])["nova_object.data"]["cells"][0]
