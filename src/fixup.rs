@@ -449,8 +449,14 @@ pub fn plan(
         }
         if !stale.is_empty() {
             p.steps.push(format!(
-                "moved {} Neutron port bindings to {}",
+                "moved {} Neutron port bindings to {} in Neutron's database (fallback: no L2 agent was told)",
                 stale.len(),
+                t.host
+            ));
+            p.warnings.push(format!(
+                "Neutron port bindings written into Neutron's database directly (neutron_database): neutron-server \
+                 told no L2 agent, so the port stays unwired on {} until its agent resyncs; move ports through \
+                 Neutron's API (neutron_port_binding) instead",
                 t.host
             ));
         }

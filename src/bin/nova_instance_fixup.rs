@@ -38,8 +38,10 @@ struct Args {
     /// Database holding Placement's allocations: `placement` from Stein, `nova_api` for Queens/Rocky; empty to skip.
     #[serde(default = "default_placement_db")]
     placement_database: String,
-    /// Neutron's database, for the port binding host; empty to skip (then move it through the Neutron API).
-    #[serde(default = "default_neutron_db")]
+    /// Neutron's database (`neutron`), to write the ports' binding host into it directly: a fallback, since no
+    /// L2 agent hears of it and the port stays unwired on the destination until its agent resyncs. Default
+    /// empty: ports are moved through Neutron's API (`neutron_port_binding`), as Nova does.
+    #[serde(default)]
     neutron_database: String,
     /// Write the before values of every change to a file in this directory first.
     backup_dir: Option<PathBuf>,
@@ -63,9 +65,6 @@ fn default_conductor_conf() -> PathBuf {
 }
 fn default_placement_db() -> String {
     "placement".into()
-}
-fn default_neutron_db() -> String {
-    "neutron".into()
 }
 impl ModuleArgs for Args {
     fn secrets(&self) -> Vec<String> {

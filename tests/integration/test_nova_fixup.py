@@ -63,7 +63,9 @@ def test_move_in_one_transaction_and_nova_accepts_it(lab, db, fresh_instance_row
     u = fresh_instance_rows("cmp1", [1])
     before = rows(db, u)
     assert (before["host"], before["rps"], before["bindings"]) == ("cmp1", ["cmp1"], ["cmp1"])
-    args = dict(creds(lab), instance_uuid=u, dest_host="cmp2", placement=placement({0: 0}))
+    # neutron_database: the named fallback that writes the binding host into Neutron's DB (the API path:
+    # test_neutron.py); by default the fixup leaves Neutron alone.
+    args = dict(creds(lab), instance_uuid=u, dest_host="cmp2", placement=placement({0: 0}), neutron_database="neutron")
     fp = lab.db_fingerprint()
     rc, res = run_module("nova_instance_fixup", args, check_mode=True, diff=True)
     assert rc == 0 and res["changed"] and "nothing written" in res["msg"], res
@@ -74,6 +76,7 @@ def test_move_in_one_transaction_and_nova_accepts_it(lab, db, fresh_instance_row
 
     rc, res = run_module("nova_instance_fixup", args)
     assert rc == 0 and res["changed"], res
+    assert any("no L2 agent" in w for w in res.get("warnings", [])), res  # the fallback names itself
     after = rows(db, u)
     assert (after["host"], after["node"], after["rps"], after["bindings"], after["migrations"]) == ("cmp2", "cmp2", ["cmp2"], ["cmp2"], 1)
     assert pins_of(after["numa"]) == {"0": 0}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# numa-repin lab: two libvirt compute hosts, MariaDB with Stein's Nova/Placement/Neutron schemas,
+# numa-repin lab: libvirt compute hosts, MariaDB with Stein's Nova/Placement/Neutron schemas, a real Neutron,
 # Kolla-like nova containers, an sshd and an Ansible inventory, all on one Debian 12 machine, as root.
 #
 #   tests/lab/lab.sh up        build/start everything (idempotent; a second run takes seconds)
@@ -55,7 +55,8 @@ LAB_VENV=$CACHE/venvs/lab-py311
 APT_PKGS=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev qemu-system-x86 qemu-utils
   pkg-config mariadb-server openssh-server openssh-client debootstrap docker.io python3-venv python3-pip
   util-linux procps iproute2 ca-certificates
-  podman catatonit)                   # podman beside docker: the rollout tests run under both
+  podman catatonit                    # podman beside docker: the rollout tests run under both
+  rabbitmq-server)                    # the message bus between neutron-server and its L2 agents
 # Directories every lab host gets its own copy of (bind-mounted inside its private mount namespace).
 LIBVIRT_DIRS=(/run/libvirt /var/lib/libvirt /var/log/libvirt /etc/libvirt /var/cache/libvirt)
 
@@ -65,6 +66,15 @@ DB_PID=$MY/mysqld.pid
 KOLLA=$LAB_DIR/control/etc/kolla   # the control host's /etc/kolla
 PASSWORDS=$KOLLA/passwords.yml
 DOCKER_DIR=$LAB_DIR/docker
+# Neutron (issue 16): RabbitMQ on this machine (as MariaDB), neutron-server (ml2, linuxbridge, flat physnet1,
+# auth_strategy noauth) in the control host, a Linux bridge agent in each compute; physnet1 is each compute's
+# eth1, a veth into the bridge nrphys0 (no address, no uplink).
+RMQ=$LAB_DIR/rabbitmq
+RMQ_PORT=5672
+TRANSPORT_URL=rabbit://openstack:openstack@$DEPLOY_ADDR:$RMQ_PORT//
+PHYS_BRIDGE=nrphys0
+NEUTRON_PORT=9696
+NEUTRON_URL=http://$NET.10:$NEUTRON_PORT
 SSH_DIR=$LAB_DIR/ssh
 
 log() { printf '[lab] %s\n' "$*"; }
@@ -251,6 +261,17 @@ do_network() {
       ip netns exec "$ns" ip addr add "${ADDR[$h]}/24" dev eth0
     ip netns exec "$ns" ip link set eth0 up
   done
+  # physnet1: eth1 of every compute, one flat L2 segment on nrphys0.
+  ip link show "$PHYS_BRIDGE" >/dev/null 2>&1 || ip link add "$PHYS_BRIDGE" type bridge
+  ip link set "$PHYS_BRIDGE" up
+  for h in "${HOSTS[@]}"; do
+    if ! ip link show "nrp-$h" >/dev/null 2>&1; then
+      ip netns exec "nrl-$h" ip link del eth1 2>/dev/null || true
+      ip link add "nrp-$h" type veth peer name eth1 netns "nrl-$h"
+    fi
+    ip link set "nrp-$h" master "$PHYS_BRIDGE" up
+    ip netns exec "nrl-$h" ip link set eth1 up
+  done
   log "hosts on $BRIDGE: $(for h in "${NODES[@]}"; do printf '%s=%s ' "$h" "${ADDR[$h]}"; done)(no uplink, no default route)"
 }
 
@@ -371,6 +392,13 @@ alive_in() { # alive_in <host> <pidfile> <comm-regex>: the pid file (a pid of th
   pid=$(ns_pid "$1" "$(tr -dc 0-9 <"$f")") || return 1
   running "$pid" && grep -Eq "$3" "/proc/$pid/comm" 2>/dev/null
 }
+alive_cmd_in() { # alive_cmd_in <host> <pidfile> <word>: as alive_in, the command line holding <word> (a Python
+  # daemon's comm is its interpreter's path, cut)
+  local f=$2 pid
+  [ -s "$f" ] || return 1
+  pid=$(ns_pid "$1" "$(tr -dc 0-9 <"$f")") || return 1
+  running "$pid" && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$3"
+}
 in_host() { # in_host <host> <command...>: run in the host's namespaces (libvirtd's userland)
   local init; init=$(init_pid "$1") || die "$1 is not running"
   shift
@@ -447,7 +475,7 @@ ensure_guest() { # ensure_guest <name> <home host> <uuid> <disk_mib>
     [ -f "$d/lib/images/$name.qcow2" ] || qemu-img create -q -f qcow2 "$d/lib/images/$name.qcow2" "${disk}M"
   fi
   local x; x=$(mktemp)
-  $SYS_PY "$HERE/render_guest.py" --standard "$name" >"$x"
+  $SYS_PY "$HERE/render_guest.py" --standard "$name" --neutron "$LAB_DIR/neutron.json" >"$x"
   virsh_ "$home" define "$x" >/dev/null
   rm -f "$x"
   virsh_ "$home" start "$name" >/dev/null
@@ -649,6 +677,147 @@ do_seed_db() { # do_seed_db [--reset]
   local nova; nova=$(venv nova)
   "$nova/bin/python" "$HERE/seed_db.py" --nova-conf "$KOLLA/nova-conductor/nova.conf" \
     --lab-dir "$LAB_DIR" --hosts "${HOSTS[*]}" "$@"
+}
+
+# --------------------------------------------------------------------------------------------- neutron
+rmq_ok() { nc_ok "$DEPLOY_ADDR" "$RMQ_PORT"; }
+do_rabbitmq() {
+  if alive "$RMQ/rabbitmq.pid" beam && rmq_ok; then log "rabbitmq runs (pid $(pidof_file "$RMQ/rabbitmq.pid"))"; return 0; fi
+  mkdir -p "$RMQ"/{mnesia,log}
+  # The user the agents and neutron-server log in as comes from the config: no rabbitmqctl (whose Debian
+  # wrapper looks for the Erlang cookie in /var/lib/rabbitmq, not here).
+  cat >"$RMQ/rabbitmq.conf" <<EOF
+# RabbitMQ of the numa-repin lab (tests/lab/lab.sh)
+listeners.tcp.1 = $DEPLOY_ADDR:$RMQ_PORT
+default_user = openstack
+default_pass = openstack
+loopback_users = none
+EOF
+  echo '[].' >"$RMQ/enabled_plugins"
+  chown -R rabbitmq:rabbitmq "$RMQ"
+  HOME=$RMQ RABBITMQ_MNESIA_BASE=$RMQ/mnesia RABBITMQ_LOG_BASE=$RMQ/log RABBITMQ_NODENAME=rabbit@localhost \
+    RABBITMQ_PID_FILE=$RMQ/rabbitmq.pid RABBITMQ_CONFIG_FILE=$RMQ/rabbitmq RABBITMQ_ENABLED_PLUGINS_FILE=$RMQ/enabled_plugins \
+    ERL_EPMD_ADDRESS=127.0.0.1 setsid runuser -u rabbitmq --preserve-environment -- /usr/sbin/rabbitmq-server \
+    </dev/null >"$RMQ/log/stdout.log" 2>&1 &
+  wait_for 90 "rabbitmq on $DEPLOY_ADDR:$RMQ_PORT" rmq_ok
+  log "rabbitmq started (log: $RMQ/log)"
+}
+stop_rabbitmq() {
+  stop_pidfile "$RMQ/rabbitmq.pid" beam rabbitmq
+  # epmd, which the broker started, goes with it (only the lab's broker uses this machine's epmd).
+  pkill -x epmd 2>/dev/null || true
+}
+neutron_ok() { nc_ok "$NET.10" "$NEUTRON_PORT"; }
+# start_in <host> <pid file> <log> <command...>: a daemon in the host's namespaces; its pid (of the host's
+# PID namespace, as alive_in reads it) in <pid file>. It ends with the host (down kills the host's PID 1).
+start_in() {
+  local h=$1 pf=$2 logf=$3; shift 3
+  local init; init=$(init_pid "$h") || die "$h is not running"
+  setsid nsenter -t "$init" -m -p -n -u -- /bin/sh -c 'echo $$ >"$0"; exec "$@"' "$pf" \
+    env PATH="$NEUTRON_VENV/bin:/usr/sbin:/usr/bin:/sbin:/bin" "$@" </dev/null >>"$logf" 2>&1 &
+}
+write_neutron_confs() {
+  local pw=$1 h d
+  d=$KOLLA/neutron-server
+  mkdir -p "$d" "$LAB_DIR/control/neutron"/{state,log}
+  umask 077
+  cat >"$d/neutron.conf" <<EOF
+# neutron-server configuration of the lab (tests/lab/lab.sh): ml2 + linuxbridge, a flat physnet1, no Keystone
+[DEFAULT]
+core_plugin = ml2
+service_plugins =
+auth_strategy = noauth
+api_paste_config = $NEUTRON_VENV/etc/neutron/api-paste.ini
+transport_url = $TRANSPORT_URL
+bind_host = $NET.10
+bind_port = $NEUTRON_PORT
+api_workers = 1
+rpc_workers = 1
+rpc_state_report_workers = 1
+agent_down_time = 30
+notify_nova_on_port_status_changes = false
+notify_nova_on_port_data_changes = false
+state_path = $LAB_DIR/control/neutron/state
+log_file = $LAB_DIR/control/neutron/log/neutron-server.log
+
+[database]
+connection = $(dburl "$pw" neutron)
+
+[ml2]
+type_drivers = flat
+tenant_network_types =
+mechanism_drivers = linuxbridge
+extension_drivers = port_security
+
+[ml2_type_flat]
+flat_networks = physnet1
+
+[oslo_concurrency]
+lock_path = $LAB_DIR/control/neutron/state/lock
+EOF
+  for h in "${HOSTS[@]}"; do
+    d=$(hostdir "$h")/etc/kolla/neutron-linuxbridge-agent
+    mkdir -p "$d" "$(hostdir "$h")/neutron"/{state,log}
+    cat >"$d/linuxbridge_agent.ini" <<EOF
+# neutron-linuxbridge-agent of $h (tests/lab/lab.sh). Root already: no sudo, privsep-helper run directly.
+[DEFAULT]
+host = $h
+transport_url = $TRANSPORT_URL
+state_path = $(hostdir "$h")/neutron/state
+log_file = $(hostdir "$h")/neutron/log/neutron-linuxbridge-agent.log
+
+[agent]
+root_helper =
+report_interval = 10
+polling_interval = 2
+
+[privsep]
+helper_command = privsep-helper --config-file $d/linuxbridge_agent.ini
+
+[linux_bridge]
+physical_interface_mappings = physnet1:eth1
+
+[vxlan]
+enable_vxlan = false
+
+[securitygroup]
+firewall_driver = noop
+enable_security_group = false
+
+[oslo_concurrency]
+lock_path = $(hostdir "$h")/neutron/state/lock
+EOF
+  done
+  umask 022
+}
+NEUTRON_VENV=""
+do_neutron() { # do_neutron [--reset]: server, agents, the network and the standard guests' ports (neutron_lab.py)
+  NEUTRON_VENV=$(venv neutron)
+  write_neutron_confs "$(db_password)"
+  local c; c=$(hostdir control)
+  if ! alive_cmd_in control "$c/neutron/server.pid" neutron-server || ! neutron_ok; then
+    start_in control "$c/neutron/server.pid" "$c/neutron/log/stdout.log" \
+      "$NEUTRON_VENV/bin/neutron-server" --config-file "$KOLLA/neutron-server/neutron.conf"
+    wait_for 90 "neutron-server on $NEUTRON_URL" neutron_ok
+    log "neutron-server started in control ($NEUTRON_URL)"
+  fi
+  local h d
+  for h in "${HOSTS[@]}"; do
+    d=$(hostdir "$h")
+    alive_cmd_in "$h" "$d/neutron/agent.pid" neutron-linuxbridge-agent && continue
+    start_in "$h" "$d/neutron/agent.pid" "$d/neutron/log/stdout.log" \
+      "$NEUTRON_VENV/bin/neutron-linuxbridge-agent" --config-file "$d/etc/kolla/neutron-linuxbridge-agent/linuxbridge_agent.ini"
+    log "$h: neutron-linuxbridge-agent started"
+  done
+  $SYS_PY "$HERE/neutron_lab.py" --url "$NEUTRON_URL" --out "$LAB_DIR/neutron.json" \
+    --agents "$(IFS=,; echo "${HOSTS[*]}")" "$@"
+  # The network's bridge on every compute, as where some port of the network is plugged already (os-vif
+  # creates it before a guest's first port on a host; the playbooks' plug step does the same before a move).
+  local br; br=$($SYS_PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["bridge"])' "$LAB_DIR/neutron.json")
+  for h in "${HOSTS[@]}"; do
+    in_host "$h" ip link show "$br" >/dev/null 2>&1 || in_host "$h" ip link add "$br" type bridge
+    in_host "$h" ip link set "$br" up
+  done
 }
 
 # --------------------------------------------------------------------------------------------- containers
@@ -857,7 +1026,11 @@ cmd_status() {
     d=$(hostdir "$h")
     if pid=$(init_pid "$h"); then st ok "$h: PID 1 is pid $pid here, netns nrl-$h, ${ADDR[$h]}"; else st dead "$h (not running)"; continue; fi
     if nc_ok "${ADDR[$h]}" "$SSH_PORT"; then st ok "$h sshd ${ADDR[$h]}:$SSH_PORT"; else st dead "$h sshd"; fi
+    if [ "$h" = control ]; then
+      if alive_cmd_in control "$d/neutron/server.pid" neutron-server && neutron_ok; then st ok "control neutron-server $NEUTRON_URL"; else st dead "control neutron-server"; fi
+    fi
     is_compute "$h" || continue
+    if alive_cmd_in "$h" "$d/neutron/agent.pid" neutron-linuxbridge-agent; then st ok "$h neutron-linuxbridge-agent"; else st dead "$h neutron-linuxbridge-agent"; fi
     if nc_ok "${ADDR[$h]}" "$NOVA_SSH_PORT"; then st ok "$h nova_ssh ${ADDR[$h]}:$NOVA_SSH_PORT"; else st dead "$h nova_ssh"; fi
     if alive_in "$h" "$d/run/virtlogd.pid" virtlogd; then st ok "$h virtlogd"; else st dead "$h virtlogd"; fi
     if alive_in "$h" "$d/run/libvirtd.pid" libvirtd; then
@@ -879,6 +1052,7 @@ cmd_status() {
   else
     st dead "mariadbd"
   fi
+  if alive "$RMQ/rabbitmq.pid" beam && rmq_ok; then st ok "rabbitmq $DEPLOY_ADDR:$RMQ_PORT"; else st dead "rabbitmq"; fi
   if alive "$DOCKER_DIR/dockerd.pid" dockerd; then
     if docker_ok; then st ok "dockerd (lab) pid $(pidof_file "$DOCKER_DIR/dockerd.pid")"; ENGINE=docker; else st dead "dockerd (lab) does not answer"; fi
   elif docker_ok; then st ok "dockerd (system)"; ENGINE=docker
@@ -927,9 +1101,11 @@ cmd_down() {
   local h
   for h in "${NODES[@]}"; do phase "$h" stop_host "$h"; done
   phase mariadb stop_pidfile "$DB_PID" mariadbd mariadbd
+  phase rabbitmq stop_rabbitmq
   if [ $purge = 1 ]; then
     for h in "${NODES[@]}"; do ip netns del "nrl-$h" 2>/dev/null || true; done
     ip link del "$BRIDGE" 2>/dev/null || true
+    ip link del "$PHYS_BRIDGE" 2>/dev/null || true
   fi
   umount_under "$LAB_DIR"
   umount_under "$CACHE"
@@ -967,11 +1143,13 @@ cmd_up() {
   phase engine do_engine
   phase roots do_roots
   phase mariadb do_mariadb
+  phase rabbitmq do_rabbitmq
   phase hosts do_hosts
   phase leftovers remove_leftover_domains
-  phase guests do_guests
   phase base-image do_base_image
   phase schemas do_schemas
+  phase neutron do_neutron
+  phase guests do_guests
   phase seed-db do_seed_db
   phase nova-image do_nova_image
   phase containers do_containers
@@ -988,6 +1166,7 @@ cmd_seed() {
   [ -f "$LAB_DIR/lab.json" ] || die "the lab is not up: run $0 up first"
   phase remove-guests remove_standard_guests
   phase leftovers remove_leftover_domains
+  phase neutron do_neutron --reset
   phase guests do_guests
   phase seed-db do_seed_db --reset
 }

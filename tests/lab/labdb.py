@@ -138,9 +138,10 @@ def insert_instance(cur, uuid, name, host, pins, vcpus=None, memory_mb=64, fmt="
     return iid
 
 
-def delete_instance(cur, uuid):
+def delete_instance(cur, uuid, ports=True):
     """Remove every row about the instance: all nova tables with an instance_uuid column, instances,
-    nova_api.instance_mappings/request_specs, placement allocations/consumer, neutron ports."""
+    nova_api.instance_mappings/request_specs, placement allocations/consumer, neutron ports (ports=False: keep
+    them, the standard guests' ports are neutron-server's, made through its API)."""
     cur.execute("SELECT table_name FROM information_schema.columns WHERE table_schema='nova'"
                 " AND column_name='instance_uuid' AND table_name NOT LIKE 'shadow_%%'")
     tables = [r[0] for r in cur.fetchall()]
@@ -154,7 +155,8 @@ def delete_instance(cur, uuid):
     cur.execute("DELETE FROM nova_api.instance_mappings WHERE instance_uuid=%s", (uuid,))
     cur.execute("DELETE FROM nova_api.request_specs WHERE instance_uuid=%s", (uuid,))
     delete_allocations(cur, uuid)
-    delete_ports(cur, uuid)
+    if ports:
+        delete_ports(cur, uuid)
 
 
 def upsert_service(cur, host, binary="nova-compute", topic="compute", version=40):
@@ -255,7 +257,7 @@ def ensure_network(cur, project_id="6c1a9e10-0000-4000-8000-0000000000aa"):
     if not _one(cur, "SELECT COUNT(*) FROM neutron.networks WHERE id=%s", (NETWORK_ID,)):
         sa = _std_attr(cur, "networks")
         cur.execute("INSERT INTO neutron.networks (project_id, id, name, status, admin_state_up, vlan_transparent,"
-                    " standard_attr_id, availability_zone_hints, mtu) VALUES (%s, %s, 'lab-net', 'ACTIVE', 1, 0, %s,"
+                    " standard_attr_id, availability_zone_hints, mtu) VALUES (%s, %s, 'lab-db-net', 'ACTIVE', 1, 0, %s,"
                     " '[]', 1450)", (project_id, NETWORK_ID, sa))
     return NETWORK_ID
 

@@ -3,6 +3,7 @@
 
     render_guest.py --standard vm-taken [--disk-path /var/lib/libvirt/images/vm-taken.qcow2]
     render_guest.py --name g1 --uuid <uuid> --vcpus 2 --pins 0,1 --memory-mib 64 [--disk-path P]
+    render_guest.py --standard vm-taken --neutron $LAB_DIR/neutron.json   # with its Neutron port's <interface>
     render_guest.py --list          # tab-separated: name host uuid vcpus pins memory_mib disk_mib numa_format
 
 `pins` is one pCPU set per vCPU (an int, or a string like "0-1"); the emulator is pinned to their union.
@@ -56,9 +57,19 @@ def disk_path(name):
     return "%s/%s.qcow2" % (IMAGES, name)
 
 
+INTERFACE = """    <interface type='bridge'>
+      <mac address='%(mac_address)s'/>
+      <source bridge='%(bridge)s'/>
+      <target dev='%(tap)s'/>
+      <model type='virtio'/>
+    </interface>
+"""
+
+
 def render(name, uuid=None, vcpus=1, pins=None, memory_mib=64, disk_path=None, nodeset="0",
-           emulator_pins=None, flavor=None, disk_gb=0):
-    """Return the domain XML (str). pins: list, one pCPU set per vCPU (default: vCPU i -> pCPU i)."""
+           emulator_pins=None, flavor=None, disk_gb=0, ports=()):
+    """Return the domain XML (str). pins: list, one pCPU set per vCPU (default: vCPU i -> pCPU i).
+    ports: dicts {mac_address, bridge, tap}, one <interface> each, as Nova writes a Linux bridge port."""
     if pins is None:
         pins = list(range(vcpus))
     if len(pins) != vcpus:
@@ -90,17 +101,29 @@ def render(name, uuid=None, vcpus=1, pins=None, memory_mib=64, disk_path=None, n
         nodeset=nodeset,
         guest_cpus="0-%d" % (vcpus - 1) if vcpus > 1 else "0",
         disks=disks,
+        interfaces="".join(INTERFACE % p for p in ports),
         user_id=std["user_id"],
         project_id=std["project_id"],
     )
 
 
-def render_standard(name, disk_path_override=None):
+def neutron_ports(neutron_file, instance_uuid):
+    """The guest's ports from the lab's neutron.json (tests/lab/neutron_lab.py), with their bridge."""
+    if not neutron_file:
+        return []
+    with open(neutron_file) as f:
+        n = json.load(f)
+    p = n["ports"].get(instance_uuid)
+    return [dict(p, bridge=n["bridge"])] if p else []
+
+
+def render_standard(name, disk_path_override=None, neutron_file=None):
     g = standard_guest(name)
     dp = None
     if g.get("disk_mib"):
         dp = disk_path_override or disk_path(name)
-    return render(g["name"], g["uuid"], g["vcpus"], g["pins"], g["memory_mib"], dp)
+    return render(g["name"], g["uuid"], g["vcpus"], g["pins"], g["memory_mib"], dp,
+                  ports=neutron_ports(neutron_file, g["uuid"]))
 
 
 def main(argv=None):
@@ -114,6 +137,7 @@ def main(argv=None):
     ap.add_argument("--memory-mib", type=int, default=64)
     ap.add_argument("--disk-path")
     ap.add_argument("--nodeset", default="0")
+    ap.add_argument("--neutron", help="the lab's neutron.json: give a standard guest its port's <interface>")
     a = ap.parse_args(argv)
     if a.list:
         for g in standard()["guests"]:
@@ -122,7 +146,7 @@ def main(argv=None):
                                              g.get("disk_mib", 0), g.get("numa_format", "stein"))))
         return 0
     if a.standard:
-        sys.stdout.write(render_standard(a.standard, a.disk_path))
+        sys.stdout.write(render_standard(a.standard, a.disk_path, a.neutron))
         return 0
     if not a.name:
         ap.error("--name (or --standard/--list) is required")

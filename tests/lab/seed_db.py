@@ -14,7 +14,7 @@ Runs in the Nova 19.3.2 venv (tests/lab/venv.sh nova), so the JSON is Nova's own
   this only when some standard rows are missing.)
 - placement: a resource provider per compute node (VCPU, MEMORY_MB, DISK_GB, PCPU inventories) and allocations
   per instance (Stein format: VCPU + MEMORY_MB; Victoria format: PCPU + MEMORY_MB).
-- neutron: a network, one port per instance with its ml2_port_bindings row on the instance's host.
+- neutron: not here; the standard guests' ports are made through neutron-server's API (neutron_lab.py).
 Finally every Stein row is loaded back through Nova's objects (Instance.get_by_uuid, ComputeNode).
 """
 import argparse
@@ -119,7 +119,7 @@ def main():
             numa_json = top._to_json()
         flavor = nova_flavor("pinned.%dc%dm" % (g["vcpus"], g["memory_mib"]), g["vcpus"], g["memory_mib"])
         if a.reset:
-            labdb.delete_instance(cur, g["uuid"])
+            labdb.delete_instance(cur, g["uuid"], ports=False)
         if not labdb.instance_exists(cur, g["uuid"]):
             labdb.insert_instance(cur, g["uuid"], g["name"], g["host"], pins, g["vcpus"], g["memory_mib"],
                                   numa_json=numa_json, flavor_json=jsonutils.dumps(flavor),
@@ -165,7 +165,7 @@ def main():
             labdb.PCPU: (len(allowed), 0, len(allowed), 1.0),
             labdb.MEMORY_MB: (mem, RESERVED_MB, mem, 1.5),
             labdb.DISK_GB: (50, 0, 50, 1.0)})
-    # Placement allocations and Neutron ports of the standard guests, where they are now.
+    # Placement allocations of the standard guests, where they are now (their Neutron ports: neutron_lab.py).
     for g in std["guests"]:
         cur.execute("SELECT host FROM nova.instances WHERE uuid=%s AND deleted=0", (g["uuid"],))
         row = cur.fetchone()
@@ -177,9 +177,6 @@ def main():
             cls = labdb.PCPU if g.get("numa_format") == "victoria" else labdb.VCPU
             labdb.set_allocations(cur, g["uuid"], node_uuid(host), {cls: g["vcpus"], labdb.MEMORY_MB: g["memory_mib"]},
                                   std["project_id"], std["user_id"])
-        cur.execute("SELECT COUNT(*) FROM neutron.ports WHERE device_id=%s", (g["uuid"],))
-        if a.reset or g["name"] in made or not cur.fetchone()[0]:
-            labdb.insert_port(cur, g["uuid"], host, std["project_id"])
     conn.commit()
     verify(a.nova_conf, std, a.hosts.split())
     print("seed_db: %s" % ("inserted " + ", ".join(made) if made else "standard rows present"))

@@ -56,6 +56,8 @@ def url(db, host=db_host):
 
 
 dbs = {k: k for k in ("nova_api", "nova", "nova_cell0", "placement", "neutron")}
+# Neutron (tests/lab/neutron_lab.py writes neutron.json: network, bridge, the standard guests' ports).
+neutron_url = "http://%s:9696" % addr["control"]
 lab = {
     "lab_dir": L, "repo": R,
     "hosts": hosts, "host_names": computes, "cloud_computes": cloud_computes,
@@ -94,6 +96,9 @@ lab = {
     "python": {"tools": os.path.join(venv, "bin/python"), "py37": "/root/.pyenv/versions/3.7.16/bin/python3",
                "py27": "/root/.pyenv/versions/2.7.18/bin/python", "nova_venv": E["NOVA_VENV"]},
     "guests": std["guests"], "project_id": std["project_id"], "user_id": std["user_id"],
+    # neutron-server (in control) and its Linux bridge agents: neutron.json is rewritten by `seed`.
+    "neutron": {"url": neutron_url, "file": os.path.join(L, "neutron.json"), "physnet_bridge": "nrphys0",
+                "physnet_interface": "eth1"},
 }
 tmp = os.path.join(L, "lab.json.tmp")
 with open(tmp, "w") as f:
@@ -109,6 +114,8 @@ head = ["---", "# numa-repin lab inventory (tests/lab/lab.sh): separate hosts, r
         "    ansible_ssh_common_args: '-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR'",
         "    ansible_python_interpreter: /usr/bin/python3",
         "    container_engine: %s" % engine,
+        "    # the lab's neutron-server has no Keystone (auth_strategy = noauth): the field's default is Kolla's files",
+        "    numa_repin_neutron_args: {auth_type: noauth, neutron_url: '%s'}" % neutron_url,
         "  hosts:",
         "    localhost:",
         "      ansible_connection: local",
