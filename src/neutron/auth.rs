@@ -58,7 +58,7 @@ pub enum Error {
     #[error("{dir} has neither admin-openrc.sh nor globals.yml: cannot tell where Keystone is")]
     NoKollaAuth { dir: PathBuf },
     #[error("Keystone authentication failed: {0}")]
-    Keystone(#[from] api::Error),
+    Keystone(api::Error),
     #[error("Keystone at {url} answered without an X-Subject-Token header")]
     NoToken { url: String },
     #[error("the Keystone catalog has no network endpoint with interface {interface}{region}; it has: {available}. Give neutron_url, or the right interface/region_name")]
@@ -69,6 +69,13 @@ pub enum Error {
     },
     #[error("the Keystone catalog has network endpoints with interface {interface} in several regions ({regions}): give region_name")]
     AmbiguousRegion { interface: String, regions: String },
+}
+
+// The inner error is part of the message, not a `source` (anyhow's `{:#}` would print it twice).
+impl From<api::Error> for Error {
+    fn from(e: api::Error) -> Self {
+        Error::Keystone(e)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

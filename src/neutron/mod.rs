@@ -136,11 +136,28 @@ pub enum Error {
     #[error("{MODULE}: {0}")]
     Args(String),
     #[error("{MODULE}: {0}")]
-    Auth(#[from] auth::Error),
+    Auth(auth::Error),
     #[error("{MODULE}: Neutron: {0}")]
-    Api(#[from] api::Error),
+    Api(api::Error),
     #[error("{MODULE}: {0}")]
-    Refused(#[from] Refusal),
+    Refused(Refusal),
+}
+
+// The inner errors are part of the message, not a `source` (anyhow's `{:#}` would print twice).
+impl From<auth::Error> for Error {
+    fn from(e: auth::Error) -> Self {
+        Error::Auth(e)
+    }
+}
+impl From<api::Error> for Error {
+    fn from(e: api::Error) -> Self {
+        Error::Api(e)
+    }
+}
+impl From<Refusal> for Error {
+    fn from(e: Refusal) -> Self {
+        Error::Refused(e)
+    }
 }
 
 /// A uuid as Nova writes them (8-4-4-4-12 hex digits).
@@ -237,8 +254,21 @@ fn state_name(s: State) -> &'static str {
 }
 
 /// Credentials -> token -> endpoint -> a Neutron client. Every secret met on the way (the
-/// password, also one read from Kolla's files, and the token) is registered with the client.
+/// password, also one read from Kolla's files, and the token) is registered with the client,
+/// and scrubbed from an error of this step.
 pub fn connect(a: &Args) -> Result<Client, Error> {
+    let mut known = Vec::new();
+    connect_with(a, &mut known).map_err(|e| match e {
+        // Only the Keystone answer could echo a secret; the others name files, keys and URLs.
+        Error::Auth(auth::Error::Keystone(api_err)) => Error::Args(api::scrub(
+            &auth::Error::Keystone(api_err).to_string(),
+            &known,
+        )),
+        e => e,
+    })
+}
+
+fn connect_with(a: &Args, known: &mut Vec<String>) -> Result<Client, Error> {
     let (creds, rc_cacert) = match (&a.os_auth, &a.kolla_config_dir) {
         (Some(o), _) => (Some(o.clone()), None),
         (None, Some(dir)) => {
@@ -252,6 +282,9 @@ pub fn connect(a: &Args) -> Result<Client, Error> {
         cacert: a.cacert.clone().or(rc_cacert),
         validate_certs: a.validate_certs,
     })?;
+    if let Some(c) = &creds {
+        known.push(c.password.clone());
+    }
     let catalogued = match &creds {
         Some(c) => auth::login(&mut http, c, a.neutron_url.is_none())?,
         None => None,

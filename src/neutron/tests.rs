@@ -575,3 +575,111 @@ fn the_schema_documents_every_argument() {
         ]
     );
 }
+
+/// A one-shot HTTP server on loopback: answers each connection with the next canned response
+/// and hands back the requests it read (head and body).
+fn serve(responses: Vec<String>) -> (String, std::thread::JoinHandle<Vec<String>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", l.local_addr().unwrap());
+    let h = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for r in responses {
+            let (s, _) = l.accept().unwrap();
+            let mut rd = BufReader::new(s.try_clone().unwrap());
+            let mut head = String::new();
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                rd.read_line(&mut line).unwrap();
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            let mut body = vec![0; len];
+            rd.read_exact(&mut body).unwrap();
+            seen.push(format!("{head}\n{}", String::from_utf8_lossy(&body)));
+            let mut s = s;
+            s.write_all(r.as_bytes()).unwrap();
+        }
+        seen
+    });
+    (addr, h)
+}
+
+fn http_answer(status: &str, headers: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n{body}",
+        body.len()
+    )
+}
+
+#[test]
+fn keystone_then_neutron_over_http_with_the_token_in_a_header_only() {
+    let token = include_str!("fixtures/token.json");
+    let (ks, ks_seen) = serve(vec![http_answer(
+        "201 Created",
+        "X-Subject-Token: gAAAAAsecrettoken\r\n",
+        token,
+    )]);
+    let (nt, nt_seen) = serve(vec![
+        http_answer("200 OK", "", include_str!("fixtures/extensions.json")),
+        http_answer("200 OK", "", r#"{"ports": []}"#),
+    ]);
+    let a = args(json!({"auth_type": null, "neutron_url": nt,
+        "os_auth": {"auth_url": format!("{ks}/v3"), "username": "admin",
+                    "password": "pw-Hunter2", "project_name": "admin"}}));
+    let client = connect(&a).unwrap();
+    assert_eq!(client.base, nt);
+    let v = result(run_with(&client, &a, &ctx(false)));
+    assert_eq!(v["changed"], false, "{v}");
+    assert!(!v.to_string().contains("gAAAAAsecrettoken"));
+    let ks_req = ks_seen.join().unwrap();
+    assert!(
+        ks_req[0].starts_with("POST /v3/auth/tokens "),
+        "{}",
+        ks_req[0]
+    );
+    assert!(ks_req[0].contains("\"password\":\"pw-Hunter2\""));
+    let nt_req = nt_seen.join().unwrap();
+    assert!(
+        nt_req[0].starts_with("GET /v2.0/extensions "),
+        "{}",
+        nt_req[0]
+    );
+    assert!(
+        nt_req[1].starts_with(&format!("GET /v2.0/ports?device_id={UUID} ")),
+        "{}",
+        nt_req[1]
+    );
+    assert!(nt_req[1]
+        .to_ascii_lowercase()
+        .contains("x-auth-token: gaaaaasecrettoken"));
+}
+
+#[test]
+fn a_keystone_answer_echoing_the_password_is_scrubbed() {
+    let (ks, _seen) = serve(vec![http_answer(
+        "401 Unauthorized",
+        "",
+        r#"{"error": {"code": 401, "message": "bad password pw-from-kolla for admin"}}"#,
+    )]);
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("admin-openrc.sh"),
+        format!("export OS_AUTH_URL='{ks}'\nexport OS_PASSWORD='pw-from-kolla'\n"),
+    )
+    .unwrap();
+    let a = args(json!({"auth_type": null, "neutron_url": null,
+        "kolla_config_dir": d.path()}));
+    let e = connect(&a).err().unwrap().to_string();
+    assert!(
+        e.contains("HTTP 401: bad password ******** for admin"),
+        "{e}"
+    );
+    assert!(!e.contains("pw-from-kolla"), "{e}");
+}
