@@ -403,6 +403,11 @@ pub fn execute(
                             Ok(()) => {
                                 // A port without a host-bound active binding gets the new one active.
                                 skip_activate = b.is_active();
+                                if skip_activate {
+                                    // Neutron replaced the host-less binding with this one.
+                                    afters[ji].bindings.retain(|x| !x.host.is_empty());
+                                    afters[ji].port.host_id = host.clone();
+                                }
                                 afters[ji].bindings.push(b);
                                 Ok(())
                             }
@@ -698,10 +703,17 @@ pub fn run_with(n: &dyn Neutron, a: &Args, ctx: &Context) -> anyhow::Result<Outc
                     .count();
                 format!("; {active} of {} ACTIVE on {host}", reports.len())
             };
-            format!(
-                "{moved} of {} port(s) {would}moved to {host} ({writes} writes), the others were already bound there only{status}",
-                reports.len()
-            )
+            if moved == 0 {
+                format!(
+                    "all {} port(s) already bound to {host} only{status}",
+                    reports.len()
+                )
+            } else {
+                format!(
+                    "{moved} of {} port(s) {would}moved to {host} ({writes} writes){status}",
+                    reports.len()
+                )
+            }
         }
     };
     let msg = format!("guest {uuid}: {what} (api {})", api.name());

@@ -236,6 +236,10 @@ fn active_moves_every_port_and_a_rerun_changes_nothing() {
         v["ports"][1]["actions"],
         json!(["create binding on cmp2", "activate binding on cmp2"])
     );
+    assert_eq!(
+        v["ports"][1]["after"],
+        json!({"host": "cmp2", "bindings": ["cmp2:ACTIVE"]})
+    );
     assert_eq!(v["diff"]["after"][p0]["host"], "cmp2");
     assert!(
         v["msg"]
@@ -254,7 +258,10 @@ fn active_moves_every_port_and_a_rerun_changes_nothing() {
     assert_eq!(v["changed"], false, "{v}");
     assert_eq!(f.writes.borrow().len(), writes);
     assert!(
-        v["msg"].as_str().unwrap().contains("2 of 2 ACTIVE on cmp2"),
+        v["msg"]
+            .as_str()
+            .unwrap()
+            .contains("all 2 port(s) already bound to cmp2 only; 2 of 2 ACTIVE on cmp2"),
         "{v}"
     );
 }
