@@ -196,8 +196,8 @@ fn main() {
         summary["mean_ns_with_explanation"] = json!((total_e_ns / n as u128) as u64);
         if breakdown {
             summary["mean_constraints_ns"] = json!((total_c_ns / n as u128) as u64);
-            if n_f > 0 {
-                summary["mean_fit_topology_ns"] = json!((total_f_ns / n_f) as u64);
+            if let Some(mean) = total_f_ns.checked_div(n_f) {
+                summary["mean_fit_topology_ns"] = json!(mean as u64);
                 summary["fit_topology_cases"] = json!(n_f as u64);
             }
         }

@@ -724,6 +724,7 @@ impl<'a> Search<'a> {
 
     /// The witnesses after host `hi` changed: guests that relied on it look again (fitting
     /// only gets harder down the search, so a guest without one stays without).
+    #[allow(clippy::needless_range_loop)] // reads self while writing w[j]
     fn rewitness(&mut self, i: usize, hi: usize, witness: &[Option<usize>]) -> Vec<Option<usize>> {
         let mut w = witness.to_vec();
         for j in i + 1..self.gs.len() {

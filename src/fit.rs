@@ -579,7 +579,7 @@ pub fn constraints(req: &Request) -> Result<Option<GuestTopology>, String> {
                 }
             }
             _ => {
-                if req.vcpus % nodes != 0 || req.memory_mb % nodes as u64 != 0 {
+                if !req.vcpus.is_multiple_of(nodes) || !req.memory_mb.is_multiple_of(nodes as u64) {
                     return Err(req_err("ImageNUMATopologyAsymmetric", "Asymmetric NUMA topologies require explicit assignment of CPUs and memory to nodes in image or flavor"));
                 }
                 let (ncpus, mem) = (req.vcpus / nodes, req.memory_mb / nodes as u64);
@@ -869,7 +869,7 @@ fn cell_memory_check(h: &HostCell, g: &GuestCellReq) -> Result<Option<u64>, Why>
                     .is_some_and(|p| {
                         p.size_kb > 0
                             && mem_kb <= p.free().saturating_mul(p.size_kb)
-                            && mem_kb % p.size_kb == 0
+                            && mem_kb.is_multiple_of(p.size_kb)
                     })
             };
             match page_candidates(h, req).find(|s| fits(*s)) {

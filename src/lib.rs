@@ -14,6 +14,7 @@ pub mod libvirt;
 pub mod limits;
 pub mod lock;
 pub mod migrate;
+pub mod neutron;
 pub mod nova;
 pub mod presence;
 pub mod repin;

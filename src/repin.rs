@@ -123,6 +123,7 @@ pub fn rewrite_plan(xml: &str, plan: &PinPlan) -> Result<String, String> {
                 let in_domain = depth == 1 && path[0] == "domain";
                 let mut content = tag_content(raw, is_empty);
                 let mut changed = false;
+                #[allow(clippy::collapsible_match)] // a guard would fall through to the other arms
                 match (parent, name.as_str()) {
                     (Some("domain"), "vcpu") if depth == 1 && plan.dedicated => {
                         if attr_value(&content, "cpuset").is_some() {

@@ -282,11 +282,8 @@ fn out_of_bounds_inputs_are_refused_not_allocated() {
         extra_specs: serde_json::from_value(specs).unwrap(),
         ..Default::default()
     };
-    let cases: Vec<(
-        &str,
-        Box<dyn Fn() -> Result<(), String> + panic::RefUnwindSafe>,
-        &str,
-    )> = vec![
+    type Check = Box<dyn Fn() -> Result<(), String> + panic::RefUnwindSafe>;
+    let cases: Vec<(&str, Check, &str)> = vec![
         (
             "vcpus 2^32-1",
             Box::new(move || {
@@ -358,7 +355,7 @@ fn out_of_bounds_inputs_are_refused_not_allocated() {
         ),
     ];
     for (what, f, want) in cases {
-        match panic::catch_unwind(|| f()) {
+        match panic::catch_unwind(&f) {
             Err(_) => panic!("{what}: panicked"),
             Ok(Ok(())) => panic!("{what}: accepted"),
             Ok(Err(e)) => assert!(e.contains(want), "{what}: {e}"),

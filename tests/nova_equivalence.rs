@@ -437,7 +437,7 @@ fn check_placement(case: &Value, cells: &[PCell]) -> Vec<String> {
                 }
                 let singles = per_core.values().filter(|n| **n == 1).count();
                 if singles > 1
-                    || (singles > 0 && pcpus.len() > 1 && tpc == 2 && pcpus.len() % 2 == 0)
+                    || (singles > 0 && pcpus.len() > 1 && tpc == 2 && pcpus.len().is_multiple_of(2))
                 {
                     errs.push(format!(
                         "require: {tag}: {singles} cores hold a single vCPU ({:?})",
