@@ -295,6 +295,9 @@ pub struct Port {
     pub mac_address: String,
     #[serde(default)]
     pub device_id: String,
+    /// Its project: neutron-server without Keystone (noauth) wants it in a new binding's body.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub project_id: String,
     #[serde(default)]
     pub status: String,
     /// The host of the active binding (empty when unbound).
@@ -324,6 +327,9 @@ pub struct Binding {
     /// `ACTIVE` or `INACTIVE`.
     #[serde(default, deserialize_with = "null_as_empty")]
     pub status: String,
+    /// The mechanism driver's details: `bridge_name`, `ovs_hybrid_plug`, ...
+    #[serde(default)]
+    pub vif_details: serde_json::Value,
 }
 
 impl Binding {
@@ -333,6 +339,21 @@ impl Binding {
     /// Neutron could not bind it (`binding_failed`) or did not try (`unbound`).
     pub fn failed(&self) -> bool {
         self.vif_type == "binding_failed" || self.vif_type == "unbound"
+    }
+    /// Open vSwitch behind a Linux bridge (the `iptables_hybrid` firewall): Nova's os-vif makes
+    /// qbr/qvb/qvo devices on the destination for it, which this tool does not.
+    pub fn hybrid_plug(&self) -> bool {
+        self.vif_type == "ovs"
+            && self.vif_details["ovs_hybrid_plug"] == serde_json::Value::Bool(true)
+    }
+}
+
+/// The Linux bridge a `bridge` port's tap goes into on a host, named as Nova names it:
+/// the binding's `bridge_name`, else `brq` + the network id, cut to 14 characters (IFNAMSIZ - 1).
+pub fn linux_bridge_name(network_id: &str, vif_details: &serde_json::Value) -> String {
+    match vif_details["bridge_name"].as_str() {
+        Some(b) if !b.is_empty() => b.to_string(),
+        _ => format!("brq{network_id}").chars().take(14).collect(),
     }
 }
 
@@ -390,7 +411,7 @@ pub trait Neutron {
     fn ports(&self, device_ids: &[String]) -> Result<Vec<Port>, Error>;
     fn port(&self, id: &str) -> Result<Port, Error>;
     fn bindings(&self, port: &str) -> Result<Vec<Binding>, Error>;
-    fn create_binding(&self, port: &str, host: &str) -> Result<Binding, Error>;
+    fn create_binding(&self, port: &Port, host: &str) -> Result<Binding, Error>;
     fn activate_binding(&self, port: &str, host: &str) -> Result<Binding, Error>;
     fn delete_binding(&self, port: &str, host: &str) -> Result<(), Error>;
     fn set_host_id(&self, port: &str, host: &str) -> Result<Port, Error>;
@@ -401,6 +422,9 @@ pub trait Neutron {
 pub struct Client {
     pub http: Http,
     pub base: String,
+    /// neutron-server runs without Keystone: a new binding's body names the port's project,
+    /// which Neutron otherwise takes from the token.
+    pub noauth: bool,
 }
 
 /// The endpoint as given or catalogued (`http://n:9696`, `http://n:9696/`, `.../v2.0`): without
@@ -467,9 +491,12 @@ impl Neutron for Client {
     fn bindings(&self, port: &str) -> Result<Vec<Binding>, Error> {
         self.get(&format!("ports/{}/bindings", segment(port)), "bindings")
     }
-    fn create_binding(&self, port: &str, host: &str) -> Result<Binding, Error> {
-        let url = self.url(&format!("ports/{}/bindings", segment(port)));
-        let body = serde_json::json!({"binding": {"host": host}});
+    fn create_binding(&self, port: &Port, host: &str) -> Result<Binding, Error> {
+        let url = self.url(&format!("ports/{}/bindings", segment(&port.id)));
+        let mut body = serde_json::json!({"binding": {"host": host}});
+        if self.noauth {
+            body["binding"]["project_id"] = port.project_id.clone().into();
+        }
         field(
             self.http.send("POST", &url, Some(&body))?,
             "binding",

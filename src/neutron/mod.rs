@@ -297,6 +297,7 @@ fn connect_with(a: &Args, known: &mut Vec<String>) -> Result<Client, Error> {
     Ok(Client {
         http,
         base: api::neutron_base(&base),
+        noauth: a.auth_type == Some(AuthType::Noauth),
     })
 }
 
@@ -385,42 +386,46 @@ pub fn execute(
         let mut skip_activate = false;
         for (ai, action) in job.actions.iter().enumerate() {
             let result: Result<(), String> = match action {
-                Action::CreateBinding { host } => match n.create_binding(id, host) {
-                    Err(e) => Err(e.to_string()),
-                    Ok(b) => {
-                        let check = if state == State::Prepared {
-                            plan::check_dest_binding(&job.observed, &b)
-                        } else if b.failed() {
-                            Err(Refusal::CannotBind {
-                                port: id.into(),
-                                host: host.clone(),
-                                vif_type: b.vif_type.clone(),
-                            })
-                        } else {
-                            Ok(())
-                        };
-                        match check {
-                            Ok(()) => {
-                                // A port without a host-bound active binding gets the new one active.
-                                skip_activate = b.is_active();
-                                if skip_activate {
-                                    // Neutron replaced the host-less binding with this one.
-                                    afters[ji].bindings.retain(|x| !x.host.is_empty());
-                                    afters[ji].port.host_id = host.clone();
-                                }
-                                afters[ji].bindings.push(b);
+                Action::CreateBinding { host } => {
+                    match n.create_binding(&job.observed.port, host) {
+                        Err(e) => Err(e.to_string()),
+                        Ok(b) => {
+                            let check = if state == State::Prepared {
+                                plan::check_dest_binding(&job.observed, &b)
+                            } else if b.failed() {
+                                Err(Refusal::CannotBind {
+                                    port: id.into(),
+                                    host: host.clone(),
+                                    vif_type: b.vif_type.clone(),
+                                })
+                            } else {
                                 Ok(())
-                            }
-                            Err(refusal) => {
-                                let undo = match n.delete_binding(id, host) {
-                                    Ok(()) => "the new binding was deleted again".to_string(),
-                                    Err(e) => format!("deleting the new binding failed too: {e}"),
-                                };
-                                Err(format!("{refusal} ({undo})"))
+                            };
+                            match check {
+                                Ok(()) => {
+                                    // A port without a host-bound active binding gets the new one active.
+                                    skip_activate = b.is_active();
+                                    if skip_activate {
+                                        // Neutron replaced the host-less binding with this one.
+                                        afters[ji].bindings.retain(|x| !x.host.is_empty());
+                                        afters[ji].port.host_id = host.clone();
+                                    }
+                                    afters[ji].bindings.push(b);
+                                    Ok(())
+                                }
+                                Err(refusal) => {
+                                    let undo = match n.delete_binding(id, host) {
+                                        Ok(()) => "the new binding was deleted again".to_string(),
+                                        Err(e) => {
+                                            format!("deleting the new binding failed too: {e}")
+                                        }
+                                    };
+                                    Err(format!("{refusal} ({undo})"))
+                                }
                             }
                         }
                     }
-                },
+                }
                 Action::ActivateBinding { .. } if skip_activate => {
                     afters[ji] = plan::apply(&afters[ji], std::slice::from_ref(action));
                     Ok(())
@@ -674,6 +679,18 @@ pub fn run_with(n: &dyn Neutron, a: &Args, ctx: &Context) -> anyhow::Result<Outc
         ports.into_iter().map(|p| (p, host.clone())).collect(),
     )?;
     let reports = apply_jobs(n, api, a.state, &jobs, ctx, wait)?;
+    // The bridges libvirt needs on the destination before the guest can start there (Linux
+    // bridge ports; Nova's os-vif creates them in pre_live_migration): the role plugs them.
+    let mut plug: Vec<String> = jobs
+        .iter()
+        .filter(|j| a.state == State::Prepared && j.observed.port.vif_type == "bridge")
+        .map(|j| {
+            let details = j.observed.active().map(|b| b.vif_details.clone());
+            api::linux_bridge_name(&j.observed.port.network_id, &details.unwrap_or_default())
+        })
+        .collect();
+    plug.sort();
+    plug.dedup();
     let writes: usize = reports.iter().map(|r| r.actions.len()).sum();
     let moved = reports.iter().filter(|r| !r.actions.is_empty()).count();
     let would = if ctx.check_mode { "would be " } else { "" };
@@ -720,6 +737,9 @@ pub fn run_with(n: &dyn Neutron, a: &Args, ctx: &Context) -> anyhow::Result<Outc
     let mut o = Outcome::new(writes > 0, msg)
         .with("api", api)
         .with("ports", &reports);
+    if a.state == State::Prepared {
+        o.set("plug", &plug);
+    }
     o.diff = Some(diff_of(&reports));
     Ok(o)
 }
@@ -733,7 +753,7 @@ fn audit(
 ) -> anyhow::Result<Outcome> {
     let uuids: Vec<String> = a.guests.keys().cloned().collect();
     let ports = ports_of(n, &uuids).map_err(Error::from)?;
-    let mismatches = plan::mismatches(&ports, &a.guests);
+    let mut mismatches = plan::mismatches(&ports, &a.guests);
     let mut reports = Vec::new();
     if a.fix && !mismatches.is_empty() {
         let todo: Vec<(Port, String)> = mismatches
@@ -745,6 +765,12 @@ fn audit(
             .collect();
         let jobs = plan_jobs(n, api, State::Audited, todo)?;
         reports = apply_jobs(n, api, State::Audited, &jobs, ctx, wait)?;
+        for m in mismatches.iter_mut() {
+            m.fixed = !ctx.check_mode
+                && reports
+                    .iter()
+                    .any(|r| r.id == m.port_id && r.after.host == m.running_host);
+        }
     }
     let writes: usize = reports.iter().map(|r| r.actions.len()).sum();
     let fixed = if !a.fix {

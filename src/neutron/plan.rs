@@ -56,6 +56,8 @@ pub enum Refusal {
     },
     #[error("port {port} is active on {host}: the guest runs there? not rolling back")]
     ActiveOnRollback { port: String, host: String },
+    #[error("port {port} is bound as Open vSwitch with hybrid plug on {host} (the iptables_hybrid firewall): its qbr/qvb/qvo devices are made on the destination by Nova's os-vif, which numa-repin does not do. Nothing was migrated.")]
+    HybridPlug { port: String, host: String },
     #[error("no alive L2 agent on {host} (agents there: {agents}): Neutron could not bind the guest's ports there. Nothing was migrated.")]
     NoL2Agent { host: String, agents: String },
 }
@@ -71,7 +73,7 @@ impl Observed {
     fn on(&self, host: &str) -> Option<&Binding> {
         self.bindings.iter().find(|b| b.host == host)
     }
-    fn active(&self) -> Option<&Binding> {
+    pub fn active(&self) -> Option<&Binding> {
         self.bindings.iter().find(|b| b.is_active())
     }
 }
@@ -131,6 +133,12 @@ pub fn check_dest_binding(o: &Observed, dest: &Binding) -> Result<(), Refusal> {
             port: o.port.id.clone(),
             host: dest.host.clone(),
             vif_type: dest.vif_type.clone(),
+        });
+    }
+    if dest.hybrid_plug() {
+        return Err(Refusal::HybridPlug {
+            port: o.port.id.clone(),
+            host: dest.host.clone(),
         });
     }
     if let Some(src) = o.active().filter(|a| a.host != dest.host) {
@@ -268,6 +276,8 @@ pub struct Mismatch {
     pub bound_host: String,
     pub running_host: String,
     pub status: String,
+    /// Moved where its guest runs by this run (`fix`, not in check mode).
+    pub fixed: bool,
 }
 
 /// The ports of `guests` (uuid -> host it runs on) bound to another host.
@@ -282,6 +292,7 @@ pub fn mismatches(ports: &[Port], guests: &BTreeMap<String, String>) -> Vec<Mism
                 bound_host: p.host_id.clone(),
                 running_host: running.clone(),
                 status: p.status.clone(),
+                fixed: false,
             })
         })
         .collect();
@@ -317,6 +328,7 @@ mod tests {
             status: status.into(),
             vif_type: vif.into(),
             vnic_type: "normal".into(),
+            ..Default::default()
         }
     }
 

@@ -15,8 +15,9 @@ struct Fake {
     writes: RefCell<Vec<String>>,
     /// A write whose text starts with this fails with HTTP 500.
     fail_on: Option<String>,
-    /// vif_type of new bindings.
+    /// vif_type and vif_details of new bindings.
     new_vif: String,
+    new_vif_details: Value,
     /// Whether activating wires the port at once (status ACTIVE).
     wires: bool,
     agents: Vec<Agent>,
@@ -47,6 +48,7 @@ impl Fake {
                 vif_type: "unbound".into(),
                 vnic_type: "normal".into(),
                 status: "ACTIVE".into(),
+                ..Default::default()
             }],
         );
         Fake {
@@ -60,6 +62,7 @@ impl Fake {
             writes: RefCell::new(Vec::new()),
             fail_on: None,
             new_vif: "ovs".into(),
+            new_vif_details: json!({"port_filter": true, "ovs_hybrid_plug": false}),
             wires: true,
             agents: Vec::new(),
         }
@@ -112,7 +115,8 @@ impl Neutron for Fake {
             .cloned()
             .unwrap_or_default())
     }
-    fn create_binding(&self, port: &str, host: &str) -> Result<Binding, api::Error> {
+    fn create_binding(&self, port: &Port, host: &str) -> Result<Binding, api::Error> {
+        let port = port.id.as_str();
         self.write(format!("POST {port} {host}"))?;
         let mut all = self.bindings.borrow_mut();
         let bs = all.entry(port.into()).or_default();
@@ -127,6 +131,7 @@ impl Neutron for Fake {
             vif_type: self.new_vif.clone(),
             vnic_type: "normal".into(),
             status: if unbound { "ACTIVE" } else { "INACTIVE" }.into(),
+            vif_details: self.new_vif_details.clone(),
         };
         bs.push(b.clone());
         drop(all);
@@ -456,13 +461,15 @@ fn audit_reports_and_fixes_mismatches() {
     assert_eq!(
         v["mismatches"],
         json!([{"port_id": "9d8e7f6a-5b4c-4d3e-8f2a-1b0c9d8e7f60", "instance_uuid": UUID,
-                "bound_host": "", "running_host": "cmp1", "status": "DOWN"}])
+                "bound_host": "", "running_host": "cmp1", "status": "DOWN", "fixed": false}])
     );
     let v = render(&ctx(true), run_with(&f, &a(true), &ctx(true)), &[]).0;
     assert_eq!(v["changed"], true);
+    assert_eq!(v["mismatches"][0]["fixed"], false); // check mode moved nothing
     assert!(f.writes.borrow().is_empty());
     let v = result(run_with(&f, &a(true), &ctx(false)));
     assert_eq!(v["changed"], true, "{v}");
+    assert_eq!(v["mismatches"][0]["fixed"], true);
     assert_eq!(v["ports"][0]["after"]["host"], "cmp1");
     let v = result(run_with(&f, &a(false), &ctx(false)));
     assert_eq!(v["mismatches"], json!([]));
@@ -689,4 +696,32 @@ fn a_keystone_answer_echoing_the_password_is_scrubbed() {
         "{e}"
     );
     assert!(!e.contains("pw-from-kolla"), "{e}");
+}
+
+#[test]
+fn prepared_refuses_ovs_hybrid_plug_and_deletes_the_binding_it_made() {
+    let mut f = Fake::new(true);
+    f.new_vif_details = json!({"port_filter": true, "ovs_hybrid_plug": true});
+    let v = result(run_with(
+        &f,
+        &args(json!({"state": "prepared", "host": "cmp4"})),
+        &ctx(false),
+    ));
+    assert_eq!(v["failed"], true, "{v}");
+    let m = v["msg"].as_str().unwrap();
+    assert!(
+        m.contains("hybrid plug on cmp4") && m.contains("Nothing was migrated"),
+        "{m}"
+    );
+    assert!(m.contains("the new binding was deleted again"), "{m}");
+}
+
+#[test]
+fn linux_bridge_names_follow_nova() {
+    let net = "4bbc0f2e-50a0-4f49-a5fd-6bc5daffb092";
+    assert_eq!(api::linux_bridge_name(net, &Value::Null), "brq4bbc0f2e-50");
+    assert_eq!(
+        api::linux_bridge_name(net, &json!({"bridge_name": "br-phys"})),
+        "br-phys"
+    );
 }
