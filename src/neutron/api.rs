@@ -510,7 +510,13 @@ impl Neutron for Client {
             segment(port),
             segment(host)
         ));
-        field(self.http.send("PUT", &url, None)?, "binding", "PUT", &url)
+        // Neutron (Rocky to at least Stein) answers the activation with the binding itself, not
+        // wrapped in {"binding": ...} as its other binding calls are; take either.
+        let mut answer = self.http.send("PUT", &url, None)?;
+        if answer.body.get("binding").is_none() {
+            answer.body = serde_json::json!({ "binding": answer.body });
+        }
+        field(answer, "binding", "PUT", &url)
     }
     fn delete_binding(&self, port: &str, host: &str) -> Result<(), Error> {
         let url = self.url(&format!(
