@@ -725,3 +725,52 @@ fn linux_bridge_names_follow_nova() {
         "br-phys"
     );
 }
+
+#[test]
+fn over_http_the_activation_answer_is_unwrapped_and_noauth_names_the_project() {
+    // What neutron-server 14.4.2 answered in the lab: POST bindings wraps the binding, the
+    // activation does not.
+    let (nt, seen) = serve(vec![
+        http_answer(
+            "201 Created",
+            "",
+            r#"{"binding": {"host": "cmp2", "vif_type": "bridge", "vnic_type": "normal", "status": "INACTIVE", "profile": {}, "vif_details": {"port_filter": true}}}"#,
+        ),
+        http_answer(
+            "200 OK",
+            "",
+            r#"{"host": "cmp2", "vif_type": "bridge", "vnic_type": "normal", "status": "ACTIVE", "profile": {}, "vif_details": {"port_filter": true}}"#,
+        ),
+    ]);
+    let client = Client {
+        http: api::Http::new(&api::Transport {
+            timeout: std::time::Duration::from_secs(5),
+            cacert: None,
+            validate_certs: true,
+        })
+        .unwrap(),
+        base: nt,
+        noauth: true,
+    };
+    let port = Port {
+        id: "p1".into(),
+        project_id: "6c1a9e10".into(),
+        ..Default::default()
+    };
+    let b = client.create_binding(&port, "cmp2").unwrap();
+    assert_eq!((b.host.as_str(), b.status.as_str()), ("cmp2", "INACTIVE"));
+    let b = client.activate_binding("p1", "cmp2").unwrap();
+    assert_eq!((b.host.as_str(), b.status.as_str()), ("cmp2", "ACTIVE"));
+    let req = seen.join().unwrap();
+    assert!(
+        req[0].starts_with("POST /v2.0/ports/p1/bindings "),
+        "{}",
+        req[0]
+    );
+    assert!(req[0].contains(r#""project_id":"6c1a9e10""#), "{}", req[0]);
+    assert!(
+        req[1].starts_with("PUT /v2.0/ports/p1/bindings/cmp2/activate "),
+        "{}",
+        req[1]
+    );
+}
