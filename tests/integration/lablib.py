@@ -425,13 +425,28 @@ class Lab:
         with open(self.data["neutron"]["file"]) as f:
             return json.load(f)
 
+    def keystone_token(self):
+        """An admin token from the lab's Keystone (cached; Keystone's tokens live an hour)."""
+        import urllib.request
+        if getattr(self, "_token", None) and time.time() - self._token[1] < 1800:
+            return self._token[0]
+        k = self.data["keystone"]
+        body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
+            "name": k["username"], "domain": {"name": "Default"}, "password": k["password"]}}},
+            "scope": {"project": {"name": k["project_name"], "domain": {"name": "Default"}}}}}
+        req = urllib.request.Request(k["auth_url"] + "/auth/tokens", data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            self._token = (r.headers["X-Subject-Token"], time.time())
+        return self._token[0]
+
     def neutron_api(self, method, path, body=None):
-        """neutron-server's API (auth_strategy noauth in the lab): (HTTP status, decoded body or None)."""
+        """neutron-server's API as the cloud's admin: (HTTP status, decoded body or None)."""
         import urllib.error
         import urllib.request
         req = urllib.request.Request(self.data["neutron"]["url"] + "/v2.0" + path, method=method,
                                      data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", "X-Auth-Token": self.keystone_token()})
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 raw = r.read()

@@ -6,6 +6,7 @@ neutron-server's API; its status ACTIVE, which neutron-server sets only when the
 port is bound to reports the device up (an agent that finds a tap of a port bound elsewhere logs that
 and leaves it DOWN); and the destination's bridge holding the guest's tap and the physnet interface
 (eth1). The lab's standard guests are reseeded before and after each test (`seeded`)."""
+import json
 import re
 import time
 from pathlib import Path
@@ -58,6 +59,8 @@ def test_drain_moves_the_ports_through_the_api(lab, seeded, ansible_playbook):
     assert tap not in (lab.bridge_members("cmp1", lab.neutron_json()["bridge"]) or set())
     # the API path, not the DB fallback
     assert "no L2 agent" not in p.stdout
+    # Kolla's files gave the credentials (the inventory sets none); the password never shows
+    assert lab.data["keystone"]["password"] not in p.stdout
     assert "Neutron ports of vm-taken: prepared on cmp2" in p.stdout
     assert "Neutron ports of vm-taken: active on cmp2" in p.stdout
 
@@ -80,7 +83,7 @@ def test_an_unreachable_api_refuses_the_move_before_migrating(lab, seeded, ansib
     port = lab.wait_port(TAKEN, "cmp1")
     pins_before = lab.affinity("cmp1", "vm-taken")["vcpus"]
     p = ansible_playbook(DRAIN, extra_vars={"target_host": "cmp1", "numa_repin_allow_leftovers": True,
-                                            "numa_repin_neutron_args": {"auth_type": "noauth",
+                                            "numa_repin_neutron_args": {"kolla_config_dir": "/etc/kolla",
                                                                         "neutron_url": "http://10.77.0.10:9"}})
     out = p.stdout
     assert lab.guest_host("vm-taken") == "cmp1"  # never migrated
@@ -127,7 +130,7 @@ def test_module_prepare_and_rollback_cycle(lab, seeded, run_module):
     """The module alone: check mode writes nothing, each state is idempotent, and a rollback never takes
     away the binding the guest runs on."""
     port = lab.wait_port(TAKEN, "cmp1")
-    base = {"instance_uuid": TAKEN, "auth_type": "noauth", "neutron_url": lab.data["neutron"]["url"], "wait_active_s": 30}
+    base = {"instance_uuid": TAKEN, "kolla_config_dir": lab.data["neutron"]["kolla_config_dir"], "wait_active_s": 30}
 
     def run(state, host, check=False):
         return run_module("neutron_port_binding", dict(base, state=state, host=host), check_mode=check)
@@ -170,6 +173,35 @@ def test_module_refuses_a_host_without_an_agent(lab, seeded, run_module):
     inactive binding it tried is not left behind."""
     port = lab.wait_port(TAKEN, "cmp1")
     rc, res = run_module("neutron_port_binding", {"state": "prepared", "instance_uuid": TAKEN, "host": "cmp9",
-                                                  "auth_type": "noauth", "neutron_url": lab.data["neutron"]["url"]})
+                                                  "kolla_config_dir": lab.data["neutron"]["kolla_config_dir"]})
     assert rc != 0 and res["failed"] and "cmp9" in res["msg"], res
     assert lab.port_bindings(port["id"]) == {"cmp1": "ACTIVE"}
+
+
+def test_keystone_credentials_three_ways_and_the_password_never_shows(lab, run_module, tmp_path):
+    """The lab's real Keystone (Stein): Kolla's files with admin-openrc.sh, Kolla's files without it
+    (globals.yml's internal VIP and passwords.yml), and os_auth; a wrong password is Keystone's 401, named,
+    with neither password in the result."""
+    k = lab.data["keystone"]
+    kolla = Path(lab.data["neutron"]["kolla_config_dir"])
+    audit = {"state": "audited", "guests": {g["uuid"]: g["host"] for g in lab.data["guests"]}}
+    rc, res = run_module("neutron_port_binding", dict(audit, kolla_config_dir=str(kolla)))
+    assert rc == 0 and res["ports_checked"] == len(lab.data["guests"]), res
+
+    only = tmp_path / "kolla"  # no admin-openrc.sh: the deploy host's post-deploy file is not everywhere
+    only.mkdir()
+    for f in ("passwords.yml", "globals.yml"):
+        (only / f).write_text((kolla / f).read_text())
+    rc, res = run_module("neutron_port_binding", dict(audit, kolla_config_dir=str(only)))
+    assert rc == 0 and res["ports_checked"] == len(lab.data["guests"]), res
+
+    os_auth = {"auth_url": k["auth_url"], "username": k["username"], "password": k["password"],
+               "project_name": k["project_name"]}
+    rc, res = run_module("neutron_port_binding", dict(audit, os_auth=os_auth))
+    assert rc == 0 and res["ports_checked"] == len(lab.data["guests"]), res
+
+    wrong = "Wr0ng-" + k["password"][::-1]
+    rc, res = run_module("neutron_port_binding", dict(audit, os_auth=dict(os_auth, password=wrong)))
+    assert rc != 0 and res["failed"], res
+    assert "401" in res["msg"] and k["auth_url"] in res["msg"], res
+    assert wrong not in json.dumps(res) and k["password"] not in json.dumps(res)

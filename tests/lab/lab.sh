@@ -45,7 +45,7 @@ HOST_ROOT_INCLUDE_PY27=openssh-server,python2.7,iproute2,procps,netbase
 ANSIBLE216_VENV=$CACHE/venvs/ansible-core-2.16-py311
 DB_PORT=3306
 DB_USER=nova
-DATABASES=(nova_api nova nova_cell0 placement neutron)
+DATABASES=(nova_api nova nova_cell0 placement neutron keystone)
 LABEL=numa-repin-lab
 BASE_IMAGE=numa-repin-lab/base:bookworm
 NOVA_IMAGE=numa-repin-lab/nova:19.3.2
@@ -66,15 +66,17 @@ DB_PID=$MY/mysqld.pid
 KOLLA=$LAB_DIR/control/etc/kolla   # the control host's /etc/kolla
 PASSWORDS=$KOLLA/passwords.yml
 DOCKER_DIR=$LAB_DIR/docker
-# Neutron (issue 16): RabbitMQ on this machine (as MariaDB), neutron-server (ml2, linuxbridge, flat physnet1,
-# auth_strategy noauth) in the control host, a Linux bridge agent in each compute; physnet1 is each compute's
-# eth1, a veth into the bridge nrphys0 (no address, no uplink).
+# Neutron (issue 16): RabbitMQ on this machine (as MariaDB), Keystone and neutron-server (ml2, linuxbridge, flat
+# physnet1) in the control host, a Linux bridge agent in each compute; physnet1 is each compute's eth1, a veth
+# into the bridge nrphys0 (no address, no uplink).
 RMQ=$LAB_DIR/rabbitmq
 RMQ_PORT=5672
 TRANSPORT_URL=rabbit://openstack:openstack@$DEPLOY_ADDR:$RMQ_PORT//
 PHYS_BRIDGE=nrphys0
 NEUTRON_PORT=9696
 NEUTRON_URL=http://$NET.10:$NEUTRON_PORT
+KEYSTONE_PORT=5000                    # Keystone (Stein) in control; neutron-server checks tokens with it
+KEYSTONE_URL=http://$NET.10:$KEYSTONE_PORT/v3
 SSH_DIR=$LAB_DIR/ssh
 
 log() { printf '[lab] %s\n' "$*"; }
@@ -566,7 +568,7 @@ EOF
 dburl() { echo "mysql+pymysql://$DB_USER:$1@$DB_HOST/$2"; }
 write_credentials() {
   local pw=$1
-  mkdir -p "$KOLLA"/{nova-conductor,placement-api,neutron-server}
+  mkdir -p "$KOLLA"/{nova-conductor,placement-api,neutron-server,keystone}
   umask 077
   cat >"$PASSWORDS" <<EOF
 ---
@@ -575,6 +577,31 @@ nova_database_password: $pw
 nova_api_database_password: $pw
 placement_database_password: $pw
 neutron_database_password: $pw
+keystone_database_password: $pw
+keystone_admin_password: $pw
+neutron_keystone_password: $pw
+EOF
+  # What kolla-ansible post-deploy writes, and the two globals the modules read without it.
+  cat >"$KOLLA/admin-openrc.sh" <<EOF
+# admin credentials of the numa-repin lab (tests/lab/lab.sh), as kolla-ansible post-deploy writes them
+export OS_PROJECT_DOMAIN_NAME=Default
+export OS_USER_DOMAIN_NAME=Default
+export OS_PROJECT_NAME=admin
+export OS_TENANT_NAME=admin
+export OS_USERNAME=admin
+export OS_PASSWORD=$pw
+export OS_AUTH_URL=$KEYSTONE_URL
+export OS_INTERFACE=internal
+export OS_ENDPOINT_TYPE=internalURL
+export OS_IDENTITY_API_VERSION=3
+export OS_REGION_NAME=RegionOne
+export OS_AUTH_PLUGIN=password
+EOF
+  cat >"$KOLLA/globals.yml" <<EOF
+---
+# the lab's kolla globals (tests/lab/lab.sh): the internal VIP is the control host
+kolla_internal_vip_address: "$NET.10"
+kolla_enable_tls_internal: "no"
 EOF
   cat >"$KOLLA/nova-conductor/nova.conf" <<EOF
 # nova-conductor configuration of the lab (tests/lab/lab.sh)
@@ -653,7 +680,7 @@ do_prefetch() {
   # Build missing venvs in the background (venv.sh locks, so a later `venv <name>` waits for the same build);
   # they take most of a cold run and overlap with libvirt, MariaDB and debootstrap.
   local n
-  for n in nova placement neutron; do
+  for n in nova placement neutron keystone; do
     # venv.sh's own name (name-<12 hex of its requirements>): `nova-*` would also match the harness's nova-func-*.
     if ! ls "$CACHE"/venvs/$n-????????????/.complete >/dev/null 2>&1; then
       log "building the $n venv in the background (log: $CACHE/venv-$n.log)"
@@ -707,6 +734,56 @@ stop_rabbitmq() {
   # epmd, which the broker started, goes with it (only the lab's broker uses this machine's epmd).
   pkill -x epmd 2>/dev/null || true
 }
+KEYSTONE_VENV=""
+keystone_ok() { nc_ok "$NET.10" "$KEYSTONE_PORT"; }
+do_keystone() { # Keystone of Stein in control, as Kolla's keystone container: db_sync, keys, bootstrap, then the
+  # service project, neutron's user and the network endpoints (keystone_lab.py)
+  KEYSTONE_VENV=$(venv keystone)
+  local pw; pw=$(db_password)
+  local c; c=$(hostdir control)
+  local d=$KOLLA/keystone
+  mkdir -p "$d" "$c/keystone"/{fernet-keys,credential-keys,log}
+  umask 077
+  cat >"$d/keystone.conf" <<EOF
+# keystone configuration of the lab (tests/lab/lab.sh)
+[DEFAULT]
+log_file = $c/keystone/log/keystone.log
+
+[database]
+connection = $(dburl "$pw" keystone)
+
+[token]
+provider = fernet
+
+[fernet_tokens]
+key_repository = $c/keystone/fernet-keys
+
+[credential]
+key_repository = $c/keystone/credential-keys
+EOF
+  umask 022
+  local km="$KEYSTONE_VENV/bin/keystone-manage --config-file $d/keystone.conf"
+  if ! has_table keystone project; then
+    log "keystone-manage db_sync"
+    $km db_sync >"$LAB_DIR/keystone-manage.log" 2>&1 || { tail "$LAB_DIR/keystone-manage.log"; die "keystone db_sync failed"; }
+  fi
+  [ -e "$c/keystone/fernet-keys/0" ] || $km fernet_setup --keystone-user root --keystone-group root >>"$LAB_DIR/keystone-manage.log" 2>&1
+  [ -e "$c/keystone/credential-keys/0" ] || $km credential_setup --keystone-user root --keystone-group root >>"$LAB_DIR/keystone-manage.log" 2>&1
+  $km bootstrap --bootstrap-password "$pw" --bootstrap-region-id RegionOne \
+    --bootstrap-admin-url "$KEYSTONE_URL" --bootstrap-internal-url "$KEYSTONE_URL" --bootstrap-public-url "$KEYSTONE_URL" \
+    >>"$LAB_DIR/keystone-manage.log" 2>&1 || { tail "$LAB_DIR/keystone-manage.log"; die "keystone bootstrap failed"; }
+  if ! alive_cmd_in control "$c/keystone/server.pid" keystone-wsgi-public || ! keystone_ok; then
+    # keystone-wsgi-public's own server (wsgiref, one request at a time): the lab's requests are few; Kolla
+    # runs the same application under Apache's mod_wsgi.
+    SVC_VENV=$KEYSTONE_VENV start_in control "$c/keystone/server.pid" "$c/keystone/log/stdout.log" \
+      env OS_KEYSTONE_CONFIG_FILES="$d/keystone.conf" "$KEYSTONE_VENV/bin/keystone-wsgi-public" --host "$NET.10" --port "$KEYSTONE_PORT"
+    wait_for 60 "keystone on $KEYSTONE_URL" keystone_ok
+    log "keystone started in control ($KEYSTONE_URL)"
+  fi
+  $SYS_PY "$HERE/keystone_lab.py" --auth-url "$KEYSTONE_URL" --admin-password "$pw" --neutron-password "$pw" \
+    --neutron-url "$NEUTRON_URL"
+}
+
 neutron_ok() { nc_ok "$NET.10" "$NEUTRON_PORT"; }
 # start_in <host> <pid file> <log> <command...>: a daemon in the host's namespaces; its pid (of the host's
 # PID namespace, as alive_in reads it) in <pid file>. It ends with the host (down kills the host's PID 1).
@@ -714,7 +791,7 @@ start_in() {
   local h=$1 pf=$2 logf=$3; shift 3
   local init; init=$(init_pid "$h") || die "$h is not running"
   setsid nsenter -t "$init" -m -p -n -u -- /bin/sh -c 'echo $$ >"$0"; exec "$@"' "$pf" \
-    env PATH="$NEUTRON_VENV/bin:/usr/sbin:/usr/bin:/sbin:/bin" "$@" </dev/null >>"$logf" 2>&1 &
+    env PATH="${SVC_VENV:-$NEUTRON_VENV}/bin:/usr/sbin:/usr/bin:/sbin:/bin" "$@" </dev/null >>"$logf" 2>&1 &
 }
 write_neutron_confs() {
   local pw=$1 h d
@@ -722,11 +799,11 @@ write_neutron_confs() {
   mkdir -p "$d" "$LAB_DIR/control/neutron"/{state,log}
   umask 077
   cat >"$d/neutron.conf" <<EOF
-# neutron-server configuration of the lab (tests/lab/lab.sh): ml2 + linuxbridge, a flat physnet1, no Keystone
+# neutron-server configuration of the lab (tests/lab/lab.sh): ml2 + linuxbridge, a flat physnet1, Keystone tokens
 [DEFAULT]
 core_plugin = ml2
 service_plugins =
-auth_strategy = noauth
+auth_strategy = keystone
 api_paste_config = $NEUTRON_VENV/etc/neutron/api-paste.ini
 transport_url = $TRANSPORT_URL
 bind_host = $NET.10
@@ -742,6 +819,16 @@ log_file = $LAB_DIR/control/neutron/log/neutron-server.log
 
 [database]
 connection = $(dburl "$pw" neutron)
+
+[keystone_authtoken]
+www_authenticate_uri = http://$NET.10:$KEYSTONE_PORT
+auth_url = http://$NET.10:$KEYSTONE_PORT
+auth_type = password
+project_domain_name = Default
+user_domain_name = Default
+project_name = service
+username = neutron
+password = $pw
 
 [ml2]
 type_drivers = flat
@@ -810,6 +897,7 @@ do_neutron() { # do_neutron [--reset]: server, agents, the network and the stand
     log "$h: neutron-linuxbridge-agent started"
   done
   $SYS_PY "$HERE/neutron_lab.py" --url "$NEUTRON_URL" --out "$LAB_DIR/neutron.json" \
+    --auth-url "$KEYSTONE_URL" --admin-password "$(db_password)" \
     --agents "$(IFS=,; echo "${HOSTS[*]}")" "$@"
   # The network's bridge on every compute, as where some port of the network is plugged already (os-vif
   # creates it before a guest's first port on a host; the playbooks' plug step does the same before a move).
@@ -1027,6 +1115,7 @@ cmd_status() {
     if pid=$(init_pid "$h"); then st ok "$h: PID 1 is pid $pid here, netns nrl-$h, ${ADDR[$h]}"; else st dead "$h (not running)"; continue; fi
     if nc_ok "${ADDR[$h]}" "$SSH_PORT"; then st ok "$h sshd ${ADDR[$h]}:$SSH_PORT"; else st dead "$h sshd"; fi
     if [ "$h" = control ]; then
+      if alive_cmd_in control "$d/keystone/server.pid" keystone-wsgi-public && keystone_ok; then st ok "control keystone $KEYSTONE_URL"; else st dead "control keystone"; fi
       if alive_cmd_in control "$d/neutron/server.pid" neutron-server && neutron_ok; then st ok "control neutron-server $NEUTRON_URL"; else st dead "control neutron-server"; fi
     fi
     is_compute "$h" || continue
@@ -1148,6 +1237,7 @@ cmd_up() {
   phase leftovers remove_leftover_domains
   phase base-image do_base_image
   phase schemas do_schemas
+  phase keystone do_keystone
   phase neutron do_neutron
   phase guests do_guests
   phase seed-db do_seed_db
@@ -1166,6 +1256,7 @@ cmd_seed() {
   [ -f "$LAB_DIR/lab.json" ] || die "the lab is not up: run $0 up first"
   phase remove-guests remove_standard_guests
   phase leftovers remove_leftover_domains
+  phase keystone do_keystone
   phase neutron do_neutron --reset
   phase guests do_guests
   phase seed-db do_seed_db --reset

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The lab's Neutron objects, made through neutron-server's API as an operator (and Nova) would (stdlib only).
 
-    neutron_lab.py --url http://10.77.0.10:9696 --out $LAB_DIR/neutron.json [--reset] [--agents cmp1,cmp2,cmp3]
+    neutron_lab.py --url http://10.77.0.10:9696 --auth-url http://10.77.0.10:5000/v3 --admin-password P \
+        --out $LAB_DIR/neutron.json [--reset] [--agents cmp1,cmp2,cmp3]
 
 - waits for the API and, with --agents, for a live Linux bridge agent on each of those hosts;
 - a flat network `lab-net` on physnet1 with a subnet (no DHCP: the guests have no OS);
@@ -10,8 +11,7 @@
 - writes --out: {url, network_id, bridge, project_id, ports: {instance uuid: {id, mac_address, tap, host}}}, which
   render_guest.py turns into each guest's <interface> (the names Nova gives: brq<net[:11]>, tap<port[:11]>).
 
-neutron-server runs with auth_strategy = noauth (Neutron then gives every request an admin context); creates
-need the project in the body there, as Neutron itself says. The network has no port security: Stein's Linux
+As the cloud's admin (a Keystone token of project admin); the network and ports belong to the guests' project. The network has no port security: Stein's Linux
 bridge agent cannot remove its ARP-spoofing ebtables chains with Debian 12's nft-based ebtables (the jump rule's
 listing differs; the agent then dies on CHAIN_DEL "busy"), and these guests have no IP stack to protect anyway.
 """
@@ -28,14 +28,26 @@ NETWORK = "lab-net"
 CIDR = "10.78.0.0/24"
 
 
+def token(auth_url, password):
+    """An admin token from Keystone (project admin, domain Default)."""
+    body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
+        "name": "admin", "domain": {"name": "Default"}, "password": password}}},
+        "scope": {"project": {"name": "admin", "domain": {"name": "Default"}}}}}
+    req = urllib.request.Request(auth_url.rstrip("/") + "/auth/tokens", data=json.dumps(body).encode(),
+                                 method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return r.headers["X-Subject-Token"]
+
+
 class Api:
-    def __init__(self, url):
+    def __init__(self, url, tok):
         self.url = url.rstrip("/") + "/v2.0"
+        self.token = tok
 
     def call(self, method, path, body=None):
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", "X-Auth-Token": self.token})
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 raw = r.read()
@@ -61,16 +73,18 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--url", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--auth-url", required=True)
+    ap.add_argument("--admin-password", required=True)
     ap.add_argument("--reset", action="store_true")
     ap.add_argument("--agents", default="")
     a = ap.parse_args()
-    api = Api(a.url)
+    api = Api(a.url, token(a.auth_url, a.admin_password))
     std = json.load(open(os.path.join(HERE, "guests", "standard.json")))
     project = std["project_id"].replace("-", "")
 
     def api_up():
-        with urllib.request.urlopen(api.url + "/networks", timeout=5) as r:
-            return r.status == 200
+        api.call("GET", "/networks")
+        return True
     wait("neutron-server at " + a.url, api_up, 90)
     for host in filter(None, a.agents.split(",")):
         def agent_alive(host=host):

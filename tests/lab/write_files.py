@@ -98,7 +98,10 @@ lab = {
     "guests": std["guests"], "project_id": std["project_id"], "user_id": std["user_id"],
     # neutron-server (in control) and its Linux bridge agents: neutron.json is rewritten by `seed`.
     "neutron": {"url": neutron_url, "file": os.path.join(L, "neutron.json"), "physnet_bridge": "nrphys0",
-                "physnet_interface": "eth1"},
+                "physnet_interface": "eth1", "kolla_config_dir": kolla},
+    # Keystone (in control): the admin (project admin) has the DB password, as every lab secret.
+    "keystone": {"auth_url": "http://%s:5000/v3" % addr["control"], "username": "admin", "password": pw,
+                 "project_name": "admin"},
 }
 tmp = os.path.join(L, "lab.json.tmp")
 with open(tmp, "w") as f:
@@ -114,8 +117,6 @@ head = ["---", "# numa-repin lab inventory (tests/lab/lab.sh): separate hosts, r
         "    ansible_ssh_common_args: '-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR'",
         "    ansible_python_interpreter: /usr/bin/python3",
         "    container_engine: %s" % engine,
-        "    # the lab's neutron-server has no Keystone (auth_strategy = noauth): the field's default is Kolla's files",
-        "    numa_repin_neutron_args: {auth_type: noauth, neutron_url: '%s'}" % neutron_url,
         "  hosts:",
         "    localhost:",
         "      ansible_connection: local",
