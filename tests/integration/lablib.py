@@ -17,6 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 LAB_SH = REPO / "tests" / "lab" / "lab.sh"
 sys.path.insert(0, str(REPO / "tests" / "lab"))
+import keystone_lab  # noqa: E402
 import labdb  # noqa: E402  (shared with tests/lab/seed_db.py)
 import render_guest  # noqa: E402
 
@@ -427,17 +428,11 @@ class Lab:
 
     def keystone_token(self):
         """An admin token from the lab's Keystone (cached; Keystone's tokens live an hour)."""
-        import urllib.request
         if getattr(self, "_token", None) and time.time() - self._token[1] < 1800:
             return self._token[0]
         k = self.data["keystone"]
-        body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
-            "name": k["username"], "domain": {"name": "Default"}, "password": k["password"]}}},
-            "scope": {"project": {"name": k["project_name"], "domain": {"name": "Default"}}}}}
-        req = urllib.request.Request(k["auth_url"] + "/auth/tokens", data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            self._token = (r.headers["X-Subject-Token"], time.time())
+        self._token = (keystone_lab.admin_token(k["auth_url"], k["password"], k["username"], k["project_name"]),
+                       time.time())
         return self._token[0]
 
     def neutron_api(self, method, path, body=None):

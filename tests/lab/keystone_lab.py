@@ -17,6 +17,18 @@ import urllib.error
 import urllib.request
 
 
+def admin_token(auth_url, password, username="admin", project="admin"):
+    """A project-scoped token (Keystone v3 password auth, domain Default): the one login of the lab's tools
+    (neutron_lab.py, tests/integration/lablib.py). Raises OSError while Keystone does not answer."""
+    body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
+        "name": username, "domain": {"name": "Default"}, "password": password}}},
+        "scope": {"project": {"name": project, "domain": {"name": "Default"}}}}}
+    req = urllib.request.Request(auth_url.rstrip("/") + "/auth/tokens", data=json.dumps(body).encode(),
+                                 method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return r.headers["X-Subject-Token"]
+
+
 class Keystone:
     def __init__(self, url):
         self.url = url.rstrip("/")
@@ -38,11 +50,7 @@ class Keystone:
             sys.exit("keystone_lab: %s %s: HTTP %s %s" % (method, path, e.code, e.read()[:300]))
 
     def login(self, password):
-        r, _ = self.call("POST", "/auth/tokens", {"auth": {
-            "identity": {"methods": ["password"], "password": {"user": {
-                "name": "admin", "domain": {"name": "Default"}, "password": password}}},
-            "scope": {"project": {"name": "admin", "domain": {"name": "Default"}}}}})
-        self.token = r.headers["X-Subject-Token"]
+        self.token = admin_token(self.url, password)
 
     def one(self, collection, query, create):
         """The object of `collection` matching `query`, made with `create` (its body) if there is none."""

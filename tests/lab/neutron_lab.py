@@ -24,19 +24,10 @@ import urllib.error
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from keystone_lab import admin_token  # noqa: E402
 NETWORK = "lab-net"
 CIDR = "10.78.0.0/24"
-
-
-def token(auth_url, password):
-    """An admin token from Keystone (project admin, domain Default)."""
-    body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
-        "name": "admin", "domain": {"name": "Default"}, "password": password}}},
-        "scope": {"project": {"name": "admin", "domain": {"name": "Default"}}}}}
-    req = urllib.request.Request(auth_url.rstrip("/") + "/auth/tokens", data=json.dumps(body).encode(),
-                                 method="POST", headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return r.headers["X-Subject-Token"]
 
 
 class Api:
@@ -78,7 +69,7 @@ def main():
     ap.add_argument("--reset", action="store_true")
     ap.add_argument("--agents", default="")
     a = ap.parse_args()
-    api = Api(a.url, token(a.auth_url, a.admin_password))
+    api = Api(a.url, admin_token(a.auth_url, a.admin_password))
     std = json.load(open(os.path.join(HERE, "guests", "standard.json")))
     project = std["project_id"].replace("-", "")
 
