@@ -877,6 +877,10 @@ EOF
   done
   umask 022
 }
+neutron_settle() { # the standard guests' ports ACTIVE: wired by their agents, nothing left in flight
+  $SYS_PY "$HERE/neutron_lab.py" --url "$NEUTRON_URL" --out "$LAB_DIR/neutron.json" \
+    --auth-url "$KEYSTONE_URL" --admin-password "$(db_password)" --settle
+}
 NEUTRON_VENV=""
 do_neutron() { # do_neutron [--reset]: server, agents, the network and the standard guests' ports (neutron_lab.py)
   NEUTRON_VENV=$(venv neutron)
@@ -1259,6 +1263,7 @@ cmd_seed() {
   phase keystone do_keystone
   phase neutron do_neutron --reset
   phase guests do_guests
+  phase neutron-settle neutron_settle
   phase seed-db do_seed_db --reset
 }
 

@@ -8,6 +8,8 @@
 - a flat network `lab-net` on physnet1 with a subnet (no DHCP: the guests have no OS);
 - one port per standard guest (tests/lab/guests/standard.json), device_owner compute:nova, bound to the guest's
   home host; an existing port is left as it is (tests move bindings), --reset deletes and recreates them;
+- with --settle, waits until those ports are ACTIVE (their guests running: lab.sh seed runs it after starting
+  them);
 - writes --out: {url, network_id, bridge, project_id, ports: {instance uuid: {id, mac_address, tap, host}}}, which
   render_guest.py turns into each guest's <interface> (the names Nova gives: brq<net[:11]>, tap<port[:11]>).
 
@@ -67,6 +69,7 @@ def main():
     ap.add_argument("--auth-url", required=True)
     ap.add_argument("--admin-password", required=True)
     ap.add_argument("--reset", action="store_true")
+    ap.add_argument("--settle", action="store_true")
     ap.add_argument("--agents", default="")
     a = ap.parse_args()
     api = Api(a.url, admin_token(a.auth_url, a.admin_password))
@@ -116,6 +119,12 @@ def main():
                 "device_id": g["uuid"], "device_owner": "compute:nova", "binding:host_id": g["host"]}})["port"]
         ports[g["uuid"]] = {"id": p["id"], "mac_address": p["mac_address"], "tap": ("tap" + p["id"])[:14],
                             "host": p["binding:host_id"], "name": g["name"]}
+    if a.settle:
+        # Settled before anyone reads the lab: each new port ACTIVE, i.e. its agent has wired it and
+        # neutron-server has written its status (tests compare Neutron's tables before and after a run).
+        def all_active():
+            return all(api.call("GET", "/ports/" + p["id"])["port"]["status"] == "ACTIVE" for p in ports.values())
+        wait("the standard guests' ports ACTIVE", all_active, 90)
     out = {"url": a.url, "network_id": net["id"], "bridge": ("brq" + net["id"])[:14], "project_id": project,
            "ports": ports}
     tmp = a.out + ".tmp"
