@@ -3,6 +3,8 @@
 
 pub mod conf;
 pub mod db;
+pub mod hooks;
 pub mod numa_json;
 pub mod patch;
 pub mod tree;
+pub mod units;

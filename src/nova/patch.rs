@@ -7,6 +7,7 @@
 use crate::ansible::{Context, Failure, ModuleArgs, Outcome};
 use crate::container::{sha256_hex, Engine};
 use crate::limits;
+use crate::nova::hooks::{HookedFile, PatchSet, CORE, MARKER};
 use crate::nova::tree::{sum_of, ContainerTree, LocalTree, NovaInfo, NovaTree};
 use anyhow::{anyhow, bail, Context as _, Result};
 use schemars::JsonSchema;
@@ -23,15 +24,16 @@ const M: &str = "deploy_patched_nova";
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Args {
-    /// Directory of the patch sets: `<patch_dir>/<release>/manifest.json` and the patched files
-    /// under `<patch_dir>/<release>/nova/` (roles/nova_patch/files).
-    pub patch_dir: PathBuf,
+    /// A directory holding `hooks.toml` and `src/numa_repin_patch.py` (the layout of
+    /// roles/nova_patch) to roll out instead of the hooks and core built into this module.
+    pub patch_dir: Option<PathBuf>,
     /// `auto` (docker when it answers, else podman), `docker` or `podman`. Containers only.
     #[serde(default = "default_auto")]
     pub container_engine: String,
-    /// Nova release in the containers or under `path` (`17.0.13`, `18.3.0`, `19.3.2`), or `auto`:
-    /// ask each container; with `path`, the package metadata next to it
-    /// (`nova-*.dist-info/METADATA`, `nova*.egg-info`), else what `python` knows of it.
+    /// Nova's version in the containers or under `path`: `auto` asks each container (with
+    /// `path`, the package metadata next to it, `nova-*.dist-info/METADATA` or `nova*.egg-info`,
+    /// else what `python` knows of it). Only reported and used to file the backups: the hooks
+    /// are applied to whatever files the target holds, whichever release or build they are.
     #[serde(default = "default_auto")]
     pub release: String,
     /// Container name -> the parts of the nova package it gets (path prefixes inside the package;
@@ -44,6 +46,11 @@ pub struct Args {
     /// container, no restart): the `nova` directory itself, holding `__init__.py`, e.g.
     /// `/opt/venv/lib/python3.7/site-packages/nova`. Excludes `containers`.
     pub path: Option<PathBuf>,
+    /// With `path`: the systemd units that run from that Nova (`openstack-nova-compute`,
+    /// `nova-compute`), restarted after the change when `restart` is true; each must be active
+    /// before the run, and stay active (no restart of its own) for 5 s after it, within
+    /// `health_timeout_s`, or the files are rolled back and the units restarted again.
+    pub services: Option<Vec<String>>,
     /// With `path`: the parts of the nova package to patch (path prefixes as in `containers`).
     /// Default: every file of the patch set.
     pub parts: Option<Vec<String>>,
@@ -124,100 +131,6 @@ fn default_containers() -> BTreeMap<String, Vec<String>> {
     m
 }
 
-/// `manifest.json` of one release's patch set (roles/nova_patch/build.py writes it).
-#[derive(Deserialize, Debug, Clone)]
-pub struct Manifest {
-    pub release: String,
-    pub files: Vec<ManifestFile>,
-}
-
-#[derive(Deserialize, Debug, Clone)]
-pub struct ManifestFile {
-    /// Relative to the nova package directory.
-    pub path: String,
-    #[serde(default)]
-    pub containers: Vec<String>,
-    /// None: the file is new (absent from pristine Nova).
-    pub pristine_sha256: Option<String>,
-    pub patched_sha256: String,
-}
-
-/// A patch set loaded and verified against its manifest.
-struct PatchSet {
-    files: Vec<(ManifestFile, Vec<u8>)>,
-}
-
-fn load_patch_set(dir: &Path, release: &str) -> Result<PatchSet> {
-    let base = dir.join(release);
-    let mpath = base.join("manifest.json");
-    let text = limits::read_text("manifest", &mpath, limits::MAX_FILE_BYTES).map_err(|e| {
-        let e = match e.kind {
-            limits::Kind::Unreadable { why } => why,
-            k => k.to_string(),
-        };
-        let have = available_releases(dir);
-        anyhow!(
-            "no patch for Nova {release}: cannot read {}: {e}; patch sets available: {}",
-            mpath.display(),
-            if have.is_empty() {
-                "none".into()
-            } else {
-                have.join(", ")
-            }
-        )
-    })?;
-    let m: Manifest = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a valid manifest", mpath.display()))?;
-    if m.release != release {
-        bail!(
-            "{} is for Nova {}, not {release}",
-            mpath.display(),
-            m.release
-        );
-    }
-    let mut files = Vec::new();
-    for f in m.files {
-        check_rel_path(&f.path)?;
-        let p = base.join("nova").join(&f.path);
-        let data = limits::read_bytes("patch file", &p, limits::MAX_SOURCE_BYTES)
-            .with_context(|| format!("patch file {} missing or unreadable", p.display()))?;
-        let got = sha256_hex(&data);
-        if got != f.patched_sha256 {
-            bail!("patch file {} has sha256 {got}, its manifest says {}: the patch set is damaged; rebuild it (roles/nova_patch/build.py)",
-                  p.display(), f.patched_sha256);
-        }
-        files.push((f, data));
-    }
-    Ok(PatchSet { files })
-}
-
-fn available_releases(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter(|e| e.path().join("manifest.json").is_file())
-                .map(|e| e.file_name().to_string_lossy().to_string())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-/// Manifest paths go into container paths and commands: relative, plain, no `..`.
-fn check_rel_path(p: &str) -> Result<()> {
-    let ok = !p.is_empty()
-        && !p.starts_with('/')
-        && p.ends_with(".py")
-        && p.split('/').all(|s| !s.is_empty() && s != "." && s != "..")
-        && p.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-./".contains(c));
-    if !ok {
-        bail!("manifest path {p:?} refused: must be a plain relative .py path inside the nova package");
-    }
-    Ok(())
-}
-
 fn matches(path: &str, prefixes: &[String]) -> bool {
     prefixes
         .iter()
@@ -232,8 +145,11 @@ struct FilePlan {
     current: Option<Vec<u8>>,
     target: Option<Vec<u8>>,
     status: String,
-    /// The current file is pristine Nova (the only content ever backed up as "original").
+    /// The current file is Nova's own, unpatched (the only content ever backed up as the
+    /// original).
     pristine: bool,
+    /// The hooks (and variants) that make the target from the original.
+    hooks: Vec<String>,
 }
 
 /// What one tree (a container, or the directory of `path`) holds and must hold.
@@ -242,6 +158,9 @@ struct TreePlan<'t> {
     info: NovaInfo,
     release: String,
     files: Vec<FilePlan>,
+    /// Why files of this tree cannot be planned; `unmatched` names the hooks that did not match.
+    refused: Vec<String>,
+    unmatched: Vec<String>,
     /// The container's healthcheck status before this run (None: it has no healthcheck). A
     /// rollback restores this, not more: it waits for `healthy` only if it was healthy.
     health_before: Option<String>,
@@ -267,12 +186,52 @@ impl TreePlan<'_> {
         m.insert("nova_version".into(), json!(self.info.version));
         m.insert("release".into(), json!(self.release));
         m.insert("files".into(), Value::Object(files));
+        m.insert("status".into(), json!(self.status()));
+        let hooks: Map<String, Value> = self
+            .files
+            .iter()
+            .filter(|f| !f.hooks.is_empty())
+            .map(|f| (f.rel.clone(), json!(f.hooks)))
+            .collect();
+        if !hooks.is_empty() {
+            m.insert("hooks".into(), Value::Object(hooks));
+        }
+        if !self.refused.is_empty() {
+            m.insert("refused".into(), json!(self.refused));
+        }
         if self.tree.restartable() {
             m.insert("restarted".into(), json!(restarted));
         } else {
             m.insert("restart".into(), json!("not applicable"));
         }
         m
+    }
+
+    /// One word for the audit: `patched`, `unpatched`, `partly patched`, `patched by an older
+    /// build`, `unsupported (<the hooks that did not match>)` or `refused (<why>)`.
+    fn status(&self) -> String {
+        if !self.unmatched.is_empty() {
+            return format!("unsupported ({})", self.unmatched.join("; "));
+        }
+        if !self.refused.is_empty() {
+            return format!("refused ({})", self.refused.join("; "));
+        }
+        // What each file holds now, whatever this run is about to do with it.
+        let holds = |f: &FilePlan| match f.status.as_str() {
+            "patched" | "would restore" | "would remove" => "patched",
+            "would update" => "older",
+            _ => "unpatched",
+        };
+        let all = |w: &str| self.files.iter().all(|f| holds(f) == w);
+        if self.files.iter().any(|f| holds(f) == "older") {
+            "patched by an older build".into()
+        } else if all("patched") {
+            "patched".into()
+        } else if all("unpatched") {
+            "unpatched".into()
+        } else {
+            "partly patched".into()
+        }
     }
 }
 
@@ -295,19 +254,35 @@ pub fn run(a: Args, ctx: &Context) -> Result<Outcome> {
                  directory on this machine, or `containers` for Kolla containers; nothing was changed"
             )));
         }
+        if a.services.as_ref().is_some_and(|s| s.is_empty()) {
+            return Err(fail(format!(
+                "{M}: `services` is empty: omit it when no service runs from `path`, or name \
+                 its systemd units"
+            )));
+        }
         if a.parts.as_ref().is_some_and(|p| p.is_empty()) {
             return Err(fail(format!(
                 "{M}: `parts` is empty: omit it to patch every file of the patch set, or name \
                  prefixes inside the nova package (compute/, numa_repin_patch.py)"
             )));
         }
-        let tree = LocalTree::new(path, Duration::from_secs(a.health_timeout_s))
-            .map_err(|e| fail(format!("{M}: {e:#}")))?;
+        let tree = LocalTree::new(
+            path,
+            Duration::from_secs(a.health_timeout_s),
+            a.services.clone().unwrap_or_default(),
+        )
+        .map_err(|e| fail(format!("{M}: {e:#}")))?;
         return rollout(&a, ctx, &[(&tree, a.parts.as_deref())], Layout::Path);
     }
     if a.parts.is_some() {
         return Err(fail(format!(
             "{M}: `parts` goes with `path`; for containers give each its parts in `containers`"
+        )));
+    }
+    if a.services.is_some() {
+        return Err(fail(format!(
+            "{M}: `services` goes with `path` (a host-installed Nova); containers are restarted \
+             themselves"
         )));
     }
     let containers = a.containers.clone().unwrap_or_else(default_containers);
@@ -371,19 +346,30 @@ fn rollout(
     };
 
     // Plan every tree before changing any: a refusal anywhere changes nothing anywhere.
-    let mut sets: BTreeMap<String, PatchSet> = BTreeMap::new();
-    let mut plans = Vec::new();
-    let mut refusals = Vec::new();
-    for (tree, parts) in targets {
-        plans.push(plan_tree(*tree, a, *parts, &mut sets, &mut refusals)?);
+    let set = match &a.patch_dir {
+        None => PatchSet::builtin(),
+        Some(dir) => PatchSet::load(dir).map_err(|e| fail(format!("{M}: {e}")))?,
+    };
+    if set.files.is_empty() {
+        return Err(fail(format!("{M}: the patch is unusable ({})", set.source)));
     }
+    let mut plans = Vec::new();
+    for (tree, parts) in targets {
+        plans.push(plan_tree(*tree, a, *parts, &set)?);
+    }
+    let refusals: Vec<String> = plans.iter().flat_map(|p| p.refused.clone()).collect();
     if !refusals.is_empty() {
-        return Err(Failure::new(format!(
+        let mut f = Failure::new(format!(
             "{M}: refusing, nothing was changed: {}",
             refusals.join("; ")
         ))
-        .with("refused", &refusals)
-        .into());
+        .with("refused", &refusals);
+        if let Layout::Containers { engine } = &layout {
+            f = f.with("engine", engine);
+        }
+        f.fields
+            .extend(report_fields(&layout, &plans, &BTreeSet::new()));
+        return Err(f.into());
     }
 
     let releases: BTreeSet<&str> = plans.iter().map(|p| p.release.as_str()).collect();
@@ -412,7 +398,7 @@ fn rollout(
     let word = if a.state == PatchState::Present {
         "patched"
     } else {
-        "pristine"
+        "unpatched"
     };
     if todo.is_empty() {
         out.msg = format!("Nova {release} already {word} in {names}");
@@ -455,10 +441,10 @@ fn rollout(
                 match &rb {
                     Ok(()) => format!(
                         "rolled back: every file is byte-identical to before{}",
-                        if matches!(layout, Layout::Containers { .. }) {
-                            " and the containers run"
-                        } else {
-                            ""
+                        match layout {
+                            Layout::Containers { .. } => " and the containers run",
+                            Layout::Path if a.services.is_some() => " and its services are active",
+                            Layout::Path => "",
                         }
                     ),
                     Err(r) => format!("ROLLBACK INCOMPLETE: {r:#}"),
@@ -475,9 +461,18 @@ fn rollout(
         "Nova {release} {word} in {}{}",
         todo.iter().map(|p| p.name()).collect::<Vec<_>>().join(", "),
         match layout {
-            Layout::Path => " (restart: not applicable; restart what runs from it to load it)",
-            Layout::Containers { .. } if a.restart => ", restarted, healthy",
-            Layout::Containers { .. } => " (not restarted: restart the containers to load it)",
+            Layout::Path if a.services.is_none() => {
+                " (restart: not applicable; restart what runs from it to load it)".to_string()
+            }
+            Layout::Path if a.restart => format!(
+                ", restarted {}, active",
+                a.services.as_deref().unwrap_or_default().join(", ")
+            ),
+            Layout::Path => " (not restarted: restart its services to load it)".to_string(),
+            Layout::Containers { .. } if a.restart => ", restarted, healthy".to_string(),
+            Layout::Containers { .. } => {
+                " (not restarted: restart the containers to load it)".to_string()
+            }
         }
     );
     drop(todo);
@@ -494,90 +489,58 @@ fn rollout(
     Ok(out)
 }
 
-/// What one tree holds now and must hold, file by file. Files neither pristine nor patched
-/// (nor an earlier build of ours) go to `refusals`; the caller changes nothing if there are any.
-/// `parts: None`: every file of the patch set.
+/// What one tree holds now and must hold, file by file: each hooked file as the hooks make it
+/// from what the tree holds (or from the kept original, when the tree holds our output), the
+/// core as built. Files that cannot be told apart or hooked go to the plan's `refused`; the
+/// caller changes nothing if any tree has some. `parts: None`: every file of the patch.
 fn plan_tree<'t>(
     tree: &'t dyn NovaTree,
     a: &Args,
     parts: Option<&[String]>,
-    sets: &mut BTreeMap<String, PatchSet>,
-    refusals: &mut Vec<String>,
+    set: &PatchSet,
 ) -> Result<TreePlan<'t>> {
     let name = tree.name();
     let health_before = tree.precheck().map_err(|e| fail(format!("{M}: {e:#}")))?;
     let info = tree
         .discover(a.python.as_deref())
         .map_err(|e| fail(format!("{M}: {e:#}")))?;
-    let release = if a.release == "auto" {
-        if info.version.is_empty() {
-            return Err(fail(format!(
-                "{M}: cannot tell the Nova version in {name} (no package metadata); set `release`"
-            )));
-        }
-        info.version.clone()
-    } else {
-        a.release.clone()
+    let release = match (a.release.as_str(), info.version.is_empty()) {
+        ("auto", false) => info.version.clone(),
+        ("auto", true) => UNKNOWN_RELEASE.to_string(),
+        (r, _) => r.to_string(),
     };
-    if !sets.contains_key(&release) {
-        let set = load_patch_set(&a.patch_dir, &release)
-            .map_err(|e| fail(format!("{M}: {name}: {e:#}")))?;
-        sets.insert(release.clone(), set);
-    }
-    let set = &sets[&release];
     let written = load_written(&a.backup_dir, &tree.backup_key(), &release);
+    let ctx = PlanCtx {
+        tree,
+        backup_dir: &a.backup_dir,
+        release: &release,
+        written: &written,
+    };
+    let base = info.path.trim_end_matches('/').to_string();
+    let wanted = |p: &str| parts.is_none_or(|ps| matches(p, ps));
     let mut files = Vec::new();
-    for (mf, patched) in set
-        .files
-        .iter()
-        .filter(|(f, _)| parts.is_none_or(|p| matches(&f.path, p)))
-    {
-        let path = format!("{}/{}", info.path.trim_end_matches('/'), mf.path);
-        let current = tree.read_file(&path)?;
-        let cur_sha = current.as_deref().map(sha256_hex);
-        let is_patched = cur_sha.as_deref() == Some(mf.patched_sha256.as_str());
-        let is_pristine = cur_sha == mf.pristine_sha256;
-        // An earlier build of this patch, as recorded when we wrote it: updated or removed
-        // like a patched file (a local edit matches no record and is refused).
-        let is_ours = !is_patched
-            && !is_pristine
-            && cur_sha.is_some()
-            && written.get(&mf.path) == cur_sha.as_ref();
-        if !is_patched && !is_pristine && !is_ours {
-            refusals.push(format!(
-                "{} is neither pristine Nova {release} nor patched (sha256 {}, pristine {}, patched {})",
-                tree.show(&path), cur_sha.as_deref().unwrap_or("absent"), mf.pristine_sha256.as_deref().unwrap_or("absent"), mf.patched_sha256));
-            continue;
-        }
-        let (target, status) = match a.state {
-            PatchState::Present if is_ours => (Some(patched.clone()), "would update"),
-            PatchState::Present => (
-                Some(patched.clone()),
-                if is_patched { "patched" } else { "would patch" },
-            ),
-            PatchState::Absent => {
-                if is_pristine {
-                    (current.clone(), "pristine")
-                } else {
-                    (
-                        pristine_original(tree, &a.backup_dir, &release, mf, &path)?,
-                        "would restore",
-                    )
-                }
+    let mut refused = Vec::new();
+    let mut unmatched = Vec::new();
+    for hf in set.files.iter().filter(|f| wanted(&f.path)) {
+        let path = format!("{base}/{}", hf.path);
+        match ctx.plan_hooked(hf, &path, a.state)? {
+            Ok(f) => files.push(f),
+            Err((r, u)) => {
+                refused.push(r);
+                unmatched.extend(u);
             }
-        };
-        files.push(FilePlan {
-            rel: mf.path.clone(),
-            path,
-            current,
-            target,
-            status: status.into(),
-            pristine: is_pristine,
-        });
+        }
     }
-    if files.is_empty() {
+    if wanted(CORE) {
+        let path = format!("{base}/{CORE}");
+        match ctx.plan_core(&set.core, &path, a.state)? {
+            Ok(f) => files.push(f),
+            Err(r) => refused.push(r),
+        }
+    }
+    if files.is_empty() && refused.is_empty() {
         return Err(fail(format!(
-            "{M}: no file of the Nova {release} patch matches the parts {:?} given for {name}",
+            "{M}: no file of the patch matches the parts {:?} given for {name}",
             parts.unwrap_or_default()
         )));
     }
@@ -586,8 +549,166 @@ fn plan_tree<'t>(
         info,
         release,
         files,
+        refused,
+        unmatched,
         health_before,
     })
+}
+
+/// The release name backups are filed under when a tree's Nova version cannot be told.
+const UNKNOWN_RELEASE: &str = "unknown";
+
+/// An original's bytes, the hooks' output from it, and the hooks used.
+type Original = (Vec<u8>, String, Vec<String>);
+
+struct PlanCtx<'a> {
+    tree: &'a dyn NovaTree,
+    backup_dir: &'a Path,
+    release: &'a str,
+    written: &'a BTreeMap<String, Written>,
+}
+
+/// A file's plan, or why it is refused (and, for an unsupported build, which hook did not match).
+type Planned<R> = Result<std::result::Result<FilePlan, R>>;
+
+impl PlanCtx<'_> {
+    fn plan_hooked(
+        &self,
+        hf: &HookedFile,
+        path: &str,
+        state: PatchState,
+    ) -> Planned<(String, Option<String>)> {
+        let (t, rel, release) = (self.tree, hf.path.as_str(), self.release);
+        let Some(current) = t.read_file(path)? else {
+            return Ok(Err((
+                format!("unsupported: {} is missing (Nova {release})", t.show(path)),
+                Some(format!("{rel} missing")),
+            )));
+        };
+        let plan = |target: Vec<u8>, status: &str, pristine: bool| FilePlan {
+            rel: rel.to_string(),
+            path: path.to_string(),
+            current: Some(current.clone()),
+            target: Some(target),
+            status: status.into(),
+            pristine,
+            hooks: Vec::new(),
+        };
+        let text = String::from_utf8_lossy(&current);
+        if !text.contains(MARKER) {
+            // Nova's own file, whatever build: the hooks apply to it, or it is refused.
+            return Ok(match hf.apply(&text) {
+                Ok(_) if state == PatchState::Absent => {
+                    Ok(plan(current.clone(), "unpatched", true))
+                }
+                Ok((out, used)) => Ok(FilePlan {
+                    hooks: used,
+                    ..plan(out.into_bytes(), "would patch", true)
+                }),
+                Err(e) if state == PatchState::Absent => {
+                    let _ = e;
+                    Ok(plan(current.clone(), "unpatched", true))
+                }
+                Err(e) => Err((
+                    format!("unsupported: {} (Nova {release}): {e}", t.show(path)),
+                    Some(format!("{rel}: hook \"{}\"", e.hook)),
+                )),
+            });
+        }
+        // Our output (this build or an earlier one), recognised from the kept original.
+        let cur_sha = sha256_hex(&current);
+        let recorded = self.written.get(rel).map(|w| w.patched_sha256.as_str()) == Some(&cur_sha);
+        let Some((orig, out, used)) = self.original(hf, path)? else {
+            return Ok(Err((
+                format!(
+                    "{} holds numa-repin hooks, but no original is kept ({} nor {}) from which to \
+                 rebuild or restore it; {}",
+                    t.show(path),
+                    backup_path(self.backup_dir, &t.backup_key(), release, rel).display(),
+                    orig_path(path),
+                    t.reinstall_hint()
+                ),
+                None,
+            )));
+        };
+        let ours_now = out.as_bytes() == current.as_slice();
+        if !ours_now && !recorded {
+            return Ok(Err((
+                format!(
+                    "{} holds numa-repin hooks that neither this patch nor a recorded earlier \
+                 rollout wrote (edited by hand?); {}",
+                    t.show(path),
+                    t.reinstall_hint()
+                ),
+                None,
+            )));
+        }
+        Ok(Ok(match state {
+            PatchState::Absent => plan(orig, "would restore", false),
+            PatchState::Present if ours_now => FilePlan {
+                hooks: used,
+                ..plan(current.clone(), "patched", false)
+            },
+            PatchState::Present => FilePlan {
+                hooks: used,
+                ..plan(out.into_bytes(), "would update", false)
+            },
+        }))
+    }
+
+    /// The original a hooked file was patched from: the host backup, else the in-tree copy,
+    /// the first that is unpatched and that the hooks apply to; with what they make of it.
+    fn original(&self, hf: &HookedFile, path: &str) -> Result<Option<Original>> {
+        let t = self.tree;
+        let host = backup_path(self.backup_dir, &t.backup_key(), self.release, &hf.path);
+        let from_host = limits::read_bytes("backup", &host, limits::MAX_SOURCE_BYTES).ok();
+        for data in [from_host, t.read_file(&orig_path(path))?]
+            .into_iter()
+            .flatten()
+        {
+            let text = String::from_utf8_lossy(&data);
+            if text.contains(MARKER) {
+                continue;
+            }
+            if let Ok((out, used)) = hf.apply(&text) {
+                return Ok(Some((data, out, used)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn plan_core(&self, core: &[u8], path: &str, state: PatchState) -> Planned<String> {
+        let t = self.tree;
+        let current = t.read_file(path)?;
+        let recorded = |c: &[u8]| {
+            self.written.get(CORE).map(|w| w.patched_sha256.as_str()) == Some(&sha256_hex(c))
+        };
+        let ours = current.as_deref().is_some_and(|c| c == core || recorded(c));
+        if current.is_some() && !ours {
+            return Ok(Err(format!(
+                "{} is not the numa-repin core this patch or a recorded earlier rollout wrote \
+                 (edited by hand?); remove it or {}",
+                t.show(path),
+                t.reinstall_hint()
+            )));
+        }
+        let (target, status) = match (state, current.as_deref()) {
+            (PatchState::Absent, None) => (None, "unpatched"),
+            (PatchState::Absent, Some(_)) => (None, "would remove"),
+            (PatchState::Present, None) => (Some(core.to_vec()), "would patch"),
+            (PatchState::Present, Some(c)) if c == core => (Some(core.to_vec()), "patched"),
+            (PatchState::Present, Some(_)) => (Some(core.to_vec()), "would update"),
+        };
+        Ok(Ok(FilePlan {
+            rel: CORE.to_string(),
+            path: path.to_string(),
+            current,
+            target,
+            status: status.into(),
+            pristine: false,
+            hooks: Vec::new(),
+        }))
+    }
 }
 
 fn lock_rollout(dir: &Path) -> Result<crate::lock::Held> {
@@ -628,40 +749,11 @@ fn report_fields(
             m.insert("containers".into(), Value::Object(per));
             m
         }
-        Layout::Path => plans.first().map(|p| p.report(false)).unwrap_or_default(),
+        Layout::Path => plans
+            .first()
+            .map(|p| p.report(restarted.contains(p.name())))
+            .unwrap_or_default(),
     }
-}
-
-/// The pristine bytes for `state: absent`: the host backup, else the in-tree copy, each
-/// checked against the manifest's pristine sha256. A new file's pristine state is "absent".
-fn pristine_original(
-    tree: &dyn NovaTree,
-    backup_dir: &Path,
-    release: &str,
-    mf: &ManifestFile,
-    path: &str,
-) -> Result<Option<Vec<u8>>> {
-    let Some(want) = mf.pristine_sha256.as_deref() else {
-        return Ok(None);
-    };
-    let host = backup_path(backup_dir, &tree.backup_key(), release, &mf.path);
-    if let Ok(data) = limits::read_bytes("backup", &host, limits::MAX_SOURCE_BYTES) {
-        if sha256_hex(&data) == want {
-            return Ok(Some(data));
-        }
-    }
-    if let Some(data) = tree.read_file(&orig_path(path))? {
-        if sha256_hex(&data) == want {
-            return Ok(Some(data));
-        }
-    }
-    Err(fail(format!(
-        "{M}: no pristine copy of {}: neither {} nor {path}.numa-repin.orig holds sha256 {want}; \
-         {} to get pristine Nova back; nothing was changed",
-        tree.show(path),
-        host.display(),
-        tree.reinstall_hint()
-    )))
 }
 
 /// The in-tree copy of a pristine file, next to it.
@@ -735,20 +827,50 @@ fn apply(
     record_written(&a.backup_dir, p, a.state).map_err(|e| ("recording the written checksums", e))
 }
 
-/// `<backup_dir>/<tree's backup key>/<release>/written.json`: path -> sha256 of what this module
-/// wrote, so a later build of the patch recognises (and updates or removes) an earlier one.
+/// `<backup_dir>/<tree's backup key>/<release>/written.json`: per file, the sha256 of the
+/// original (null for the core, which Nova lacks) and of what this module wrote, so a rerun and
+/// a later build of the patch recognise (and update or remove) an earlier rollout.
 fn written_path(dir: &Path, key: &str, release: &str) -> PathBuf {
     dir.join(key).join(release).join("written.json")
 }
 
-fn load_written(dir: &Path, key: &str, release: &str) -> BTreeMap<String, String> {
+#[derive(serde::Serialize, Deserialize, Debug, Clone)]
+struct Written {
+    original_sha256: Option<String>,
+    patched_sha256: String,
+}
+
+/// written.json as earlier releases of this module wrote it (`{path: patched sha256}`) or as
+/// this one does: a host patched by an earlier release can still be updated and rolled back.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum WrittenEntry {
+    Now(Written),
+    Before(String),
+}
+
+fn load_written(dir: &Path, key: &str, release: &str) -> BTreeMap<String, Written> {
     limits::read_text(
         "written.json",
         &written_path(dir, key, release),
         limits::MAX_FILE_BYTES,
     )
     .ok()
-    .and_then(|t| serde_json::from_str(&t).ok())
+    .and_then(|t| serde_json::from_str::<BTreeMap<String, WrittenEntry>>(&t).ok())
+    .map(|m| {
+        m.into_iter()
+            .map(|(k, v)| {
+                let w = match v {
+                    WrittenEntry::Now(w) => w,
+                    WrittenEntry::Before(sha) => Written {
+                        original_sha256: None,
+                        patched_sha256: sha,
+                    },
+                };
+                (k, w)
+            })
+            .collect()
+    })
     .unwrap_or_default()
 }
 
@@ -762,10 +884,25 @@ fn record_written(dir: &Path, p: &TreePlan, state: PatchState) -> Result<()> {
             _ => Ok(()),
         };
     }
-    let map: BTreeMap<&str, String> = p
+    let old = load_written(dir, &p.tree.backup_key(), &p.release);
+    let map: BTreeMap<&str, Written> = p
         .files
         .iter()
-        .filter_map(|f| f.target.as_deref().map(|t| (f.rel.as_str(), sha256_hex(t))))
+        .filter_map(|f| {
+            let target = f.target.as_deref()?;
+            let original = if f.pristine {
+                f.current.as_deref().map(sha256_hex)
+            } else {
+                old.get(&f.rel).and_then(|w| w.original_sha256.clone())
+            };
+            Some((
+                f.rel.as_str(),
+                Written {
+                    original_sha256: original,
+                    patched_sha256: sha256_hex(target),
+                },
+            ))
+        })
         .collect();
     std::fs::create_dir_all(path.parent().context("written path")?)?;
     std::fs::write(&path, serde_json::to_vec_pretty(&map)?)
@@ -973,10 +1110,10 @@ mod tests {
     #[test]
     fn backup_dir_must_be_absolute_without_dotdot() {
         let parse = |dir: &str| {
-            let text = serde_json::json!({"patch_dir": "/p", "backup_dir": dir}).to_string();
+            let text = serde_json::json!({"backup_dir": dir}).to_string();
             crate::ansible::parse_args::<Args>("deploy_patched_nova", &text).map(|_| ())
         };
-        assert!(parse("/var/lib/numa-repin/b").is_ok());
+        parse("/var/lib/numa-repin/b").unwrap();
         for bad in ["backup", "./b", "/var/lib/../../etc", "/var/\u{0}"] {
             let e = parse(bad).unwrap_err().msg;
             assert!(e.contains("argument 'backup_dir'"), "{bad}: {e}");
@@ -993,19 +1130,22 @@ mod tests {
     }
 
     #[test]
-    fn manifest_paths_are_plain() {
-        for bad in [
-            "/etc/passwd.py",
-            "../x.py",
-            "a/../../b.py",
-            "a b.py",
-            "a;rm.py",
-            "x.sh",
-            "",
-        ] {
-            assert!(check_rel_path(bad).is_err(), "{bad}");
-        }
-        check_rel_path("virt/libvirt/driver.py").unwrap();
+    fn written_json_of_earlier_releases_is_read() {
+        let d = tempfile::tempdir().unwrap();
+        let p = written_path(d.path(), "nova_compute", "19.3.2");
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, r#"{"compute/manager.py": "aa"}"#).unwrap();
+        let w = load_written(d.path(), "nova_compute", "19.3.2");
+        assert_eq!(w["compute/manager.py"].patched_sha256, "aa");
+        assert_eq!(w["compute/manager.py"].original_sha256, None);
+        std::fs::write(
+            &p,
+            r#"{"x.py": {"original_sha256": "bb", "patched_sha256": "cc"}}"#,
+        )
+        .unwrap();
+        let w = load_written(d.path(), "nova_compute", "19.3.2");
+        assert_eq!(w["x.py"].original_sha256.as_deref(), Some("bb"));
+        assert_eq!(w["x.py"].patched_sha256, "cc");
     }
 
     #[test]
@@ -1015,36 +1155,6 @@ mod tests {
             "nova.conductor.tasks.live_migrate"
         );
         assert_eq!(module_of("numa_repin_patch.py"), "nova.numa_repin_patch");
-    }
-
-    #[test]
-    fn patch_set_checksums_are_verified() {
-        let d = tempfile::tempdir().unwrap();
-        let base = d.path().join("19.3.2");
-        std::fs::create_dir_all(base.join("nova")).unwrap();
-        std::fs::write(base.join("nova/x.py"), b"print(1)\n").unwrap();
-        let good = sha256_hex(b"print(1)\n");
-        let m = |sha: &str| {
-            format!(
-                r#"{{"release":"19.3.2","files":[{{"path":"x.py","pristine_sha256":null,"patched_sha256":"{sha}"}}]}}"#
-            )
-        };
-        std::fs::write(base.join("manifest.json"), m(&good)).unwrap();
-        assert_eq!(load_patch_set(d.path(), "19.3.2").unwrap().files.len(), 1);
-        std::fs::write(base.join("manifest.json"), m("00")).unwrap();
-        let e = load_patch_set(d.path(), "19.3.2")
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(e.contains("damaged"), "{e}");
-        let e = load_patch_set(d.path(), "18.3.0")
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(
-            e.contains("no patch for Nova 18.3.0") && e.contains("19.3.2"),
-            "{e}"
-        );
     }
 
     #[test]

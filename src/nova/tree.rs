@@ -5,6 +5,7 @@
 //! lifecycle differs: a container is restarted and health-gated by its engine, a directory has
 //! no process to restart.
 
+use super::units;
 use crate::container::{sha256_hex, Engine};
 use crate::limits;
 use anyhow::{bail, Context as _, Result};
@@ -297,12 +298,14 @@ pub struct LocalTree {
     name: String,
     /// The most one run of its Python may take.
     timeout: Duration,
+    /// The systemd units that run from this tree (restarted after a change; none: no restart).
+    services: Vec<String>,
 }
 
 impl LocalTree {
     /// `path` must be the `nova` package directory itself (holding `__init__.py`); `timeout`
-    /// bounds each run of its Python.
-    pub fn new(path: &Path, timeout: Duration) -> Result<LocalTree> {
+    /// bounds each run of its Python; `services` are the systemd units that run from it.
+    pub fn new(path: &Path, timeout: Duration, services: Vec<String>) -> Result<LocalTree> {
         let abs = if path.is_absolute() {
             path.to_path_buf()
         } else {
@@ -337,10 +340,14 @@ impl LocalTree {
         if shown.contains(|c: char| c.is_control()) {
             bail!("path {shown:?} refused: control characters");
         }
+        for u in &services {
+            super::units::check_name(u)?;
+        }
         Ok(LocalTree {
             name: shown,
             dir,
             timeout,
+            services,
         })
     }
 
@@ -433,7 +440,28 @@ impl NovaTree for LocalTree {
                 self.name
             );
         }
+        units::precheck(&self.services)?;
         Ok(None)
+    }
+    fn restartable(&self) -> bool {
+        !self.services.is_empty()
+    }
+    fn running(&self) -> Result<bool> {
+        units::all_active(&self.services)
+    }
+    fn start(&self) -> Result<()> {
+        units::run("start", &self.services)
+    }
+    fn restart(&self) -> Result<()> {
+        units::run("restart", &self.services)
+    }
+    fn gate(&self, timeout: Duration, probe: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        units::wait_up(&self.services, timeout)?;
+        probe()
+    }
+    /// The units were active before the run (precheck): active again.
+    fn recover(&self, _before: Option<&str>, timeout: Duration) -> Result<()> {
+        units::wait_up(&self.services, timeout)
     }
     fn discover(&self, python: Option<&str>) -> Result<NovaInfo> {
         let py = python.unwrap_or("python3");
@@ -598,19 +626,25 @@ mod tests {
     fn local_path_must_be_the_nova_package() {
         let d = tempfile::tempdir().unwrap();
         let nova = tree(d.path());
-        let t = LocalTree::new(&nova.join("compute/.."), T).unwrap();
+        let t = LocalTree::new(&nova.join("compute/.."), T, Vec::new()).unwrap();
         assert_eq!(t.dir(), nova.as_path());
         assert_eq!(t.sys_path(), vec![d.path().to_string_lossy().to_string()]);
         assert!(t.backup_key().starts_with("_path/"));
-        let e = LocalTree::new(d.path(), T).err().unwrap().to_string();
+        let e = LocalTree::new(d.path(), T, Vec::new())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("not named nova"), "{e}");
-        let e = LocalTree::new(&d.path().join("missing/nova"), T)
+        let e = LocalTree::new(&d.path().join("missing/nova"), T, Vec::new())
             .err()
             .unwrap()
             .to_string();
         assert!(e.contains("does not exist"), "{e}");
         std::fs::remove_file(nova.join("__init__.py")).unwrap();
-        let e = LocalTree::new(&nova, T).err().unwrap().to_string();
+        let e = LocalTree::new(&nova, T, Vec::new())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("no __init__.py"), "{e}");
     }
 
@@ -652,7 +686,7 @@ mod tests {
     fn local_files_and_bytecode() {
         let d = tempfile::tempdir().unwrap();
         let nova = tree(d.path());
-        let t = LocalTree::new(&nova, T).unwrap();
+        let t = LocalTree::new(&nova, T, Vec::new()).unwrap();
         let f = nova.join("compute/manager.py");
         let fs = f.to_str().unwrap();
         assert_eq!(t.read_file(fs).unwrap(), None);

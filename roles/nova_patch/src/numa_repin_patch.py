@@ -501,6 +501,15 @@ def _drop_stale_claims(rt, context, nodename):
         rt.drop_move_claim(context, inst, nodename)
 
 
+def tracker(manager):
+    """The compute manager's resource tracker: an attribute from Stein
+    (19.x), a getter before, so one hook text serves every release."""
+    rt = getattr(manager, "rt", None)
+    if rt is not None:
+        return rt
+    return manager._get_resource_tracker()
+
+
 def claim_on_destination(rt, context, instance, dst_compute_info, error_cls):
     """Destination compute, at the end of check_can_live_migrate_destination:
     fit the pinned instance with Nova's own numa_fit_instance_to_host against

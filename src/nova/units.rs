@@ -1,0 +1,148 @@
+//! The systemd units that run a host-installed Nova (`openstack-nova-compute`, `nova-compute`):
+//! whether they run, their restart, and the health gate's wait. Through `systemctl`, as an
+//! operator would; the rollout patches the files, these load them.
+
+use anyhow::{bail, Context as _, Result};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// How long a restarted unit must stay active, with no restart of its own, to count as up: a
+/// service that dies on the new files is restarted by systemd (`Restart=`) and looks active
+/// between two deaths.
+const SETTLE: Duration = Duration::from_secs(5);
+const POLL: Duration = Duration::from_millis(500);
+
+/// A unit name as systemctl takes it: no option, no path, no glob.
+pub fn check_name(unit: &str) -> Result<()> {
+    let ok = !unit.is_empty()
+        && unit.len() <= 256
+        && !unit.starts_with('-')
+        && unit
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "@._-:\\".contains(c));
+    if !ok {
+        bail!("`services` entry {unit:?} is not a systemd unit name");
+    }
+    Ok(())
+}
+
+fn systemctl(args: &[&str]) -> Result<std::process::Output> {
+    Command::new("systemctl")
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run `systemctl {}`", args.join(" ")))
+}
+
+/// `systemctl show` properties of one unit.
+fn show(unit: &str, props: &[&str]) -> Result<Vec<String>> {
+    let p = props.join(",");
+    let out = systemctl(&["show", "-p", &p, "--", unit])?;
+    if !out.status.success() {
+        bail!(
+            "`systemctl show {unit}` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(props
+        .iter()
+        .map(|k| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect())
+}
+
+/// Every unit is loaded and active: the state before the run, which a rollback restores.
+/// A unit that is missing or not running is refused: the gate could prove nothing.
+pub fn precheck(units: &[String]) -> Result<()> {
+    for u in units {
+        let v = show(u, &["LoadState", "ActiveState"])?;
+        if v[0] != "loaded" {
+            bail!("systemd unit {u} is {} (not loaded): name the unit that runs this Nova; nothing was changed",
+                  if v[0].is_empty() { "unknown" } else { v[0].as_str() });
+        }
+        if v[1] != "active" {
+            bail!("systemd unit {u} is {}, not active: start it first (the health gate needs it running), or leave `services` out; nothing was changed", v[1]);
+        }
+    }
+    Ok(())
+}
+
+pub fn all_active(units: &[String]) -> Result<bool> {
+    for u in units {
+        if show(u, &["ActiveState"])?[0] != "active" {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+pub fn run(verb: &str, units: &[String]) -> Result<()> {
+    let mut args = vec![verb, "--"];
+    args.extend(units.iter().map(String::as_str));
+    let out = systemctl(&args)?;
+    if !out.status.success() {
+        bail!(
+            "`systemctl {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Wait until every unit is active and has stayed so for SETTLE (the same activation: its
+/// ActiveEnterTimestampMonotonic does not move), within `timeout`.
+pub fn wait_up(units: &[String], timeout: Duration) -> Result<()> {
+    let end = Instant::now() + timeout;
+    for u in units {
+        let mut since: Option<(String, Instant)> = None;
+        loop {
+            let v = show(
+                u,
+                &["ActiveState", "ActiveEnterTimestampMonotonic", "Result"],
+            )?;
+            let (state, entered, result) = (&v[0], &v[1], &v[2]);
+            match &since {
+                Some((e, t)) if state == "active" && e == entered => {
+                    if t.elapsed() >= SETTLE {
+                        break;
+                    }
+                }
+                _ if state == "active" => since = Some((entered.clone(), Instant::now())),
+                _ => since = None,
+            }
+            if Instant::now() >= end {
+                bail!(
+                    "systemd unit {u} did not stay active for {}s within {}s (now {state}, result {result}); see `journalctl -u {u}`",
+                    SETTLE.as_secs(),
+                    timeout.as_secs()
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_names() {
+        for ok in [
+            "openstack-nova-compute",
+            "nova-compute.service",
+            "getty@tty1.service",
+        ] {
+            check_name(ok).unwrap();
+        }
+        for bad in ["", "-H host", "a b", "../x", "x;reboot", "*"] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+}
