@@ -1,11 +1,13 @@
 """deploy_patched_nova with `path`: a Nova package directory on this machine patched in place (no
 container, no restart). No lab needed: real pristine Nova from the wheels in
-/var/cache/numa-repin/nova-wheels unzipped into tmp_path, the patch sets of roles/nova_patch/files
-(as committed), and small fake Nova trees for the health gate (real Nova's modules cannot import
-without its dependencies).
+/var/cache/numa-repin/nova-wheels unzipped into tmp_path, the hooks built into the module (their
+expected output computed independently by nova_hooks.py), and small fake Nova trees for the
+health gate (real Nova's modules cannot import without its dependencies).
 
-Covered: apply + rerun unchanged + absent byte-identical (every release); check mode and diff
-change nothing; a hand-edited file refused by name with nothing changed; release auto from
+Covered: apply + byte-compile (Python 3 and 2.7) + rerun unchanged + absent byte-identical for
+every point release PyPI serves of Queens, Rocky and Stein; distribution-style builds (an
+unrelated backported hunk: patched; changed code under an anchor: refused by hook name); check
+mode and diff change nothing; a hand-edited patched file refused by name with nothing changed; release auto from
 dist-info, egg-info, or the Python's own metadata; `parts`; path+containers and other bad input;
 health gate success, failures (a module missing a dependency, a `python` whose imports fail, real
 Nova without its dependencies) and byte-compile failure, each rolled back byte-identical;
@@ -28,10 +30,12 @@ from pathlib import Path
 
 import pytest
 
+import nova_hooks
+
 REPO = Path(__file__).resolve().parents[2]
 MODULE = REPO / "library" / "deploy_patched_nova"
 WHEELS = Path("/var/cache/numa-repin/nova-wheels")
-RELEASES = ["17.0.13", "18.3.0", "19.3.2"]
+RELEASES = nova_hooks.RELEASES
 PY = sys.executable
 PY27 = "/root/.pyenv/versions/2.7.18/bin/python2.7"
 
@@ -67,21 +71,15 @@ def snapshot(root):
 
 
 @pytest.fixture(scope="session")
-def patch_dir(tmp_path_factory):
-    """roles/nova_patch/files as committed (the working tree may be mid-rebuild by its owner)."""
-    dest = tmp_path_factory.mktemp("patchsets")
-    git = subprocess.run(["git", "-C", str(REPO), "archive", "HEAD", "roles/nova_patch/files"],
-                         capture_output=True)
-    if git.returncode == 0:
-        with tarfile.open(fileobj=io.BytesIO(git.stdout)) as t:
-            t.extractall(dest)
-        return dest / "roles" / "nova_patch" / "files"
-    shutil.copytree(REPO / "roles" / "nova_patch" / "files", dest / "files")
-    return dest / "files"
+def patch_dir():
+    """None: the hooks and core built into the module."""
+    return None
 
 
-def manifest(patch_dir, release):
-    return json.loads((patch_dir / release / "manifest.json").read_text())
+def manifest(_patch_dir, release):
+    """What the built-in patch must make of a release's wheel, per file (nova_hooks.expected)."""
+    return {"files": [{"path": p, "pristine_sha256": a, "patched_sha256": b}
+                      for p, (a, b) in nova_hooks.expected(release).items()]}
 
 
 def wheel(release):
@@ -119,8 +117,10 @@ def assert_pristine(nova, release):
 
 
 def base_args(patch_dir, nova, tmp_path, **kw):
-    a = {"patch_dir": str(patch_dir), "path": str(nova), "backup_dir": str(tmp_path / "backup"), "python": PY,
+    a = {"path": str(nova), "backup_dir": str(tmp_path / "backup"), "python": PY,
          "state": "present", "release": "auto", "health_import": False}
+    if patch_dir is not None:
+        a["patch_dir"] = str(patch_dir)
     a.update(kw)
     return a
 
@@ -136,6 +136,9 @@ def write_exe(path, text):
 
 @pytest.mark.parametrize("release", RELEASES)
 def test_apply_rerun_absent_real_nova(patch_dir, tmp_path, release):
+    """Every point release: the hooks apply in place, the output is what nova_hooks.py's own
+    reading of hooks.toml makes of the wheel, it byte-compiles with Python 3 (the module's run)
+    and 2.7, a rerun changes nothing, `absent` restores every file byte for byte."""
     nova = unpack_nova(tmp_path / "site-packages", release)
     m = manifest(patch_dir, release)
     a = base_args(patch_dir, nova, tmp_path)
@@ -146,9 +149,23 @@ def test_apply_rerun_absent_real_nova(patch_dir, tmp_path, release):
     assert res["nova_path"] == str(nova) and res["python"] == PY
     assert res["restart"] == "not applicable" and "restarted" not in res and "engine" not in res
     assert res["files"] == {f["path"]: "patched" for f in m["files"]}
-    assert "restart: not applicable" in res["msg"]
+    assert "restart: not applicable" in res["msg"] and res["status"] == "patched"
     for f in m["files"]:
         assert sha((nova / f["path"]).read_bytes()) == f["patched_sha256"], f["path"]
+    # which variant served: the conductor's NUMA refusal exists from 17.0.11 and 18.2.0 on
+    used = res["hooks"]["conductor/tasks/live_migrate.py"][1]
+    old = release in ("17.0.7", "17.0.8", "17.0.9", "17.0.10", "18.0.2", "18.0.3", "18.1.0")
+    assert used.endswith("before 17.0.11 and 18.2.0)" if old else "19.x)"), used
+    # the module byte-compiled with Python 3; Python 2.7 (Queens/Rocky images) compiles them too
+    compiled = [p for p in (nova / "compute" / "__pycache__").glob("manager.*.pyc")]
+    assert compiled, "byte-compiled by the module's python"
+    py2 = subprocess.run([PY27, "-m", "py_compile"] + [str(nova / f["path"]) for f in m["files"]],
+                         capture_output=True, text=True)
+    assert py2.returncode == 0, py2.stderr[-800:]
+    # the record of what was written: original and patched sha256 per file
+    rec = json.loads((tmp_path / "backup" / ("_path" + str(nova)) / release / "written.json").read_text())
+    assert rec == {f["path"]: {"original_sha256": f["pristine_sha256"], "patched_sha256": f["patched_sha256"]}
+                   for f in m["files"]}, rec
     # originals kept: on the host, per path and release, and next to each edited file
     bdir = tmp_path / "backup" / ("_path" + str(nova)) / release / "nova"
     for f in m["files"]:
@@ -168,7 +185,7 @@ def test_apply_rerun_absent_real_nova(patch_dir, tmp_path, release):
     # absent: pristine again, byte for byte (sha256 of every file against the wheel)
     rc, res = run(dict(a, state="absent"))
     assert rc == 0 and res["changed"] and not res["failed"], res
-    assert set(res["files"].values()) == {"pristine"}
+    assert set(res["files"].values()) == {"unpatched"} and res["status"] == "unpatched"
     assert_pristine(nova, release)
     assert not list(nova.rglob("*.numa-repin.orig")) and not (nova / "numa_repin_patch.py").exists()
     assert not list(nova.rglob("numa_repin_patch*.pyc")), "no bytecode of the removed file"
@@ -195,41 +212,95 @@ def test_check_mode_and_diff_change_nothing(patch_dir, tmp_path):
         assert text.splitlines()[1] == "+++ %s (after)" % (nova / f["path"]), text[:200]
         assert "\n+" in text and "@@" in text
     new = diffs[str(nova / "numa_repin_patch.py")]
-    body = (patch_dir / "19.3.2" / "nova" / "numa_repin_patch.py").read_text()
+    body = nova_hooks.CORE.read_text()
     assert new.count("\n+") >= body.count("\n"), "the new file appears whole"
     # and the same diff against a patched tree going back
     rc, _ = run(base_args(patch_dir, nova, tmp_path))
     assert rc == 0
     patched = snapshot(site)
     rc, res = run(base_args(patch_dir, nova, tmp_path, state="absent"), check_mode=True, diff=True)
-    assert rc == 0 and res["changed"] and set(res["files"].values()) == {"would restore"}, res
+    assert rc == 0 and res["changed"], res
+    assert res["files"] == dict({f["path"]: "would restore" for f in m["files"]},
+                                **{"numa_repin_patch.py": "would remove"}), res["files"]
     assert any("(removed)" in d["prepared"] for d in res["diff"])
     assert snapshot(site) == patched
 
 
-def test_hand_edited_file_is_refused_and_nothing_changes(patch_dir, tmp_path):
+def test_distribution_build_with_a_backported_hunk_is_patched(patch_dir, tmp_path):
+    """A distribution's build: the release's file with an unrelated hunk added (a backport).
+    The hooks apply around it; `absent` gives back that build, hunk and all."""
+    site = tmp_path / "site-packages"
+    nova = unpack_nova(site, "18.1.0")
+    drv = nova / "virt" / "libvirt" / "driver.py"
+    text = drv.read_text()
+    hunk = "\n\ndef _backported_helper(x):\n    # a distribution backport\n    return x\n"
+    anchor = "\nclass LibvirtDriver(driver.ComputeDriver):\n"
+    assert text.count(anchor) == 1
+    drv.write_text(text.replace(anchor, hunk + anchor))
+    build = snapshot(site)
+    rc, res = run(base_args(patch_dir, nova, tmp_path))
+    assert rc == 0 and res["changed"] and res["status"] == "patched", res
+    out = drv.read_text()
+    assert "_backported_helper" in out and "numa_repin_patch.rewrite_migration_xml" in out
+    want = nova_hooks.apply(text.replace(anchor, hunk + anchor), nova_hooks.hooks()["virt/libvirt/driver.py"])
+    assert out == want, "the hooks, and nothing else, went in"
+    rc, res = run(base_args(patch_dir, nova, tmp_path))
+    assert rc == 0 and res["changed"] is False, res
+    rc, res = run(base_args(patch_dir, nova, tmp_path, state="absent"))
+    assert rc == 0 and res["changed"], res
+    after = snapshot(site)
+    assert {k: v for k, v in after.items() if "__pycache__" not in k and not k.endswith(".pyc")} == \
+        {k: v for k, v in build.items() if "__pycache__" not in k and not k.endswith(".pyc")}
+
+
+def test_changed_code_under_an_anchor_is_refused_by_hook_name(patch_dir, tmp_path):
+    """A build whose code an anchor matches has changed: refused, naming the hook, the file and
+    the release, and nothing changes anywhere (not even the files that would have matched)."""
     site = tmp_path / "site-packages"
     nova = unpack_nova(site, "19.3.2")
-    edited = nova / "virt" / "libvirt" / "driver.py"
-    edited.write_bytes(edited.read_bytes() + b"# a local hotfix\n")
+    mgr = nova / "compute" / "manager.py"
+    text = mgr.read_text()
+    old = "                instance.progress = 0\n                instance.save(expected_task_state=task_states.MIGRATING)\n"
+    assert text.count(old) == 1
+    mgr.write_text(text.replace(old, old.replace("instance.progress = 0", "instance.progress = 0  # vendor")))
     before = snapshot(site)
     rc, res = run(base_args(patch_dir, nova, tmp_path))
     assert rc != 0 and res["failed"] and res["changed"] is False, res
-    assert str(edited) in res["msg"] and "neither pristine Nova 19.3.2 nor patched" in res["msg"], res["msg"]
-    assert "nothing was changed" in res["msg"]
-    assert [r for r in res["refused"] if str(edited) in r] and len(res["refused"]) == 1
+    msg = res["msg"]
+    assert str(mgr) in msg and 'hook "apply the claim on the destination" does not match' in msg, msg
+    assert "Nova 19.3.2" in msg and "nothing was changed" in msg, msg
+    assert res["status"] == 'unsupported (compute/manager.py: hook "apply the claim on the destination")', res
+    assert len(res["refused"]) == 1
     assert snapshot(site) == before
     assert [p.name for p in (tmp_path / "backup").iterdir()] == [".rollout.lock"], "no backup written"
+    # check mode says the same and takes no lock
+    rc, res = run(base_args(patch_dir, nova, tmp_path / "c"), check_mode=True)
+    assert rc != 0 and res["status"].startswith("unsupported ("), res
+    assert not (tmp_path / "c").exists()
 
-    # a patched file edited afterwards is refused the same way, for absent too
-    edited.write_bytes(wheel_files("19.3.2")["virt/libvirt/driver.py"])
+
+def test_hand_edited_patched_file_is_refused_and_nothing_changes(patch_dir, tmp_path):
+    site = tmp_path / "site-packages"
+    nova = unpack_nova(site, "19.3.2")
     assert run(base_args(patch_dir, nova, tmp_path))[0] == 0
     mgr = nova / "compute" / "manager.py"
     mgr.write_bytes(mgr.read_bytes().replace(b"numa_repin_patch", b"numa_repin_patch  ", 1))
     before = snapshot(site)
-    rc, res = run(base_args(patch_dir, nova, tmp_path, state="absent"))
-    assert rc != 0 and res["failed"] and str(mgr) in res["msg"], res
-    assert snapshot(site) == before
+    for state in ("present", "absent"):
+        rc, res = run(base_args(patch_dir, nova, tmp_path, state=state))
+        assert rc != 0 and res["failed"] and str(mgr) in res["msg"], res
+        assert "edited by hand?" in res["msg"] and "nothing was changed" in res["msg"], res["msg"]
+        assert snapshot(site) == before
+
+    # a patched tree whose backups are all gone is refused too: nothing to rebuild it from
+    site = tmp_path / "two"
+    nova = unpack_nova(site, "19.3.2")
+    assert run(base_args(patch_dir, nova, tmp_path / "b2"))[0] == 0
+    shutil.rmtree(tmp_path / "b2")
+    for p in nova.rglob("*.numa-repin.orig"):
+        p.unlink()
+    rc, res = run(base_args(patch_dir, nova, tmp_path / "b2"))
+    assert rc != 0 and "no original is kept" in res["msg"], res
 
 
 def test_release_auto_from_egg_info_and_from_python(patch_dir, tmp_path):
@@ -254,21 +325,13 @@ def test_release_auto_from_egg_info_and_from_python(patch_dir, tmp_path):
     rc, res = run(base_args(patch_dir, nova, tmp_path / "b2", python=py), check_mode=True)
     assert rc == 0 and res["release"] == "19.3.2", res
 
-    # nobody knows: a clear refusal, and an explicit release works
-    before = snapshot(site)
+    # nobody knows: the hooks still apply; backups are filed under "unknown"
     rc, res = run(base_args(patch_dir, nova, tmp_path / "b3"))
-    assert rc != 0 and res["failed"] and "set `release`" in res["msg"] and str(nova) in res["msg"], res
-    assert snapshot(site) == before
-    rc, res = run(base_args(patch_dir, nova, tmp_path / "b3", release="19.3.2"))
-    assert rc == 0 and res["changed"] and res["release"] == "19.3.2" and res["nova_version"] == "", res
-
-    # the wrong release given explicitly: refused by checksum, nothing changed
-    site = tmp_path / "wrong"
-    nova = unpack_nova(site, "18.3.0")
-    before = snapshot(site)
-    rc, res = run(base_args(patch_dir, nova, tmp_path / "b4", release="19.3.2"))
-    assert rc != 0 and "neither pristine Nova 19.3.2" in res["msg"], res
-    assert snapshot(site) == before
+    assert rc == 0 and res["changed"] and res["release"] == "unknown" and res["nova_version"] == "", res
+    assert (tmp_path / "b3" / "backup" / ("_path" + str(nova)) / "unknown" / "written.json").exists()
+    rc, res = run(base_args(patch_dir, nova, tmp_path / "b3", state="absent"))
+    assert rc == 0 and res["changed"], res
+    assert_pristine(nova, "19.3.2")
 
 
 def test_parts_limit_the_files(patch_dir, tmp_path):
@@ -288,7 +351,7 @@ def test_parts_limit_the_files(patch_dir, tmp_path):
     assert rc == 0 and res["changed"], res
     assert_pristine(nova, "19.3.2")
     rc, res = run(dict(a, parts=["cells/"]))
-    assert rc != 0 and "no file of the Nova 19.3.2 patch matches the parts" in res["msg"], res
+    assert rc != 0 and "no file of the patch matches the parts" in res["msg"], res
 
 
 def test_health_gate_real_nova_without_its_dependencies_rolls_back(patch_dir, tmp_path):
@@ -317,20 +380,19 @@ PRISTINE_MGR = b"X = 1\n"
 
 def fake_tree(root, patched_mgr=b"from nova import numa_repin_patch\nX = numa_repin_patch.VALUE\n",
               new_body=b"VALUE = 42\n"):
-    """<root>/site/nova (an importable package) and <root>/patch/<release>/ for it."""
+    """<root>/site/nova (an importable package) and <root>/patch (hooks.toml + src/numa_repin_patch.py):
+    one hook making compute/manager.py `patched_mgr` from `X = 1`."""
     nova = root / "site" / "nova"
     (nova / "compute").mkdir(parents=True)
     (nova / "__init__.py").write_bytes(b"")
     (nova / "compute" / "__init__.py").write_bytes(b"")
     (nova / "compute" / "manager.py").write_bytes(PRISTINE_MGR)
-    base = root / "patch" / FAKE_RELEASE
-    (base / "nova" / "compute").mkdir(parents=True)
-    (base / "nova" / "compute" / "manager.py").write_bytes(patched_mgr)
-    (base / "nova" / "numa_repin_patch.py").write_bytes(new_body)
-    files = [{"path": "compute/manager.py", "pristine_sha256": sha(PRISTINE_MGR), "patched_sha256": sha(patched_mgr)},
-             {"path": "numa_repin_patch.py", "pristine_sha256": None, "patched_sha256": sha(new_body)}]
-    (base / "manifest.json").write_text(json.dumps({"release": FAKE_RELEASE, "files": files}))
-    return nova, root / "patch"
+    patch = root / "patch"
+    (patch / "src").mkdir(parents=True)
+    (patch / "src" / "numa_repin_patch.py").write_bytes(new_body)
+    (patch / "hooks.toml").write_text('[[hook]]\nfile = "compute/manager.py"\nname = "fake"\nanchor = %s\nreplace = %s\n'
+                                      % (json.dumps(PRISTINE_MGR.decode()), json.dumps(patched_mgr.decode())))
+    return nova, patch
 
 
 def fake_args(nova, patch, tmp_path, **kw):
@@ -387,7 +449,7 @@ def test_failures_roll_back_byte_identical(tmp_path, case):
             """ % PY))
         word = "simulated import failure"
     else:
-        nova, patch = fake_tree(tmp_path, patched_mgr=b"def broken(:\n")
+        nova, patch = fake_tree(tmp_path, patched_mgr=b"# numa_repin_patch\ndef broken(:\n")
         step, word = "byte-compile", "py_compile"
     site = nova.parent
     # bytecode of the pristine file, as a service run would have left it
@@ -474,7 +536,8 @@ def test_absent_without_any_pristine_copy_fails_clearly(patch_dir, tmp_path):
     shutil.rmtree(tmp_path / "backup" / ("_path" + str(nova)) / "19.3.2" / "nova")
     rc, res = run(dict(a, state="absent"))
     assert rc != 0 and res["failed"] and res["changed"] is False, res
-    assert "no pristine copy of %s/" % nova in res["msg"] and "reinstall this Nova" in res["msg"], res["msg"]
+    assert "holds numa-repin hooks, but no original is kept" in res["msg"], res["msg"]
+    assert "%s/" % nova in res["msg"] and "reinstall this Nova" in res["msg"], res["msg"]
     assert snapshot(site) == before
 
 
@@ -508,7 +571,8 @@ def test_the_rollout_lock_serialises_runs(patch_dir, tmp_path):
     ({"parts": []}, "`parts` is empty"),
     ({"python": "/nonexistent/python3"}, "cannot run `/nonexistent/python3`"),
     ({"python": "/bin/false"}, "set `python`"),
-    ({"release": "12.0.0"}, "no patch for Nova 12.0.0"),
+    ({"patch_dir": "/nonexistent"}, "cannot read /nonexistent/hooks.toml"),
+    ({"patch_dir": 5}, "patch_dir"),
     ({"path": 7}, "path"),
     ({"parts": "compute/"}, "parts"),
 ])
@@ -527,7 +591,7 @@ def test_bad_input_fails_clearly_and_changes_nothing(patch_dir, tmp_path, bad, w
 
 
 def test_parts_without_path_is_refused(patch_dir, tmp_path):
-    rc, res = run({"patch_dir": str(patch_dir), "parts": ["compute/"], "backup_dir": str(tmp_path / "b")})
+    rc, res = run({"parts": ["compute/"], "backup_dir": str(tmp_path / "b")})
     assert rc != 0 and res["failed"] and "`parts` goes with `path`" in res["msg"], res
 
 
@@ -538,5 +602,6 @@ def test_schema_documents_path_and_parts():
         assert props[name].get("description"), name
     assert "containers" in props["path"]["description"] and "__init__.py" in props["path"]["description"]
     assert "path" in props["containers"]["description"]
-    assert schema["required"] == ["patch_dir"]
+    assert schema.get("required", []) == [], "every argument has a default (the patch is built in)"
+    assert "hooks.toml" in props["patch_dir"]["description"]
     assert props["containers"]["default"]["nova_compute"] == ["compute/", "virt/", "numa_repin_patch.py"]

@@ -571,14 +571,34 @@ class PatchedLiveMigrationTest(NUMALiveMigrationBase):
 
 class PristineControlTest(NUMALiveMigrationBase):
     """What pristine Nova does with the same field case (run against the
-    unpatched tree): it refuses every pinned live migration, and with the
-    workaround flag it copies the source pins over the other guest's and
-    its accounting breaks."""
+    unpatched tree): from 17.0.11, 18.2.0 and in 19.x it refuses every pinned
+    live migration, and with the workaround flag it copies the source pins
+    over the other guest's and its accounting breaks; earlier releases have
+    no refusal and copy the pins straight away."""
 
     def test_refuses_pinned_live_migration(self):
-        a = self.field_hosts()[0]
+        from nova.conductor.tasks import live_migrate
+        refuses = hasattr(live_migrate.LiveMigrationTask,
+                          "_check_instance_has_no_numa")
+        if not refuses:
+            self.local_disks()
+        a, b, pa, pb = self.field_hosts()
         mark = self.log_mark()
         error = self.live_migrate(a, "host2")
+        if not refuses:
+            # No refusal in this release: the guest lands on the pins of the
+            # other guest, as with the workaround flag below.
+            self.assertEqual("completed", self.wait_migration(a)["status"])
+            self.assertNotIn(REFUSAL, self.stdlog.logger.output[mark:])
+            pins = self.guest_pins("host2", a)
+            self.assertEqual((pb, pb), pins)
+            errors = self.periodics()
+            invalid = [e for e in errors if "CPUPinningInvalid" in e]
+            self.assertTrue(invalid, errors)
+            self.report(outcome="no refusal: landed on the other guest's "
+                        "pCPUs", guest_pins=pins, db=self.db_pins(a),
+                        periodic_error=invalid[0][-200:])
+            return
         self.assertEqual("error", self.wait_migration(a)["status"])
         self.assertEqual(["host1"], self.running_on(a))
         log = self.stdlog.logger.output[mark:]
@@ -587,7 +607,10 @@ class PristineControlTest(NUMALiveMigrationBase):
                     api_error=error)
 
     def test_workaround_copies_source_pins(self):
-        self.flags(enable_numa_live_migration=True, group="workarounds")
+        # The flag came with the refusal (17.0.11, 18.2.0); earlier releases
+        # copy the pins without it.
+        if "enable_numa_live_migration" in CONF.workarounds:
+            self.flags(enable_numa_live_migration=True, group="workarounds")
         self.local_disks()
         a, b, pa, pb = self.field_hosts()
         self.live_migrate(a, "host2")
