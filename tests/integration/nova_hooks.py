@@ -42,10 +42,10 @@ def extract(release, dest):
     return Path(dest) / "nova"
 
 
-def hooks():
-    """{file: [[variant, ...] per hook]} in hook order."""
+def groups(text):
+    """{file: [[variant, ...] per hook]} of a hooks.toml text, in hook order."""
     out = {}
-    for h in tomllib.loads(HOOKS.read_text())["hook"]:
+    for h in tomllib.loads(text)["hook"]:
         per = out.setdefault(h["file"], [])
         if per and per[-1][0]["name"] == h["name"]:
             per[-1].append(h)
@@ -54,19 +54,42 @@ def hooks():
     return out
 
 
+def hooks():
+    return groups(HOOKS.read_text())
+
+
+def _match(text, variants):
+    """The one variant that matches (its anchor once, or its `absent` text nowhere); ValueError naming the hook."""
+    ok = [v for v in variants
+          if ("absent" in v and v["absent"] not in text) or ("anchor" in v and text.count(v["anchor"]) == 1)]
+    if len(ok) != 1:
+        raise ValueError(variants[0]["name"])
+    return ok[0]
+
+
+def _edit(text, v):
+    if "anchor" not in v:
+        return text
+    new = (v["anchor"] + v["after"] if "after" in v else
+           v["before"] + v["anchor"] if "before" in v else v["replace"])
+    return text.replace(v["anchor"], new, 1)
+
+
 def apply(text, variants_per_hook):
     """The hooked text, or raise ValueError naming the hook that does not match."""
     for variants in variants_per_hook:
-        ok = [v for v in variants
-              if ("absent" in v and v["absent"] not in text) or ("anchor" in v and text.count(v["anchor"]) == 1)]
-        if len(ok) != 1:
-            raise ValueError(variants[0]["name"])
-        v = ok[0]
-        if "anchor" in v:
-            new = (v["anchor"] + v["after"] if "after" in v else
-                   v["before"] + v["anchor"] if "before" in v else v["replace"])
-            text = text.replace(v["anchor"], new, 1)
+        text = _edit(text, _match(text, variants))
     return text
+
+
+def used(text, variants_per_hook):
+    """The hook names the module reports for a file (`name: variant` where a hook has variants)."""
+    out = []
+    for variants in variants_per_hook:
+        v = _match(text, variants)
+        out.append(variants[0]["name"] if len(variants) == 1 else "%s: %s" % (variants[0]["name"], v["variant"]))
+        text = _edit(text, v)
+    return out
 
 
 def paths():

@@ -10,11 +10,8 @@ the release's PyPI wheel (the lab image's Nova is that wheel's, checked below)."
 import hashlib
 import json
 import subprocess
-import tomllib
 import zipfile
 from pathlib import Path
-
-import pytest
 
 import nova_hooks
 
@@ -68,28 +65,8 @@ def args(lab, containers, tmp_path, **kw):
     return a
 
 
-def hook_groups(text):
-    """{file: [[variant, ...] per hook]} of a hooks.toml text, grouped as nova_hooks.hooks() does."""
-    out = {}
-    for h in tomllib.loads(text)["hook"]:
-        per = out.setdefault(h["file"], [])
-        if per and per[-1][0]["name"] == h["name"]:
-            per[-1].append(h)
-        else:
-            per.append([h])
-    return out
 
 
-def used_hooks(text, variants_per_hook):
-    """The hook names the module reports for a file (`name: variant` where a hook has variants)."""
-    out = []
-    for variants in variants_per_hook:
-        ok = [v for v in variants
-              if ("absent" in v and v["absent"] not in text) or ("anchor" in v and text.count(v["anchor"]) == 1)]
-        assert len(ok) == 1, variants[0]["name"]
-        out.append(variants[0]["name"] if len(variants) == 1 else "%s: %s" % (variants[0]["name"], ok[0]["variant"]))
-        text = nova_hooks.apply(text, [[ok[0]]])
-    return out
 
 
 def wheel_texts(release):
@@ -136,7 +113,7 @@ def test_apply_rerun_absent_on_a_fresh_container(lab, fresh_container, run_modul
     assert info["nova_path"] == nova_dir(lab)
     assert info["files"] == {p: "patched" for p in PATHS} and info["status"] == "patched", info
     texts, hooks = wheel_texts(RELEASE), nova_hooks.hooks()
-    assert info["hooks"] == {p: used_hooks(texts[p], hooks[p]) for p in hooks}, info["hooks"]
+    assert info["hooks"] == {p: nova_hooks.used(texts[p], hooks[p]) for p in hooks}, info["hooks"]
     assert any("refusal present" in h for h in info["hooks"]["conductor/tasks/live_migrate.py"])
     assert raw_sums(lab, c, PATHS) == patched()
     assert running(lab, c)
@@ -212,7 +189,7 @@ def test_an_earlier_patch_build_is_updated_and_a_local_edit_refused(lab, fresh_c
     old_text = hooks_text.replace(imp, "after = '''\nfrom nova import numa_repin_patch\n# numa-repin: an older build\n'''",
                                   1)
     (old / "hooks.toml").write_text(old_text)
-    old_groups = hook_groups(old_text)
+    old_groups = nova_hooks.groups(old_text)
     assert old_groups["conductor/tasks/live_migrate.py"] != nova_hooks.hooks()["conductor/tasks/live_migrate.py"]
     old_core = (ROLE / "src" / CORE).read_bytes() + b"# an earlier build\n"
     (old / "src" / CORE).write_bytes(old_core)
@@ -329,7 +306,7 @@ def test_another_release_is_hooked_with_its_own_variants(lab, fresh_container, r
     assert res["release"] == rocky and res["containers"][c]["nova_version"] == rocky
     assert res["containers"][c]["files"] == {p: "would patch" for p in PATHS}
     texts, hooks = wheel_texts(rocky), nova_hooks.hooks()
-    assert res["containers"][c]["hooks"] == {p: used_hooks(texts[p], hooks[p]) for p in hooks}
+    assert res["containers"][c]["hooks"] == {p: nova_hooks.used(texts[p], hooks[p]) for p in hooks}
     assert "rewrite the migration XML with the claimed pins: with get_vif_config (18.x, 19.x)" in \
         res["containers"][c]["hooks"]["virt/libvirt/driver.py"]
     rc, res = run_module("deploy_patched_nova", a)
@@ -411,7 +388,7 @@ def test_queens_on_python27_binary_layout(lab, custom_container, run_module, tmp
     info = res["containers"][c]
     assert (res["release"], info["python_version"], info["nova_path"]) == (queens, "2.7", site + "/nova")
     texts, hooks = wheel_texts(queens), nova_hooks.hooks()
-    assert info["hooks"] == {p: used_hooks(texts[p], hooks[p]) for p in hooks}, info["hooks"]
+    assert info["hooks"] == {p: nova_hooks.used(texts[p], hooks[p]) for p in hooks}, info["hooks"]
     assert "rewrite the migration XML with the claimed pins: without get_vif_config (17.x)" in \
         info["hooks"]["virt/libvirt/driver.py"]
     assert sums() == {p: e[1] for p, e in exp.items()}

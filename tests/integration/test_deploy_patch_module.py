@@ -409,17 +409,6 @@ def test_schema_documents_every_argument():
     assert props["containers"]["default"]["nova_conductor"] == ["conductor/", "db/", "numa_repin_patch.py"]
 
 
-def used_hooks(text, variants_per_hook):
-    """The hook names the module reports for a file (`name: variant` where a hook has variants),
-    worked out here with nova_hooks' own matching."""
-    out = []
-    for variants in variants_per_hook:
-        ok = [v for v in variants
-              if ("absent" in v and v["absent"] not in text) or ("anchor" in v and text.count(v["anchor"]) == 1)]
-        assert len(ok) == 1, variants[0]["name"]
-        out.append(variants[0]["name"] if len(variants) == 1 else "%s: %s" % (variants[0]["name"], ok[0]["variant"]))
-        text = nova_hooks.apply(text, [[ok[0]]])
-    return out
 
 
 def test_real_built_in_patch_into_a_conductor_and_a_compute_container(lab, fresh_container, run_module, tmp_path):
@@ -451,7 +440,7 @@ def test_real_built_in_patch_into_a_conductor_and_a_compute_container(lab, fresh
         assert sums(lab, n, paths) == want(n, "patched"), n
         assert running(lab, n) and info["restarted"]
         assert info["status"] == "patched" and set(info["files"]) == {p for p in paths if hit(n, p)}, info
-        assert info["hooks"] == {p: used_hooks(with_wheel[p], hooks[p]) for p in hooks if hit(n, p)}, info["hooks"]
+        assert info["hooks"] == {p: nova_hooks.used(with_wheel[p], hooks[p]) for p in hooks if hit(n, p)}, info["hooks"]
     assert set(res["containers"][cond]["files"]) == {"conductor/tasks/live_migrate.py", NEW}
     rc, res = run_module(MODULE, args(tmp_path, None, parts))
     assert rc == 0 and res["changed"] is False, res

@@ -1,6 +1,6 @@
 """The in-band Nova patch inside Nova's own services: tests/nova_harness/run.sh runs Nova's own
-functional-test harness of the release (Stein 19.3.2 on Python 3.7, Rocky 18.3.0 on 3.6, Queens 17.0.13 on 2.7,
-and early point releases of each in the same venvs: 17.0.9, 18.1.0, 19.0.0) (API, conductor, scheduler, libvirt computes over an extended fakelibvirt,
+functional-test harness of the release (Stein 19.3.2 on Python 3.7, and early point releases of each
+series in its venv: Queens 17.0.9 on 2.7, Rocky 18.1.0 on 3.6, Stein 19.0.0 on 3.7) (API, conductor, scheduler, libvirt computes over an extended fakelibvirt,
 resource trackers, placement) on the pristine tree (the control) and on the tree
 `deploy_patched_nova path:` patches, in the same run, and prints what each did."""
 import json
@@ -19,10 +19,11 @@ def _reports(out, section):
                   if l.startswith("NUMA-REPIN-HARNESS ")]
 
 
-# (venv's release, point release run in it): the venvs' own, and an early release of each series
-# (17.0.9 and 18.1.0 predate Nova's NUMA refusal, where the hooks take their other variant).
-CASES = [("19.3.2", "19.3.2"), ("18.3.0", "18.3.0"), ("17.0.13", "17.0.13"),
-         ("17.0.13", "17.0.9"), ("18.3.0", "18.1.0"), ("19.3.2", "19.0.0")]
+# (venv's release, point release run in it): Stein's last, and an early release of each series run
+# in its series' venv (17.0.9 and 18.1.0 predate Nova's NUMA refusal, where the hooks take their
+# other variant). Every point release goes through the rollout in test_deploy_patch_path.py; the
+# harness costs a minute or two a release, so CI runs these four.
+CASES = [("19.3.2", "19.3.2"), ("17.0.13", "17.0.9"), ("18.3.0", "18.1.0"), ("19.3.2", "19.0.0")]
 NO_REFUSAL = {"17.0.9", "18.1.0"}
 
 
