@@ -2,7 +2,8 @@
 # The main job on the local lab, from a fresh Debian 12 machine (root): build the modules, bring
 # the lab up (two libvirt compute hosts, Nova's DB, Kolla-like containers), then run the
 # maintenance chain an operator runs: audit, drain cmp1 (facts -> plan -> repinned live
-# migration -> Nova DB fixup -> verify), roll out the Nova patch (computes first, health-gated),
+# migration -> Nova DB fixup -> verify), roll out the Nova patch (computes first, health-gated;
+# containers and a host-installed Nova),
 # audit again. Prints what happened and where the report is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +23,9 @@ run() { echo; echo "=== ansible-playbook $*"; ansible-playbook -i "$inv" "$@"; }
 # accepts nothing: it fails if the drain left an overlap or a DB drift.
 run playbooks/numa_audit.yml -e numa_audit_report_name=audit-before -e numa_repin_allow_leftovers=true
 run playbooks/drain_host.yml -e target_host="$target" -e numa_repin_allow_leftovers=true
-run playbooks/deploy_nova_patch.yml
+# The Nova patch, applied in place: the containers (cmp1's nova_compute, control's nova_conductor)
+# and cmp4's Nova, installed on the host from Ubuntu's package and run by systemd.
+run -i /var/lib/numa-repin-lab/inventory-hostnova.yml playbooks/deploy_nova_patch.yml
 # The final audit shows the drained host, zero DB drift, and the patch status per container.
 run playbooks/numa_audit.yml -e numa_audit_report_name=audit-after
 echo

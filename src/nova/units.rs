@@ -81,6 +81,11 @@ pub fn all_active(units: &[String]) -> Result<bool> {
 }
 
 pub fn run(verb: &str, units: &[String]) -> Result<()> {
+    let props = ["ActiveEnterTimestampMonotonic", "MainPID"];
+    let before: Vec<Vec<String>> = units
+        .iter()
+        .map(|u| show(u, &props))
+        .collect::<Result<_>>()?;
     let mut args = vec![verb, "--"];
     args.extend(units.iter().map(String::as_str));
     let out = systemctl(&args)?;
@@ -90,6 +95,20 @@ pub fn run(verb: &str, units: &[String]) -> Result<()> {
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         );
+    }
+    if verb == "restart" {
+        // systemctl exits 0 without doing anything where it thinks it runs in a chroot; a
+        // restart that left the same process in the same activation did not happen.
+        for (u, b) in units.iter().zip(&before) {
+            let a = show(u, &props)?;
+            if a == *b && b[1] != "0" {
+                bail!(
+                    "`systemctl restart {u}` returned, but {u} did not restart (same main PID {}): {}",
+                    b[1],
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
     }
     Ok(())
 }

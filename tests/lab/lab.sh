@@ -29,11 +29,16 @@ HOSTS=(cmp1 cmp2 cmp3)                # computes: libvirtd inside, the Kolla nov
 CLOUD_COMPUTES=(cmp1 cmp2)
 # ctl27: a second control host like CentOS 7's, whose only Python is 2.7, for the ansible-core 2.16 run
 # (the last ansible-core that manages Python 2.7 and 3.6 hosts); it shares control's /etc/kolla.
-NODES=(control cmp1 cmp2 cmp3 ctl27)  # every separate host
+# cmp4: a compute whose Nova is installed on the host itself, as in the field write-up: Ubuntu 18.04's
+# own python-nova package (Queens, with Ubuntu's backports) under /usr/lib/python2.7/dist-packages,
+# run by a systemd unit, systemd its PID 1. It has no libvirtd: it takes part in the patch rollout
+# only (inventory-hostnova.yml), never in drains.
+HOST_NOVA=cmp4
+NODES=(control cmp1 cmp2 cmp3 ctl27 cmp4)  # every separate host
 BRIDGE=nrlab0
 NET=10.77.0
 DEPLOY_ADDR=$NET.1
-declare -A ADDR=([control]=$NET.10 [cmp1]=$NET.11 [cmp2]=$NET.12 [ctl27]=$NET.13 [cmp3]=$NET.14)
+declare -A ADDR=([control]=$NET.10 [cmp1]=$NET.11 [cmp2]=$NET.12 [ctl27]=$NET.13 [cmp3]=$NET.14 [cmp4]=$NET.15)
 declare -A MIGPORTS=([cmp1]="49152 49215" [cmp2]="49216 49279" [cmp3]="49280 49343")
 declare -A PIN_SET=([cmp1]="0-1" [cmp2]="0-1" [cmp3]="0-1")
 LIBVIRT_PORT=16509
@@ -279,10 +284,31 @@ do_network() {
 
 # --------------------------------------------------------------------------------------------- host roots
 root_include() { [ "$1" = ctl27 ] && echo "$HOST_ROOT_INCLUDE_PY27" || echo "$HOST_ROOT_INCLUDE"; }
-host_root_tarball() { local inc; inc=$(root_include "$1"); echo "$CACHE/debootstrap/bullseye-hosts-${inc//,/-}.tar.gz"; }
+HOST_NOVA_INCLUDE=systemd,openssh-server,iproute2,procps
+HOST_NOVA_PACKAGES=python-nova
+host_root_tarball() {
+  if [ "$1" = "$HOST_NOVA" ]; then echo "$CACHE/debootstrap/bionic-${HOST_NOVA_INCLUDE//,/-}-$HOST_NOVA_PACKAGES.tar.gz"; return; fi
+  local inc; inc=$(root_include "$1"); echo "$CACHE/debootstrap/bullseye-hosts-${inc//,/-}.tar.gz"
+}
+make_bionic_tarball() { # Ubuntu 18.04 with its own Nova package (bionic-updates: Ubuntu's Queens build)
+  local tgz=$1 root=$CACHE/debootstrap/hosts.$$.bionic
+  rm -rf "$root"
+  log "debootstrap bionic (minbase + $HOST_NOVA_INCLUDE), then apt-get install $HOST_NOVA_PACKAGES"
+  { debootstrap --variant=minbase --include="$HOST_NOVA_INCLUDE" bionic "$root" http://archive.ubuntu.com/ubuntu &&
+    printf 'deb http://archive.ubuntu.com/ubuntu bionic main universe\ndeb http://archive.ubuntu.com/ubuntu bionic-updates main universe\n' \
+      >"$root/etc/apt/sources.list" &&
+    mount -t proc proc "$root/proc" &&
+    chroot "$root" sh -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $HOST_NOVA_PACKAGES"
+  } >"$CACHE/debootstrap/hosts-bionic.log" 2>&1 || { umount_under "$root"; tail "$CACHE/debootstrap/hosts-bionic.log"; die "the bionic root with $HOST_NOVA_PACKAGES failed"; }
+  umount_under "$root"
+  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/etc/ssh/ssh_host_*
+  tar -C "$root" -czf "$tgz.tmp" . && mv "$tgz.tmp" "$tgz"
+  rm -rf "$root"
+}
 make_root_tarball() { # make_root_tarball <host>: debootstrap the host's userland once, cached
   local tgz inc; tgz=$(host_root_tarball "$1") inc=$(root_include "$1")
   [ -s "$tgz" ] && return 0
+  if [ "$1" = "$HOST_NOVA" ]; then make_bionic_tarball "$tgz"; return; fi
   local root=$CACHE/debootstrap/hosts.$$.$1
   rm -rf "$root"
   log "debootstrap bullseye (minbase + $inc): an old userland, no libvirt package"
@@ -296,11 +322,13 @@ make_root_tarball() { # make_root_tarball <host>: debootstrap the host's userlan
 do_roots() {
   mkdir -p "$CACHE/debootstrap" "$SSH_DIR"; chmod 700 "$SSH_DIR"
   # The two userlands download in parallel (each debootstrap mostly waits on the mirror).
-  local p1 p2
+  local p1 p2 p3
   make_root_tarball cmp1 & p1=$!
   make_root_tarball ctl27 & p2=$!
+  make_root_tarball "$HOST_NOVA" & p3=$!
   wait $p1 || die "the hosts' root filesystem could not be made"
   wait $p2 || die "ctl27's root filesystem could not be made"
+  wait $p3 || die "$HOST_NOVA's root filesystem could not be made"
   [ -f "$SSH_DIR/id_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C numa-repin-lab -f "$SSH_DIR/id_ed25519"
   local dockercli; dockercli=$(command -v docker || true)
   local h d R x tgz
@@ -341,10 +369,43 @@ PrintMotd no
 Subsystem sftp /usr/lib/openssh/sftp-server
 EOF
     if is_compute "$h"; then write_nova_ssh_config "$h"; fi
+    if [ "$h" = "$HOST_NOVA" ]; then write_host_nova_unit "$R"; fi
     # A container engine client, as a Kolla host has (the lab's dockerd socket is bound into its /run).
     if [ -n "$dockercli" ] && ! cmp -s "$dockercli" "$R/usr/local/bin/docker"; then
       install -m 0755 "$dockercli" "$R/usr/local/bin/docker"
     fi
+  done
+}
+
+write_host_nova_unit() {
+  # The unit that runs the host's Nova. Not the package's nova-compute (Ubuntu's Queens would register
+  # in the lab's Stein database and run its resource tracker against it): a service that loads what
+  # nova-compute loads from the installed package (the modules the patch changes among them) and
+  # stays up, dying like nova-compute when they do not import; systemd restarts it on failure.
+  local R=$1
+  cat >"$R/etc/systemd/system/nova-compute.service" <<'UNIT'
+[Unit]
+Description=numa-repin lab: Nova compute modules of the host-installed Nova (python-nova)
+After=network.target
+
+[Service]
+ExecStart=/usr/bin/python2.7 -c "import nova.compute.manager, nova.compute.resource_tracker, nova.virt.libvirt.driver, nova.conductor.tasks.live_migrate, time; time.sleep(10 ** 9)"
+Restart=on-failure
+RestartSec=1
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+  mkdir -p "$R/etc/systemd/system/multi-user.target.wants"
+  ln -sfn /etc/systemd/system/nova-compute.service "$R/etc/systemd/system/multi-user.target.wants/nova-compute.service"
+  # Only sshd and nova-compute: nothing that would reach for this machine's clock, CPU governor,
+  # devices, iSCSI or the network's DNS, nor apt's timers.
+  local u
+  for u in ondemand.service systemd-resolved.service systemd-timesyncd.service iscsid.service iscsid.socket \
+           open-iscsi.service getty@tty1.service apt-daily.timer apt-daily-upgrade.timer fstrim.timer \
+           motd-news.timer systemd-udevd.service systemd-udev-trigger.service systemd-sysctl.service \
+           systemd-modules-load.service systemd-tmpfiles-setup-dev.service; do
+    ln -sfn /dev/null "$R/etc/systemd/system/$u"
   done
 }
 
@@ -415,6 +476,7 @@ nc_ok() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 start_host() {
   local h=$1 d; d=$(hostdir "$h")
   local c=0; is_compute "$h" && c=1
+  local sysd=0; [ "$h" = "$HOST_NOVA" ] && sysd=1
   if [ $c = 1 ]; then write_libvirt_configs "$h"; write_nova_compute_conf "$h"; fi
   if init_pid "$h" >/dev/null; then
     if [ $c = 1 ]; then
@@ -436,7 +498,7 @@ start_host() {
     rm -f "$d"/run/*.pid
     log "$h: starting (network namespace nrl-$h, new mount and PID namespaces, root $d/root)"
     OUTER_UTS=$(readlink /proc/self/ns/uts) setsid ip netns exec "nrl-$h" unshare --mount --pid --uts --fork --propagation private --kill-child \
-      /bin/bash "$HERE/hostinit.sh" "$h" "$d" "$c" </dev/null >>"$d/hostinit.log" 2>&1 &
+      /bin/bash "$HERE/hostinit.sh" "$h" "$d" "$c" "$sysd" </dev/null >>"$d/hostinit.log" 2>&1 &
     echo $! >"$d/init.pid"
     wait_for 15 "$h PID 1" init_pid "$h"
   fi
@@ -1121,6 +1183,9 @@ cmd_status() {
     if [ "$h" = control ]; then
       if alive_cmd_in control "$d/keystone/server.pid" keystone-wsgi-public && keystone_ok; then st ok "control keystone $KEYSTONE_URL"; else st dead "control keystone"; fi
       if alive_cmd_in control "$d/neutron/server.pid" neutron-server && neutron_ok; then st ok "control neutron-server $NEUTRON_URL"; else st dead "control neutron-server"; fi
+    fi
+    if [ "$h" = "$HOST_NOVA" ]; then
+      if [ "$(in_root "$h" systemctl is-active nova-compute 2>/dev/null)" = active ]; then st ok "$h systemd unit nova-compute (Ubuntu's python-nova)"; else st dead "$h systemd unit nova-compute"; fi
     fi
     is_compute "$h" || continue
     if alive_cmd_in "$h" "$d/neutron/agent.pid" neutron-linuxbridge-agent; then st ok "$h neutron-linuxbridge-agent"; else st dead "$h neutron-linuxbridge-agent"; fi

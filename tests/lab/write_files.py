@@ -81,6 +81,9 @@ lab = {
                    "nova_python": "/var/lib/kolla/venv/bin/python",
                    "nova_site_packages": "/var/lib/kolla/venv/lib/python3.7/site-packages",
                    "nova_compute_host": "cmp1", "nova_conductor_host": "control"},
+    # cmp4: Nova installed on the host (Ubuntu 18.04's python-nova), run by the systemd unit nova-compute.
+    "host_nova": {"host": "cmp4", "path": "/usr/lib/python2.7/dist-packages/nova", "python": "/usr/bin/python2.7",
+                  "services": ["nova-compute"], "inventory": os.path.join(L, "inventory-hostnova.yml")},
     # Inventory names of lab hosts where they differ from the host's own name.
     "inventory_names": {"control": CONTROL_INV},
     # A Kolla nova_ssh-like endpoint: the usual destination's own sshd (port 8022 as Kolla's).
@@ -159,6 +162,17 @@ inv216 = "\n".join(inv).replace("          ansible_host: %s\n" % addr["control"]
 assert addr["ctl27"] in inv216
 with open(os.path.join(L, "inventory-ansible-2.16.yml"), "w") as f:
     f.write(inv216.replace("reached over SSH", "reached over SSH; control is ctl27 (Python 2.7 only)"))
+
+# cmp4 (Nova installed on the host), with inventory.yml for the patch rollout: -i inventory.yml -i this.
+hn = lab["host_nova"]
+invhn = head[:head.index("  hosts:")] + ["  children:", "    compute:", "      hosts:"] + [
+    "        %s:" % hn["host"], "          ansible_host: %s" % addr[hn["host"]],
+    "          nova_patch_containers: {}", "          nova_patch_host_installed:",
+    "            - path: %s" % hn["path"], "              python: %s" % hn["python"],
+    "              services: [%s]" % ", ".join(hn["services"]),
+    "              parts: [compute/, virt/, numa_repin_patch.py]", ""]
+with open(hn["inventory"], "w") as f:
+    f.write("\n".join(invhn).replace("reached over SSH", "reached over SSH; cmp4, whose Nova is installed on the host"))
 
 env = {"LAB_DIR": L, "LAB_JSON": os.path.join(L, "lab.json"), "ANSIBLE_CONFIG": lab["ansible"]["config"],
        "LAB_CMP1_URI": hosts["cmp1"]["libvirt_uri"], "LAB_CMP2_URI": hosts["cmp2"]["libvirt_uri"],
