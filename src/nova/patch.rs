@@ -594,21 +594,27 @@ impl PlanCtx<'_> {
             pristine,
             hooks: Vec::new(),
         };
-        let text = String::from_utf8_lossy(&current);
+        // Edited as text, written back as bytes: a file that is not UTF-8 is refused rather
+        // than rewritten with replacement characters.
+        let Ok(text) = std::str::from_utf8(&current) else {
+            return Ok(Err((
+                format!(
+                    "unsupported: {} is not UTF-8 text (Nova {release})",
+                    t.show(path)
+                ),
+                Some(format!("{rel} not UTF-8")),
+            )));
+        };
         if !text.contains(MARKER) {
-            // Nova's own file, whatever build: the hooks apply to it, or it is refused.
-            return Ok(match hf.apply(&text) {
-                Ok(_) if state == PatchState::Absent => {
-                    Ok(plan(current.clone(), "unpatched", true))
-                }
+            // Nova's own file, whatever build: nothing to restore; the hooks apply, or refused.
+            if state == PatchState::Absent {
+                return Ok(Ok(plan(current.clone(), "unpatched", true)));
+            }
+            return Ok(match hf.apply(text) {
                 Ok((out, used)) => Ok(FilePlan {
                     hooks: used,
                     ..plan(out.into_bytes(), "would patch", true)
                 }),
-                Err(e) if state == PatchState::Absent => {
-                    let _ = e;
-                    Ok(plan(current.clone(), "unpatched", true))
-                }
                 Err(e) => Err((
                     format!("unsupported: {} (Nova {release}): {e}", t.show(path)),
                     Some(format!("{rel}: hook \"{}\"", e.hook)),
@@ -666,11 +672,13 @@ impl PlanCtx<'_> {
             .into_iter()
             .flatten()
         {
-            let text = String::from_utf8_lossy(&data);
+            let Ok(text) = std::str::from_utf8(&data) else {
+                continue;
+            };
             if text.contains(MARKER) {
                 continue;
             }
-            if let Ok((out, used)) = hf.apply(&text) {
+            if let Ok((out, used)) = hf.apply(text) {
                 return Ok(Some((data, out, used)));
             }
         }

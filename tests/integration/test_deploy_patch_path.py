@@ -279,6 +279,18 @@ def test_changed_code_under_an_anchor_is_refused_by_hook_name(patch_dir, tmp_pat
     assert not (tmp_path / "c").exists()
 
 
+def test_a_file_that_is_not_utf8_is_refused_not_rewritten(patch_dir, tmp_path):
+    site = tmp_path / "site-packages"
+    nova = unpack_nova(site, "19.3.2")
+    rt = nova / "compute" / "resource_tracker.py"
+    rt.write_bytes(rt.read_bytes() + b"# caf\xe9 (latin-1)\n")
+    before = snapshot(site)
+    rc, res = run(base_args(patch_dir, nova, tmp_path))
+    assert rc != 0 and "%s is not UTF-8 text" % rt in res["msg"] and "nothing was changed" in res["msg"], res
+    assert res["status"] == "unsupported (compute/resource_tracker.py not UTF-8)", res
+    assert snapshot(site) == before
+
+
 def test_hand_edited_patched_file_is_refused_and_nothing_changes(patch_dir, tmp_path):
     site = tmp_path / "site-packages"
     nova = unpack_nova(site, "19.3.2")
