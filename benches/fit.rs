@@ -2,11 +2,11 @@
 //! - drain plan: 1,000 hosts x 40 guests, evacuating 50 hosts (2,000 guests) — goal < 1 s, one core;
 //! - numa_facts on a host with 100 guests (saved dumps) — goal < 50 ms of process time;
 //! - one fit decision on a 2-socket SMT host. The ratio against Nova is bench/fit_vs_nova.sh.
-use numa_repin::cpuset::CpuSet;
-use numa_repin::drain::{self, DrainGuest};
+use numa_repin::fit::drain::{self, DrainGuest};
 use numa_repin::fit::{
     self, FitOptions, GuestCellReq, GuestTopology, HostCell, HostState, MemPages,
 };
+use numa_repin::model::cpuset::CpuSet;
 use std::time::Instant;
 
 fn cpu_time() -> f64 {

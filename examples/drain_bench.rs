@@ -10,7 +10,7 @@
 //! Part 2: the time of `plan_drain` on a 60-guest / 100-host tight drain, for `--large` seeds.
 //! Times are wall clock of one plan, release build; nothing is asserted.
 
-use numa_repin::drain::{self, DrainGuest, DrainPlan};
+use numa_repin::fit::drain::{self, DrainGuest, DrainPlan};
 use numa_repin::fit::{
     self, FitOptions, GuestCellReq, GuestTopology, HostCell, HostState, MemPages, ThreadPolicy,
 };

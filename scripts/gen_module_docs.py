@@ -35,7 +35,7 @@ def option(schema, name, node, required, module):
     node = resolve(schema, node)
     desc = node.get("description")
     if not desc:
-        sys.exit(f"{module}: argument '{name}' has no doc comment: add one in src/bin/{module}.rs")
+        sys.exit(f"{module}: argument '{name}' has no doc comment: add one in src/modules/{module}/")
     t = node.get("type")
     if isinstance(t, list):
         t = [x for x in t if x != "null"][0]

@@ -4,7 +4,7 @@
 set -euo pipefail
 need_apt=()
 # chromium: the fleet report's PNG export and its rendering test; patch/diffutils: the Nova patch (apply, diff)
-# openssh-client: repin_migrate's block-migration prep (src/ssh.rs runs ssh); openssh-server: its test
+# openssh-client: repin_migrate's block-migration prep (src/io/ssh.rs runs ssh); openssh-server: its test
 # (a throwaway sshd); binutils (readelf, objdump) and debootstrap: tests/integration/test_portable.py.
 # No libvirt-dev and no libssl-dev: the modules speak libvirtd's protocol themselves and link neither.
 # The zig toolchain of scripts/build.sh comes from PyPI there.

@@ -1,4 +1,4 @@
-//! The Ansible module runtime shared by every binary in `src/bin/`.
+//! The Ansible module runtime shared by every module (`src/modules/`, started by `src/bin/`).
 //!
 //! Ansible runs a binary module as `<module> <args-file>`: the file holds one JSON object with the
 //! task's arguments plus `_ansible_*` control keys. The module must print exactly one JSON object.
@@ -280,6 +280,20 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     } else {
         "unknown panic".to_string()
     }
+}
+
+/// The whole `main` of a module binary `src/bin/<module>.rs`: runs `modules::<module>::run`
+/// with its `Args`, under the binary's own name (messages and `--schema` use it).
+#[macro_export]
+macro_rules! module_main {
+    ($module:ident) => {
+        fn main() {
+            $crate::ansible::run::<$crate::modules::$module::Args, _>(
+                env!("CARGO_BIN_NAME"),
+                $crate::modules::$module::run,
+            )
+        }
+    };
 }
 
 /// Entry point of every module binary. Never returns.

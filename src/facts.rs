@@ -2,13 +2,13 @@
 //! overlaps and pins on missing/forbidden pCPUs. Built live from libvirt or offline from saved
 //! `virsh capabilities` / `virsh dumpxml` output, through the same code.
 
-use crate::claim::ClaimFact;
-use crate::cpuset::CpuSet;
-use crate::domain::{self, Guest};
 use crate::fit::{HostCell, HostState, MemPages};
+use crate::io::claim::ClaimFact;
 use crate::limits;
+use crate::model::cpuset::CpuSet;
+use crate::model::domain::{self, Guest};
+use crate::model::topology::{self, Cell, HostTopology};
 use crate::nova::conf::{ComputeConf, ReservedPages};
-use crate::topology::{self, Cell, HostTopology};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -61,7 +61,7 @@ pub struct NumaFacts {
     #[serde(default)]
     pub unreadable_guests: Vec<String>,
     /// numa-repin destination claims on this host (`numa-repin-claim` domains: not guests, left
-    /// out of `guests`); one that stays while no migration runs is stale (see `crate::claim`).
+    /// out of `guests`); one that stays while no migration runs is stale (see `crate::io::claim`).
     #[serde(default)]
     pub claims: Vec<ClaimFact>,
 }
@@ -230,12 +230,12 @@ pub fn gather_live(
     host: Option<&str>,
 ) -> anyhow::Result<NumaFacts> {
     let conf = crate::nova::conf::load(nova_conf).map_err(anyhow::Error::msg)?;
-    let h = crate::libvirt::connect(uri)?;
+    let h = crate::io::libvirt::connect(uri)?;
     let (topo, source) = h.topology()?;
     let (guests, bad, claims) = h.guests_and_claims()?;
     let name = host.map(str::to_string).unwrap_or_else(|| h.hostname());
     let mut f = build(&name, Some(uri), source, topo, &conf, guests, bad);
-    let now = crate::claim::now_unix();
+    let now = crate::io::claim::now_unix();
     f.claims = claims
         .iter()
         .map(|c| ClaimFact::from_domain(&c.uuid, c.xml.as_deref().map_err(|e| e.as_str()), now))
@@ -300,11 +300,11 @@ pub fn from_saved(
     let mut guests = Vec::new();
     let mut bad = Vec::new();
     let mut claims = Vec::new();
-    let now = crate::claim::now_unix();
+    let now = crate::io::claim::now_unix();
     for (origin, xml) in domain_xmls {
         match domain::parse_guest(xml) {
             // A saved dump of the claim domain: not a guest.
-            Ok(g) if g.name == crate::libvirt::CLAIM_NAME => {
+            Ok(g) if g.name == crate::io::libvirt::CLAIM_NAME => {
                 claims.push(ClaimFact::from_domain(&g.uuid, Ok(xml), now))
             }
             Ok(g) => guests.push(g),
@@ -418,9 +418,9 @@ impl NumaFacts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::fixtures::pinned;
+    use crate::model::domain::fixtures::pinned;
+    use crate::model::topology::fixtures::caps;
     use crate::nova::conf;
-    use crate::topology::fixtures::caps;
 
     fn saved(guests: &[String], conf_text: &str) -> NumaFacts {
         let c = conf::parse(conf_text, None).unwrap();
@@ -505,9 +505,9 @@ mod tests {
 
     #[test]
     fn the_claim_domain_is_not_a_guest() {
-        let mut o = crate::claim::Owner::me("vm-1", "qemu+tcp://cmp1/system", "d", "migrate");
-        o.started = crate::claim::now_unix().saturating_sub(30);
-        let x = crate::claim::claim_xml("6c1a9e10-0000-4000-8000-00000000000c", &o);
+        let mut o = crate::io::claim::Owner::me("vm-1", "qemu+tcp://cmp1/system", "d", "migrate");
+        o.started = crate::io::claim::now_unix().saturating_sub(30);
+        let x = crate::io::claim::claim_xml("6c1a9e10-0000-4000-8000-00000000000c", &o);
         let f = saved(&[x, pinned("ok", "u", &[0], None, 0, 64)], "");
         assert_eq!(f.guests.len(), 1);
         assert_eq!(f.guests[0].name, "ok");

@@ -143,7 +143,7 @@ pub fn memory_kib(field: &str, kib: u64) -> Result<u64, Error> {
 }
 
 pub fn cpu_id(field: &str, id: u32) -> Result<u32, Error> {
-    let max = crate::cpuset::MAX_CPU_ID;
+    let max = crate::model::cpuset::MAX_CPU_ID;
     at_most(field, id as u64, max as u64, "(CPU id)").map(|_| id)
 }
 

@@ -1,7 +1,8 @@
 //! A stable-toolchain fuzz pass run by `cargo test`: thousands of deterministic mutations of
 //! real documents through every parser. `fuzz/` holds the libFuzzer targets for longer runs
 //! (tests/fuzz.sh); this keeps a no-panic guarantee in the plain test suite too.
-use numa_repin::{cpuset, domain, facts, fit, limits, nova, topology};
+use numa_repin::model::{cpuset, domain, topology};
+use numa_repin::{facts, fit, limits, nova};
 use std::panic;
 
 struct Rng(u64);
@@ -215,8 +216,8 @@ fn fit_never_panics_on_random_hosts_and_requests() {
 /// never panic (a hostile or broken daemon gets an error, not a crash or a huge allocation).
 #[test]
 fn libvirt_wire_decoders_never_panic_on_mutated_bytes() {
-    use numa_repin::libvirt::proc::{RemoteDomain, TypedParam, Value};
-    use numa_repin::libvirt::wire::{self, Dec, Enc, Header};
+    use numa_repin::io::libvirt::proc::{RemoteDomain, TypedParam, Value};
+    use numa_repin::io::libvirt::wire::{self, Dec, Enc, Header};
     let mut e = Enc::new();
     RemoteDomain {
         name: "vm-taken".into(),

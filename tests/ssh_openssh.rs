@@ -1,9 +1,9 @@
-//! src/ssh.rs drives the operator's OpenSSH client: check it against a real sshd of this test's
+//! src/io/ssh.rs drives the operator's OpenSSH client: check it against a real sshd of this test's
 //! own, on 127.0.0.1 at a free port, with throwaway keys. Skipped (with a note) where sshd or
 //! ssh-keygen is missing or the test does not run as root (sshd needs it for its privilege
 //! separation).
 
-use numa_repin::ssh::{quote, Ssh};
+use numa_repin::io::ssh::{quote, Ssh};
 use sha2::{Digest, Sha256};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

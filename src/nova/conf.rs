@@ -5,7 +5,7 @@
 //! ones). Both use Nova's range syntax. `reserved_huge_pages` is a multi-valued option, one
 //! `node:N,size:S,count:C` per line (or several separated by `;`? no: oslo repeats the key).
 
-use crate::cpuset::{self, CpuSet};
+use crate::model::cpuset::{self, CpuSet};
 use ini::{Ini, ParseOption};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

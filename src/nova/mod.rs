@@ -1,10 +1,7 @@
-//! Nova: the nova.conf subset that governs pinning, the numa_topology codec, DB access, and the
-//! rollout of the in-band Nova patch into its containers or a Nova directory.
+//! Nova: the nova.conf subset that governs pinning, the numa_topology codec, DB access,
+//! and the hooks of the in-band patch (what Nova's files get; the rollout is a module).
 
 pub mod conf;
 pub mod db;
 pub mod hooks;
 pub mod numa_json;
-pub mod patch;
-pub mod tree;
-pub mod units;

@@ -4,9 +4,9 @@
 //! nova.conf's restrictions (which CPUs may be pinned, reserved pages) live in `nova::conf`;
 //! `facts` combines both with the guests into what the fit engine consumes.
 
-use crate::cpuset::{self, CpuSet};
 use crate::limits;
-use crate::xml::{self, Element};
+use crate::model::cpuset::{self, CpuSet};
+use crate::model::xml::{self, Element};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

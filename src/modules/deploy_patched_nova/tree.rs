@@ -6,7 +6,7 @@
 //! no process to restart.
 
 use super::units;
-use crate::container::{sha256_hex, Engine};
+use crate::io::container::{sha256_hex, Engine};
 use crate::limits;
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};

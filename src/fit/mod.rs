@@ -15,8 +15,10 @@
 //!   takes the largest sibling groups Nova would; `isolate` takes whole free cores, one thread
 //!   each; an isolated emulator pCPU comes from outside those cores, partly used cores first.
 
-use crate::cpuset::CpuSet;
+pub mod drain;
+
 use crate::limits;
+use crate::model::cpuset::CpuSet;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -149,7 +151,7 @@ impl GuestTopology {
     /// (or one cell), page size, dedicated or not, isolated emulator. libvirt does not record
     /// the thread policy: the caller may give it (`None` = Nova's default, prefer).
     pub fn from_guest(
-        g: &crate::domain::Guest,
+        g: &crate::model::domain::Guest,
         thread_policy: Option<ThreadPolicy>,
     ) -> GuestTopology {
         let pagesize = g.hugepage_kb.map(PageRequest::Kb);
@@ -358,7 +360,7 @@ fn image_props(req: &Request) -> Result<ImageProps, String> {
     while let Some(v) = get(&format!("hw_numa_cpus.{}", cpus.len())) {
         let s = spec_str(v).unwrap_or_default();
         cpus.push(
-            crate::cpuset::parse_spec(&s)
+            crate::model::cpuset::parse_spec(&s)
                 .map_err(|e| req_err("Invalid", e))?
                 .to_vec(),
         );
@@ -496,7 +498,7 @@ pub fn constraints(req: &Request) -> Result<Option<GuestTopology>, String> {
             Ok((!out.is_empty()).then_some(out))
         };
         let fcpus = flavor_map("hw:numa_cpus", &|v| {
-            crate::cpuset::parse_spec(v)
+            crate::model::cpuset::parse_spec(v)
                 .map(|s| s.to_vec())
                 .map_err(|e| req_err("Invalid", e))
         })?;

@@ -419,7 +419,7 @@ mod tests {
 
     fn fx(name: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("src/neutron/fixtures")
+            .join("src/modules/neutron_port_binding/fixtures")
             .join(name)
     }
 

@@ -14,8 +14,8 @@
 //! Like `xml.rs`, a DOCTYPE (entity declarations) is refused and only the predefined entities
 //! are accepted. A rewrite is idempotent: rewriting its output for the same placement is a no-op.
 
-use crate::cpuset::{format_spec, CpuSet};
 use crate::fit::Placement;
+use crate::model::cpuset::{format_spec, CpuSet};
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::{Reader, Writer};
 use std::collections::{BTreeMap, BTreeSet};
@@ -174,7 +174,7 @@ pub fn rewrite_plan(xml: &str, plan: &PinPlan) -> Result<String, String> {
                     (Some("hugepages"), "page") if depth == 3 && path[1] == "memoryBacking" => {
                         if let (Some(want), Some(size)) = (plan.pagesize_kb, attr_value(&content, "size")) {
                             let unit = attr_value(&content, "unit");
-                            let kb = size.trim().parse::<u64>().ok().and_then(|s| crate::topology::to_kib(s, unit.as_deref()).ok());
+                            let kb = size.trim().parse::<u64>().ok().and_then(|s| crate::model::topology::to_kib(s, unit.as_deref()).ok());
                             if kb.is_some_and(|k| k != want) {
                                 return Err(format!("domain XML: <page size='{size}'> differs from the placement's page size {want} KiB; the guest would need another page size on the destination"));
                             }
@@ -486,8 +486,8 @@ pub fn line_diff(before: &str, after: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{fixtures::pinned, parse_guest};
     use crate::fit::{CellPlacement, Placement};
+    use crate::model::domain::{fixtures::pinned, parse_guest};
 
     fn placement(pins: &[u32], host_cell: u32, emulator: &[u32]) -> Placement {
         Placement {

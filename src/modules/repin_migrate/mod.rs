@@ -3,7 +3,7 @@
 //!
 //! Migration flow:
 //! 1. read the guest on the source (live migratable XML, inactive XML, pins);
-//! 2. claim the destination *in its libvirtd* (`crate::claim`): define the never-started domain
+//! 2. claim the destination *in its libvirtd* (`crate::io::claim`): define the never-started domain
 //!    `numa-repin-claim` with a fresh random uuid on the destination; libvirtd refuses a second
 //!    definition of that name, so every runner that targets the host sees the claim, whatever
 //!    machine it runs on (two controllers, runs on different source hosts). A held claim is
@@ -26,7 +26,7 @@
 //! 4. check the guest CPU model against the destination (skipped, and said, for TCG guests);
 //! 5. block migration: prepare the destination over SSH like Nova's `pre_live_migration`;
 //! 6. `virDomainMigrateToURI3` peer-to-peer (one perform call on the source, `libvirt::Domain::migrate_to_uri3`) with DEST_XML and PERSIST_XML = the rewritten XML
-//!    (`repin::rewrite`), a monitor thread applying Nova's downtime steps, stall and completion
+//!    (`rewrite::rewrite`), a monitor thread applying Nova's downtime steps, stall and completion
 //!    timeouts (abort or force complete);
 //! 7. verify: running only on the destination, live + persistent pins equal the plan, the live
 //!    pins read through libvirt (vCPU pin info, emulator pin info, the vCPU threads' affinity from
@@ -37,15 +37,15 @@
 //! pins, and the failure says so.
 
 use crate::ansible::{Context, Failure, ModuleArgs, Outcome};
-use crate::cpuset::{format_spec, CpuSet};
-use crate::domain::Guest;
 use crate::facts::{self, NumaFacts};
 use crate::fit::{self, CellPlacement, FitOptions, GuestTopology, Placement, ThreadPolicy};
-use crate::libvirt::{self, consts, Domain, Host, MigrateParameters};
+use crate::io::libvirt::{self, consts, Domain, Host, MigrateParameters};
+use crate::io::presence::{self, Presence, Stale};
+use crate::io::ssh::{quote, Ssh};
 use crate::limits;
-use crate::presence::{self, Presence, Stale};
-use crate::repin;
-use crate::ssh::{quote, Ssh};
+use crate::model::cpuset::{format_spec, CpuSet};
+use crate::model::domain::Guest;
+use crate::model::rewrite;
 use anyhow::{anyhow, Result};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -200,7 +200,7 @@ fn d_lock_dir() -> PathBuf {
     PathBuf::from("/run/lock/numa-repin")
 }
 fn d_claim_lease() -> u64 {
-    crate::claim::LEASE.as_secs()
+    crate::io::claim::LEASE.as_secs()
 }
 fn d_lock_timeout() -> u64 {
     3600
@@ -295,23 +295,23 @@ fn conf_host(path: Option<&Path>) -> Option<String> {
 }
 
 /// Take the claim on `h` for this run (see module docs), or fail with the holder named.
-fn take_claim(h: &Host, a: &Args, guest: &str, mode: &str) -> Result<crate::claim::Claim> {
-    let me = crate::claim::Owner::me(guest, &a.source_uri, &h.uri, mode);
-    crate::claim::acquire(
+fn take_claim(h: &Host, a: &Args, guest: &str, mode: &str) -> Result<crate::io::claim::Claim> {
+    let me = crate::io::claim::Owner::me(guest, &a.source_uri, &h.uri, mode);
+    crate::io::claim::acquire(
         h,
         &me,
         Duration::from_secs(a.lock_timeout_s),
-        crate::claim::POLL,
+        crate::io::claim::POLL,
         Duration::from_secs(a.claim_lease_s.max(1)),
     )
     .map_err(|r| match r {
-        crate::claim::Refused::Timeout {
+        crate::io::claim::Refused::Timeout {
             uuid,
             holder,
             waited,
         } => {
-            let now = crate::claim::now_unix();
-            let mut f = Failure::new(crate::claim::timeout_msg(
+            let now = crate::io::claim::now_unix();
+            let mut f = Failure::new(crate::io::claim::timeout_msg(
                 M, &h.uri, &uuid, &holder, waited, now,
             ))
             .with("guest_on_source", mode == "migrate")
@@ -324,12 +324,12 @@ fn take_claim(h: &Host, a: &Args, guest: &str, mode: &str) -> Result<crate::clai
             }
             anyhow::Error::new(f)
         }
-        crate::claim::Refused::Error(e) => anyhow!("{M}: cannot claim {}: {e:#}", h.uri),
+        crate::io::claim::Refused::Error(e) => anyhow!("{M}: cannot claim {}: {e:#}", h.uri),
     })
 }
 
 /// Release the claim now and put it (and any trouble releasing it) in the result.
-fn release_claim(o: &mut Outcome, c: Option<crate::claim::Claim>) {
+fn release_claim(o: &mut Outcome, c: Option<crate::io::claim::Claim>) {
     let Some(mut c) = c else { return };
     let mut rep = c.report();
     match c.release() {
@@ -521,7 +521,7 @@ fn read_affinity(pid: u32) -> Option<Affinity> {
             .lines()
             .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
             .map(|s| s.trim().to_string())?;
-        let set = crate::cpuset::parse_spec(&allowed).ok()?.to_vec();
+        let set = crate::model::cpuset::parse_spec(&allowed).ok()?.to_vec();
         if let Some(rest) = comm.strip_prefix("CPU ") {
             if let Some(n) = rest.split('/').next().and_then(|n| n.parse::<u32>().ok()) {
                 vcpus.insert(n.to_string(), set);
@@ -644,7 +644,7 @@ fn check_libvirt_pins(
 // CPU model check.
 
 fn cpu_check(src: &Host, dst: &Host, xml: &str) -> Result<Value> {
-    let root = crate::xml::parse(xml).map_err(|e| anyhow!("{e}"))?;
+    let root = crate::model::xml::parse(xml).map_err(|e| anyhow!("{e}"))?;
     let dtype = root.attr("type").unwrap_or("");
     let cpu = root.child("cpu");
     let mode = cpu.and_then(|c| c.attr("mode")).unwrap_or(
@@ -661,11 +661,11 @@ fn cpu_check(src: &Host, dst: &Host, xml: &str) -> Result<Value> {
     }
     let cpu_xml = match mode {
         "custom" => {
-            repin::child_element(xml, "cpu").ok_or_else(|| anyhow!("cannot extract <cpu>"))?
+            rewrite::child_element(xml, "cpu").ok_or_else(|| anyhow!("cannot extract <cpu>"))?
         }
         "host-model" | "host-passthrough" | "maximum" => {
             let caps = src.capabilities_xml()?;
-            repin::host_cpu_element(&caps)
+            rewrite::host_cpu_element(&caps)
                 .ok_or_else(|| anyhow!("source capabilities have no <host><cpu>"))?
         }
         _ => {
@@ -700,7 +700,7 @@ pub struct Disk {
 }
 
 fn local_disks(dom: &Domain, xml: &str) -> Result<Vec<Disk>> {
-    let root = crate::xml::parse(xml).map_err(|e| anyhow!("{e}"))?;
+    let root = crate::model::xml::parse(xml).map_err(|e| anyhow!("{e}"))?;
     let mut out = Vec::new();
     if let Some(devs) = root.child("devices") {
         for d in devs.children("disk") {
@@ -1319,12 +1319,12 @@ fn migrate(a: &Args, ctx: &Context) -> Result<Outcome> {
                 .into());
         }
     };
-    let dest_xml = repin::rewrite(&sg.live_xml, &placement).map_err(|e| {
+    let dest_xml = rewrite::rewrite(&sg.live_xml, &placement).map_err(|e| {
         Failure::new(format!(
             "{M}: cannot rewrite the guest XML: {e}; nothing was changed"
         ))
     })?;
-    let persist_xml = repin::rewrite(&sg.inactive_xml, &placement).map_err(|e| {
+    let persist_xml = rewrite::rewrite(&sg.inactive_xml, &placement).map_err(|e| {
         Failure::new(format!(
             "{M}: cannot rewrite the persistent XML: {e}; nothing was changed"
         ))
@@ -1367,7 +1367,7 @@ fn migrate(a: &Args, ctx: &Context) -> Result<Outcome> {
             placement_msg(&placement)
         );
         o.set("dest_xml", &dest_xml);
-        o.set("xml_diff", repin::line_diff(&sg.live_xml, &dest_xml));
+        o.set("xml_diff", rewrite::line_diff(&sg.live_xml, &dest_xml));
         o.set("disks", &disks);
         return Ok(o);
     }
@@ -1717,7 +1717,7 @@ fn verify_after(
             match d
                 .xml_desc(consts::VIR_DOMAIN_XML_INACTIVE)
                 .map_err(lv)
-                .and_then(|x| crate::domain::parse_guest(&x))
+                .and_then(|x| crate::model::domain::parse_guest(&x))
             {
                 Ok(inactive) => {
                     let r = pins_match(&inactive, p);
@@ -1850,7 +1850,7 @@ fn repin_in_place(a: &Args, ctx: &Context) -> Result<Outcome> {
         .xml_desc(0)
         .map_err(|e| anyhow!("{}: {}", g.name, lv(e)))?;
     let new_xml =
-        repin::rewrite(&live_xml, &placement).map_err(|e| Failure::new(format!("{M}: {e}")))?;
+        rewrite::rewrite(&live_xml, &placement).map_err(|e| Failure::new(format!("{M}: {e}")))?;
     let mut o = Outcome::new(true, String::new());
     base_fields(&mut o, &g.uuid, &host_name, &host_name, &node, &placement);
     o.set("guest", &g.name);
@@ -1867,7 +1867,7 @@ fn repin_in_place(a: &Args, ctx: &Context) -> Result<Outcome> {
             g.name,
             placement_msg(&placement)
         );
-        o.set("xml_diff", repin::line_diff(&live_xml, &new_xml));
+        o.set("xml_diff", rewrite::line_diff(&live_xml, &new_xml));
         return Ok(o);
     }
     let flags = if active {
@@ -1927,7 +1927,7 @@ fn repin_in_place(a: &Args, ctx: &Context) -> Result<Outcome> {
         match dom
             .xml_desc(consts::VIR_DOMAIN_XML_INACTIVE)
             .map_err(lv)
-            .and_then(|x| crate::domain::parse_guest(&x))
+            .and_then(|x| crate::model::domain::parse_guest(&x))
         {
             Ok(inactive) => {
                 let r = pins_match(&inactive, &placement);
@@ -2048,8 +2048,8 @@ mod tests {
 
     #[test]
     fn libvirt_live_pins_against_the_plan() {
-        let x = crate::domain::fixtures::pinned("vm1", "u-1", &[2, 3], None, 1, 2048);
-        let g = crate::domain::parse_guest(&x).unwrap();
+        let x = crate::model::domain::fixtures::pinned("vm1", "u-1", &[2, 3], None, 1, 2048);
+        let g = crate::model::domain::parse_guest(&x).unwrap();
         let p = placement_of(&g, &GuestTopology::from_guest(&g, None));
         let mut lp = libvirt::LivePins::default();
         for (v, pc) in [("0", 2), ("1", 3)] {
@@ -2079,8 +2079,8 @@ mod tests {
 
     #[test]
     fn placement_of_a_guest_and_pin_match() {
-        let x = crate::domain::fixtures::pinned("vm1", "u-1", &[2, 3], None, 1, 2048);
-        let g = crate::domain::parse_guest(&x).unwrap();
+        let x = crate::model::domain::fixtures::pinned("vm1", "u-1", &[2, 3], None, 1, 2048);
+        let g = crate::model::domain::parse_guest(&x).unwrap();
         let t = GuestTopology::from_guest(&g, None);
         let p = placement_of(&g, &t);
         assert_eq!(p.cells[0].host_cell, 1);
@@ -2096,15 +2096,16 @@ mod tests {
     /// cells fits, and the rewrite binds each guest cell's memory to its own host cell.
     #[test]
     fn split_free_cpus_refused_and_two_cell_rewrite() {
-        use crate::domain::fixtures::pinned;
-        let caps = crate::topology::fixtures::caps(2, 2, 1, 1024, &[]);
+        use crate::model::domain::fixtures::pinned;
+        let caps = crate::model::topology::fixtures::caps(2, 2, 1, 1024, &[]);
         let residents = vec![
             ("a.xml".to_string(), pinned("a", "u-a", &[0], None, 0, 64)),
             ("b.xml".to_string(), pinned("b", "u-b", &[2], None, 1, 64)),
         ];
         let f = facts::from_saved("h", &caps, &residents, &Default::default()).unwrap();
         let state = f.host_state(None);
-        let g = crate::domain::parse_guest(&pinned("vm", "u-vm", &[5, 6], None, 0, 64)).unwrap();
+        let g =
+            crate::model::domain::parse_guest(&pinned("vm", "u-vm", &[5, 6], None, 0, 64)).unwrap();
         let topo = GuestTopology::from_guest(&g, None);
         let r = fit::fit_topology(&state, &topo, &FitOptions::default()).unwrap_err();
         assert_eq!(r.msg, "No numa available with 2 vcpu and 64 memory");
@@ -2112,11 +2113,11 @@ mod tests {
         let two = pinned("vm", "u-vm", &[5, 6], None, 0, 64)
             .replace("<numa><cell id='0' cpus='0-1' memory='65536' unit='KiB'/></numa>", "<numa><cell id='0' cpus='0' memory='32768' unit='KiB'/><cell id='1' cpus='1' memory='32768' unit='KiB'/></numa>")
             .replace("<memnode cellid='0' mode='strict' nodeset='0'/>", "<memnode cellid='0' mode='strict' nodeset='0'/><memnode cellid='1' mode='strict' nodeset='0'/>");
-        let g2 = crate::domain::parse_guest(&two).unwrap();
+        let g2 = crate::model::domain::parse_guest(&two).unwrap();
         let topo2 = GuestTopology::from_guest(&g2, None);
         let p = fit::fit_topology(&state, &topo2, &FitOptions::default()).unwrap();
-        let out = repin::rewrite(&two, &p).unwrap();
-        let after = crate::domain::parse_guest(&out).unwrap();
+        let out = rewrite::rewrite(&two, &p).unwrap();
+        let after = crate::model::domain::parse_guest(&out).unwrap();
         assert!(pins_match(&after, &p).is_ok(), "{out}");
         let nodes: Vec<Vec<u32>> = after
             .numa_cells

@@ -4,11 +4,16 @@
 //! byte-identical files on any failure. The package is in Kolla containers (restarted after the
 //! change) or a directory on this machine (`path`, no restart); `nova::tree` holds the two.
 
+pub mod tree;
+pub mod units;
+
 use crate::ansible::{Context, Failure, ModuleArgs, Outcome};
-use crate::container::{sha256_hex, Engine};
+use crate::io::container::{sha256_hex, Engine};
 use crate::limits;
+use crate::modules::deploy_patched_nova::tree::{
+    sum_of, ContainerTree, LocalTree, NovaInfo, NovaTree,
+};
 use crate::nova::hooks::{HookedFile, PatchSet, CORE, MARKER};
-use crate::nova::tree::{sum_of, ContainerTree, LocalTree, NovaInfo, NovaTree};
 use anyhow::{anyhow, bail, Context as _, Result};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -719,7 +724,7 @@ impl PlanCtx<'_> {
     }
 }
 
-fn lock_rollout(dir: &Path) -> Result<crate::lock::Held> {
+fn lock_rollout(dir: &Path) -> Result<crate::io::lock::Held> {
     std::fs::create_dir_all(dir).map_err(|e| {
         fail(format!(
             "{M}: cannot create backup_dir {}: {e}",
@@ -727,7 +732,7 @@ fn lock_rollout(dir: &Path) -> Result<crate::lock::Held> {
         ))
     })?;
     let path = dir.join(".rollout.lock");
-    crate::lock::acquire(&path, Duration::from_secs(600))
+    crate::io::lock::acquire(&path, Duration::from_secs(600))
         .map_err(|e| fail(format!("{M}: cannot lock {}: {e}", path.display())))?
         .ok_or_else(|| {
             fail(format!(

@@ -7,7 +7,7 @@
 //! once the guest is confirmed running elsewhere (its disks are kept: undefine never deletes
 //! storage), and refuses where that is not safe.
 
-use crate::libvirt::{self, consts, Domain, Host};
+use crate::io::libvirt::{self, consts, Domain, Host};
 use serde_json::{json, Value};
 
 /// What one host's libvirtd says about a guest.

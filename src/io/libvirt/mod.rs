@@ -16,8 +16,8 @@
 pub mod proc;
 pub mod wire;
 
-use crate::domain::{self, Guest};
-use crate::topology::{self, Cell, Cpu, HostTopology, PagePool};
+use crate::model::domain::{self, Guest};
+use crate::model::topology::{self, Cell, Cpu, HostTopology, PagePool};
 use proc::{Client, RemoteDomain, Stream, TypedParam, Value};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -66,7 +66,7 @@ pub mod consts {
     pub const VIR_ERR_NO_DOMAIN: i32 = 42;
 }
 
-/// The name of numa-repin's destination claim (`crate::claim`): a never-started domain that is
+/// The name of numa-repin's destination claim (`crate::io::claim`): a never-started domain that is
 /// not a guest. Every guest listing skips it.
 pub const CLAIM_NAME: &str = "numa-repin-claim";
 

@@ -1,6 +1,6 @@
 //! Exclusive file locks (`flock`) with a bounded wait: they serialise work that must not
 //! interleave across processes of one machine (Nova patch rollouts on one host). Migrations to one
-//! destination are serialised by `crate::claim` instead, which holds across machines.
+//! destination are serialised by `crate::io::claim` instead, which holds across machines.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write;

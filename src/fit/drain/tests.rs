@@ -1,6 +1,6 @@
 use super::*;
-use crate::cpuset::CpuSet;
 use crate::fit::{validate, GuestCellReq, MemPages, ThreadPolicy};
+use crate::model::cpuset::CpuSet;
 
 /// A host cell: `cpus` pCPUs from `first`, cores of `smt` threads, the first `pinned` pinned.
 fn cell(id: u32, first: u32, cpus: u32, smt: u32, pinned: u32, mem: u64) -> HostCell {

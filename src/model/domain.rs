@@ -3,10 +3,10 @@
 //! The rewrite for a new placement (issue 5) goes in `domain::rewrite`, working on the event
 //! stream so every byte we do not own survives.
 
-use crate::cpuset::{self, CpuSet};
 use crate::limits;
-use crate::topology::to_kib;
-use crate::xml::{self, Element};
+use crate::model::cpuset::{self, CpuSet};
+use crate::model::topology::to_kib;
+use crate::model::xml::{self, Element};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -24,7 +24,7 @@
 //! without a beat (defined by hand, or by an older numa-repin) is never broken automatically; the
 //! timeout message says who holds it and how to remove it.
 
-use crate::libvirt::{self, Domain, Host, CLAIM_NAME};
+use crate::io::libvirt::{self, Domain, Host, CLAIM_NAME};
 use anyhow::{anyhow, Result};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -244,7 +244,7 @@ pub fn claim_xml(uuid: &str, o: &Owner) -> String {
 
 /// The owner recorded in a claim domain's XML (`<metadata>`, our namespace, any prefix).
 pub fn parse_owner(xml: &str) -> Result<Owner, String> {
-    let root = crate::xml::parse(xml)?;
+    let root = crate::model::xml::parse(xml)?;
     let rec = root
         .child("metadata")
         .and_then(|m| m.children.iter().find(|c| c.local_name() == "claim"))
@@ -636,7 +636,7 @@ mod tests {
     fn claim_xml_parses_and_carries_the_owner() {
         let o = owner();
         let x = claim_xml("6c1a9e10-0000-4000-8000-000000000001", &o);
-        let root = crate::xml::parse(&x).unwrap();
+        let root = crate::model::xml::parse(&x).unwrap();
         assert_eq!(root.attr("type"), Some("qemu"));
         assert_eq!(root.child("name").unwrap().text, CLAIM_NAME);
         assert_eq!(
@@ -655,7 +655,7 @@ mod tests {
         assert_eq!(parse_owner(&x).unwrap(), o);
         // It is a parsable domain with no pins: even a reader that did not skip it would see
         // no pinned pCPUs.
-        let g = crate::domain::parse_guest(&x).unwrap();
+        let g = crate::model::domain::parse_guest(&x).unwrap();
         assert!(g.vcpu_pins.is_empty());
     }
 

@@ -1,0 +1,269 @@
+//! Ansible module `nova_instance_fixup`: bring Nova's database in line with where and how a
+//! guest runs now (after a repinned migration), in one transaction; or audit the drift.
+
+pub mod fixup;
+
+use crate::ansible::{Context, Failure, ModuleArgs, Outcome};
+use crate::facts::{self, NumaFacts};
+use crate::fit::Placement;
+use crate::nova::db;
+use fixup::{Dbs, Target};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// Bring Nova's DB in line with a guest's host and pinning, or audit DB against libvirt.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Args {
+    /// The instance (Nova uuid = libvirt domain uuid).
+    instance_uuid: Option<String>,
+    /// The new placement, as repin_migrate returns it (cells with host_cell, vcpu_pins, cpuset_reserved, memory_mb).
+    placement: Option<Placement>,
+    /// Nova host the instance runs on now (compute service host).
+    dest_host: Option<String>,
+    /// Nova node (hypervisor_hostname) it runs on now. Default: dest_host.
+    dest_node: Option<String>,
+    /// Read the placement from the running guest on `libvirt_uri` instead of `placement`.
+    #[serde(default)]
+    from_libvirt: bool,
+    /// libvirt URI of the host the guest runs on (from_libvirt).
+    libvirt_uri: Option<String>,
+    /// nova.conf of that host (its cells and dedicated set, for from_libvirt).
+    host_nova_conf: Option<PathBuf>,
+    /// SQLAlchemy URL of Nova's cell database (mysql+pymysql://user:pass@host/nova); a secret.
+    db_connection: Option<String>,
+    /// nova-conductor's nova.conf, read for `[database] connection` when db_connection is not given.
+    #[serde(default = "default_conductor_conf")]
+    nova_conf: PathBuf,
+    /// Kolla's passwords.yml; its nova_database_password is used when present.
+    passwords_file: Option<PathBuf>,
+    /// Database holding Placement's allocations: `placement` from Stein, `nova_api` for Queens/Rocky; empty to skip.
+    #[serde(default = "default_placement_db")]
+    placement_database: String,
+    /// Neutron's database (`neutron`), to write the ports' binding host into it directly: a fallback, since no
+    /// L2 agent hears of it and the port stays unwired on the destination until its agent resyncs. Default
+    /// empty: ports are moved through Neutron's API (`neutron_port_binding`), as Nova does.
+    #[serde(default)]
+    neutron_database: String,
+    /// Write the before values of every change to a file in this directory first.
+    backup_dir: Option<PathBuf>,
+    /// Audit mode: compare the DB with libvirt's live pinning on `hosts` and report drift.
+    #[serde(default)]
+    audit: bool,
+    /// Audit mode: facts of the hosts to audit (numa_facts' ansible_facts.numa).
+    #[serde(default)]
+    hosts: Vec<NumaFacts>,
+    /// Audit mode: repair every drifted instance from its live pinning.
+    #[serde(default)]
+    fix: bool,
+    /// Audit mode with fix: rows the running Nova could not load (the audit's Nova rows check,
+    /// `unloadable`). An instance row written for a newer release is rewritten in the version
+    /// Nova names; any other row is listed as not repaired, with the reason.
+    #[serde(default)]
+    repair_rows: Vec<fixup::UnloadableRow>,
+}
+fn default_conductor_conf() -> PathBuf {
+    "/etc/kolla/nova-conductor/nova.conf".into()
+}
+fn default_placement_db() -> String {
+    "placement".into()
+}
+impl ModuleArgs for Args {
+    fn secrets(&self) -> Vec<String> {
+        let mut s: Vec<String> = self.db_connection.iter().cloned().collect();
+        if let Some(url) = &self.db_connection {
+            if let Ok(c) = db::parse_url(url) {
+                s.push(c.password);
+            }
+        }
+        s
+    }
+}
+
+/// The module's flow (`ansible::run` calls it with the parsed arguments).
+pub fn run(a: Args, ctx: &Context) -> anyhow::Result<Outcome> {
+    let creds = match &a.db_connection {
+        Some(url) => db::parse_url(url)
+            .map_err(|e| Failure::new(format!("nova_instance_fixup: db_connection: {e}")))?,
+        None => {
+            let pw = a
+                .passwords_file
+                .clone()
+                .or_else(|| Some(PathBuf::from("/etc/kolla/passwords.yml")).filter(|p| p.exists()));
+            db::from_kolla(&a.nova_conf, pw.as_deref()).map_err(|e| {
+                Failure::new(format!(
+                    "nova_instance_fixup: {e}; give db_connection or nova_conf"
+                ))
+            })?
+        }
+    };
+    let opt = |s: &str| -> Result<Option<String>, Failure> {
+        if s.is_empty() {
+            Ok(None)
+        } else {
+            fixup::check_ident(s)?;
+            Ok(Some(s.to_string()))
+        }
+    };
+    let dbs = Dbs {
+        placement: opt(&a.placement_database)?,
+        neutron: opt(&a.neutron_database)?,
+    };
+    let mut conn = db::connect(&creds).map_err(Failure::new)?;
+    if a.audit {
+        let drift = fixup::audit(&mut conn, &creds, &a.hosts)?;
+        let overlaps = fixup::db_overlaps(&mut conn, &creds)?;
+        let stale_nodes = fixup::stale_compute_nodes(&mut conn, &creds)?;
+        let mut fixed = Vec::new();
+        let mut warnings = Vec::new();
+        let mut not_repaired = Vec::new();
+        let mut diffs = Vec::new();
+        if a.fix {
+            // Every drifted instance in one transaction: all repaired, or none. Check mode
+            // plans in a READ ONLY transaction and writes nothing.
+            let mut tx = fixup::begin(&mut conn, &creds, ctx.check_mode)?;
+            let mut backups = Vec::new();
+            // Rows Nova cannot load first: the drift fixes below then write a loadable row.
+            for r in &a.repair_rows {
+                match fixup::plan_row_repair(&mut tx, &creds, r, !ctx.check_mode)? {
+                    Ok(plan) => {
+                        if !ctx.check_mode {
+                            fixup::apply(&mut tx, &creds, &plan)?;
+                        }
+                        diffs.push(serde_json::json!({"before": plan.before, "after": plan.after}));
+                        backups.push((r.key.clone(), plan.before));
+                        fixed
+                            .push(serde_json::json!({"instance_uuid": r.key, "steps": plan.steps}));
+                    }
+                    Err(why) => not_repaired
+                        .push(serde_json::json!({"table": r.table, "key": r.key, "reason": why})),
+                }
+            }
+            // A uuid defined on two hosts is not repaired: which copy is the guest is the
+            // operator's call (the fix would otherwise record whichever host came first).
+            let twice: Vec<&str> = drift
+                .iter()
+                .filter(|d| {
+                    d["kind"]
+                        .as_str()
+                        .is_some_and(|k| k.starts_with("defined on two hosts"))
+                })
+                .filter_map(|d| d["instance_uuid"].as_str())
+                .collect();
+            for d in &drift {
+                let uuid = d["instance_uuid"].as_str().unwrap_or_default();
+                if twice.contains(&uuid) {
+                    continue;
+                }
+                let Some(f) = a
+                    .hosts
+                    .iter()
+                    .find(|f| f.guests.iter().any(|g| g.uuid == uuid))
+                else {
+                    continue;
+                };
+                if d["kind"] == "not in Nova's database" {
+                    continue;
+                }
+                let (p, _) = fixup::placement_of_guest(f, uuid)?;
+                let t = Target {
+                    uuid: uuid.into(),
+                    host: f.host.clone(),
+                    node: f.host.clone(),
+                    cells: p.cells,
+                };
+                let plan = fixup::plan(&mut tx, &creds, &dbs, &t, !ctx.check_mode)?;
+                if !ctx.check_mode {
+                    fixup::apply(&mut tx, &creds, &plan)?;
+                }
+                warnings.extend(plan.warnings);
+                if plan.changed {
+                    diffs.push(serde_json::json!({"before": plan.before, "after": plan.after}));
+                    backups.push((uuid.to_string(), plan.before));
+                    fixed.push(serde_json::json!({"instance_uuid": uuid, "steps": plan.steps}));
+                }
+            }
+            if let (Some(dir), false) = (&a.backup_dir, ctx.check_mode) {
+                for (uuid, before) in &backups {
+                    fixup::backup(dir, uuid, before)?;
+                }
+            }
+            fixup::finish(tx, &creds, !ctx.check_mode && !fixed.is_empty())?;
+        }
+        let msg = format!(
+            "audit: {} drifted instances, {} pCPUs claimed twice in the DB, {} stale compute node rows{}",
+            drift.len(),
+            overlaps.len(),
+            stale_nodes.len(),
+            if a.fix {
+                format!(
+                    ", {} fixed{}",
+                    fixed.len(),
+                    if not_repaired.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {} rows Nova cannot load left as they are", not_repaired.len())
+                    }
+                )
+            } else {
+                String::new()
+            }
+        );
+        let mut o = Outcome::new(!fixed.is_empty(), msg)
+            .with("drift", &drift)
+            .with("db_overlaps", &overlaps)
+            .with("stale_compute_nodes", &stale_nodes)
+            .with("fixed", &fixed)
+            .with("rows_not_repaired", &not_repaired);
+        o.warnings = warnings;
+        if !diffs.is_empty() {
+            o.diff = Some(serde_json::Value::Array(diffs));
+        }
+        return Ok(o);
+    }
+    let uuid = a.instance_uuid.clone().ok_or_else(|| {
+        Failure::new("nova_instance_fixup: instance_uuid is required (or audit: true)")
+    })?;
+    fixup::check_uuid(&uuid)?;
+    let (placement, host) = if a.from_libvirt {
+        let uri = a
+            .libvirt_uri
+            .as_deref()
+            .ok_or_else(|| Failure::new("nova_instance_fixup: from_libvirt needs libvirt_uri"))?;
+        let f = facts::gather_live(uri, a.host_nova_conf.as_deref(), a.dest_host.as_deref())?;
+        let (p, _) = fixup::placement_of_guest(&f, &uuid)?;
+        (p, a.dest_host.clone().unwrap_or(f.host.clone()))
+    } else {
+        let p = a.placement.clone().ok_or_else(|| {
+            Failure::new(
+                "nova_instance_fixup: give placement (from repin_migrate) or from_libvirt: true",
+            )
+        })?;
+        (
+            p,
+            a.dest_host.clone().ok_or_else(|| {
+                Failure::new("nova_instance_fixup: dest_host is required with placement")
+            })?,
+        )
+    };
+    let t = Target {
+        uuid: uuid.clone(),
+        node: a.dest_node.clone().unwrap_or(host.clone()),
+        host,
+        cells: placement.cells,
+    };
+    // The backup holds the values read under the transaction's locks, written before the
+    // writes run.
+    let mut tx = fixup::begin(&mut conn, &creds, ctx.check_mode)?;
+    let plan = fixup::plan(&mut tx, &creds, &dbs, &t, !ctx.check_mode)?;
+    let mut backup_file = None;
+    if plan.changed && !ctx.check_mode {
+        if let Some(dir) = &a.backup_dir {
+            backup_file = Some(fixup::backup(dir, &uuid, &plan.before)?);
+        }
+        fixup::apply(&mut tx, &creds, &plan)?;
+    }
+    fixup::finish(tx, &creds, plan.changed && !ctx.check_mode)?;
+    Ok(fixup::outcome(ctx, &uuid, plan, backup_file))
+}
