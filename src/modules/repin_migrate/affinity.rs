@@ -1,13 +1,8 @@
-use crate::fit::Placement;
-use crate::io::libvirt::{self, Domain};
-use anyhow::Result;
+//! The real affinity of a guest's QEMU threads, read from /proc on this machine: libvirt pins
+//! threads by affinity when there are no cgroups, so this is what the kernel enforces.
 use serde::Serialize;
-use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-
-// ---------------------------------------------------------------------------------------------
-// Real affinity from /proc (libvirt pins threads by affinity when there are no cgroups).
 
 #[derive(Debug, Serialize)]
 pub struct Affinity {
@@ -16,7 +11,7 @@ pub struct Affinity {
     pub emulator: Vec<u32>,
 }
 
-pub(super) fn qemu_pids(uuid: &str) -> Vec<(u32, bool)> {
+fn qemu_pids(uuid: &str) -> Vec<(u32, bool)> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir("/proc") else {
         return out;
@@ -46,7 +41,7 @@ pub(super) fn qemu_pids(uuid: &str) -> Vec<(u32, bool)> {
     out
 }
 
-pub(super) fn read_affinity(pid: u32) -> Option<Affinity> {
+fn read_affinity(pid: u32) -> Option<Affinity> {
     let mut vcpus = BTreeMap::new();
     let mut emulator = Vec::new();
     for t in std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -92,91 +87,5 @@ pub(super) fn local_affinity(uuid: &str) -> Option<Affinity> {
             return None;
         }
         std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-pub(super) fn affinity_matches(a: &Affinity, p: &Placement) -> Result<(), String> {
-    let mut bad = Vec::new();
-    for c in &p.cells {
-        for (v, pc) in &c.vcpu_pins {
-            match a.vcpus.get(v) {
-                Some(have) if have == &vec![*pc] => {}
-                Some(have) => bad.push(format!("vCPU {v} thread runs on {have:?}, plan {pc}")),
-                None => bad.push(format!("vCPU {v}: no thread found")),
-            }
-        }
-    }
-    if !p.emulator_pins.is_empty() && a.emulator != p.emulator_pins {
-        bad.push(format!(
-            "emulator thread runs on {:?}, plan {:?}",
-            a.emulator, p.emulator_pins
-        ));
-    }
-    if bad.is_empty() {
-        Ok(())
-    } else {
-        Err(bad.join("; "))
-    }
-}
-
-/// The plan against the live pins libvirt reports: each vCPU's pinning (vCPU pin info), the
-/// affinity of its running thread (vCPU info cpumaps) and the emulator's pinning. Works wherever
-/// the module runs; /proc is only an extra check on the guest's own host.
-pub(super) fn libvirt_pins_match(lp: &libvirt::LivePins, p: &Placement) -> Result<(), String> {
-    let mut bad = Vec::new();
-    for c in &p.cells {
-        for (v, pc) in &c.vcpu_pins {
-            match lp.vcpu_pins.get(v) {
-                Some(have) if have == &vec![*pc] => {}
-                Some(have) => bad.push(format!("vCPU {v} is pinned to {have:?}, plan {pc}")),
-                None => bad.push(format!("vCPU {v}: libvirt reports no pinning")),
-            }
-            match lp.vcpu_threads.get(v) {
-                Some(have) if have == &vec![*pc] => {}
-                Some(have) => bad.push(format!("vCPU {v} thread may run on {have:?}, plan {pc}")),
-                None => bad.push(format!("vCPU {v}: libvirt reports no running thread")),
-            }
-        }
-    }
-    if !p.emulator_pins.is_empty() {
-        let plan: std::collections::BTreeSet<u32> = p.emulator_pins.iter().copied().collect();
-        let have: std::collections::BTreeSet<u32> = lp.emulator_pins.iter().copied().collect();
-        if plan != have {
-            bad.push(format!(
-                "emulator is pinned to {:?}, plan {:?}",
-                lp.emulator_pins, p.emulator_pins
-            ));
-        }
-    }
-    if bad.is_empty() {
-        Ok(())
-    } else {
-        Err(bad.join("; "))
-    }
-}
-
-/// Read the live pins through libvirt and record the comparison in `v`; a mismatch goes to `bad`.
-pub(super) fn check_libvirt_pins(
-    d: &Domain,
-    p: &Placement,
-    v: &mut serde_json::Map<String, Value>,
-    bad: &mut Vec<String>,
-) {
-    match d.live_pins() {
-        Ok(lp) => {
-            let r = libvirt_pins_match(&lp, p);
-            v.insert("libvirt_pins_match".into(), json!(r.is_ok()));
-            v.insert(
-                "libvirt_pins".into(),
-                serde_json::to_value(&lp).unwrap_or(Value::Null),
-            );
-            if let Err(e) = r {
-                bad.push(format!("live pins read through libvirt: {e}"));
-            }
-        }
-        Err(e) => {
-            v.insert("libvirt_pins_match".into(), json!(false));
-            bad.push(format!("cannot read the live pins through libvirt: {e}"));
-        }
     }
 }

@@ -1,6 +1,10 @@
+//! The migration job's monitor: a thread with its own libvirt connection that samples the job,
+//! applies Nova's downtime steps, writes the progress file and acts on the stall and completion
+//! timeouts.
+
 use super::args::TimeoutAction;
 use super::lv;
-use crate::io::libvirt::{self, consts};
+use crate::io::libvirt::{self, consts, Domain, JobStats};
 use crate::limits;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -88,37 +92,39 @@ pub(super) fn monitor(
     stop: Arc<AtomicBool>,
     figs: Arc<Mutex<JobFigures>>,
 ) {
-    let t0 = Instant::now();
+    let lock = || figs.lock().unwrap_or_else(|p| p.into_inner());
     let dom = match libvirt::connect(&uri).and_then(|h| h.lookup(&uuid).map(|d| (h, d))) {
         Ok((_h, d)) => d,
         Err(e) => {
-            figs.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .errors
-                .push(format!(
-                    "monitor: {e:#}; the job is not watched (no timeouts)"
-                ));
+            lock().errors.push(format!(
+                "monitor: {e:#}; the job is not watched (no timeouts)"
+            ));
             return;
         }
     };
-    let mut step = 0usize;
-    let mut last_remaining = u64::MAX;
-    let mut last_progress = Instant::now();
-    let mut acted = false;
-    let mut progress = cfg.progress_file.as_ref().and_then(|p| {
-        std::fs::OpenOptions::new()
+    let progress = cfg.progress_file.as_ref().and_then(|p| {
+        let opened = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(p)
+            .open(p);
+        opened
             .map_err(|e| {
-                figs.lock()
-                    .unwrap_or_else(|p| p.into_inner())
+                lock()
                     .errors
                     .push(format!("progress_file {}: {e}", p.display()))
             })
             .ok()
     });
-    let mut last_line = Instant::now() - Duration::from_secs(1);
+    let mut w = Watch {
+        cfg,
+        t0: Instant::now(),
+        step: 0,
+        last_remaining: u64::MAX,
+        last_progress: Instant::now(),
+        acted: false,
+        progress,
+        last_line: Instant::now() - Duration::from_secs(1),
+    };
     while !stop.load(Ordering::SeqCst) {
         // Woken early when the migration returns (unpark): joining this thread then costs no poll
         // interval and no extra job_stats round trip (measured: ~100 ms of every migration).
@@ -126,22 +132,41 @@ pub(super) fn monitor(
         if stop.load(Ordering::SeqCst) {
             break;
         }
-        let st = match dom.job_stats(0) {
-            Ok(s) => s,
+        match dom.job_stats(0) {
+            Ok(st)
+                if st.r#type == consts::VIR_DOMAIN_JOB_BOUNDED
+                    || st.r#type == consts::VIR_DOMAIN_JOB_UNBOUNDED =>
+            {
+                w.sample(&dom, &st, &mut lock())
+            }
+            Ok(_) => {}
             Err(e) => {
-                let mut f = figs.lock().unwrap_or_else(|p| p.into_inner());
+                let mut f = lock();
                 f.job_stats_errors += 1;
                 f.last_job_stats_error = Some(lv(e));
-                continue;
             }
-        };
-        if st.r#type != consts::VIR_DOMAIN_JOB_BOUNDED
-            && st.r#type != consts::VIR_DOMAIN_JOB_UNBOUNDED
-        {
-            continue;
         }
-        let elapsed = t0.elapsed();
-        let mut f = figs.lock().unwrap_or_else(|p| p.into_inner());
+    }
+}
+
+/// The monitor's state between samples.
+struct Watch {
+    cfg: MonitorCfg,
+    t0: Instant,
+    /// The next downtime step to apply.
+    step: usize,
+    last_remaining: u64,
+    last_progress: Instant,
+    /// A timeout was acted on (once).
+    acted: bool,
+    progress: Option<std::fs::File>,
+    last_line: Instant,
+}
+
+impl Watch {
+    /// One sample of the job: figures, downtime steps, the progress line, the timeouts.
+    fn sample(&mut self, dom: &Domain, st: &JobStats, f: &mut JobFigures) {
+        let elapsed = self.t0.elapsed();
         f.samples += 1;
         f.elapsed_ms = st.time_elapsed.unwrap_or(elapsed.as_millis() as u64);
         f.data_total_bytes = st.data_total.unwrap_or(f.data_total_bytes);
@@ -149,80 +174,97 @@ pub(super) fn monitor(
         let remaining = st.data_remaining.unwrap_or(0);
         f.data_remaining_bytes = remaining;
         f.memory_iterations = f.memory_iterations.max(st.mem_iteration.unwrap_or(0));
-        // Downtime steps: the next step when its delay has passed.
-        while step < cfg.steps.len() && elapsed.as_secs() >= cfg.steps[step].0 {
-            let ms = cfg.steps[step].1;
+        self.downtime_steps(dom, elapsed, f);
+        if remaining < self.last_remaining {
+            self.last_remaining = remaining;
+            self.last_progress = Instant::now();
+        }
+        let stalled_s = self.last_progress.elapsed().as_secs();
+        f.longest_stall_s = f.longest_stall_s.max(stalled_s);
+        f.dirty_rate_bytes_s = st
+            .mem_dirty_rate
+            .unwrap_or(0)
+            .saturating_mul(st.mem_page_size.unwrap_or(4096));
+        self.progress_line(elapsed, remaining, stalled_s, f);
+        if !self.acted {
+            if let Some(why) = self.timeout(elapsed, remaining) {
+                self.acted = true;
+                f.timeout = Some(why);
+                act(dom, &self.cfg, f);
+            }
+        }
+    }
+
+    /// Nova's downtime steps: the next step when its delay has passed.
+    fn downtime_steps(&mut self, dom: &Domain, elapsed: Duration, f: &mut JobFigures) {
+        while self.step < self.cfg.steps.len() && elapsed.as_secs() >= self.cfg.steps[self.step].0 {
+            let ms = self.cfg.steps[self.step].1;
             match dom.migrate_set_max_downtime(ms, 0) {
                 Ok(()) => f.downtime_set_ms.push((elapsed.as_millis() as u64, ms)),
                 Err(e) => f
                     .errors
                     .push(format!("set max downtime {ms} ms: {}", lv(e))),
             }
-            step += 1;
+            self.step += 1;
         }
-        if remaining < last_remaining {
-            last_remaining = remaining;
-            last_progress = Instant::now();
-        }
-        let stalled_s = last_progress.elapsed().as_secs();
-        f.longest_stall_s = f.longest_stall_s.max(stalled_s);
-        f.dirty_rate_bytes_s = st
-            .mem_dirty_rate
-            .unwrap_or(0)
-            .saturating_mul(st.mem_page_size.unwrap_or(4096));
-        if let Some(out) = progress
+    }
+
+    /// A line of the progress file, at most one a second.
+    fn progress_line(&mut self, elapsed: Duration, remaining: u64, stalled_s: u64, f: &JobFigures) {
+        let Some(out) = self
+            .progress
             .as_mut()
-            .filter(|_| last_line.elapsed() >= Duration::from_secs(1))
-        {
-            last_line = Instant::now();
-            // A stall is shown before progress_timeout_s acts on it.
-            let stall = (stalled_s >= 2).then(|| {
-                if cfg.progress_timeout_s > 0 {
-                    format!(
-                        "no progress for {stalled_s} s: {} in {} s (progress_timeout_s {})",
-                        match cfg.action {
-                            TimeoutAction::Abort => "aborts",
-                            TimeoutAction::ForceComplete => "forces completion",
-                        },
-                        cfg.progress_timeout_s.saturating_sub(stalled_s),
-                        cfg.progress_timeout_s
-                    )
-                } else {
-                    format!("no progress for {stalled_s} s (progress_timeout_s 0: never acts)")
-                }
-            });
-            let line = ProgressLine {
-                elapsed_s: elapsed.as_secs(),
-                data_remaining_bytes: remaining,
-                data_processed_bytes: f.data_processed_bytes,
-                data_total_bytes: f.data_total_bytes,
-                dirty_rate_bytes_s: f.dirty_rate_bytes_s,
-                memory_iteration: f.memory_iterations,
-                downtime_ms: f.downtime_set_ms.last().map(|d| d.1),
-                downtime_step: format!("{step}/{}", cfg.steps.len()),
-                stalled_s,
-                stall,
-                phase: if acted {
-                    "acting on a timeout"
-                } else {
-                    "copying"
+            .filter(|_| self.last_line.elapsed() >= Duration::from_secs(1))
+        else {
+            return;
+        };
+        self.last_line = Instant::now();
+        let cfg = &self.cfg;
+        // A stall is shown before progress_timeout_s acts on it.
+        let stall = (stalled_s >= 2).then(|| match cfg.progress_timeout_s {
+            0 => format!("no progress for {stalled_s} s (progress_timeout_s 0: never acts)"),
+            t => format!(
+                "no progress for {stalled_s} s: {} in {} s (progress_timeout_s {t})",
+                match cfg.action {
+                    TimeoutAction::Abort => "aborts",
+                    TimeoutAction::ForceComplete => "forces completion",
                 },
-            };
-            if let Ok(text) = serde_json::to_string(&line) {
-                use std::io::Write;
-                let _ = writeln!(out, "{text}");
-            }
+                t.saturating_sub(stalled_s),
+            ),
+        });
+        let line = ProgressLine {
+            elapsed_s: elapsed.as_secs(),
+            data_remaining_bytes: remaining,
+            data_processed_bytes: f.data_processed_bytes,
+            data_total_bytes: f.data_total_bytes,
+            dirty_rate_bytes_s: f.dirty_rate_bytes_s,
+            memory_iteration: f.memory_iterations,
+            downtime_ms: f.downtime_set_ms.last().map(|d| d.1),
+            downtime_step: format!("{}/{}", self.step, cfg.steps.len()),
+            stalled_s,
+            stall,
+            phase: if self.acted {
+                "acting on a timeout"
+            } else {
+                "copying"
+            },
+        };
+        if let Ok(text) = serde_json::to_string(&line) {
+            use std::io::Write;
+            let _ = writeln!(out, "{text}");
         }
-        if acted {
-            continue;
-        }
-        let why = if cfg.completion_timeout_s > 0 && elapsed.as_secs() >= cfg.completion_timeout_s {
+    }
+
+    /// Why the job must be acted on now, if it must.
+    fn timeout(&self, elapsed: Duration, remaining: u64) -> Option<String> {
+        let cfg = &self.cfg;
+        if cfg.completion_timeout_s > 0 && elapsed.as_secs() >= cfg.completion_timeout_s {
             Some(format!(
                 "not complete after {} s (completion_timeout_s)",
                 cfg.completion_timeout_s
             ))
         } else if cfg.progress_timeout_s > 0
-            && last_progress.elapsed().as_secs() >= cfg.progress_timeout_s
+            && self.last_progress.elapsed().as_secs() >= cfg.progress_timeout_s
         {
             Some(format!(
                 "no progress for {} s (progress_timeout_s; {remaining} bytes remaining)",
@@ -230,33 +272,33 @@ pub(super) fn monitor(
             ))
         } else {
             None
-        };
-        if let Some(why) = why {
-            acted = true;
-            f.timeout = Some(why);
-            let res = match cfg.action {
-                TimeoutAction::Abort => {
-                    f.action_taken = Some("abort".into());
-                    dom.abort_job()
-                }
-                TimeoutAction::ForceComplete if cfg.post_copy => {
-                    f.action_taken = Some("force_complete: switch to post-copy".into());
-                    dom.migrate_start_post_copy(0)
-                }
-                TimeoutAction::ForceComplete => {
-                    f.action_taken =
-                        Some("force_complete: pause the guest so the migration completes".into());
-                    let r = dom.suspend();
-                    if r.is_ok() {
-                        f.paused_source = true;
-                    }
-                    r
-                }
-            };
-            if let Err(e) = res {
-                let what = f.action_taken.clone().unwrap_or_default();
-                f.errors.push(format!("{what}: {}", lv(e)));
-            }
         }
+    }
+}
+
+/// The timeout action: abort, switch to post-copy, or pause the guest so the copy completes.
+fn act(dom: &Domain, cfg: &MonitorCfg, f: &mut JobFigures) {
+    let res = match cfg.action {
+        TimeoutAction::Abort => {
+            f.action_taken = Some("abort".into());
+            dom.abort_job()
+        }
+        TimeoutAction::ForceComplete if cfg.post_copy => {
+            f.action_taken = Some("force_complete: switch to post-copy".into());
+            dom.migrate_start_post_copy(0)
+        }
+        TimeoutAction::ForceComplete => {
+            f.action_taken =
+                Some("force_complete: pause the guest so the migration completes".into());
+            let r = dom.suspend();
+            if r.is_ok() {
+                f.paused_source = true;
+            }
+            r
+        }
+    };
+    if let Err(e) = res {
+        let what = f.action_taken.clone().unwrap_or_default();
+        f.errors.push(format!("{what}: {}", lv(e)));
     }
 }

@@ -1,14 +1,18 @@
+//! What a result says: the placement in words, the common fields, the diff, and the report of
+//! a failed migration.
+
 use super::args::{Args, TimeoutAction};
 use super::monitor::JobFigures;
 use super::plan::old_pins;
 use super::prepare::{cleanup_disks, Disk};
-use super::source::SourceGuest;
+use super::source::{Hosts, SourceGuest};
 use super::M;
 use crate::ansible::{Failure, Outcome};
 use crate::fit::Placement;
-use crate::io::libvirt::{self, Host};
+use crate::io::libvirt;
 use crate::io::presence::Presence;
 use crate::io::ssh::Ssh;
+use crate::model::domain::Guest;
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -51,14 +55,15 @@ pub(super) fn base_fields(
     o.set("placement", p);
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The failure of a migration call: where the guest is now (each host asked, over a new
+/// connection if the old one broke; one that cannot be asked is said to be so, never
+/// "absent"), whether the source kept its old pins, what this run created on the destination
+/// removed again, and what to do.
+#[allow(clippy::too_many_arguments)] // the run's parts, each reported
 pub(super) fn migration_failed(
     a: &Args,
-    src: &Host,
-    dst: &Host,
+    h: &Hosts,
     sg: &SourceGuest,
-    dest_host: &str,
-    source_host: &str,
     err: &str,
     figs: &JobFigures,
     total_ms: u64,
@@ -66,10 +71,9 @@ pub(super) fn migration_failed(
     disks: &[Disk],
 ) -> Failure {
     let g = &sg.guest;
-    // Where is the guest now, and with which pins?
     let mut notes = Vec::new();
     if figs.paused_source {
-        if let Ok(d) = src.lookup(&g.uuid) {
+        if let Ok(d) = h.src.lookup(&g.uuid) {
             if d.resume().is_ok() {
                 notes.push(
                     "resumed the guest on the source (force_complete had paused it)".to_string(),
@@ -77,31 +81,64 @@ pub(super) fn migration_failed(
             }
         }
     }
-    // Where is it now? Each host is asked (over a new connection if the old one broke); one that
-    // cannot be asked is reported as such, never as "absent".
     let settle = Duration::from_secs(15);
-    let dst_now = Presence::settled(
-        dst,
-        a.dest_uri.as_deref().unwrap_or_default(),
-        &g.uuid,
-        settle,
-    );
-    let src_now = Presence::settled(src, &a.source_uri, &g.uuid, settle);
+    let dst_now = Presence::settled(&h.dst, &h.dest_uri, &g.uuid, settle);
+    let src_now = Presence::settled(&h.src, &h.source_uri, &g.uuid, settle);
     let pins_unchanged = match &src_now {
         Presence::Defined { dom, .. } => libvirt::guest_of(dom)
             .ok()
             .map(|now| now.vcpu_pins == g.vcpu_pins && now.emulator_pins == g.emulator_pins),
         _ => None,
     };
-    let on_source = src_now.running();
-    let on_dest = dst_now.running();
     let removed = ssh.map(|s| cleanup_disks(s, disks)).unwrap_or_default();
-    let src_label = src_now.label();
-    let dst_label = dst_now.label();
-    let state_msg = match (on_source, on_dest) {
+    let state_msg = where_it_is(h, g, &src_now, &dst_now, pins_unchanged);
+    let timeout = figs
+        .timeout
+        .as_ref()
+        .map(|t| {
+            format!(
+                " after {t} ({})",
+                figs.action_taken.clone().unwrap_or_default()
+            )
+        })
+        .unwrap_or_default();
+    let hint = failure_hint(a, err, figs);
+    Failure::new(format!(
+        "{M}: migration of {} to {} failed{timeout}: {err}; {state_msg}; {hint}",
+        g.name, h.dest_host
+    ))
+    .with("instance_uuid", &g.uuid)
+    .with("guest", &g.name)
+    .with("source_host", &h.source_host)
+    .with("dest_host", &h.dest_host)
+    .with("guest_on_source", src_now.running())
+    .with("source_state", src_now.label())
+    .with("dest_state", dst_now.label())
+    .with("source_pins_unchanged", pins_unchanged)
+    .with("running_on_destination", dst_now.running())
+    .with("old_pins", old_pins(g))
+    .with(
+        "migration",
+        json!({"total_time_ms": total_ms, "monitor": figs}),
+    )
+    .with("removed_on_destination", removed)
+    .with("notes", notes)
+}
+
+/// Where the guest is after a failed call, in words.
+fn where_it_is(
+    h: &Hosts,
+    g: &Guest,
+    src_now: &Presence,
+    dst_now: &Presence,
+    pins_unchanged: Option<bool>,
+) -> String {
+    let (src_label, dst_label) = (src_now.label(), dst_now.label());
+    let (source_host, dest_host) = (&h.source_host, &h.dest_host);
+    match (src_now.running(), dst_now.running()) {
         // Running (not paused inside the migration) on the source with its old pins: the
         // migration did not hand over, whatever the destination could say.
-        (Some(true), Some(false) | None) if pins_unchanged == Some(true) => format!(
+        (Some(true), on_dest @ (Some(false) | None)) if pins_unchanged == Some(true) => format!(
             "{} keeps running on {source_host} with its old pinning (checked){}",
             g.name,
             if on_dest.is_none() {
@@ -122,18 +159,12 @@ pub(super) fn migration_failed(
             g.name,
             pins_unchanged.map(|b| b.to_string()).unwrap_or("unknown".into())
         ),
-    };
-    let timeout = figs
-        .timeout
-        .as_ref()
-        .map(|t| {
-            format!(
-                " after {t} ({})",
-                figs.action_taken.clone().unwrap_or_default()
-            )
-        })
-        .unwrap_or_default();
-    let timeout_hint = {
+    }
+}
+
+/// What to change before a rerun, from how the migration failed.
+fn failure_hint(a: &Args, err: &str, figs: &JobFigures) -> String {
+    if figs.timeout.is_some() {
         let mut h = vec!["raise completion_timeout_s/progress_timeout_s or bandwidth_mibps"];
         if !a.auto_converge {
             h.push("set auto_converge");
@@ -141,38 +172,14 @@ pub(super) fn migration_failed(
         if !(a.post_copy && a.timeout_action == TimeoutAction::ForceComplete) {
             h.push("use timeout_action force_complete (with post_copy for no pause)");
         }
-        format!("{}, or migrate when the guest is less busy", h.join(", "))
-    };
-    let hint = if figs.timeout.is_some() {
-        timeout_hint.as_str()
-    } else if a.migrate_uri.is_some()
-        && (err.contains("connect")
-            || err.contains("address")
-            || err.contains("refused")
-            || err.contains("route"))
-    {
-        "check migrate_uri: the destination must listen on that address (Nova's live_migration_inbound_addr) and the source must reach it"
+        return format!("{}, or migrate when the guest is less busy", h.join(", "));
+    }
+    let unreachable = ["connect", "address", "refused", "route"]
+        .iter()
+        .any(|w| err.contains(w));
+    if a.migrate_uri.is_some() && unreachable {
+        "check migrate_uri: the destination must listen on that address (Nova's live_migration_inbound_addr) and the source must reach it".into()
     } else {
-        "check that libvirtd runs on both hosts and that they reach each other, then rerun"
-    };
-    Failure::new(format!(
-        "{M}: migration of {} to {dest_host} failed{timeout}: {err}; {state_msg}; {hint}",
-        g.name
-    ))
-    .with("instance_uuid", &g.uuid)
-    .with("guest", &g.name)
-    .with("source_host", source_host)
-    .with("dest_host", dest_host)
-    .with("guest_on_source", on_source)
-    .with("source_state", &src_label)
-    .with("dest_state", &dst_label)
-    .with("source_pins_unchanged", pins_unchanged)
-    .with("running_on_destination", on_dest)
-    .with("old_pins", old_pins(g))
-    .with(
-        "migration",
-        json!({"total_time_ms": total_ms, "monitor": figs}),
-    )
-    .with("removed_on_destination", removed)
-    .with("notes", notes)
+        "check that libvirtd runs on both hosts and that they reach each other, then rerun".into()
+    }
 }

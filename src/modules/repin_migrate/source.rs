@@ -1,3 +1,7 @@
+//! What a migration starts from: both hosts (their libvirtd and their Nova names) and the
+//! guest as the source runs it.
+
+use super::args::Args;
 use super::{lv, M};
 use crate::ansible::Failure;
 use crate::io::libvirt::{self, consts, Domain, Host};
@@ -26,9 +30,6 @@ pub(super) fn conf_host(path: Option<&Path>) -> Option<String> {
     }
     None
 }
-
-// ---------------------------------------------------------------------------------------------
-// The module.
 
 pub(super) struct SourceGuest {
     pub(super) dom: Domain,
@@ -68,4 +69,45 @@ pub(super) fn read_source(src: &Host, name: &str) -> Result<Option<SourceGuest>>
         inactive_xml,
         persistent,
     }))
+}
+
+/// Both ends of a migration: connections, URIs and the names Nova knows them by.
+pub(super) struct Hosts {
+    pub src: Host,
+    pub dst: Host,
+    pub source_uri: String,
+    pub dest_uri: String,
+    /// Nova's compute host names (the args, else `[DEFAULT] host` of their nova.conf, else
+    /// libvirt's hostname) and the destination's node (hypervisor_hostname).
+    pub source_host: String,
+    pub dest_host: String,
+    pub dest_node: String,
+}
+
+impl Hosts {
+    pub(super) fn connect(a: &Args) -> Result<Hosts> {
+        let dest_uri = a.dest_uri.clone().unwrap_or_default();
+        let src = libvirt::connect(&a.source_uri)?;
+        let dst = libvirt::connect(&dest_uri)?;
+        let source_host = a
+            .source_host
+            .clone()
+            .or_else(|| conf_host(a.source_nova_conf.as_deref()))
+            .unwrap_or_else(|| src.hostname());
+        let dest_host = a
+            .dest_host
+            .clone()
+            .or_else(|| conf_host(a.dest_nova_conf.as_deref()))
+            .unwrap_or_else(|| dst.hostname());
+        let dest_node = a.dest_node.clone().unwrap_or_else(|| dest_host.clone());
+        Ok(Hosts {
+            src,
+            dst,
+            source_uri: a.source_uri.clone(),
+            dest_uri,
+            source_host,
+            dest_host,
+            dest_node,
+        })
+    }
 }

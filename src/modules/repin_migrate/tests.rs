@@ -1,11 +1,11 @@
 //! Unit tests of repin_migrate's phases.
 
-use super::affinity::libvirt_pins_match;
 use super::args::Args;
 use super::monitor::downtime_steps;
 use super::plan::placement_of;
 use super::repin::cpumap;
 use super::source::conf_host;
+use super::verify::libvirt_pins_match;
 use super::verify::pins_match;
 use super::M;
 use crate::facts::{self};
