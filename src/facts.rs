@@ -69,23 +69,17 @@ pub struct NumaFacts {
 /// The host cells a guest's memory is bound to, with MiB per cell. Guests without any binding
 /// on a multi-cell host are not counted (the kernel places them; Nova does not account them).
 fn memory_by_cell(g: &Guest, topo: &HostTopology) -> Vec<(u32, u64)> {
-    let single = |nodes: &[u32]| -> Option<u32> {
-        match nodes {
-            [n] => Some(*n),
-            [] if topo.cells.len() == 1 => Some(topo.cells[0].id),
-            _ => nodes.first().copied(),
-        }
-    };
-    if !g.numa_cells.is_empty() {
-        g.numa_cells
-            .iter()
-            .filter_map(|c| single(&c.host_nodes).map(|n| (n, c.memory_mb)))
-            .collect()
-    } else {
-        single(&g.memory_nodes)
+    let only = (topo.cells.len() == 1).then(|| topo.cells[0].id);
+    if g.numa_cells.is_empty() {
+        return g
+            .memory_cell(0, only)
             .map(|n| vec![(n, g.memory_mb)])
-            .unwrap_or_default()
+            .unwrap_or_default();
     }
+    g.numa_cells
+        .iter()
+        .filter_map(|c| g.memory_cell(c.id, only).map(|n| (n, c.memory_mb)))
+        .collect()
 }
 
 /// Memory (MiB) per cell and pages per (cell, size) these guests use. `small_pages`: count

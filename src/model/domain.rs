@@ -139,6 +139,42 @@ impl Guest {
             .copied()
             .collect()
     }
+
+    /// The host cell the memory of guest cell `cell` is bound to: its `<memnode>`, else the
+    /// guest's `<memory nodeset>`, the first node where several are named; on a host of
+    /// one cell (`only_cell`), that cell. None when nothing binds it.
+    pub fn memory_cell(&self, cell: u32, only_cell: Option<u32>) -> Option<u32> {
+        let nodes = match self.numa_cells.iter().find(|c| c.id == cell) {
+            Some(c) if !c.host_nodes.is_empty() => &c.host_nodes,
+            _ => &self.memory_nodes,
+        };
+        nodes.first().copied().or(only_cell)
+    }
+
+    /// The host cell guest cell `cell` lives on, the one rule of every module: where its memory
+    /// is bound ([`Guest::memory_cell`]), else the one host cell all its pinned vCPUs are on
+    /// (`cell_of_cpu`: a pCPU's host cell). None when neither says.
+    pub fn host_cell(
+        &self,
+        cell: u32,
+        only_cell: Option<u32>,
+        cell_of_cpu: impl Fn(u32) -> Option<u32>,
+    ) -> Option<u32> {
+        if let Some(c) = self.memory_cell(cell, only_cell) {
+            return Some(c);
+        }
+        let vcpus: Vec<u32> = match self.numa_cells.iter().find(|c| c.id == cell) {
+            Some(c) => c.vcpus.clone(),
+            None => (0..self.vcpus).collect(),
+        };
+        let mut cells = vcpus
+            .iter()
+            .filter_map(|v| self.vcpu_pins.get(&v.to_string()))
+            .flatten()
+            .map(|p| cell_of_cpu(*p));
+        let first = cells.next()??;
+        cells.all(|c| c == Some(first)).then_some(first)
+    }
 }
 
 const NOVA_NS: &str = "http://openstack.org/xmlns/libvirt/nova/";
@@ -356,6 +392,30 @@ pub(crate) mod fixtures {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_cell_of_a_guest_cell_memory_first_then_pins() {
+        // pCPUs 0-3 on host cell 0, 4-7 on host cell 1.
+        let cell_of = |c: u32| (c < 8).then_some(c / 4);
+        let mut g = parse_guest(&fixtures::pinned("vm1", "u-1", &[4, 5], None, 1, 2048)).unwrap();
+        assert_eq!(g.memory_cell(0, None), Some(1));
+        assert_eq!(g.host_cell(0, None, cell_of), Some(1));
+        // Memory binding wins over the pins (repin never moves memory).
+        g.vcpu_pins.insert("0".into(), vec![0]);
+        g.vcpu_pins.insert("1".into(), vec![1]);
+        assert_eq!(g.host_cell(0, None, cell_of), Some(1));
+        // No binding: the pins' one cell; pins over two cells: none; one host cell: that one.
+        g.numa_cells[0].host_nodes.clear();
+        g.memory_nodes.clear();
+        assert_eq!(g.memory_cell(0, None), None);
+        assert_eq!(g.host_cell(0, None, cell_of), Some(0));
+        g.vcpu_pins.insert("1".into(), vec![5]);
+        assert_eq!(g.host_cell(0, None, cell_of), None);
+        assert_eq!(g.host_cell(0, Some(0), cell_of), Some(0));
+        // A guest cell without memnode takes `<memory nodeset>`.
+        g.memory_nodes = vec![1];
+        assert_eq!(g.memory_cell(0, None), Some(1));
+    }
 
     #[test]
     fn nova_pinned_guest() {

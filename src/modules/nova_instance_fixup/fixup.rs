@@ -95,6 +95,7 @@ pub fn placement_of_guest(
             .find(|c| c.cpus.iter().any(|p| p.id == cpu))
             .map(|c| c.id)
     };
+    let only = (f.cells.len() == 1).then(|| f.cells[0].id);
     let reserved: Vec<u32> = g.reserved_cpus().map(|r| r.to_vec()).unwrap_or_default();
     let guest_cells: Vec<(u32, Vec<u32>, u64)> = if g.numa_cells.is_empty() {
         vec![(0, (0..g.vcpus).collect(), g.memory_mb)]
@@ -114,13 +115,18 @@ pub fn placement_of_guest(
                     .map(|p| (v.to_string(), p[0]))
             })
             .collect();
-        let first = pins.values().next().copied().unwrap_or(0);
-        let host_cell = cell_of(first).ok_or_else(|| {
+        let host_cell = g.host_cell(gid, only, cell_of).ok_or_else(|| {
             Failure::new(format!(
-                "nova_instance_fixup: guest {} is pinned to pCPU {first}, which {} does not have",
+                "nova_instance_fixup: guest {} cell {gid} is bound to no host cell of {}: its memory has no binding and its pCPUs are not all in one host cell",
                 g.name, f.host
             ))
         })?;
+        if let Some(cpu) = pins.values().find(|p| cell_of(**p).is_none()) {
+            return Err(Failure::new(format!(
+                "nova_instance_fixup: guest {} is pinned to pCPU {cpu}, which {} does not have",
+                g.name, f.host
+            )));
+        }
         cells.push(CellPlacement {
             guest_cell: gid,
             host_cell,

@@ -24,13 +24,9 @@ pub fn placement_of(g: &Guest, topo: &GuestTopology) -> Placement {
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let host_cell = g
-                .numa_cells
-                .iter()
-                .find(|n| n.id == c.id)
-                .and_then(|n| n.host_nodes.first().copied())
-                .or_else(|| g.memory_nodes.first().copied())
-                .unwrap_or(0);
+            // The cell's pins are not consulted: this is the placement the definition states,
+            // which validation then compares with those pins.
+            let host_cell = g.memory_cell(c.id, None).unwrap_or(0);
             let vcpu_pins = if topo.dedicated {
                 c.vcpus
                     .iter()
