@@ -80,11 +80,14 @@ impl Outcome {
 
 /// An error that carries result fields along with its message (e.g. a fit refusal with reasons,
 /// or a failed migration with its job statistics). Any other `anyhow::Error` becomes a plain
-/// failure with its context chain as the message.
+/// failure with its context chain as the message. The runtime puts the module's name in front
+/// of every failure message (the library never spells it), except an [`Failure::exact`] one.
 #[derive(Debug)]
 pub struct Failure {
     pub msg: String,
     pub fields: Map<String, Value>,
+    /// The message is a contract as it stands (Nova's `No numa available ...`): no prefix.
+    pub exact: bool,
 }
 
 impl Failure {
@@ -92,6 +95,14 @@ impl Failure {
         Failure {
             msg: msg.into(),
             fields: Map::new(),
+            exact: false,
+        }
+    }
+    /// A failure whose message is returned exactly as given.
+    pub fn exact(msg: impl Into<String>) -> Self {
+        Failure {
+            exact: true,
+            ..Failure::new(msg)
         }
     }
     pub fn with(mut self, key: &str, value: impl serde::Serialize) -> Self {
@@ -237,14 +248,24 @@ pub fn render(
         Err(e) => {
             out.insert("changed".into(), Value::Bool(false));
             out.insert("failed".into(), Value::Bool(true));
+            let prefix = format!("{}: ", ctx.module);
+            let named = |m: String| match m.starts_with(&prefix) || ctx.module.is_empty() {
+                true => m,
+                false => format!("{prefix}{m}"),
+            };
             if let Some(f) = e.downcast_ref::<Failure>() {
-                out.insert("msg".into(), Value::String(f.msg.clone()));
+                let msg = if f.exact {
+                    f.msg.clone()
+                } else {
+                    named(f.msg.clone())
+                };
+                out.insert("msg".into(), Value::String(msg));
                 for (k, v) in &f.fields {
                     out.insert(k.clone(), v.clone());
                 }
             } else {
                 // "{:#}" prints the context chain on one line: "outer: inner: root cause".
-                out.insert("msg".into(), Value::String(format!("{e:#}")));
+                out.insert("msg".into(), Value::String(named(format!("{e:#}"))));
             }
             1
         }

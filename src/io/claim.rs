@@ -595,7 +595,6 @@ impl Drop for Claim {
 
 /// The failure message of a claim that stayed held for the whole wait.
 pub fn timeout_msg(
-    module: &str,
     dest_uri: &str,
     uuid: &str,
     holder: &Result<Owner, String>,
@@ -607,7 +606,7 @@ pub fn timeout_msg(
         Err(e) => format!("held by an unknown owner ({e})"),
     };
     format!(
-        "{module}: the destination {dest_uri} is claimed by another numa-repin run: {CLAIM_NAME} (uuid {uuid}) {who}; waited {} s (lock_timeout_s). Nothing was changed. Wait for that run and retry, or raise lock_timeout_s; if no migration to this destination is running (its runner died), remove the stale claim: virsh -c {dest_uri} undefine {CLAIM_NAME}",
+        "the destination {dest_uri} is claimed by another numa-repin run: {CLAIM_NAME} (uuid {uuid}) {who}; waited {} s (lock_timeout_s). Nothing was changed. Wait for that run and retry, or raise lock_timeout_s; if no migration to this destination is running (its runner died), remove the stale claim: virsh -c {dest_uri} undefine {CLAIM_NAME}",
         waited.as_secs()
     )
 }
@@ -770,7 +769,6 @@ mod tests {
     #[test]
     fn timeout_message_names_holder_and_removal() {
         let m = timeout_msg(
-            "repin_migrate",
             "qemu+tcp://cmp2/system",
             "u-1",
             &Ok(owner()),

@@ -47,7 +47,7 @@ pub fn check_uuid(u: &str) -> Result<(), Failure> {
         Ok(())
     } else {
         Err(Failure::new(
-            "nova_instance_fixup: instance_uuid is not a uuid (8-4-4-4-12 hex digits)",
+            "instance_uuid is not a uuid (8-4-4-4-12 hex digits)",
         ))
     }
 }
@@ -61,13 +61,17 @@ pub fn check_ident(name: &str) -> Result<(), Failure> {
         Ok(())
     } else {
         Err(Failure::new(format!(
-            "nova_instance_fixup: '{name}' is not a valid database name"
+            "'{name}' is not a valid database name"
         )))
     }
 }
 
 fn sql_err(e: mysql::Error, what: &str, creds: &DbCreds) -> anyhow::Error {
-    Failure::new(format!("nova_instance_fixup: {what} failed: {}; nothing was changed (the transaction is rolled back)", db::scrub(&e.to_string(), &creds.password))).into()
+    Failure::new(format!(
+        "{what} failed: {}; nothing was changed (the transaction is rolled back)",
+        db::scrub(&e.to_string(), &creds.password)
+    ))
+    .into()
 }
 
 /// The placement the guest's live pins describe (`from_libvirt`, audit): one cell per guest NUMA
@@ -80,14 +84,12 @@ pub fn placement_of_guest(
         .guests
         .iter()
         .find(|g| g.name == name_or_uuid || g.uuid == name_or_uuid)
-        .ok_or_else(|| {
-            Failure::new(format!(
-                "nova_instance_fixup: no guest '{name_or_uuid}' on {}",
-                f.host
-            ))
-        })?;
+        .ok_or_else(|| Failure::new(format!("no guest '{name_or_uuid}' on {}", f.host)))?;
     if !g.is_dedicated() {
-        return Err(Failure::new(format!("nova_instance_fixup: guest {} is not pinned (every vCPU to one pCPU); nothing to record", g.name)));
+        return Err(Failure::new(format!(
+            "guest {} is not pinned (every vCPU to one pCPU); nothing to record",
+            g.name
+        )));
     }
     let cell_of = |cpu: u32| {
         f.cells
@@ -117,13 +119,13 @@ pub fn placement_of_guest(
             .collect();
         let host_cell = g.host_cell(gid, only, cell_of).ok_or_else(|| {
             Failure::new(format!(
-                "nova_instance_fixup: guest {} cell {gid} is bound to no host cell of {}: its memory has no binding and its pCPUs are not all in one host cell",
+                "guest {} cell {gid} is bound to no host cell of {}: its memory has no binding and its pCPUs are not all in one host cell",
                 g.name, f.host
             ))
         })?;
         if let Some(cpu) = pins.values().find(|p| cell_of(**p).is_none()) {
             return Err(Failure::new(format!(
-                "nova_instance_fixup: guest {} is pinned to pCPU {cpu}, which {} does not have",
+                "guest {} is pinned to pCPU {cpu}, which {} does not have",
                 g.name, f.host
             )));
         }
@@ -317,21 +319,31 @@ pub fn plan(
             (&t.uuid,),
         )
         .map_err(|e| sql_err(e, "reading the instance", creds))?;
-    let (old_host, old_node, numa) = row.ok_or_else(|| Failure::new(format!("nova_instance_fixup: no instance {} in Nova's database {}; check the uuid (openstack server show)", t.uuid, creds.database)))?;
-    let numa = numa.ok_or_else(|| Failure::new(format!("nova_instance_fixup: instance {} has no numa_topology in instance_extra: it is not a NUMA/pinned instance", t.uuid)))?;
+    let (old_host, old_node, numa) = row.ok_or_else(|| {
+        Failure::new(format!(
+            "no instance {} in Nova's database {}; check the uuid (openstack server show)",
+            t.uuid, creds.database
+        ))
+    })?;
+    let numa = numa.ok_or_else(|| {
+        Failure::new(format!(
+            "instance {} has no numa_topology in instance_extra: it is not a NUMA/pinned instance",
+            t.uuid
+        ))
+    })?;
     let (doc, old_cells) = numa_json::instance_cells(&numa).map_err(|e| {
         Failure::new(format!(
-            "nova_instance_fixup: instance {}: {e}; the row was left as it is",
+            "instance {}: {e}; the row was left as it is",
             t.uuid
         ))
     })?;
     let mut new_doc = doc.clone();
     numa_json::set_instance_cells(&mut new_doc, &t.cells)
-        .map_err(|e| Failure::new(format!("nova_instance_fixup: instance {}: {e}", t.uuid)))?;
+        .map_err(|e| Failure::new(format!("instance {}: {e}", t.uuid)))?;
     // Read back what was written: the new cells as Nova will load them (cpuset, thread policy).
     let new_cells = numa_json::instance_cells(&numa_json::to_nova_json(&new_doc))
         .map(|(_, c)| c)
-        .map_err(|e| Failure::new(format!("nova_instance_fixup: instance {}: {e}", t.uuid)))?;
+        .map_err(|e| Failure::new(format!("instance {}: {e}", t.uuid)))?;
     let moved = old_host != t.host || old_node != t.node;
     let repinned = !same_pins(&old_cells, &new_cells);
     let mut p = Plan {
@@ -354,48 +366,7 @@ pub fn plan(
             "instance {} now on {}/{} with its new pins",
             t.uuid, t.host, t.node
         ));
-        // The nodes' usage, recomputed from every instance on them after the change, the way
-        // Nova's resource tracker computes it.
-        let mut nodes = vec![(old_node.clone(), "source")];
-        if t.node != old_node {
-            nodes.push((t.node.clone(), "dest"));
-        }
-        for (node, role) in nodes {
-            let (id, before_doc) = node_doc(tx, creds, &node, for_update)?;
-            let mut others = node_instances(tx, creds, &node, &t.uuid, for_update)?;
-            if node == t.node {
-                others.push((t.uuid.clone(), new_cells.clone()));
-            }
-            let mut doc = before_doc.clone();
-            let problems = numa_json::usage_from_instances(&mut doc, &others).map_err(|e| {
-                Failure::new(format!("nova_instance_fixup: compute node {node}: {e}"))
-            })?;
-            let (ours, theirs): (Vec<String>, Vec<String>) = problems
-                .into_iter()
-                .partition(|m| node == t.node && m.contains(&t.uuid));
-            if !ours.is_empty() {
-                return Err(Failure::new(format!(
-                    "nova_instance_fixup: recording instance {} on {node} would leave a compute node Nova refuses: {}; nothing was changed",
-                    t.uuid,
-                    ours.join("; ")
-                ))
-                .into());
-            }
-            p.warnings
-                .extend(theirs.into_iter().map(|m| format!("{node}: {m}")));
-            p.before[format!("{role}_node_numa_topology")] = before_doc.clone();
-            p.after[format!("{role}_node_numa_topology")] = doc.clone();
-            if doc != before_doc {
-                p.writes.push((
-                    "UPDATE compute_nodes SET numa_topology = ?, updated_at = UTC_TIMESTAMP() WHERE id = ?".into(),
-                    (numa_json::to_nova_json(&doc), id).into(),
-                ));
-                p.steps.push(format!(
-                    "recomputed the usage of {node} from its {} instances",
-                    others.len()
-                ));
-            }
-        }
+        nodes_usage(tx, creds, t, &old_node, &new_cells, for_update, &mut p)?;
     }
     if moved {
         p.writes.push((
@@ -405,74 +376,150 @@ pub fn plan(
         p.steps
             .push("recorded a completed live-migration in migrations".into());
     }
-    // Placement: the consumer's allocations move to the destination provider.
     if let Some(pdb) = &dbs.placement {
-        let dst_rp: Option<u64> = tx
-            .exec_first(
-                format!("SELECT id FROM {pdb}.resource_providers WHERE name = ?"),
-                (&t.node,),
-            )
-            .map_err(|e| sql_err(e, "reading Placement's providers", creds))?;
-        let on_other: Vec<(u64, u64, u64)> = tx
-            .exec(format!("SELECT resource_provider_id, resource_class_id, used FROM {pdb}.allocations WHERE consumer_id = ? ORDER BY resource_class_id{for_update}"), (&t.uuid,))
-            .map_err(|e| sql_err(e, "reading Placement's allocations", creds))?;
-        p.before["allocations"] = json!(on_other);
-        if let Some(dst) = dst_rp {
-            let stray = on_other.iter().filter(|a| a.0 != dst).count();
-            if stray > 0 {
-                p.writes.push((
-                    format!("UPDATE {pdb}.allocations SET resource_provider_id = ?, updated_at = UTC_TIMESTAMP() WHERE consumer_id = ? AND resource_provider_id <> ?"),
-                    (dst, &t.uuid, dst).into(),
-                ));
-                p.steps.push(format!(
-                    "moved {stray} Placement allocations to provider {}",
-                    t.node
-                ));
-            }
-            p.after["allocations"] =
-                json!(on_other.iter().map(|a| (dst, a.1, a.2)).collect::<Vec<_>>());
-        } else {
-            p.warnings.push(format!(
-                "no Placement provider named {}: allocations left as they are",
-                t.node
-            ));
-        }
+        placement_allocations(tx, creds, pdb, t, for_update, &mut p)?;
     }
-    // Neutron: the ports' binding host follows the guest, or it loses its network.
     if let Some(ndb) = &dbs.neutron {
-        let bindings: Vec<(String, String)> = tx
-            .exec(format!("SELECT b.port_id, b.host FROM {ndb}.ml2_port_bindings b JOIN {ndb}.ports p ON p.id = b.port_id WHERE p.device_id = ? ORDER BY b.port_id{for_update}"), (&t.uuid,))
-            .map_err(|e| sql_err(e, "reading Neutron port bindings", creds))?;
-        p.before["port_bindings"] = json!(bindings);
-        let stale: Vec<&(String, String)> = bindings.iter().filter(|b| b.1 != t.host).collect();
-        for (port, _) in &stale {
-            p.writes.push((
-                format!(
-                    "UPDATE {ndb}.ml2_port_bindings SET host = ? WHERE port_id = ? AND host <> ?"
-                ),
-                (&t.host, port, &t.host).into(),
-            ));
-        }
-        if !stale.is_empty() {
-            p.steps.push(format!(
-                "moved {} Neutron port bindings to {} in Neutron's database (fallback: no L2 agent was told)",
-                stale.len(),
-                t.host
-            ));
-            p.warnings.push(format!(
-                "Neutron port bindings written into Neutron's database directly (neutron_database): neutron-server \
-                 told no L2 agent, so the port stays unwired on {} until its agent resyncs; move ports through \
-                 Neutron's API (neutron_port_binding) instead",
-                t.host
-            ));
-        }
-        p.after["port_bindings"] = json!(bindings
-            .iter()
-            .map(|b| (b.0.clone(), t.host.clone()))
-            .collect::<Vec<_>>());
+        neutron_bindings(tx, creds, ndb, t, for_update, &mut p)?;
     }
     p.changed = !p.writes.is_empty();
     Ok(p)
+}
+
+/// The usage of the instance's old node (and its new one), recomputed from every instance on
+/// them after the change, the way Nova's resource tracker computes it.
+fn nodes_usage(
+    tx: &mut mysql::Transaction,
+    creds: &DbCreds,
+    t: &Target,
+    old_node: &str,
+    new_cells: &[CellPins],
+    for_update: &str,
+    p: &mut Plan,
+) -> Result<()> {
+    let mut nodes = vec![(old_node.to_string(), "source")];
+    if t.node != old_node {
+        nodes.push((t.node.clone(), "dest"));
+    }
+    for (node, role) in nodes {
+        let (id, before_doc) = node_doc(tx, creds, &node, for_update)?;
+        let mut others = node_instances(tx, creds, &node, &t.uuid, for_update)?;
+        if node == t.node {
+            others.push((t.uuid.clone(), new_cells.to_vec()));
+        }
+        let mut doc = before_doc.clone();
+        let problems = numa_json::usage_from_instances(&mut doc, &others)
+            .map_err(|e| Failure::new(format!("compute node {node}: {e}")))?;
+        let (ours, theirs): (Vec<String>, Vec<String>) = problems
+            .into_iter()
+            .partition(|m| node == t.node && m.contains(&t.uuid));
+        if !ours.is_empty() {
+            return Err(Failure::new(format!(
+                "recording instance {} on {node} would leave a compute node Nova refuses: {}; nothing was changed",
+                t.uuid,
+                ours.join("; ")
+            ))
+            .into());
+        }
+        p.warnings
+            .extend(theirs.into_iter().map(|m| format!("{node}: {m}")));
+        p.before[format!("{role}_node_numa_topology")] = before_doc.clone();
+        p.after[format!("{role}_node_numa_topology")] = doc.clone();
+        if doc != before_doc {
+            p.writes.push((
+                "UPDATE compute_nodes SET numa_topology = ?, updated_at = UTC_TIMESTAMP() WHERE id = ?".into(),
+                (numa_json::to_nova_json(&doc), id).into(),
+            ));
+            p.steps.push(format!(
+                "recomputed the usage of {node} from its {} instances",
+                others.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Placement: the consumer's allocations move to the destination provider.
+fn placement_allocations(
+    tx: &mut mysql::Transaction,
+    creds: &DbCreds,
+    pdb: &str,
+    t: &Target,
+    for_update: &str,
+    p: &mut Plan,
+) -> Result<()> {
+    let dst_rp: Option<u64> = tx
+        .exec_first(
+            format!("SELECT id FROM {pdb}.resource_providers WHERE name = ?"),
+            (&t.node,),
+        )
+        .map_err(|e| sql_err(e, "reading Placement's providers", creds))?;
+    let on_other: Vec<(u64, u64, u64)> = tx
+        .exec(format!("SELECT resource_provider_id, resource_class_id, used FROM {pdb}.allocations WHERE consumer_id = ? ORDER BY resource_class_id{for_update}"), (&t.uuid,))
+        .map_err(|e| sql_err(e, "reading Placement's allocations", creds))?;
+    p.before["allocations"] = json!(on_other);
+    if let Some(dst) = dst_rp {
+        let stray = on_other.iter().filter(|a| a.0 != dst).count();
+        if stray > 0 {
+            p.writes.push((
+                format!("UPDATE {pdb}.allocations SET resource_provider_id = ?, updated_at = UTC_TIMESTAMP() WHERE consumer_id = ? AND resource_provider_id <> ?"),
+                (dst, &t.uuid, dst).into(),
+            ));
+            p.steps.push(format!(
+                "moved {stray} Placement allocations to provider {}",
+                t.node
+            ));
+        }
+        p.after["allocations"] =
+            json!(on_other.iter().map(|a| (dst, a.1, a.2)).collect::<Vec<_>>());
+    } else {
+        p.warnings.push(format!(
+            "no Placement provider named {}: allocations left as they are",
+            t.node
+        ));
+    }
+    Ok(())
+}
+
+/// Neutron (the `neutron_database` fallback): the ports' binding host follows the guest, or it
+/// loses its network.
+fn neutron_bindings(
+    tx: &mut mysql::Transaction,
+    creds: &DbCreds,
+    ndb: &str,
+    t: &Target,
+    for_update: &str,
+    p: &mut Plan,
+) -> Result<()> {
+    let bindings: Vec<(String, String)> = tx
+        .exec(format!("SELECT b.port_id, b.host FROM {ndb}.ml2_port_bindings b JOIN {ndb}.ports p ON p.id = b.port_id WHERE p.device_id = ? ORDER BY b.port_id{for_update}"), (&t.uuid,))
+        .map_err(|e| sql_err(e, "reading Neutron port bindings", creds))?;
+    p.before["port_bindings"] = json!(bindings);
+    let stale: Vec<&(String, String)> = bindings.iter().filter(|b| b.1 != t.host).collect();
+    for (port, _) in &stale {
+        p.writes.push((
+            format!("UPDATE {ndb}.ml2_port_bindings SET host = ? WHERE port_id = ? AND host <> ?"),
+            (&t.host, port, &t.host).into(),
+        ));
+    }
+    if !stale.is_empty() {
+        p.steps.push(format!(
+            "moved {} Neutron port bindings to {} in Neutron's database (fallback: no L2 agent was told)",
+            stale.len(),
+            t.host
+        ));
+        p.warnings.push(format!(
+            "Neutron port bindings written into Neutron's database directly (neutron_database): neutron-server \
+             told no L2 agent, so the port stays unwired on {} until its agent resyncs; move ports through \
+             Neutron's API (neutron_port_binding) instead",
+            t.host
+        ));
+    }
+    p.after["port_bindings"] = json!(bindings
+        .iter()
+        .map(|b| (b.0.clone(), t.host.clone()))
+        .collect::<Vec<_>>());
+    Ok(())
 }
 
 /// A compute node's id and stored topology.
@@ -485,14 +532,11 @@ fn node_doc(
     let r: Option<(u64, Option<String>)> = tx
         .exec_first(format!("SELECT id, numa_topology FROM compute_nodes WHERE hypervisor_hostname = ? AND deleted = 0{for_update}"), (node,))
         .map_err(|e| sql_err(e, "reading the compute node", creds))?;
-    let (id, text) = r.ok_or_else(|| {
-        Failure::new(format!(
-            "nova_instance_fixup: no compute node '{node}' in Nova's database"
-        ))
-    })?;
+    let (id, text) =
+        r.ok_or_else(|| Failure::new(format!("no compute node '{node}' in Nova's database")))?;
     let v: Value = serde_json::from_str(text.as_deref().unwrap_or("null")).map_err(|e| {
         Failure::new(format!(
-            "nova_instance_fixup: compute node {node}: numa_topology is not JSON ({e})"
+            "compute node {node}: numa_topology is not JSON ({e})"
         ))
     })?;
     Ok((id, v))
@@ -518,7 +562,7 @@ fn node_instances(
     for (uuid, numa) in rows {
         let Some(text) = numa else { continue };
         let (_, cells) = numa_json::instance_cells(&text).map_err(|e| {
-            Failure::new(format!("nova_instance_fixup: instance {uuid} on {node}: {e}; its node's usage cannot be recomputed, nothing was changed (repair that row first: audit with fix)"))
+            Failure::new(format!("instance {uuid} on {node}: {e}; its node's usage cannot be recomputed, nothing was changed (repair that row first: audit with fix)"))
         })?;
         out.push((uuid, cells));
     }
@@ -651,12 +695,8 @@ pub fn db_overlaps(conn: &mut Conn, creds: &DbCreds) -> Result<Vec<Value>> {
 
 /// Write the before values to `dir` before anything is committed.
 pub fn backup(dir: &std::path::Path, uuid: &str, before: &Value) -> Result<String> {
-    std::fs::create_dir_all(dir).map_err(|e| {
-        Failure::new(format!(
-            "nova_instance_fixup: cannot create backup_dir {}: {e}",
-            dir.display()
-        ))
-    })?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Failure::new(format!("cannot create backup_dir {}: {e}", dir.display())))?;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
@@ -669,12 +709,8 @@ pub fn backup(dir: &std::path::Path, uuid: &str, before: &Value) -> Result<Strin
         path = dir.join(format!("{uuid}-{stamp}-{n}.json"));
         n += 1;
     }
-    std::fs::write(&path, serde_json::to_vec_pretty(before).unwrap_or_default()).map_err(|e| {
-        Failure::new(format!(
-            "nova_instance_fixup: cannot write backup {}: {e}",
-            path.display()
-        ))
-    })?;
+    std::fs::write(&path, serde_json::to_vec_pretty(before).unwrap_or_default())
+        .map_err(|e| Failure::new(format!("cannot write backup {}: {e}", path.display())))?;
     Ok(path.display().to_string())
 }
 

@@ -84,18 +84,14 @@ impl ModuleArgs for Args {
 /// The module's flow (`ansible::run` calls it with the parsed arguments).
 pub fn run(a: Args, ctx: &Context) -> anyhow::Result<Outcome> {
     let creds = match &a.db_connection {
-        Some(url) => db::parse_url(url)
-            .map_err(|e| Failure::new(format!("nova_instance_fixup: db_connection: {e}")))?,
+        Some(url) => db::parse_url(url).map_err(|e| Failure::new(format!("db_connection: {e}")))?,
         None => {
             let pw = a
                 .passwords_file
                 .clone()
                 .or_else(|| Some(PathBuf::from("/etc/kolla/passwords.yml")).filter(|p| p.exists()));
-            db::from_kolla(&a.nova_conf, pw.as_deref()).map_err(|e| {
-                Failure::new(format!(
-                    "nova_instance_fixup: {e}; give db_connection or nova_conf"
-                ))
-            })?
+            db::from_kolla(&a.nova_conf, pw.as_deref())
+                .map_err(|e| Failure::new(format!("{e}; give db_connection or nova_conf")))?
         }
     };
     let opt = |s: &str| -> Result<Option<String>, Failure> {
@@ -222,29 +218,28 @@ pub fn run(a: Args, ctx: &Context) -> anyhow::Result<Outcome> {
         }
         return Ok(o);
     }
-    let uuid = a.instance_uuid.clone().ok_or_else(|| {
-        Failure::new("nova_instance_fixup: instance_uuid is required (or audit: true)")
-    })?;
+    let uuid = a
+        .instance_uuid
+        .clone()
+        .ok_or_else(|| Failure::new("instance_uuid is required (or audit: true)"))?;
     fixup::check_uuid(&uuid)?;
     let (placement, host) = if a.from_libvirt {
         let uri = a
             .libvirt_uri
             .as_deref()
-            .ok_or_else(|| Failure::new("nova_instance_fixup: from_libvirt needs libvirt_uri"))?;
+            .ok_or_else(|| Failure::new("from_libvirt needs libvirt_uri"))?;
         let f = facts::gather_live(uri, a.host_nova_conf.as_deref(), a.dest_host.as_deref())?;
         let (p, _) = fixup::placement_of_guest(&f, &uuid)?;
         (p, a.dest_host.clone().unwrap_or(f.host.clone()))
     } else {
         let p = a.placement.clone().ok_or_else(|| {
-            Failure::new(
-                "nova_instance_fixup: give placement (from repin_migrate) or from_libvirt: true",
-            )
+            Failure::new("give placement (from repin_migrate) or from_libvirt: true")
         })?;
         (
             p,
-            a.dest_host.clone().ok_or_else(|| {
-                Failure::new("nova_instance_fixup: dest_host is required with placement")
-            })?,
+            a.dest_host
+                .clone()
+                .ok_or_else(|| Failure::new("dest_host is required with placement"))?,
         )
     };
     let t = Target {

@@ -40,7 +40,7 @@ pub fn run(a: Args, _ctx: &Context) -> anyhow::Result<Outcome> {
         )?,
         None => {
             if !a.domain_files.is_empty() {
-                anyhow::bail!("numa_facts: domain_files needs capabilities_file (offline mode); to read a live host give only uri");
+                anyhow::bail!("domain_files needs capabilities_file (offline mode); to read a live host give only uri");
             }
             facts::gather_live(&a.uri, a.nova_conf.as_deref(), a.host.as_deref())?
         }

@@ -102,12 +102,11 @@ fn target(a: &Args) -> anyhow::Result<NumaFacts> {
     match (&a.host_facts, &a.uri) {
         (Some(f), None) => Ok(f.clone()),
         (None, Some(uri)) => facts::gather_live(uri, a.nova_conf.as_deref(), None),
-        (Some(_), Some(_)) => Err(Failure::new(
-            "pin_fit_check: give the target host as host_facts or as uri, not both",
-        )
-        .into()),
+        (Some(_), Some(_)) => {
+            Err(Failure::new("give the target host as host_facts or as uri, not both").into())
+        }
         (None, None) => Err(Failure::new(
-            "pin_fit_check: the target host is missing: give host_facts (from numa_facts) or uri",
+            "the target host is missing: give host_facts (from numa_facts) or uri",
         )
         .into()),
     }
@@ -120,16 +119,14 @@ pub fn run(a: Args, _ctx: &Context) -> anyhow::Result<Outcome> {
     };
     if let Some(d) = &a.drain {
         if a.request.is_some() || a.guest.is_some() || a.host_facts.is_some() || a.uri.is_some() {
-            anyhow::bail!(
-                "pin_fit_check: drain planning takes only drain.sources and drain.candidates"
-            );
+            anyhow::bail!("drain planning takes only drain.sources and drain.candidates");
         }
         return Ok(drain(d, &opts));
     }
     let host = target(&a)?;
     let (topo, name, exclude) = match (&a.request, &a.guest) {
         (Some(r), None) => match fit::constraints(r)
-            .map_err(|e| Failure::new(format!("pin_fit_check: the request is invalid: {e}")))?
+            .map_err(|e| Failure::new(format!("the request is invalid: {e}")))?
         {
             Some(t) => (t, None, None),
             None => {
@@ -143,9 +140,7 @@ pub fn run(a: Args, _ctx: &Context) -> anyhow::Result<Outcome> {
             let src = match (&a.source_facts, &a.source_uri) {
                 (Some(f), None) => f.clone(),
                 (None, Some(u)) => facts::gather_live(u, None, None)?,
-                _ => anyhow::bail!(
-                    "pin_fit_check: with guest, give exactly one of source_facts or source_uri"
-                ),
+                _ => anyhow::bail!("with guest, give exactly one of source_facts or source_uri"),
             };
             let guest = src
                 .guests
@@ -153,7 +148,7 @@ pub fn run(a: Args, _ctx: &Context) -> anyhow::Result<Outcome> {
                 .find(|x| &x.name == g || &x.uuid == g)
                 .ok_or_else(|| {
                     Failure::new(format!(
-                        "pin_fit_check: no guest '{g}' on {}; guests there: {}",
+                        "no guest '{g}' on {}; guests there: {}",
                         src.host,
                         src.guests
                             .iter()
@@ -171,7 +166,7 @@ pub fn run(a: Args, _ctx: &Context) -> anyhow::Result<Outcome> {
                 .then(|| guest.uuid.clone());
             (t, Some(guest.name.clone()), exclude)
         }
-        _ => anyhow::bail!("pin_fit_check: give exactly one of request or guest"),
+        _ => anyhow::bail!("give exactly one of request or guest"),
     };
     let state = host.host_state(exclude.as_deref());
     let decision = match fit::fit_topology(&state, &topo, &opts) {

@@ -1,5 +1,4 @@
 use super::args::Args;
-use super::M;
 use crate::ansible::{Failure, Outcome};
 use crate::io::libvirt::{self, Host};
 use anyhow::{anyhow, Result};
@@ -28,8 +27,7 @@ pub(super) fn take_claim(
             waited,
         } => {
             let now = crate::io::claim::now_unix();
-            let mut f = Failure::new(crate::io::claim::timeout_msg(
-                M, &h.uri, &uuid, &holder, waited, now,
+            let mut f = Failure::new(crate::io::claim::timeout_msg(&h.uri, &uuid, &holder, waited, now,
             ))
             .with("guest_on_source", mode == "migrate")
             .with("claim_uuid", &uuid);
@@ -41,7 +39,7 @@ pub(super) fn take_claim(
             }
             anyhow::Error::new(f)
         }
-        crate::io::claim::Refused::Error(e) => anyhow!("{M}: cannot claim {}: {e:#}", h.uri),
+        crate::io::claim::Refused::Error(e) => anyhow!("cannot claim {}: {e:#}", h.uri),
     })
 }
 

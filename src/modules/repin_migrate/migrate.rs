@@ -5,13 +5,13 @@
 
 use super::args::{Args, Storage};
 use super::claim::{release_claim, take_claim};
+use super::lv;
 use super::monitor::{downtime_steps, monitor, JobFigures, MonitorCfg};
 use super::plan::{current_valid, old_pins, plan_move, MovePlan};
 use super::prepare::{cleanup_disks, cpu_check, prepare_disks, ssh_connect};
 use super::report::{base_fields, migration_failed, placement_msg};
 use super::source::{read_source, Hosts, SourceGuest};
 use super::verify;
-use super::{lv, M};
 use crate::ansible::{Context, Failure, Outcome};
 use crate::facts;
 use crate::fit::GuestTopology;
@@ -162,12 +162,12 @@ fn already_moved(a: &Args, ctx: &Context, h: &Hosts, sg: Option<&SourceGuest>) -
     // By uuid when the source still has a definition: the name may differ.
     let key = sg.map(|s| s.guest.uuid.clone()).unwrap_or(a.guest.clone());
     let ddom = h.dst.find(&key).map_err(|e| {
-        Failure::new(format!("{M}: {} is not running on {}, and the destination's libvirtd cannot be asked whether it runs there: {}; nothing was changed", a.guest, a.source_uri, lv(e)))
+        Failure::new(format!("{} is not running on {}, and the destination's libvirtd cannot be asked whether it runs there: {}; nothing was changed", a.guest, a.source_uri, lv(e)))
     })?;
     let Some(ddom) = ddom.filter(|d| d.is_active().unwrap_or(false)) else {
         return Err(match sg {
-            Some(_) => Failure::new(format!("{M}: {} is not running on {}; live migration needs a running guest (start it, or move a stopped guest offline)", a.guest, a.source_uri)),
-            None => Failure::new(format!("{M}: no guest named or with uuid '{}' on {} nor running on {}", a.guest, a.source_uri, h.dest_uri)),
+            Some(_) => Failure::new(format!("{} is not running on {}; live migration needs a running guest (start it, or move a stopped guest offline)", a.guest, a.source_uri)),
+            None => Failure::new(format!("no guest named or with uuid '{}' on {} nor running on {}", a.guest, a.source_uri, h.dest_uri)),
         }
         .into());
     };
@@ -211,8 +211,16 @@ fn already_moved(a: &Args, ctx: &Context, h: &Hosts, sg: Option<&SourceGuest>) -
 fn refuse_if_on_destination(a: &Args, h: &Hosts, sg: &SourceGuest) -> Result<()> {
     let g = &sg.guest;
     match Presence::of(&h.dst, &h.dest_uri, &g.uuid) {
-        Presence::Defined { active: true, .. } => Err(Failure::new(format!("{M}: {} runs on both {} and {}; resolve that by hand first (destroy the stale copy)", g.name, a.source_uri, h.dest_uri)).into()),
-        Presence::Unknown(why) => Err(Failure::new(format!("{M}: cannot ask the destination's libvirtd whether {} is there: {why}; nothing was changed", g.name)).into()),
+        Presence::Defined { active: true, .. } => Err(Failure::new(format!(
+            "{} runs on both {} and {}; resolve that by hand first (destroy the stale copy)",
+            g.name, a.source_uri, h.dest_uri
+        ))
+        .into()),
+        Presence::Unknown(why) => Err(Failure::new(format!(
+            "cannot ask the destination's libvirtd whether {} is there: {why}; nothing was changed",
+            g.name
+        ))
+        .into()),
         _ => Ok(()),
     }
 }
@@ -227,11 +235,22 @@ fn prepare_destination(
 ) -> Result<Option<Ssh>> {
     let ssh = if a.storage == Storage::Block && !plan.disks.is_empty() {
         let s = ssh_connect(a)?;
-        prepare_disks(&s, &mut plan.disks, a.instance_dir.as_deref(), &sg.guest.uuid).map_err(|e| {
+        prepare_disks(
+            &s,
+            &mut plan.disks,
+            a.instance_dir.as_deref(),
+            &sg.guest.uuid,
+        )
+        .map_err(|e| {
             let removed = cleanup_disks(&s, &plan.disks);
             match e.downcast::<Failure>() {
                 Ok(f) => anyhow::Error::new(f.with("removed_on_destination", &removed)),
-                Err(e) => anyhow::Error::new(Failure::new(format!("{M}: preparing the destination over SSH failed: {e:#}; nothing was migrated")).with("removed_on_destination", &removed)),
+                Err(e) => anyhow::Error::new(
+                    Failure::new(format!(
+                        "preparing the destination over SSH failed: {e:#}; nothing was migrated"
+                    ))
+                    .with("removed_on_destination", &removed),
+                ),
             }
         })?;
         o.set("ssh_host_key_sha256", &s.host_key_sha256);
@@ -341,11 +360,11 @@ fn arrived(h: &Hosts, sg: &SourceGuest, run: &Run) -> Result<Value> {
     let ddom = match Presence::of(&h.dst, &h.dest_uri, &g.uuid) {
         Presence::Defined { dom, .. } => dom,
         Presence::Absent => return Err(anyhow!(
-            "{M}: the migration returned success but {} has no {}; CHECK BY HAND where it runs (virsh list --all on both hosts)",
+            "the migration returned success but {} has no {}; CHECK BY HAND where it runs (virsh list --all on both hosts)",
             h.dest_uri, g.name
         )),
         Presence::Unknown(why) => return Err(anyhow!(
-            "{M}: the migration returned success but the destination's libvirtd cannot be asked about {} ({why}); CHECK BY HAND where it runs (virsh list --all on both hosts), then rerun: a rerun verifies and removes a stale copy",
+            "the migration returned success but the destination's libvirtd cannot be asked about {} ({why}); CHECK BY HAND where it runs (virsh list --all on both hosts), then rerun: a rerun verifies and removes a stale copy",
             g.name
         )),
     };

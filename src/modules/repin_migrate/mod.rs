@@ -56,8 +56,6 @@ use anyhow::Result;
 pub use args::Args;
 use args::Mode;
 
-pub(super) const M: &str = "repin_migrate";
-
 // ---------------------------------------------------------------------------------------------
 // Small helpers.
 
@@ -70,13 +68,16 @@ pub fn run(a: Args, ctx: &Context) -> Result<Outcome> {
     match a.mode {
         Mode::Repin => {
             if !same {
-                return Err(Failure::new(format!("{M}: mode repin works on one host: give source_uri only (or dest_uri equal to it)")).into());
+                return Err(Failure::new(format!(
+                    "mode repin works on one host: give source_uri only (or dest_uri equal to it)"
+                ))
+                .into());
             }
             repin::repin_in_place(&a, ctx)
         }
         Mode::Migrate => {
             if same {
-                return Err(Failure::new(format!("{M}: dest_uri is missing or equals source_uri; to move pins on the same host use mode: repin")).into());
+                return Err(Failure::new(format!("dest_uri is missing or equals source_uri; to move pins on the same host use mode: repin")).into());
             }
             migrate::migrate(&a, ctx)
         }

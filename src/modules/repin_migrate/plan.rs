@@ -5,7 +5,6 @@ use super::args::{Args, Storage};
 use super::prepare::{local_disks, Disk};
 use super::report::diff_value;
 use super::source::{Hosts, SourceGuest};
-use super::M;
 use crate::ansible::Failure;
 use crate::facts::{self, NumaFacts};
 use crate::fit::FitOptions;
@@ -111,7 +110,7 @@ pub(super) fn plan_move(
     let dfacts = facts::gather_live(&h.dest_uri, a.dest_nova_conf.as_deref(), Some(&h.dest_host))?;
     let state = dfacts.host_state(Some(&g.uuid));
     let placement = fit::fit_topology(&state, topo, &FitOptions::default()).map_err(|r| {
-        Failure::new(r.msg.clone())
+        Failure::exact(r.msg.clone())
             .with("reasons", &r.reasons)
             .with("instance_uuid", &g.uuid)
             .with("guest", &g.name)
@@ -122,12 +121,12 @@ pub(super) fn plan_move(
     })?;
     let dest_xml = rewrite::rewrite(&sg.live_xml, &placement).map_err(|e| {
         Failure::new(format!(
-            "{M}: cannot rewrite the guest XML: {e}; nothing was changed"
+            "cannot rewrite the guest XML: {e}; nothing was changed"
         ))
     })?;
     let persist_xml = rewrite::rewrite(&sg.inactive_xml, &placement).map_err(|e| {
         Failure::new(format!(
-            "{M}: cannot rewrite the persistent XML: {e}; nothing was changed"
+            "cannot rewrite the persistent XML: {e}; nothing was changed"
         ))
     })?;
     let diff = diff_value(

@@ -1,5 +1,5 @@
 use super::args::Args;
-use super::{lv, M};
+use super::lv;
 use crate::ansible::Failure;
 use crate::io::libvirt::{consts, Domain, Host};
 use crate::io::ssh::{quote, Ssh};
@@ -46,7 +46,7 @@ pub(super) fn cpu_check(src: &Host, dst: &Host, xml: &str) -> Result<Value> {
     };
     match dst.compare_cpu(&cpu_xml, 0) {
         Ok(r) if r == consts::VIR_CPU_COMPARE_INCOMPATIBLE => Err(Failure::new(format!(
-            "{M}: the guest's CPU (mode {mode}) is not compatible with the destination's CPU; nothing was changed. Give the guests a common model (nova.conf cpu_mode=custom, cpu_model=...) or choose another destination"
+            "the guest's CPU (mode {mode}) is not compatible with the destination's CPU; nothing was changed. Give the guests a common model (nova.conf cpu_mode=custom, cpu_model=...) or choose another destination"
         ))
         .into()),
         Ok(r) => Ok(json!({"checked": true, "mode": mode, "result": if r == consts::VIR_CPU_COMPARE_IDENTICAL { "identical" } else { "superset" }})),
@@ -97,14 +97,14 @@ pub(super) fn local_disks(dom: &Domain, xml: &str) -> Result<Vec<Disk>> {
             if let Some(bs) = d.child("backingStore") {
                 if bs.child("source").is_some() {
                     return Err(Failure::new(format!(
-                        "{M}: disk {target} ({path}) has a backing file; block migration of backing chains is not supported here (Nova copies the base image first): nothing was changed"
+                        "disk {target} ({path}) has a backing file; block migration of backing chains is not supported here (Nova copies the base image first): nothing was changed"
                     ))
                     .into());
                 }
             }
             let info = dom
                 .block_info(&target, 0)
-                .map_err(|e| anyhow!("{M}: cannot read the size of disk {target}: {}", lv(e)))?;
+                .map_err(|e| anyhow!("cannot read the size of disk {target}: {}", lv(e)))?;
             out.push(Disk {
                 target,
                 path: path.to_string(),
@@ -119,10 +119,10 @@ pub(super) fn local_disks(dom: &Domain, xml: &str) -> Result<Vec<Disk>> {
 }
 
 pub(super) fn ssh_connect(a: &Args) -> Result<Ssh> {
-    let host = a.ssh_host.as_deref().ok_or_else(|| Failure::new(format!("{M}: storage block needs ssh_host (the destination's sshd, Kolla nova_ssh) to prepare its disks")))?;
+    let host = a.ssh_host.as_deref().ok_or_else(|| Failure::new(format!("storage block needs ssh_host (the destination's sshd, Kolla nova_ssh) to prepare its disks")))?;
     let key = a.ssh_key.as_deref().ok_or_else(|| {
         Failure::new(format!(
-            "{M}: storage block needs ssh_key (private key accepted by the destination's sshd)"
+            "storage block needs ssh_key (private key accepted by the destination's sshd)"
         ))
     })?;
     Ssh::connect(
@@ -166,7 +166,7 @@ pub(super) fn prepare_disks(
             let fmt = v["format"].as_str().unwrap_or("");
             if size != d.capacity_bytes || fmt != d.format {
                 return Err(Failure::new(format!(
-                    "{M}: {} already exists on the destination as {fmt} of {size} bytes, the guest's disk {} is {} of {} bytes; remove it (or check it is not another guest's) and rerun: nothing was migrated",
+                    "{} already exists on the destination as {fmt} of {size} bytes, the guest's disk {} is {} of {} bytes; remove it (or check it is not another guest's) and rerun: nothing was migrated",
                     d.dest_path, d.target, d.format, d.capacity_bytes
                 ))
                 .into());

@@ -3,11 +3,11 @@
 
 use super::args::Args;
 use super::claim::{release_claim, take_claim};
+use super::lv;
 use super::plan::{current_valid, old_pins};
 use super::report::{base_fields, diff_value, placement_msg};
 use super::source::conf_host;
 use super::verify;
-use super::{lv, M};
 use crate::ansible::{Context, Failure, Outcome};
 use crate::facts::{self, NumaFacts};
 use crate::fit::{self, FitOptions, GuestTopology, Placement};
@@ -46,7 +46,7 @@ pub(super) fn repin_in_place(a: &Args, ctx: &Context) -> Result<Outcome> {
         .xml_desc(0)
         .map_err(|e| anyhow!("{}: {}", g.name, lv(e)))?;
     let new_xml =
-        rewrite::rewrite(&live_xml, &placement).map_err(|e| Failure::new(format!("{M}: {e}")))?;
+        rewrite::rewrite(&live_xml, &placement).map_err(|e| Failure::new(format!("{e}")))?;
     let mut o = Outcome::new(true, String::new());
     base_fields(&mut o, &g.uuid, &host_name, &host_name, &node, &placement);
     o.set("guest", &g.name);
@@ -125,7 +125,8 @@ fn plan_in_place(
     let cells_now: Vec<u32> = current.cells.iter().map(|c| c.host_cell).collect();
     state.cells.retain(|c| cells_now.contains(&c.id));
     let placement = fit::fit_topology(&state, topo, &FitOptions::default()).map_err(|r| {
-        Failure::new(format!(
+        // Nova's refusal first, exactly: callers match `No numa available`.
+        Failure::exact(format!(
             "{}: no free pCPUs for {} in the host cell(s) {:?} that hold its memory (repin never moves memory between cells; migrate it instead); nothing was changed",
             r.msg, g.name, cells_now
         ))
@@ -134,7 +135,7 @@ fn plan_in_place(
     })?;
     for (c, old) in placement.cells.iter().zip(&current.cells) {
         if c.host_cell != old.host_cell || c.guest_cell != old.guest_cell {
-            return Err(Failure::new(format!("{M}: repinning {} would move guest cell {} from host cell {} to {}: memory would have to change cell; migrate it instead. Nothing was changed", g.name, c.guest_cell, old.host_cell, c.host_cell)).into());
+            return Err(Failure::new(format!("repinning {} would move guest cell {} from host cell {} to {}: memory would have to change cell; migrate it instead. Nothing was changed", g.name, c.guest_cell, old.host_cell, c.host_cell)).into());
         }
     }
     Ok(placement)
@@ -171,7 +172,7 @@ fn pin_or_restore(
     let Err(e) = apply(new) else { return Ok(()) };
     let restored = apply(old).is_ok();
     Err(Failure::new(format!(
-        "{M}: repinning {} failed: {e}; {}",
+        "repinning {} failed: {e}; {}",
         g.name,
         if restored {
             "its old pins were put back (checked)"

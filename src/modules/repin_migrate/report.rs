@@ -6,7 +6,6 @@ use super::monitor::JobFigures;
 use super::plan::old_pins;
 use super::prepare::{cleanup_disks, Disk};
 use super::source::{Hosts, SourceGuest};
-use super::M;
 use crate::ansible::{Failure, Outcome};
 use crate::fit::Placement;
 use crate::io::libvirt;
@@ -104,7 +103,7 @@ pub(super) fn migration_failed(
         .unwrap_or_default();
     let hint = failure_hint(a, err, figs);
     Failure::new(format!(
-        "{M}: migration of {} to {} failed{timeout}: {err}; {state_msg}; {hint}",
+        "migration of {} to {} failed{timeout}: {err}; {state_msg}; {hint}",
         g.name, h.dest_host
     ))
     .with("instance_uuid", &g.uuid)

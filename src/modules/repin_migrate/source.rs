@@ -2,7 +2,7 @@
 //! guest as the source runs it.
 
 use super::args::Args;
-use super::{lv, M};
+use super::lv;
 use crate::ansible::Failure;
 use crate::io::libvirt::{self, consts, Domain, Host};
 use crate::limits;
@@ -45,7 +45,7 @@ pub(super) fn read_source(src: &Host, name: &str) -> Result<Option<SourceGuest>>
         Ok(None) => return Ok(None),
         Err(e) => {
             return Err(Failure::new(format!(
-                "{M}: cannot ask the source's libvirtd about {name}: {}; nothing was changed",
+                "cannot ask the source's libvirtd about {name}: {}; nothing was changed",
                 lv(e)
             ))
             .into())

@@ -7,7 +7,6 @@ use super::repin::cpumap;
 use super::source::conf_host;
 use super::verify::libvirt_pins_match;
 use super::verify::pins_match;
-use super::M;
 use crate::facts::{self};
 use crate::fit::{self, FitOptions, GuestTopology};
 use crate::io::libvirt::{self};
@@ -17,7 +16,7 @@ use crate::model::rewrite;
 fn timing_and_paths_are_bounded_in_the_args() {
     let parse = |extra: &str| {
         crate::ansible::parse_args::<Args>(
-            M,
+            "repin_migrate",
             &format!(r#"{{"guest": "g", "source_uri": "qemu:///system"{extra}}}"#),
         )
         .map(|_| ())
@@ -44,7 +43,10 @@ fn timing_and_paths_are_bounded_in_the_args() {
         (r#", "dest_uri": "qemu+tcp://a\u0000b/system""#, "dest_uri"),
     ] {
         let e = parse(extra).unwrap_err();
-        assert!(e.starts_with(&format!("{M}: argument '{field}': ")), "{e}");
+        assert!(
+            e.starts_with(&format!("repin_migrate: argument '{field}': ")),
+            "{e}"
+        );
     }
     // The step list is never larger than the bound, whatever the library caller passes.
     assert_eq!(downtime_steps(500, u64::MAX, u64::MAX, 1e30).len(), 1001);
