@@ -1,13 +1,25 @@
 //! Ansible module `nova_instance_fixup`: bring Nova's database in line with where and how a
 //! guest runs now (after a repinned migration), in one transaction; or audit the drift.
 
-pub mod fixup;
+//!
+//! One transaction, planned from reads before anything is written (check mode stops there, in a
+//! READ ONLY transaction): the instance (host, node, `instance_extra.numa_topology`), the usage
+//! of its source and destination compute nodes recomputed from every instance on them the way
+//! Nova's resource tracker does; then the trail (`migrations`), the Placement
+//! allocations and the Neutron port bindings. Placement and Neutron are read through the same
+//! connection (databases on the same server, as Kolla deploys them), so either everything is
+//! committed or nothing is. Idempotent: what already matches is left alone.
+
+mod audit;
+mod plan;
+mod repair;
+mod tx;
 
 use crate::ansible::{Context, Failure, ModuleArgs, Outcome};
 use crate::facts::{self, NumaFacts};
 use crate::fit::Placement;
 use crate::nova::db;
-use fixup::{Dbs, Target};
+use plan::{Dbs, Target};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -61,7 +73,7 @@ pub struct Args {
     /// `unloadable`). An instance row written for a newer release is rewritten in the version
     /// Nova names; any other row is listed as not repaired, with the reason.
     #[serde(default)]
-    repair_rows: Vec<fixup::UnloadableRow>,
+    repair_rows: Vec<repair::UnloadableRow>,
 }
 fn default_conductor_conf() -> PathBuf {
     "/etc/kolla/nova-conductor/nova.conf".into()
@@ -98,7 +110,7 @@ pub fn run(a: Args, ctx: &Context) -> anyhow::Result<Outcome> {
         if s.is_empty() {
             Ok(None)
         } else {
-            fixup::check_ident(s)?;
+            tx::check_ident(s)?;
             Ok(Some(s.to_string()))
         }
     };
@@ -108,128 +120,20 @@ pub fn run(a: Args, ctx: &Context) -> anyhow::Result<Outcome> {
     };
     let mut conn = db::connect(&creds).map_err(Failure::new)?;
     if a.audit {
-        let drift = fixup::audit(&mut conn, &creds, &a.hosts)?;
-        let overlaps = fixup::db_overlaps(&mut conn, &creds)?;
-        let stale_nodes = fixup::stale_compute_nodes(&mut conn, &creds)?;
-        let mut fixed = Vec::new();
-        let mut warnings = Vec::new();
-        let mut not_repaired = Vec::new();
-        let mut diffs = Vec::new();
-        if a.fix {
-            // Every drifted instance in one transaction: all repaired, or none. Check mode
-            // plans in a READ ONLY transaction and writes nothing.
-            let mut tx = fixup::begin(&mut conn, &creds, ctx.check_mode)?;
-            let mut backups = Vec::new();
-            // Rows Nova cannot load first: the drift fixes below then write a loadable row.
-            for r in &a.repair_rows {
-                match fixup::plan_row_repair(&mut tx, &creds, r, !ctx.check_mode)? {
-                    Ok(plan) => {
-                        if !ctx.check_mode {
-                            fixup::apply(&mut tx, &creds, &plan)?;
-                        }
-                        diffs.push(serde_json::json!({"before": plan.before, "after": plan.after}));
-                        backups.push((r.key.clone(), plan.before));
-                        fixed
-                            .push(serde_json::json!({"instance_uuid": r.key, "steps": plan.steps}));
-                    }
-                    Err(why) => not_repaired
-                        .push(serde_json::json!({"table": r.table, "key": r.key, "reason": why})),
-                }
-            }
-            // A uuid defined on two hosts is not repaired: which copy is the guest is the
-            // operator's call (the fix would otherwise record whichever host came first).
-            let twice: Vec<&str> = drift
-                .iter()
-                .filter(|d| {
-                    d["kind"]
-                        .as_str()
-                        .is_some_and(|k| k.starts_with("defined on two hosts"))
-                })
-                .filter_map(|d| d["instance_uuid"].as_str())
-                .collect();
-            for d in &drift {
-                let uuid = d["instance_uuid"].as_str().unwrap_or_default();
-                if twice.contains(&uuid) {
-                    continue;
-                }
-                let Some(f) = a
-                    .hosts
-                    .iter()
-                    .find(|f| f.guests.iter().any(|g| g.uuid == uuid))
-                else {
-                    continue;
-                };
-                if d["kind"] == "not in Nova's database" {
-                    continue;
-                }
-                let (p, _) = fixup::placement_of_guest(f, uuid)?;
-                let t = Target {
-                    uuid: uuid.into(),
-                    host: f.host.clone(),
-                    node: f.host.clone(),
-                    cells: p.cells,
-                };
-                let plan = fixup::plan(&mut tx, &creds, &dbs, &t, !ctx.check_mode)?;
-                if !ctx.check_mode {
-                    fixup::apply(&mut tx, &creds, &plan)?;
-                }
-                warnings.extend(plan.warnings);
-                if plan.changed {
-                    diffs.push(serde_json::json!({"before": plan.before, "after": plan.after}));
-                    backups.push((uuid.to_string(), plan.before));
-                    fixed.push(serde_json::json!({"instance_uuid": uuid, "steps": plan.steps}));
-                }
-            }
-            if let (Some(dir), false) = (&a.backup_dir, ctx.check_mode) {
-                for (uuid, before) in &backups {
-                    fixup::backup(dir, uuid, before)?;
-                }
-            }
-            fixup::finish(tx, &creds, !ctx.check_mode && !fixed.is_empty())?;
-        }
-        let msg = format!(
-            "audit: {} drifted instances, {} pCPUs claimed twice in the DB, {} stale compute node rows{}",
-            drift.len(),
-            overlaps.len(),
-            stale_nodes.len(),
-            if a.fix {
-                format!(
-                    ", {} fixed{}",
-                    fixed.len(),
-                    if not_repaired.is_empty() {
-                        String::new()
-                    } else {
-                        format!(", {} rows Nova cannot load left as they are", not_repaired.len())
-                    }
-                )
-            } else {
-                String::new()
-            }
-        );
-        let mut o = Outcome::new(!fixed.is_empty(), msg)
-            .with("drift", &drift)
-            .with("db_overlaps", &overlaps)
-            .with("stale_compute_nodes", &stale_nodes)
-            .with("fixed", &fixed)
-            .with("rows_not_repaired", &not_repaired);
-        o.warnings = warnings;
-        if !diffs.is_empty() {
-            o.diff = Some(serde_json::Value::Array(diffs));
-        }
-        return Ok(o);
+        return audit::run(&a, ctx, &mut conn, &creds, &dbs);
     }
     let uuid = a
         .instance_uuid
         .clone()
         .ok_or_else(|| Failure::new("instance_uuid is required (or audit: true)"))?;
-    fixup::check_uuid(&uuid)?;
+    tx::check_uuid(&uuid)?;
     let (placement, host) = if a.from_libvirt {
         let uri = a
             .libvirt_uri
             .as_deref()
             .ok_or_else(|| Failure::new("from_libvirt needs libvirt_uri"))?;
         let f = facts::gather_live(uri, a.host_nova_conf.as_deref(), a.dest_host.as_deref())?;
-        let (p, _) = fixup::placement_of_guest(&f, &uuid)?;
+        let (p, _) = plan::placement_of_guest(&f, &uuid)?;
         (p, a.dest_host.clone().unwrap_or(f.host.clone()))
     } else {
         let p = a.placement.clone().ok_or_else(|| {
@@ -250,15 +154,15 @@ pub fn run(a: Args, ctx: &Context) -> anyhow::Result<Outcome> {
     };
     // The backup holds the values read under the transaction's locks, written before the
     // writes run.
-    let mut tx = fixup::begin(&mut conn, &creds, ctx.check_mode)?;
-    let plan = fixup::plan(&mut tx, &creds, &dbs, &t, !ctx.check_mode)?;
+    let mut tx = tx::begin(&mut conn, &creds, ctx.check_mode)?;
+    let plan = plan::plan(&mut tx, &creds, &dbs, &t, !ctx.check_mode)?;
     let mut backup_file = None;
     if plan.changed && !ctx.check_mode {
         if let Some(dir) = &a.backup_dir {
-            backup_file = Some(fixup::backup(dir, &uuid, &plan.before)?);
+            backup_file = Some(tx::backup(dir, &uuid, &plan.before)?);
         }
-        fixup::apply(&mut tx, &creds, &plan)?;
+        tx::apply(&mut tx, &creds, &plan)?;
     }
-    fixup::finish(tx, &creds, plan.changed && !ctx.check_mode)?;
-    Ok(fixup::outcome(ctx, &uuid, plan, backup_file))
+    tx::finish(tx, &creds, plan.changed && !ctx.check_mode)?;
+    Ok(plan::outcome(ctx, &uuid, plan, backup_file))
 }

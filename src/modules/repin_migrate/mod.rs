@@ -68,16 +68,17 @@ pub fn run(a: Args, ctx: &Context) -> Result<Outcome> {
     match a.mode {
         Mode::Repin => {
             if !same {
-                return Err(Failure::new(format!(
+                return Err(Failure::new(
                     "mode repin works on one host: give source_uri only (or dest_uri equal to it)"
-                ))
+                        .to_string(),
+                )
                 .into());
             }
             repin::repin_in_place(&a, ctx)
         }
         Mode::Migrate => {
             if same {
-                return Err(Failure::new(format!("dest_uri is missing or equals source_uri; to move pins on the same host use mode: repin")).into());
+                return Err(Failure::new("dest_uri is missing or equals source_uri; to move pins on the same host use mode: repin".to_string()).into());
             }
             migrate::migrate(&a, ctx)
         }

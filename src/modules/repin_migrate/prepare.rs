@@ -119,11 +119,12 @@ pub(super) fn local_disks(dom: &Domain, xml: &str) -> Result<Vec<Disk>> {
 }
 
 pub(super) fn ssh_connect(a: &Args) -> Result<Ssh> {
-    let host = a.ssh_host.as_deref().ok_or_else(|| Failure::new(format!("storage block needs ssh_host (the destination's sshd, Kolla nova_ssh) to prepare its disks")))?;
+    let host = a.ssh_host.as_deref().ok_or_else(|| Failure::new("storage block needs ssh_host (the destination's sshd, Kolla nova_ssh) to prepare its disks".to_string()))?;
     let key = a.ssh_key.as_deref().ok_or_else(|| {
-        Failure::new(format!(
+        Failure::new(
             "storage block needs ssh_key (private key accepted by the destination's sshd)"
-        ))
+                .to_string(),
+        )
     })?;
     Ssh::connect(
         host,

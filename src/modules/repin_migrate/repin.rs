@@ -46,7 +46,7 @@ pub(super) fn repin_in_place(a: &Args, ctx: &Context) -> Result<Outcome> {
         .xml_desc(0)
         .map_err(|e| anyhow!("{}: {}", g.name, lv(e)))?;
     let new_xml =
-        rewrite::rewrite(&live_xml, &placement).map_err(|e| Failure::new(format!("{e}")))?;
+        rewrite::rewrite(&live_xml, &placement).map_err(|e| Failure::new(e.to_string()))?;
     let mut o = Outcome::new(true, String::new());
     base_fields(&mut o, &g.uuid, &host_name, &host_name, &node, &placement);
     o.set("guest", &g.name);

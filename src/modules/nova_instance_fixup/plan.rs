@@ -1,21 +1,14 @@
-//! `nova_instance_fixup`: make Nova's database say where and how a guest runs now.
-//!
-//! One transaction, planned from reads before anything is written (check mode stops there, in a
-//! READ ONLY transaction): the instance (host, node, `instance_extra.numa_topology`), the usage
-//! of its source and destination compute nodes recomputed from every instance on them the way
-//! Nova's resource tracker does; then the trail (`migrations`), the Placement
-//! allocations and the Neutron port bindings. Placement and Neutron are read through the same
-//! connection (databases on the same server, as Kolla deploys them), so either everything is
-//! committed or nothing is. Idempotent: what already matches is left alone.
+//! The fixup of one instance, planned from reads alone: where it should be ([`Target`]), its
+//! row, its nodes' usage, Placement's allocations, Neutron's bindings ([`Plan`]); the result.
 
+use super::tx::sql_err;
 use crate::ansible::{Context, Failure, Outcome};
 use crate::facts::NumaFacts;
 use crate::fit::{CellPlacement, Placement};
-use crate::nova::db::{self, DbCreds};
+use crate::nova::db::DbCreds;
 use crate::nova::numa_json::{self, CellPins};
 use anyhow::Result;
 use mysql::prelude::Queryable;
-use mysql::{Conn, TxOpts};
 use serde_json::{json, Value};
 
 /// Where the instance should be, as the DB should record it.
@@ -31,47 +24,6 @@ pub struct Target {
 pub struct Dbs {
     pub placement: Option<String>,
     pub neutron: Option<String>,
-}
-
-/// A uuid as Nova writes them: anything else is refused before it reaches SQL or a message.
-pub fn check_uuid(u: &str) -> Result<(), Failure> {
-    let ok = u.len() == 36
-        && u.chars().enumerate().all(|(i, c)| {
-            if [8, 13, 18, 23].contains(&i) {
-                c == '-'
-            } else {
-                c.is_ascii_hexdigit()
-            }
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(Failure::new(
-            "instance_uuid is not a uuid (8-4-4-4-12 hex digits)",
-        ))
-    }
-}
-
-/// Database names go into SQL as identifiers (they cannot be parameters): letters, digits, `_`.
-pub fn check_ident(name: &str) -> Result<(), Failure> {
-    if !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-    {
-        Ok(())
-    } else {
-        Err(Failure::new(format!(
-            "'{name}' is not a valid database name"
-        )))
-    }
-}
-
-fn sql_err(e: mysql::Error, what: &str, creds: &DbCreds) -> anyhow::Error {
-    Failure::new(format!(
-        "{what} failed: {}; nothing was changed (the transaction is rolled back)",
-        db::scrub(&e.to_string(), &creds.password)
-    ))
-    .into()
 }
 
 /// The placement the guest's live pins describe (`from_libvirt`, audit): one cell per guest NUMA
@@ -151,7 +103,7 @@ pub fn placement_of_guest(
     ))
 }
 
-fn same_pins(a: &[CellPins], b: &[CellPins]) -> bool {
+pub(super) fn same_pins(a: &[CellPins], b: &[CellPins]) -> bool {
     a.len() == b.len()
         && a.iter().zip(b).all(|(x, y)| {
             x.host_cell == y.host_cell && x.pins == y.pins && x.reserved == y.reserved
@@ -168,139 +120,7 @@ pub struct Plan {
     pub steps: Vec<String>,
     /// What Nova's accounting would refuse on a node, that this fixup did not cause.
     pub warnings: Vec<String>,
-    writes: Vec<(String, mysql::Params)>,
-}
-
-/// A transaction; READ ONLY when nothing may be written (the server then refuses any write).
-pub fn begin<'a>(
-    conn: &'a mut Conn,
-    creds: &DbCreds,
-    read_only: bool,
-) -> Result<mysql::Transaction<'a>> {
-    let opts = if read_only {
-        TxOpts::default().set_access_mode(Some(mysql::AccessMode::ReadOnly))
-    } else {
-        TxOpts::default()
-    };
-    conn.start_transaction(opts)
-        .map_err(|e| sql_err(e, "starting the transaction", creds))
-}
-
-/// Commit (or roll back) a transaction.
-pub fn finish(tx: mysql::Transaction, creds: &DbCreds, commit: bool) -> Result<()> {
-    if !commit {
-        return tx.rollback().map_err(|e| sql_err(e, "rolling back", creds));
-    }
-    // Test hook: widen the window before COMMIT so a test can kill the database in it.
-    if let Some(s) = std::env::var("NUMA_REPIN_TEST_PAUSE_BEFORE_COMMIT_S")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        std::thread::sleep(std::time::Duration::from_secs(s));
-    }
-    tx.commit().map_err(|e| sql_err(e, "committing", creds))
-}
-
-/// Run a plan's writes, in order, inside the caller's transaction.
-pub fn apply(tx: &mut mysql::Transaction, creds: &DbCreds, p: &Plan) -> Result<()> {
-    for (i, (sql, params)) in p.writes.iter().enumerate() {
-        tx.exec_drop(sql, params.clone()).map_err(|e| {
-            sql_err(
-                e,
-                &format!(
-                    "write {} of {} ({})",
-                    i + 1,
-                    p.writes.len(),
-                    sql.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-                ),
-                creds,
-            )
-        })?;
-    }
-    Ok(())
-}
-
-/// A DB row the running Nova could not load, as its own objects said (the audit's Nova rows
-/// check): `table` and `key` (instance uuid, or compute node name) and Nova's error.
-#[derive(Debug, Clone, serde::Deserialize, schemars::JsonSchema)]
-pub struct UnloadableRow {
-    pub table: String,
-    pub key: String,
-    #[serde(default)]
-    pub error: String,
-}
-
-/// Plan the repair of a row the running Nova cannot load, or say why it is not repaired. Only
-/// what can be repaired without guessing is: an instance's `numa_topology` whose InstanceNUMACell
-/// is newer than the release supports ("Version 1.5 of InstanceNUMACell is not supported,
-/// supported version is 1.4"), rewritten as Nova's own `obj_make_compatible` would. A compute
-/// node row is rewritten by that host's nova-compute at its next periodic update.
-pub fn plan_row_repair(
-    tx: &mut mysql::Transaction,
-    creds: &DbCreds,
-    row: &UnloadableRow,
-    lock: bool,
-) -> Result<std::result::Result<Plan, String>> {
-    if row.table != "instance_extra" {
-        return Ok(Err(format!("{} rows are rewritten by the host's nova-compute at its next periodic update; not touched", row.table)));
-    }
-    let Some(target) = supported_cell_version(&row.error) else {
-        return Ok(Err(format!(
-            "not a version Nova can convert ({}); repair by hand",
-            row.error
-        )));
-    };
-    check_uuid(&row.key)?;
-    let for_update = if lock { " FOR UPDATE" } else { "" };
-    let text: Option<Option<String>> = tx
-        .exec_first(
-            format!("SELECT numa_topology FROM instance_extra WHERE instance_uuid = ? AND deleted = 0{for_update}"),
-            (&row.key,),
-        )
-        .map_err(|e| sql_err(e, "reading instance_extra", creds))?;
-    let Some(Some(text)) = text else {
-        return Ok(Err("no numa_topology in instance_extra any more".into()));
-    };
-    let mut doc: Value = match serde_json::from_str(&text) {
-        Ok(d) => d,
-        Err(e) => return Ok(Err(format!("not JSON ({e}); repair by hand"))),
-    };
-    let before = doc.clone();
-    match numa_json::downgrade_instance_cells(&mut doc, &target) {
-        Ok(false) => {
-            return Ok(Err(format!(
-                "its cells are InstanceNUMACell {target} already"
-            )))
-        }
-        Err(e) => return Ok(Err(e)),
-        Ok(true) => {}
-    }
-    let mut p = Plan {
-        changed: true,
-        before: json!({"numa_topology": before}),
-        after: json!({"numa_topology": doc}),
-        steps: vec![format!("instance_extra.numa_topology of {} rewritten as InstanceNUMACell {target}, the version this Nova loads", row.key)],
-        ..Plan::default()
-    };
-    p.writes.push((
-        "UPDATE instance_extra SET numa_topology = ?, updated_at = UTC_TIMESTAMP() WHERE instance_uuid = ?".into(),
-        (numa_json::to_nova_json(&doc), &row.key).into(),
-    ));
-    Ok(Ok(p))
-}
-
-/// The InstanceNUMACell version Nova says it supports, from its refusal of a newer one.
-fn supported_cell_version(error: &str) -> Option<String> {
-    if !error.contains("of InstanceNUMACell is not supported") {
-        return None;
-    }
-    let v = error.rsplit("supported version is ").next()?;
-    let v: String = v
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.')
-        .collect();
-    let v = v.trim_end_matches('.').to_string();
-    (v.split('.').count() == 2 && v.split('.').all(|x| !x.is_empty())).then_some(v)
+    pub(super) writes: Vec<(String, mysql::Params)>,
 }
 
 /// Read what the fixup of `t` needs and plan its writes. `lock`: read FOR UPDATE (the writes
@@ -388,7 +208,7 @@ pub fn plan(
 
 /// The usage of the instance's old node (and its new one), recomputed from every instance on
 /// them after the change, the way Nova's resource tracker computes it.
-fn nodes_usage(
+pub(super) fn nodes_usage(
     tx: &mut mysql::Transaction,
     creds: &DbCreds,
     t: &Target,
@@ -440,7 +260,7 @@ fn nodes_usage(
 }
 
 /// Placement: the consumer's allocations move to the destination provider.
-fn placement_allocations(
+pub(super) fn placement_allocations(
     tx: &mut mysql::Transaction,
     creds: &DbCreds,
     pdb: &str,
@@ -483,7 +303,7 @@ fn placement_allocations(
 
 /// Neutron (the `neutron_database` fallback): the ports' binding host follows the guest, or it
 /// loses its network.
-fn neutron_bindings(
+pub(super) fn neutron_bindings(
     tx: &mut mysql::Transaction,
     creds: &DbCreds,
     ndb: &str,
@@ -523,7 +343,7 @@ fn neutron_bindings(
 }
 
 /// A compute node's id and stored topology.
-fn node_doc(
+pub(super) fn node_doc(
     tx: &mut mysql::Transaction,
     creds: &DbCreds,
     node: &str,
@@ -545,7 +365,7 @@ fn node_doc(
 /// Every other instance Nova's resource tracker counts on a node (not deleted, not shelved
 /// offloaded), with its cells. One it cannot read stops the fixup: the node's usage would be
 /// wrong, and Nova's own periodic fails on it as well.
-fn node_instances(
+pub(super) fn node_instances(
     tx: &mut mysql::Transaction,
     creds: &DbCreds,
     node: &str,
@@ -567,151 +387,6 @@ fn node_instances(
         out.push((uuid, cells));
     }
     Ok(out)
-}
-
-/// Audit: compare the DB's host and pins of every pinned guest on these hosts with libvirt.
-pub fn audit(conn: &mut Conn, creds: &DbCreds, hosts: &[NumaFacts]) -> Result<Vec<Value>> {
-    // One query per 500 guests rather than one per guest: fleets have thousands.
-    let uuids: Vec<&str> = hosts
-        .iter()
-        .flat_map(|f| f.guests.iter())
-        .filter(|g| g.is_dedicated() && check_uuid(&g.uuid).is_ok())
-        .map(|g| g.uuid.as_str())
-        .collect();
-    let mut found: std::collections::HashMap<String, (String, String, Option<String>)> =
-        Default::default();
-    for chunk in uuids.chunks(500) {
-        let marks = vec!["?"; chunk.len()].join(",");
-        let q = format!("SELECT i.uuid, i.host, i.node, e.numa_topology FROM instances i JOIN instance_extra e ON e.instance_uuid = i.uuid WHERE i.deleted = 0 AND i.uuid IN ({marks})");
-        let rows: Vec<(String, String, String, Option<String>)> = conn
-            .exec(q, chunk.to_vec())
-            .map_err(|e| sql_err(e, "reading instances", creds))?;
-        found.extend(rows.into_iter().map(|(u, h, n, t)| (u, (h, n, t))));
-    }
-    let mut drift = Vec::new();
-    // One uuid defined on two hosts: a stale copy left by an interrupted migration. `virsh start`
-    // on it would run the guest twice.
-    let mut homes: std::collections::BTreeMap<&str, Vec<(String, String, String)>> =
-        Default::default();
-    for f in hosts {
-        for g in &f.guests {
-            homes.entry(g.uuid.as_str()).or_default().push((
-                f.host.clone(),
-                g.name.clone(),
-                g.state.clone(),
-            ));
-        }
-    }
-    for (uuid, on) in homes.iter().filter(|(_, on)| on.len() > 1) {
-        let hosts_states: Vec<String> = on.iter().map(|(h, _, st)| format!("{h} ({st})")).collect();
-        drift.push(json!({"instance_uuid": uuid, "name": on[0].1, "host": on[0].0, "kind": format!("defined on two hosts: {}; keep the copy Nova records, undefine the other", hosts_states.join(", "))}));
-    }
-    for f in hosts {
-        for g in f.guests.iter().filter(|g| g.is_dedicated()) {
-            if check_uuid(&g.uuid).is_err() {
-                continue;
-            }
-            let Some((host, node, numa)) = found.remove(&g.uuid) else {
-                drift.push(json!({"instance_uuid": g.uuid, "name": g.name, "host": f.host, "kind": "not in Nova's database"}));
-                continue;
-            };
-            let live = placement_of_guest(f, &g.uuid)
-                .map(|(p, _)| numa_json::cells_of_placement(&p.cells));
-            let db_cells = numa.as_deref().map(numa_json::instance_cells);
-            let mut kinds = Vec::new();
-            if host != f.host {
-                kinds.push(format!(
-                    "DB says host {host}, libvirt runs it on {}",
-                    f.host
-                ));
-            }
-            match (&live, &db_cells) {
-                (Ok(l), Some(Ok((_, d)))) if !same_pins(l, d) => {
-                    let show = |c: &[CellPins]| {
-                        c.iter()
-                            .map(|c| {
-                                format!(
-                                    "cell {}: {:?}",
-                                    c.host_cell,
-                                    c.pins.values().collect::<Vec<_>>()
-                                )
-                            })
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    };
-                    kinds.push(format!("DB pins {} but live pins {}", show(d), show(l)));
-                }
-                (_, Some(Err(e))) => kinds.push(format!("numa_topology unreadable: {e}")),
-                (_, None) => kinds.push("no numa_topology in the DB".into()),
-                _ => {}
-            }
-            if !kinds.is_empty() {
-                drift.push(json!({"instance_uuid": g.uuid, "name": g.name, "host": f.host, "db_host": host, "db_node": node, "kind": kinds.join("; ")}));
-            }
-        }
-    }
-    Ok(drift)
-}
-
-/// Compute node rows no nova-compute service stands behind (the host was removed, or renamed,
-/// and its row left): the scheduler may still count them, and nothing updates them.
-pub fn stale_compute_nodes(conn: &mut Conn, creds: &DbCreds) -> Result<Vec<Value>> {
-    let rows: Vec<(String, String)> = conn
-        .exec(
-            "SELECT cn.hypervisor_hostname, cn.host FROM compute_nodes cn LEFT JOIN services s ON s.host = cn.host AND s.`binary` = 'nova-compute' AND s.deleted = 0 WHERE cn.deleted = 0 AND s.id IS NULL ORDER BY cn.hypervisor_hostname",
-            (),
-        )
-        .map_err(|e| sql_err(e, "reading compute nodes", creds))?;
-    Ok(rows
-        .into_iter()
-        .map(|(node, host)| json!({"node": node, "host": host, "kind": "compute node row with no live nova-compute service on its host (removed or renamed host?): check `openstack compute service list`, then delete the service and its node"}))
-        .collect())
-}
-
-/// The DB's own view of overlaps: pCPUs that two instances on one host both claim.
-pub fn db_overlaps(conn: &mut Conn, creds: &DbCreds) -> Result<Vec<Value>> {
-    let rows: Vec<(String, String, Option<String>)> = conn
-        .exec("SELECT i.uuid, i.host, e.numa_topology FROM instances i JOIN instance_extra e ON e.instance_uuid = i.uuid WHERE i.deleted = 0 AND e.numa_topology IS NOT NULL", ())
-        .map_err(|e| sql_err(e, "reading instances", creds))?;
-    let mut holders: std::collections::BTreeMap<(String, u32), Vec<String>> = Default::default();
-    for (uuid, host, numa) in rows {
-        if let Some(Ok((_, cells))) = numa.as_deref().map(numa_json::instance_cells) {
-            for c in cells {
-                for p in c.pins.values().chain(c.reserved.iter()) {
-                    holders
-                        .entry((host.clone(), *p))
-                        .or_default()
-                        .push(uuid.clone());
-                }
-            }
-        }
-    }
-    Ok(holders
-        .into_iter()
-        .filter(|(_, v)| v.len() > 1)
-        .map(|((h, cpu), v)| json!({"host": h, "cpu": cpu, "instances": v}))
-        .collect())
-}
-
-/// Write the before values to `dir` before anything is committed.
-pub fn backup(dir: &std::path::Path, uuid: &str, before: &Value) -> Result<String> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Failure::new(format!("cannot create backup_dir {}: {e}", dir.display())))?;
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    // Two changes of one instance in one run (a row repaired, then its drift fixed) each keep
-    // their own file.
-    let mut path = dir.join(format!("{uuid}-{stamp}.json"));
-    let mut n = 1;
-    while path.exists() {
-        path = dir.join(format!("{uuid}-{stamp}-{n}.json"));
-        n += 1;
-    }
-    std::fs::write(&path, serde_json::to_vec_pretty(before).unwrap_or_default())
-        .map_err(|e| Failure::new(format!("cannot write backup {}: {e}", path.display())))?;
-    Ok(path.display().to_string())
 }
 
 /// Outcome for one instance.
@@ -742,25 +417,4 @@ pub fn outcome(ctx: &Context, uuid: &str, p: Plan, backup_file: Option<String>) 
     }
     o.warnings = p.warnings;
     o
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_version_nova_supports_is_read_from_its_refusal() {
-        let e = "IncompatibleObjectVersion: Version 1.5 of InstanceNUMACell is not supported, supported version is 1.4";
-        assert_eq!(supported_cell_version(e).as_deref(), Some("1.4"));
-        assert_eq!(
-            supported_cell_version("ValueError: Expecting value: line 1"),
-            None
-        );
-        assert_eq!(
-            supported_cell_version(
-                "Version 1.5 of InstanceNUMACell is not supported, supported version is 1."
-            ),
-            None
-        );
-    }
 }
