@@ -2,7 +2,7 @@
 //! own overlaps and stale compute nodes; with `fix`, every drifted instance repaired in one
 //! transaction.
 
-use super::plan::{self, Dbs, Target};
+use super::plan::{self, Dbs, Plan, Target};
 use super::plan::{placement_of_guest, same_pins};
 use super::repair::plan_row_repair;
 use super::tx;
@@ -152,109 +152,132 @@ pub(super) fn run(
     let drift = audit(conn, creds, &a.hosts)?;
     let overlaps = db_overlaps(conn, creds)?;
     let stale_nodes = stale_compute_nodes(conn, creds)?;
-    let mut fixed = Vec::new();
-    let mut warnings = Vec::new();
-    let mut not_repaired = Vec::new();
-    let mut diffs = Vec::new();
-    if a.fix {
-        // Every drifted instance in one transaction: all repaired, or none. Check mode
-        // plans in a READ ONLY transaction and writes nothing.
-        let mut tx = tx::begin(conn, creds, ctx.check_mode)?;
-        let mut backups = Vec::new();
-        // Rows Nova cannot load first: the drift fixes below then write a loadable row.
-        for r in &a.repair_rows {
-            match plan_row_repair(&mut tx, creds, r, !ctx.check_mode)? {
-                Ok(plan) => {
-                    if !ctx.check_mode {
-                        tx::apply(&mut tx, creds, &plan)?;
-                    }
-                    diffs.push(serde_json::json!({"before": plan.before, "after": plan.after}));
-                    backups.push((r.key.clone(), plan.before));
-                    fixed.push(serde_json::json!({"instance_uuid": r.key, "steps": plan.steps}));
-                }
-                Err(why) => not_repaired
-                    .push(serde_json::json!({"table": r.table, "key": r.key, "reason": why})),
-            }
-        }
-        // A uuid defined on two hosts is not repaired: which copy is the guest is the
-        // operator's call (the fix would otherwise record whichever host came first).
-        let twice: Vec<&str> = drift
-            .iter()
-            .filter(|d| {
-                d["kind"]
-                    .as_str()
-                    .is_some_and(|k| k.starts_with("defined on two hosts"))
-            })
-            .filter_map(|d| d["instance_uuid"].as_str())
-            .collect();
-        for d in &drift {
-            let uuid = d["instance_uuid"].as_str().unwrap_or_default();
-            if twice.contains(&uuid) {
-                continue;
-            }
-            let Some(f) = a
-                .hosts
-                .iter()
-                .find(|f| f.guests.iter().any(|g| g.uuid == uuid))
-            else {
-                continue;
-            };
-            if d["kind"] == "not in Nova's database" {
-                continue;
-            }
-            let (p, _) = plan::placement_of_guest(f, uuid)?;
-            let t = Target {
-                uuid: uuid.into(),
-                host: f.host.clone(),
-                node: f.host.clone(),
-                cells: p.cells,
-            };
-            let plan = plan::plan(&mut tx, creds, dbs, &t, !ctx.check_mode)?;
-            if !ctx.check_mode {
-                tx::apply(&mut tx, creds, &plan)?;
-            }
-            warnings.extend(plan.warnings);
-            if plan.changed {
-                diffs.push(serde_json::json!({"before": plan.before, "after": plan.after}));
-                backups.push((uuid.to_string(), plan.before));
-                fixed.push(serde_json::json!({"instance_uuid": uuid, "steps": plan.steps}));
-            }
-        }
-        if let (Some(dir), false) = (&a.backup_dir, ctx.check_mode) {
-            for (uuid, before) in &backups {
-                tx::backup(dir, uuid, before)?;
-            }
-        }
-        tx::finish(tx, creds, !ctx.check_mode && !fixed.is_empty())?;
-    }
+    let fix = match a.fix {
+        true => fix_all(a, ctx, conn, creds, dbs, &drift)?,
+        false => Repairs::default(),
+    };
+    let fixed_msg = match (a.fix, fix.not_repaired.len()) {
+        (false, _) => String::new(),
+        (true, 0) => format!(", {} fixed", fix.fixed.len()),
+        (true, n) => format!(
+            ", {} fixed, {n} rows Nova cannot load left as they are",
+            fix.fixed.len()
+        ),
+    };
     let msg = format!(
-        "audit: {} drifted instances, {} pCPUs claimed twice in the DB, {} stale compute node rows{}",
+        "audit: {} drifted instances, {} pCPUs claimed twice in the DB, {} stale compute node rows{fixed_msg}",
         drift.len(),
         overlaps.len(),
         stale_nodes.len(),
-        if a.fix {
-            format!(
-                ", {} fixed{}",
-                fixed.len(),
-                if not_repaired.is_empty() {
-                    String::new()
-                } else {
-                    format!(", {} rows Nova cannot load left as they are", not_repaired.len())
-                }
-            )
-        } else {
-            String::new()
-        }
     );
-    let mut o = Outcome::new(!fixed.is_empty(), msg)
+    let mut o = Outcome::new(!fix.fixed.is_empty(), msg)
         .with("drift", &drift)
         .with("db_overlaps", &overlaps)
         .with("stale_compute_nodes", &stale_nodes)
-        .with("fixed", &fixed)
-        .with("rows_not_repaired", &not_repaired);
-    o.warnings = warnings;
-    if !diffs.is_empty() {
-        o.diff = Some(serde_json::Value::Array(diffs));
+        .with("fixed", &fix.fixed)
+        .with("rows_not_repaired", &fix.not_repaired);
+    o.warnings = fix.warnings;
+    if !fix.diffs.is_empty() {
+        o.diff = Some(Value::Array(fix.diffs));
     }
     Ok(o)
+}
+
+/// What `fix` did (or would do, in check mode).
+#[derive(Default)]
+struct Repairs {
+    fixed: Vec<Value>,
+    not_repaired: Vec<Value>,
+    warnings: Vec<String>,
+    diffs: Vec<Value>,
+    /// The before values, written to `backup_dir` before the commit.
+    backups: Vec<(String, Value)>,
+}
+
+impl Repairs {
+    fn record(&mut self, key: &str, plan: Plan) {
+        self.warnings.extend(plan.warnings);
+        self.diffs
+            .push(json!({"before": plan.before, "after": plan.after}));
+        self.fixed
+            .push(json!({"instance_uuid": key, "steps": plan.steps}));
+        self.backups.push((key.to_string(), plan.before));
+    }
+}
+
+/// Every drifted instance in one transaction: all repaired, or none. Check mode plans in a
+/// READ ONLY transaction and writes nothing.
+fn fix_all(
+    a: &Args,
+    ctx: &Context,
+    conn: &mut Conn,
+    creds: &DbCreds,
+    dbs: &Dbs,
+    drift: &[Value],
+) -> Result<Repairs> {
+    let write = !ctx.check_mode;
+    let mut tx = tx::begin(conn, creds, ctx.check_mode)?;
+    let mut r = Repairs::default();
+    // Rows Nova cannot load first: the drift fixes below then write a loadable row.
+    for row in &a.repair_rows {
+        match plan_row_repair(&mut tx, creds, row, write)? {
+            Ok(plan) => {
+                if write {
+                    tx::apply(&mut tx, creds, &plan)?;
+                }
+                r.record(&row.key, plan);
+            }
+            Err(why) => r
+                .not_repaired
+                .push(json!({"table": row.table, "key": row.key, "reason": why})),
+        }
+    }
+    for (uuid, f) in repairable(&a.hosts, drift) {
+        let (p, _) = plan::placement_of_guest(f, uuid)?;
+        let t = Target {
+            uuid: uuid.into(),
+            host: f.host.clone(),
+            node: f.host.clone(),
+            cells: p.cells,
+        };
+        let plan = plan::plan(&mut tx, creds, dbs, &t, write)?;
+        if write {
+            tx::apply(&mut tx, creds, &plan)?;
+        }
+        match plan.changed {
+            true => r.record(uuid, plan),
+            false => r.warnings.extend(plan.warnings),
+        }
+    }
+    if let (Some(dir), true) = (&a.backup_dir, write) {
+        for (uuid, before) in &r.backups {
+            tx::backup(dir, uuid, before)?;
+        }
+    }
+    tx::finish(tx, creds, write && !r.fixed.is_empty())?;
+    Ok(r)
+}
+
+/// The drifted instances `fix` repairs, with the host each runs on. Not one defined on two
+/// hosts (which copy is the guest is the operator's call; the fix would otherwise record
+/// whichever host came first), nor one Nova does not know.
+fn repairable<'a>(hosts: &'a [NumaFacts], drift: &'a [Value]) -> Vec<(&'a str, &'a NumaFacts)> {
+    let kind = |d: &Value| d["kind"].as_str().unwrap_or_default().to_string();
+    let twice: Vec<&str> = drift
+        .iter()
+        .filter(|d| kind(d).starts_with("defined on two hosts"))
+        .filter_map(|d| d["instance_uuid"].as_str())
+        .collect();
+    drift
+        .iter()
+        .filter(|d| kind(d) != "not in Nova's database")
+        .filter_map(|d| d["instance_uuid"].as_str())
+        .filter(|uuid| !twice.contains(uuid))
+        .filter_map(|uuid| {
+            let f = hosts
+                .iter()
+                .find(|f| f.guests.iter().any(|g| g.uuid == uuid))?;
+            Some((uuid, f))
+        })
+        .collect()
 }
