@@ -169,9 +169,10 @@ def test_repin_migrate_check_mode_refusals_and_repin(lab, run_module):
     assert "invalid_because" in res or "placement" in res, res
 
 
-def test_repin_migrate_real_migration_and_rerun(lab, fresh_guest, run_module):
-    """A fresh guest of this test moved for real (what only a real run returns: claim, migration,
-    verify), then the rerun that finds it already there."""
+def test_repin_migrate_failed_and_real_migration_and_rerun(lab, fresh_guest, run_module):
+    """A fresh guest of this test: a migration that fails (the destination's QEMU cannot listen on
+    another host's address) and leaves it on the source; then moved for real (what only a real run
+    returns: claim, migration, verify); then the rerun that finds it already there."""
     conf = lab.hosts["cmp2"]["nova_conf_allcpus"]
     cmp2 = facts(lab, run_module, "cmp2", conf)
     free = sorted(c for cells in cmp2["usage"]["free_cpus"].values() for c in cells)
@@ -180,6 +181,9 @@ def test_repin_migrate_real_migration_and_rerun(lab, fresh_guest, run_module):
     args = {"guest": g.name, "source_uri": lab.uri("cmp1"), "dest_uri": lab.uri("cmp2"), "dest_nova_conf": conf,
             "source_host": "cmp1", "dest_host": "cmp2", "verify_affinity": True,
             "migrate_uri": "tcp://" + lab.hosts["cmp2"]["migrate_address"]}
+    rc, res = run(run_module, "repin_migrate", "failed migration",
+                  dict(args, migrate_uri="tcp://" + lab.nodes["ctl27"]["address"]))
+    assert rc != 0 and res["guest_on_source"] is True and "source_state" in res, res
     rc, res = run(run_module, "repin_migrate", "migrate", args)
     assert rc == 0 and res["changed"] and res["claim"]["released"] is True, res
     rc, res = run(run_module, "repin_migrate", "rerun, already on the destination", args)
