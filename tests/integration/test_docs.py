@@ -42,8 +42,8 @@ def test_ansible_doc_renders(module):
 DESIGN = REPO.joinpath("docs/design.md")
 # Any token naming a design file (the name in any case, in any directory).
 DESIGN_REF = re.compile(r"(?i)[\w./-]*\bdesign\.md")
-# "docs/design.md §2" or "docs/design.md` §2.4": the section a citation names.
-SECTION_REF = re.compile(r"docs/design\.md`?\s*§(\d+(?:\.\d+)?)")
+# "docs/design.md §2", "docs/design.md` §2.4" or "docs/design.md section 3": the section a citation names.
+SECTION_REF = re.compile(r"docs/design\.md`?\s*(?:§|section\s+)(\d+(?:\.\d+)?)")
 
 
 def tracked_files():

@@ -2,7 +2,7 @@
 scripts/gen_module_docs.py copies into library/<module>.yml for ansible-doc).
 
 Each module is run in its main modes on the lab (tests/lab/lab.sh up), the way the other tests
-here run them: check mode wherever the module changes something on the lab, real runs only on
+here run them (numa_facts on saved dumps and the `path` rollout run on this machine, no lab needed): check mode wherever the module changes something on the lab, real runs only on
 what the test makes itself (a fresh guest, instance rows, a Nova tree under tmp_path), and the
 outcomes the RETURN describes beyond success (a refusal, a failure rolled back) provoked where
 that is cheap and safe. Then every key of the result must be documented:
@@ -29,6 +29,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lablib  # noqa: E402
 import nova_hooks  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,6 +86,21 @@ def run(run_module, module, scenario, args, **kw):
     return rc, res
 
 
+def run_here(module, args, check_mode=False, diff=False):
+    """library/<module> <args.json> on this machine, for the runs that need no lab; (rc, result)
+    as lablib's run_module gives them."""
+    import subprocess
+    import tempfile
+    a = dict(args, _ansible_check_mode=check_mode, _ansible_diff=diff)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="args-%s-" % module, delete=False) as f:
+        json.dump(a, f)
+    try:
+        r = subprocess.run([str(REPO / "library" / module), f.name], capture_output=True, text=True, timeout=600)
+    finally:
+        os.unlink(f.name)
+    return lablib.module_result(r)
+
+
 def test_the_checker_names_an_undocumented_key():
     doc = {"a": {"contains": {"b": {}}}, "c": {}}
     assert undocumented({"changed": True, "a": [{"b": 1, "x": 2}], "c": {"y": 1}, "z": 0}, doc) == ["a[0].x", "z"]
@@ -100,12 +116,15 @@ def facts(lab, run_module, host, conf=None):
     return res["ansible_facts"]["numa"]
 
 
-def test_numa_facts_live_and_offline(lab, run_module):
+def test_numa_facts_live(lab, run_module):
     for h in ("cmp1", "cmp2"):
         f = facts(lab, run_module, h)
         assert f["cells"] and f["guests"], f
+
+
+def test_numa_facts_offline():
     saved = REPO / "tests" / "fixtures" / "saved"
-    rc, res = run(run_module, "numa_facts", "offline dumps",
+    rc, res = run(run_here, "numa_facts", "offline dumps",
                   {"capabilities_file": str(saved / "caps-2s12c2t.xml"), "nova_conf": str(saved / "nova.conf"),
                    "domain_files": [str(p) for p in sorted(saved.glob("*-1.xml"))]})
     assert rc == 0 and res["ansible_facts"]["numa"]["topology_source"] == "saved", res
@@ -262,21 +281,21 @@ def nova_tree(site):
     return Path(site) / "nova"
 
 
-def test_deploy_patched_nova_path_apply_refusal_and_rollback(run_module, tmp_path):
+def test_deploy_patched_nova_path_apply_refusal_and_rollback(tmp_path):
     """A Nova tree of this test (the hooked files of PyPI's 19.3.2 wheel under tmp_path): check
     mode, apply, absent; a build whose anchor code changed (refused); a health gate that fails
     (rolled back)."""
     nova = nova_tree(tmp_path / "site")
     a = {"path": str(nova), "backup_dir": str(tmp_path / "backup"), "python": sys.executable,
          "health_import": False}
-    rc, res = run(run_module, "deploy_patched_nova", "path, check mode", a, check_mode=True, diff=True)
+    rc, res = run(run_here, "deploy_patched_nova", "path, check mode", a, check_mode=True, diff=True)
     assert rc == 0 and res["changed"], res
-    rc, res = run(run_module, "deploy_patched_nova", "path, apply", a)
+    rc, res = run(run_here, "deploy_patched_nova", "path, apply", a)
     assert rc == 0 and res["changed"] and res["status"] == "patched", res
-    rc, res = run(run_module, "deploy_patched_nova", "path, absent", dict(a, state="absent"))
+    rc, res = run(run_here, "deploy_patched_nova", "path, absent", dict(a, state="absent"))
     assert rc == 0 and res["status"] == "unpatched", res
     # Real Nova cannot import without its dependencies: the health gate fails and rolls back.
-    rc, res = run(run_module, "deploy_patched_nova", "path, health gate fails", dict(a, health_import=True))
+    rc, res = run(run_here, "deploy_patched_nova", "path, health gate fails", dict(a, health_import=True))
     assert rc != 0 and res["rolled_back"] is True and res["failed_step"], res
     # Changed code under an anchor: refused by hook name.
     mgr = nova / "compute" / "manager.py"
@@ -284,5 +303,5 @@ def test_deploy_patched_nova_path_apply_refusal_and_rollback(run_module, tmp_pat
     text = mgr.read_text()
     assert text.count(old) == 1
     mgr.write_text(text.replace(old, old.replace("instance.progress = 0", "instance.progress = 0  # vendor")))
-    rc, res = run(run_module, "deploy_patched_nova", "path, refused", a)
+    rc, res = run(run_here, "deploy_patched_nova", "path, refused", a)
     assert rc != 0 and res["refused"], res
