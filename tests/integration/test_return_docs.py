@@ -2,10 +2,11 @@
 scripts/gen_module_docs.py copies into library/<module>.yml for ansible-doc).
 
 Each module is run in its main modes on the lab (tests/lab/lab.sh up), the way the other tests
-here run them (numa_facts on saved dumps and the `path` rollout run on this machine, no lab needed): check mode wherever the module changes something on the lab, real runs only on
-what the test makes itself (a fresh guest, instance rows, a Nova tree under tmp_path), and the
-outcomes the RETURN describes beyond success (a refusal, a failure rolled back) provoked where
-that is cheap and safe. Then every key of the result must be documented:
+here run them (numa_facts on saved dumps and the `path` rollout run on this machine and need no
+lab): check mode wherever the module changes something on the lab, real runs only on what the
+test makes itself (a fresh guest, instance rows, a Nova tree under tmp_path), and the outcomes
+the RETURN describes beyond success (a refusal, a failed migration, a failure rolled back)
+provoked where that is cheap and safe. Then every key of the result must be documented:
 
 - the top-level keys, except the ones the runtime (src/ansible.rs `render`) and Ansible set on
   every result: changed, failed, msg, warnings, diff, check_mode, invocation (and `_stderr`,
@@ -25,7 +26,6 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -35,7 +35,6 @@ import nova_hooks  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 RUNTIME_KEYS = {"changed", "failed", "msg", "warnings", "diff", "check_mode", "invocation", "_stderr"}
 TAKEN = "6c1a9e10-0000-4000-8000-000000000002"     # vm-taken, seeded on cmp1 (vCPU 0 -> pCPU 1)
-TOOBIG = "6c1a9e10-0000-4000-8000-000000000004"    # vm-toobig, seeded on cmp1 (2 vCPUs): fits in no cell of cmp2
 C2_RESIDENT = "6c1a9e10-0000-4000-8000-000000000001"  # its DB row is in the Victoria+ format
 RELEASE = "19.3.2"
 
