@@ -1,4 +1,4 @@
-//! Nova's stored `numa_topology` JSON (DESIGN.md section 5), edited in place.
+//! Nova's stored `numa_topology` JSON (docs/design.md §5, Nova's stored formats), edited in place.
 //!
 //! The documents are Nova object primitives (`nova_object.name/namespace/version/data`, and
 //! `nova_object.changes`). We work on `serde_json::Value` and touch only the fields a repin

@@ -9,7 +9,7 @@
 #   tests/lab/lab.sh down --purge   also delete LAB_DIR (DB, guests, keys) and the lab's docker images
 #
 # State: LAB_DIR (default /var/lib/numa-repin-lab). Caches: /var/cache/numa-repin (venvs, debootstrap tarball).
-# Facts behind every choice: DESIGN.md section 3. Timings: tests/lab/README.md.
+# Facts behind every choice: docs/design.md §3 (the lab). Timings: tests/lab/README.md.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

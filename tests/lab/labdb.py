@@ -3,7 +3,7 @@
 Pure Python (3.7+, PyMySQL cursors), shared by tests/lab/seed_db.py (run in the Nova 19.3.2 venv, which checks the
 JSON below against Nova's own objects) and tests/integration/lablib.py (Python 3.11 fixtures).
 
-Formats (DESIGN.md section 5): `instance_extra.numa_topology` is InstanceNUMATopology 1.3 with InstanceNUMACell 1.4
+Formats (docs/design.md §5, Nova's stored formats): `instance_extra.numa_topology` is InstanceNUMATopology 1.3 with InstanceNUMACell 1.4
 ("stein": pinned vCPUs in `cpuset`) or 1.5 ("victoria": pinned vCPUs in `pcpuset`, `cpuset` empty);
 `compute_nodes.numa_topology` is NUMATopology 1.2 / NUMACell 1.3 (Rocky/Stein). Like a Nova object freshly built and
 saved, every object carries `nova_object.changes` (all its set fields; Nova's order is arbitrary, ours sorted).

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create (once) and print the path of a cached Python 3.7 venv for a pinned OpenStack release.
 # Usage: tests/lab/venv.sh nova|placement|neutron|keystone|nova-victoria
-# Stein's Nova, Placement and Neutron do not run on Python 3.11 (see DESIGN.md section 3); each gets its own
+# Stein's Nova, Placement and Neutron do not run on Python 3.11 (see docs/design.md §3, the lab); each gets its own
 # venv (mixing them breaks nova-manage). The venv is cached, keyed by the requirements file's checksum.
 # nova-victoria: Nova 22.4.0 (Victoria) with stable/victoria's pins, for tests of the Victoria+ layout with
 # Victoria's own objects; those pins do not build on 3.11 either (see its requirements file).
