@@ -47,7 +47,7 @@ pub struct Owner {
     /// Hostname of the machine that runs the module.
     pub host: String,
     pub pid: u32,
-    /// The process's start time (clock ticks after boot, /proc/<pid>/stat field 22): a reused
+    /// The process's start time (clock ticks after boot, `/proc/<pid>/stat` field 22): a reused
     /// pid is not mistaken for the holder.
     #[serde(default)]
     pub pid_start: Option<u64>,
@@ -87,7 +87,7 @@ pub fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
-/// Start time of a process (field 22 of /proc/<pid>/stat, clock ticks after boot).
+/// Start time of a process (field 22 of `/proc/<pid>/stat`, clock ticks after boot).
 pub fn pid_start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // comm (field 2) may hold spaces and parentheses: fields 3.. follow the last ')'.

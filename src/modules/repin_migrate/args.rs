@@ -115,7 +115,7 @@ pub struct Args {
     /// known_hosts file to check the destination's host key against (default: accept, report fingerprint).
     pub ssh_known_hosts: Option<PathBuf>,
     /// Block migration: directory, as seen over SSH, where the guest's disk files go on the
-    /// destination (Nova: /var/lib/nova/instances/<uuid>; `{uuid}` is replaced). Default: the
+    /// destination (Nova: `/var/lib/nova/instances/<uuid>`; `{uuid}` is replaced). Default: the
     /// directory of each disk on the source.
     pub instance_dir: Option<String>,
     /// Also check the threads' affinity in /proc when the guest's QEMU runs on this machine (the
