@@ -3,7 +3,7 @@
 use crate::ansible::{Context, Failure, ModuleArgs, Outcome};
 use crate::facts::{self, NumaFacts};
 use crate::fit::drain::{self, DrainGuest};
-use crate::fit::{self, Decision, FitOptions, GuestTopology, Request, ThreadPolicy};
+use crate::fit::{self, FitOptions, GuestTopology, Request, ThreadPolicy};
 use crate::limits;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -124,58 +124,17 @@ pub fn run(a: Args, _ctx: &Context) -> anyhow::Result<Outcome> {
         return Ok(drain(d, &opts));
     }
     let host = target(&a)?;
-    let (topo, name, exclude) = match (&a.request, &a.guest) {
-        (Some(r), None) => match fit::constraints(r)
-            .map_err(|e| Failure::new(format!("the request is invalid: {e}")))?
-        {
-            Some(t) => (t, None, None),
-            None => {
-                return Ok(Outcome::new(false, "the request asks for no NUMA placement (no hw:cpu_policy=dedicated, hw:numa_nodes or hw:mem_page_size): it fits anywhere Nova's other filters allow")
-                    .with("fits", true)
-                    .with("numa", false)
-                    .with("placement", serde_json::Value::Null));
-            }
-        },
-        (None, Some(g)) => {
-            let src = match (&a.source_facts, &a.source_uri) {
-                (Some(f), None) => f.clone(),
-                (None, Some(u)) => facts::gather_live(u, None, None)?,
-                _ => anyhow::bail!("with guest, give exactly one of source_facts or source_uri"),
-            };
-            let guest = src
-                .guests
-                .iter()
-                .find(|x| &x.name == g || &x.uuid == g)
-                .ok_or_else(|| {
-                    Failure::new(format!(
-                        "no guest '{g}' on {}; guests there: {}",
-                        src.host,
-                        src.guests
-                            .iter()
-                            .map(|x| x.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ))
-                })?;
-            let t = GuestTopology::from_guest(guest, a.thread_policy);
-            // Replanning a guest on the host it runs on: its own pins are not "taken".
-            let exclude = host
-                .guests
-                .iter()
-                .any(|x| x.uuid == guest.uuid)
-                .then(|| guest.uuid.clone());
-            (t, Some(guest.name.clone()), exclude)
-        }
-        _ => anyhow::bail!("give exactly one of request or guest"),
+    let Some(what) = what_to_place(&a, &host)? else {
+        return Ok(Outcome::new(false, "the request asks for no NUMA placement (no hw:cpu_policy=dedicated, hw:numa_nodes or hw:mem_page_size): it fits anywhere Nova's other filters allow")
+            .with("fits", true)
+            .with("numa", false)
+            .with("placement", serde_json::Value::Null));
     };
-    let state = host.host_state(exclude.as_deref());
-    let decision = match fit::fit_topology(&state, &topo, &opts) {
-        Ok(p) => Decision::Fits(p),
-        Err(r) => Decision::NoFit(r),
-    };
-    let who = name.map(|n| format!("{n} ")).unwrap_or_default();
-    Ok(match decision {
-        Decision::Fits(p) => {
+    let state = host.host_state(what.exclude.as_deref());
+    let who = what.name.map(|n| format!("{n} ")).unwrap_or_default();
+    let topo = &what.topo;
+    Ok(match fit::fit_topology(&state, topo, &opts) {
+        Ok(p) => {
             let cells: Vec<String> = p
                 .cells
                 .iter()
@@ -188,20 +147,72 @@ pub fn run(a: Args, _ctx: &Context) -> anyhow::Result<Outcome> {
             .with("fits", true)
             .with("numa", true)
             .with("placement", &p)
-            .with("topology", &topo)
+            .with("topology", topo)
         }
-        Decision::NoFit(r) => {
+        Err(r) => {
             let mut o = Outcome::new(false, r.msg.clone())
                 .with("fits", false)
                 .with("numa", true)
                 .with("reasons", &r.reasons)
                 .with("placement", serde_json::Value::Null)
-                .with("topology", &topo);
+                .with("topology", topo);
             o.failed = a.fail_on_no_fit;
             o
         }
-        Decision::NotNuma => unreachable!("constraints returned a topology"),
     })
+}
+
+/// The topology to place, with the guest's name and the uuid whose pins are not "taken".
+struct ToPlace {
+    topo: GuestTopology,
+    name: Option<String>,
+    exclude: Option<String>,
+}
+
+/// From `request` (None: it asks for no NUMA placement) or from an existing `guest`.
+fn what_to_place(a: &Args, host: &NumaFacts) -> anyhow::Result<Option<ToPlace>> {
+    match (&a.request, &a.guest) {
+        (Some(r), None) => {
+            let topo = fit::constraints(r)
+                .map_err(|e| Failure::new(format!("the request is invalid: {e}")))?;
+            Ok(topo.map(|topo| ToPlace {
+                topo,
+                name: None,
+                exclude: None,
+            }))
+        }
+        (None, Some(g)) => {
+            let src = match (&a.source_facts, &a.source_uri) {
+                (Some(f), None) => f.clone(),
+                (None, Some(u)) => facts::gather_live(u, None, None)?,
+                _ => anyhow::bail!("with guest, give exactly one of source_facts or source_uri"),
+            };
+            let guest = src
+                .guests
+                .iter()
+                .find(|x| &x.name == g || &x.uuid == g)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = src.guests.iter().map(|x| x.name.as_str()).collect();
+                    Failure::new(format!(
+                        "no guest '{g}' on {}; guests there: {}",
+                        src.host,
+                        names.join(", ")
+                    ))
+                })?;
+            // Replanning a guest on the host it runs on: its own pins are not "taken".
+            let exclude = host
+                .guests
+                .iter()
+                .any(|x| x.uuid == guest.uuid)
+                .then(|| guest.uuid.clone());
+            Ok(Some(ToPlace {
+                topo: GuestTopology::from_guest(guest, a.thread_policy),
+                name: Some(guest.name.clone()),
+                exclude,
+            }))
+        }
+        _ => anyhow::bail!("give exactly one of request or guest"),
+    }
 }
 
 fn drain(d: &DrainArgs, opts: &FitOptions) -> Outcome {
