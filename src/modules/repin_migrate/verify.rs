@@ -250,11 +250,7 @@ pub(super) fn pins_match(g: &Guest, p: &Placement) -> Result<(), String> {
             ));
         }
     }
-    if bad.is_empty() {
-        Ok(())
-    } else {
-        Err(bad.join("; "))
-    }
+    all_match(bad)
 }
 
 fn affinity_matches(a: &Affinity, p: &Placement) -> Result<(), String> {
@@ -274,11 +270,7 @@ fn affinity_matches(a: &Affinity, p: &Placement) -> Result<(), String> {
             a.emulator, p.emulator_pins
         ));
     }
-    if bad.is_empty() {
-        Ok(())
-    } else {
-        Err(bad.join("; "))
-    }
+    all_match(bad)
 }
 
 /// The plan against the live pins libvirt reports: each vCPU's pinning (vCPU pin info), the
@@ -310,9 +302,13 @@ pub(super) fn libvirt_pins_match(lp: &libvirt::LivePins, p: &Placement) -> Resul
             ));
         }
     }
-    if bad.is_empty() {
-        Ok(())
-    } else {
-        Err(bad.join("; "))
+    all_match(bad)
+}
+
+/// No mismatch, or all of them in one line.
+fn all_match(bad: Vec<String>) -> Result<(), String> {
+    match bad.is_empty() {
+        true => Ok(()),
+        false => Err(bad.join("; ")),
     }
 }
