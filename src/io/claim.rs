@@ -442,6 +442,44 @@ fn held(
     }
 }
 
+/// What decides whether a held claim is stale, across one `acquire`'s polls.
+struct Stale<'a> {
+    me: &'a Owner,
+    lease: Duration,
+    watch: &'a mut Watch,
+    /// Claims already tried: each is taken over at most once.
+    tried: &'a mut Vec<String>,
+}
+
+impl Stale<'_> {
+    /// Remove the claim `d` (uuid `their`, owner `o`) if it is stale: its process on this
+    /// machine is gone, or its lease ran out. Some(why) when it was removed.
+    fn take_over(
+        self,
+        d: &Domain,
+        their: &str,
+        o: &Owner,
+    ) -> Result<Option<&'static str>, Refused> {
+        let why = if may_take_over(o, self.me, pid_alive) {
+            "its process on this machine is gone"
+        } else if self.watch.stale(their, o.beat, self.lease) {
+            "its lease ran out (not renewed)"
+        } else {
+            return Ok(None);
+        };
+        if self.tried.iter().any(|t| t == their) {
+            return Ok(None);
+        }
+        self.tried.push(their.to_string());
+        // By uuid: if it changed hands meanwhile, this fails and we wait.
+        match d.undefine(0) {
+            Ok(()) => Ok(Some(why)),
+            Err(e) if conn_error(&e) => Err(Refused::Error(e.into())),
+            Err(_) => Ok(None),
+        }
+    }
+}
+
 /// Take the claim on `h`, waiting up to `timeout`, polling every `poll`; a claim whose beat
 /// stays unchanged for `lease` (`LEASE` by default, `claim_lease_s`) is taken over as stale.
 pub fn acquire(
@@ -488,24 +526,15 @@ pub fn acquire(
                     .map_err(|e| e.message())
                     .and_then(|x| parse_owner(&x));
                 if let Ok(o) = &owner {
-                    let why = if may_take_over(o, me, pid_alive) {
-                        Some("its process on this machine is gone")
-                    } else if watch.stale(&their, o.beat, lease) {
-                        Some("its lease ran out (not renewed)")
-                    } else {
-                        None
+                    let stale = Stale {
+                        me,
+                        lease,
+                        watch: &mut watch,
+                        tried: &mut tried_takeover,
                     };
-                    if let Some(why) = why.filter(|_| !tried_takeover.contains(&their)) {
-                        tried_takeover.push(their.clone());
-                        // By uuid: if it changed hands meanwhile, this fails and we wait.
-                        match d.undefine(0) {
-                            Ok(()) => {
-                                took_over = Some((their, o.clone(), why));
-                                continue;
-                            }
-                            Err(e) if conn_error(&e) => return Err(Refused::Error(e.into())),
-                            Err(_) => {}
-                        }
+                    if let Some(why) = stale.take_over(&d, &their, o)? {
+                        took_over = Some((their, o.clone(), why));
+                        continue;
                     }
                 }
                 if t0.elapsed() >= timeout {

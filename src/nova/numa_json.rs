@@ -226,80 +226,90 @@ pub fn usage_from_instances(
     }
     for nc in node_cells.iter_mut() {
         let id = cell_id(nc);
-        let d = data_mut(nc, "NUMACell")?;
-        let cpuset = ints(d.get("cpuset"))
-            .union(&ints(d.get("pcpuset")))
-            .copied()
-            .collect::<BTreeSet<u32>>();
-        let siblings: Vec<BTreeSet<u32>> = d
-            .get("siblings")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().map(|s| ints(Some(s))).collect())
-            .unwrap_or_default();
-        let widest = siblings.iter().map(BTreeSet::len).max().unwrap_or(1).max(1);
-        let smallest = d.get("mempages").and_then(Value::as_array).and_then(|a| {
-            a.iter()
-                .filter_map(|p| p.get("nova_object.data")?.get("size_kb")?.as_u64())
-                .filter(|s| *s > 0)
-                .min()
-        });
-        let mut pinned = BTreeSet::new();
-        let (mut cpu_usage, mut memory_usage) = (0u64, 0u64);
-        let mut pages: BTreeMap<u64, u64> = BTreeMap::new();
-        for (uuid, cells) in instances {
-            for c in cells.iter().filter(|c| Some(c.host_cell) == id) {
-                if let Some(shared) = c.shared_vcpus {
-                    cpu_usage += shared as u64;
+        recount_cell(data_mut(nc, "NUMACell")?, id, instances, &mut problems);
+    }
+    Ok(problems)
+}
+
+/// One node cell's `pinned_cpus`, `cpu_usage`, `memory_usage` and used pages, from zero, from the
+/// instance cells on it; what Nova would refuse goes to `problems`.
+fn recount_cell(
+    d: &mut serde_json::Map<String, Value>,
+    id: Option<u32>,
+    instances: &[(String, Vec<CellPins>)],
+    problems: &mut Vec<String>,
+) {
+    let cpuset = ints(d.get("cpuset"))
+        .union(&ints(d.get("pcpuset")))
+        .copied()
+        .collect::<BTreeSet<u32>>();
+    let siblings: Vec<BTreeSet<u32>> = d
+        .get("siblings")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().map(|s| ints(Some(s))).collect())
+        .unwrap_or_default();
+    let widest = siblings.iter().map(BTreeSet::len).max().unwrap_or(1).max(1);
+    let smallest = d.get("mempages").and_then(Value::as_array).and_then(|a| {
+        a.iter()
+            .filter_map(|p| p.get("nova_object.data")?.get("size_kb")?.as_u64())
+            .filter(|s| *s > 0)
+            .min()
+    });
+    let mut pinned = BTreeSet::new();
+    let (mut cpu_usage, mut memory_usage) = (0u64, 0u64);
+    let mut pages: BTreeMap<u64, u64> = BTreeMap::new();
+    for (uuid, cells) in instances {
+        for c in cells.iter().filter(|c| Some(c.host_cell) == id) {
+            if let Some(shared) = c.shared_vcpus {
+                cpu_usage += shared as u64;
+            } else {
+                let vcpus = c.vcpus.max(c.pins.len()) as u64;
+                cpu_usage += if c.isolate && !siblings.is_empty() {
+                    vcpus * widest as u64
                 } else {
-                    let vcpus = c.vcpus.max(c.pins.len()) as u64;
-                    cpu_usage += if c.isolate && !siblings.is_empty() {
-                        vcpus * widest as u64
-                    } else {
-                        vcpus
-                    };
-                    cpu_usage += c.reserved.len() as u64;
-                }
-                memory_usage = memory_usage.saturating_add(c.memory_mb);
-                // A cell without a page size takes the smallest pages (Nova's
-                // `_numa_pagesize_usage_from_cell`).
-                if let Some(size) = c.pagesize_kb.filter(|s| *s > 0).or(smallest) {
-                    *pages.entry(size).or_default() += c.memory_mb.saturating_mul(1024) / size;
-                }
-                let mut want: BTreeSet<u32> = c.pins.values().chain(&c.reserved).copied().collect();
-                if c.isolate {
-                    for cpu in want.clone() {
-                        if let Some(s) = siblings.iter().find(|s| s.contains(&cpu)) {
-                            want.extend(s);
-                        }
+                    vcpus
+                };
+                cpu_usage += c.reserved.len() as u64;
+            }
+            memory_usage = memory_usage.saturating_add(c.memory_mb);
+            // A cell without a page size takes the smallest pages (Nova's
+            // `_numa_pagesize_usage_from_cell`).
+            if let Some(size) = c.pagesize_kb.filter(|s| *s > 0).or(smallest) {
+                *pages.entry(size).or_default() += c.memory_mb.saturating_mul(1024) / size;
+            }
+            let mut want: BTreeSet<u32> = c.pins.values().chain(&c.reserved).copied().collect();
+            if c.isolate {
+                for cpu in want.clone() {
+                    if let Some(s) = siblings.iter().find(|s| s.contains(&cpu)) {
+                        want.extend(s);
                     }
                 }
-                let id = c.host_cell;
-                let unknown: Vec<u32> = want.difference(&cpuset).copied().collect();
-                if !unknown.is_empty() {
-                    problems.push(format!(
-                        "instance {uuid} pins pCPUs {unknown:?}, which are not in NUMA cell {id}"
-                    ));
-                }
-                let twice: Vec<u32> = want.intersection(&pinned).copied().collect();
-                if !twice.is_empty() {
-                    problems.push(format!("instance {uuid} pins pCPUs {twice:?} of NUMA cell {id}, which another instance on the node already pins"));
-                }
-                pinned.extend(want);
             }
+            let id = c.host_cell;
+            let unknown: Vec<u32> = want.difference(&cpuset).copied().collect();
+            if !unknown.is_empty() {
+                problems.push(format!(
+                    "instance {uuid} pins pCPUs {unknown:?}, which are not in NUMA cell {id}"
+                ));
+            }
+            let twice: Vec<u32> = want.intersection(&pinned).copied().collect();
+            if !twice.is_empty() {
+                problems.push(format!("instance {uuid} pins pCPUs {twice:?} of NUMA cell {id}, which another instance on the node already pins"));
+            }
+            pinned.extend(want);
         }
-        d.insert("pinned_cpus".into(), json!(pinned));
-        d.insert("cpu_usage".into(), json!(cpu_usage));
-        d.insert("memory_usage".into(), json!(memory_usage));
-        if let Some(mp) = d.get_mut("mempages").and_then(Value::as_array_mut) {
-            for p in mp.iter_mut() {
-                if let Some(pd) = p.get_mut("nova_object.data").and_then(Value::as_object_mut) {
-                    let size = pd.get("size_kb").and_then(Value::as_u64).unwrap_or(0);
-                    pd.insert("used".into(), json!(pages.get(&size).copied().unwrap_or(0)));
-                }
+    }
+    d.insert("pinned_cpus".into(), json!(pinned));
+    d.insert("cpu_usage".into(), json!(cpu_usage));
+    d.insert("memory_usage".into(), json!(memory_usage));
+    if let Some(mp) = d.get_mut("mempages").and_then(Value::as_array_mut) {
+        for p in mp.iter_mut() {
+            if let Some(pd) = p.get_mut("nova_object.data").and_then(Value::as_object_mut) {
+                let size = pd.get("size_kb").and_then(Value::as_u64).unwrap_or(0);
+                pd.insert("used".into(), json!(pages.get(&size).copied().unwrap_or(0)));
             }
         }
     }
-    Ok(problems)
 }
 
 fn cell_id(nc: &Value) -> Option<u32> {
