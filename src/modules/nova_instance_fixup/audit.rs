@@ -36,24 +36,7 @@ pub fn audit(conn: &mut Conn, creds: &DbCreds, hosts: &[NumaFacts]) -> Result<Ve
             .map_err(|e| sql_err(e, "reading instances", creds))?;
         found.extend(rows.into_iter().map(|(u, h, n, t)| (u, (h, n, t))));
     }
-    let mut drift = Vec::new();
-    // One uuid defined on two hosts: a stale copy left by an interrupted migration. `virsh start`
-    // on it would run the guest twice.
-    let mut homes: std::collections::BTreeMap<&str, Vec<(String, String, String)>> =
-        Default::default();
-    for f in hosts {
-        for g in &f.guests {
-            homes.entry(g.uuid.as_str()).or_default().push((
-                f.host.clone(),
-                g.name.clone(),
-                g.state.clone(),
-            ));
-        }
-    }
-    for (uuid, on) in homes.iter().filter(|(_, on)| on.len() > 1) {
-        let hosts_states: Vec<String> = on.iter().map(|(h, _, st)| format!("{h} ({st})")).collect();
-        drift.push(json!({"instance_uuid": uuid, "name": on[0].1, "host": on[0].0, "kind": format!("defined on two hosts: {}; keep the copy Nova records, undefine the other", hosts_states.join(", "))}));
-    }
+    let mut drift = defined_twice(hosts);
     for f in hosts {
         for g in f.guests.iter().filter(|g| g.is_dedicated()) {
             if check_uuid(&g.uuid).is_err() {
@@ -99,6 +82,28 @@ pub fn audit(conn: &mut Conn, creds: &DbCreds, hosts: &[NumaFacts]) -> Result<Ve
         }
     }
     Ok(drift)
+}
+
+/// One uuid defined on two hosts: a stale copy left by an interrupted migration. `virsh start`
+/// on it would run the guest twice.
+fn defined_twice(hosts: &[NumaFacts]) -> Vec<Value> {
+    let mut drift = Vec::new();
+    let mut homes: std::collections::BTreeMap<&str, Vec<(String, String, String)>> =
+        Default::default();
+    for f in hosts {
+        for g in &f.guests {
+            homes.entry(g.uuid.as_str()).or_default().push((
+                f.host.clone(),
+                g.name.clone(),
+                g.state.clone(),
+            ));
+        }
+    }
+    for (uuid, on) in homes.iter().filter(|(_, on)| on.len() > 1) {
+        let hosts_states: Vec<String> = on.iter().map(|(h, _, st)| format!("{h} ({st})")).collect();
+        drift.push(json!({"instance_uuid": uuid, "name": on[0].1, "host": on[0].0, "kind": format!("defined on two hosts: {}; keep the copy Nova records, undefine the other", hosts_states.join(", "))}));
+    }
+    drift
 }
 
 /// Compute node rows no nova-compute service stands behind (the host was removed, or renamed,
