@@ -1,0 +1,612 @@
+//! The request: a flavor's extra specs and an image's properties read the way Nova 19.3.2's
+//! `numa_get_constraints` reads them (same keys, same precedence, same exception names).
+
+use super::{GuestCellReq, GuestTopology, PageRequest, Request, ThreadPolicy};
+use crate::limits;
+use serde_json::Value;
+use std::borrow::Cow;
+
+/// An extra spec or image property as the string Nova sees (borrowed: decisions are hot).
+fn spec_str(v: &Value) -> Option<Cow<'_, str>> {
+    match v {
+        Value::String(s) => Some(Cow::Borrowed(s.as_str())),
+        Value::Number(n) => Some(Cow::Owned(n.to_string())),
+        Value::Bool(b) => Some(Cow::Borrowed(if *b { "True" } else { "False" })),
+        _ => None,
+    }
+}
+
+/// Nova's request errors keep Nova's exception names, so operators can search for them.
+fn req_err(name: &str, msg: impl std::fmt::Display) -> String {
+    format!("{name}: {msg}")
+}
+
+/// Python's `int(text)`: surrounding whitespace, a sign, decimal digits (single `_` between).
+fn py_int(text: &str) -> Option<i64> {
+    let t = text.trim();
+    let (neg, digits) = match t.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, t.strip_prefix('+').unwrap_or(t)),
+    };
+    if digits.is_empty()
+        || digits.starts_with('_')
+        || digits.ends_with('_')
+        || digits.contains("__")
+    {
+        return None;
+    }
+    if !digits.chars().all(|c| c.is_ascii_digit() || c == '_') {
+        return None;
+    }
+    let n: i64 = digits.replace('_', "").parse().ok()?;
+    Some(if neg { -n } else { n })
+}
+
+/// oslo.utils `string_to_bytes(text, 'IEC', return_int=True)`: `<number>[KMGT][i](b|bit|B)`,
+/// powers of 1024, bits divided by 8, rounded up.
+fn iec_bytes(text: &str) -> Option<f64> {
+    let unit_end = if text.ends_with("bit") {
+        3
+    } else if text.ends_with('b') || text.ends_with('B') {
+        1
+    } else {
+        return None;
+    };
+    let bits = unit_end == 3 || text.ends_with('b');
+    let rest = &text[..text.len() - unit_end];
+    let (num, exp) = if let Some(r) = rest.strip_suffix('i') {
+        let (n, p) = r.split_at(r.len().saturating_sub(1));
+        (n, "KMGT".find(p)? as i32 + 1)
+    } else {
+        match rest.chars().last() {
+            Some(c @ ('K' | 'M' | 'G' | 'T')) => {
+                (&rest[..rest.len() - 1], "KMGT".find(c)? as i32 + 1)
+            }
+            _ => (rest, 0),
+        }
+    };
+    // ^[-+]?\d*\.?\d+
+    let body = num.strip_prefix(['-', '+']).unwrap_or(num);
+    let ok = !body.is_empty()
+        && body.chars().last().is_some_and(|c| c.is_ascii_digit())
+        && body.chars().all(|c| c.is_ascii_digit() || c == '.')
+        && body.matches('.').count() <= 1;
+    if !ok {
+        return None;
+    }
+    let mut mag: f64 = num.parse().ok()?;
+    if bits {
+        mag /= 8.0;
+    }
+    Some((mag * 1024f64.powi(exp)).ceil())
+}
+
+/// `hw:mem_page_size` as Nova reads it (`check_and_return_pages_size`).
+fn parse_pagesize(v: &str) -> Result<PageRequest, String> {
+    let kb: f64 = match v {
+        "small" => return Ok(PageRequest::Small),
+        "large" => return Ok(PageRequest::Large),
+        "any" => return Ok(PageRequest::Any),
+        _ => match py_int(v) {
+            Some(n) => n as f64,
+            None => iec_bytes(v).map(|b| b / 1024.0).unwrap_or(0.0),
+        },
+    };
+    if kb <= 0.0 {
+        let shown = if kb == 0.0 {
+            "0".to_string()
+        } else {
+            kb.to_string()
+        };
+        return Err(req_err(
+            "MemoryPageSizeInvalid",
+            format!("Invalid memory page size '{shown}'"),
+        ));
+    }
+    // A fractional size (e.g. "1.5MB") matches no host page pool, as in Nova; 0 stands for it.
+    Ok(PageRequest::Kb(if kb.fract() == 0.0 {
+        kb as u64
+    } else {
+        0
+    }))
+}
+
+/// The image properties as Nova's `ImageMetaProps.from_dict` types them; its coercion errors
+/// (`ValueError`, `Invalid`) come before anything else, as in Nova.
+struct ImageProps {
+    numa_nodes: Option<i64>,
+    cpu_policy: Option<String>,
+    cpu_thread_policy: Option<String>,
+    mem_page_size: Option<String>,
+    numa_cpus: Option<Vec<Vec<u32>>>,
+    numa_mem: Option<Vec<u64>>,
+    realtime_mask: Option<String>,
+}
+
+fn image_props(req: &Request) -> Result<ImageProps, String> {
+    if req.image_properties.is_empty() {
+        return Ok(ImageProps {
+            numa_nodes: None,
+            cpu_policy: None,
+            cpu_thread_policy: None,
+            mem_page_size: None,
+            numa_cpus: None,
+            numa_mem: None,
+            realtime_mask: None,
+        });
+    }
+    let get = |k: &str| req.image_properties.get(k).filter(|v| !v.is_null());
+    let value_error = |v: &Value| {
+        req_err(
+            "ValueError",
+            format!(
+                "Field value {} is invalid",
+                spec_str(v)
+                    .map(Cow::into_owned)
+                    .unwrap_or_else(|| v.to_string())
+            ),
+        )
+    };
+    let enum_field = |k: &str, allowed: &[&str]| -> Result<Option<String>, String> {
+        match get(k) {
+            None => Ok(None),
+            Some(v) => match spec_str(v) {
+                Some(s) if allowed.contains(&s.as_ref()) => Ok(Some(s.into_owned())),
+                _ => Err(value_error(v)),
+            },
+        }
+    };
+    let numa_nodes = match get("hw_numa_nodes") {
+        None => None,
+        Some(Value::Number(n)) => Some(
+            n.as_i64()
+                .ok_or_else(|| value_error(&Value::Number(n.clone())))?,
+        ),
+        Some(Value::Bool(b)) => Some(*b as i64),
+        Some(v) => Some(spec_str(v).and_then(|s| py_int(&s)).ok_or_else(|| {
+            req_err(
+                "ValueError",
+                format!("invalid literal for int() with base 10: {v}"),
+            )
+        })?),
+    };
+    // hw_numa_cpus.N / hw_numa_mem.N, consecutive from 0 (the plain list forms are ignored by
+    // from_dict).
+    let mut cpus = Vec::new();
+    while let Some(v) = get(&format!("hw_numa_cpus.{}", cpus.len())) {
+        let s = spec_str(v).unwrap_or_default();
+        cpus.push(
+            crate::model::cpuset::parse_spec(&s)
+                .map_err(|e| req_err("Invalid", e))?
+                .to_vec(),
+        );
+    }
+    let mut mems = Vec::new();
+    while let Some(v) = get(&format!("hw_numa_mem.{}", mems.len())) {
+        let s = spec_str(v).unwrap_or_default();
+        let m = py_int(&s).ok_or_else(|| {
+            req_err(
+                "ValueError",
+                format!("invalid literal for int() with base 10: '{s}'"),
+            )
+        })?;
+        mems.push(
+            limits::memory_mib("hw_numa_mem", m.max(0) as u64)
+                .map_err(|e| req_err("InvalidRequest", e))?,
+        );
+    }
+    Ok(ImageProps {
+        numa_nodes,
+        cpu_policy: enum_field("hw_cpu_policy", &["dedicated", "shared"])?,
+        cpu_thread_policy: enum_field("hw_cpu_thread_policy", &["prefer", "isolate", "require"])?,
+        mem_page_size: get("hw_mem_page_size")
+            .and_then(spec_str)
+            .map(Cow::into_owned),
+        numa_cpus: (!cpus.is_empty()).then_some(cpus),
+        numa_mem: (!mems.is_empty()).then_some(mems),
+        realtime_mask: get("hw_cpu_realtime_mask")
+            .and_then(spec_str)
+            .filter(|s| !s.is_empty())
+            .map(Cow::into_owned),
+    })
+}
+
+/// A NUMA node count from the flavor or image, at most [`limits::MAX_NUMA_NODES`].
+fn numa_nodes(field: &str, n: i64) -> Result<u32, String> {
+    limits::at_most(
+        field,
+        n.max(0) as u64,
+        limits::MAX_NUMA_NODES as u64,
+        "NUMA nodes",
+    )
+    .map(|n| n as u32)
+    .map_err(|e| req_err("InvalidRequest", e))
+}
+
+/// Nova's `numa_get_constraints` (19.3.2): the guest topology a request asks for, `None` when
+/// it asks for no NUMA placement at all (no pinning, no NUMA nodes, no page size), or Nova's
+/// error. Checks run in Nova's order so the same request fails with the same exception.
+pub fn constraints(req: &Request) -> Result<Option<GuestTopology>, String> {
+    if req.vcpus == 0 {
+        return Err(req_err("InvalidRequest", "vcpus must be at least 1"));
+    }
+    // Bounds before anything is sized from the request (the vCPU list, the cells).
+    let bound = |r: Result<u64, limits::Error>| r.map_err(|e| req_err("InvalidRequest", e));
+    bound(limits::vcpus("vcpus", req.vcpus).map(u64::from))?;
+    bound(limits::memory_mib("memory_mb", req.memory_mb))?;
+    let image = image_props(req)?;
+    // Present flavor keys, empty values included (Nova tests presence for the .N maps and
+    // truthiness elsewhere).
+    let raw = |k: &str| {
+        req.extra_specs
+            .get(k)
+            .map(|v| spec_str(v).unwrap_or_default())
+    };
+    let flavor = |k: &str| raw(k).filter(|s| !s.is_empty());
+
+    // hw:numa_nodes / hw_numa_nodes
+    let fnodes = flavor("hw:numa_nodes");
+    if fnodes.is_some() && image.numa_nodes.is_some_and(|n| n != 0) {
+        return Err(req_err("ImageNUMATopologyForbidden", "Image property 'hw_numa_nodes' is not permitted to override NUMA configuration set against the flavor"));
+    }
+    let nodes: Option<u32> = match (&fnodes, image.numa_nodes) {
+        (Some(f), _) => match f.parse::<i64>() {
+            // strutils.is_int_like: str(int(v)) == v, so "+1", "02", " 2" are refused
+            Ok(n) if n.to_string() == *f && n >= 1 => Some(numa_nodes("hw:numa_nodes", n)?),
+            _ => {
+                return Err(req_err(
+                    "InvalidNUMANodesNumber",
+                    format!(
+                    "The property 'numa_nodes' cannot be '{f}'. It must be a number greater than 0"
+                ),
+                ))
+            }
+        },
+        (None, Some(n)) if n < 1 => {
+            return Err(req_err(
+                "InvalidNUMANodesNumber",
+                format!(
+                    "The property 'numa_nodes' cannot be '{n}'. It must be a number greater than 0"
+                ),
+            ))
+        }
+        (None, Some(n)) => Some(numa_nodes("hw_numa_nodes", n)?),
+        (None, None) => None,
+    };
+    // hw:mem_page_size: the image may only choose when the flavor says large or any.
+    let pagesize = match (
+        flavor("hw:mem_page_size"),
+        image.mem_page_size.clone().filter(|s| !s.is_empty()),
+    ) {
+        (None, Some(i)) => {
+            return Err(req_err(
+                "MemoryPageSizeForbidden",
+                format!("Page size {i} forbidden against '<empty>'"),
+            ))
+        }
+        (None, None) => None,
+        (Some(f), i) => {
+            let p = parse_pagesize(&f)?;
+            match i {
+                Some(i) if matches!(p, PageRequest::Any | PageRequest::Large) => {
+                    Some(parse_pagesize(&i)?)
+                }
+                Some(i) => {
+                    return Err(req_err(
+                        "MemoryPageSizeForbidden",
+                        format!("Page size {i} forbidden against '{f}'"),
+                    ))
+                }
+                None => Some(p),
+            }
+        }
+    };
+    let mut cells = None;
+    if nodes.is_some() || pagesize.is_some() {
+        let nodes = nodes.unwrap_or(1);
+        let flavor_map = |key: &str,
+                          parse: &dyn Fn(&str) -> Result<Vec<u32>, String>|
+         -> Result<Option<Vec<Vec<u32>>>, String> {
+            let mut out = Vec::new();
+            while let Some(v) = raw(&format!("{key}.{}", out.len())) {
+                out.push(parse(&v)?);
+            }
+            Ok((!out.is_empty()).then_some(out))
+        };
+        let fcpus = flavor_map("hw:numa_cpus", &|v| {
+            crate::model::cpuset::parse_spec(v)
+                .map(|s| s.to_vec())
+                .map_err(|e| req_err("Invalid", e))
+        })?;
+        let cpu_list = match (fcpus, &image.numa_cpus) {
+            (None, img) => img.clone(),
+            (Some(_), Some(_)) => return Err(req_err("ImageNUMATopologyForbidden", "Image property 'hw_numa_cpus' is not permitted to override NUMA configuration set against the flavor")),
+            (Some(f), None) => Some(f),
+        };
+        let fmem = flavor_map("hw:numa_mem", &|v| match py_int(v) {
+            // Bounded first: the value is carried as u32 MiB (64 TiB fits).
+            Some(m) => Ok(vec![limits::memory_mib("hw:numa_mem", m.max(0) as u64)
+                .map_err(|e| req_err("InvalidRequest", e))?
+                as u32]),
+            None => Err(req_err(
+                "ValueError",
+                format!("invalid literal for int() with base 10: '{v}'"),
+            )),
+        })?;
+        let mem_list: Option<Vec<u64>> = match (fmem, &image.numa_mem) {
+            (None, img) => img.clone(),
+            (Some(_), Some(_)) => return Err(req_err("ImageNUMATopologyForbidden", "Image property 'hw_numa_mem' is not permitted to override NUMA configuration set against the flavor")),
+            (Some(f), None) => Some(f.into_iter().map(|m| m[0] as u64).collect()),
+        };
+        let incomplete = || {
+            req_err(
+                "ImageNUMATopologyIncomplete",
+                "CPU and memory allocation must be provided for all NUMA nodes",
+            )
+        };
+        if cpu_list.is_some() != mem_list.is_some() {
+            return Err(incomplete());
+        }
+        if cpu_list.as_ref().is_some_and(|l| l.len() != nodes as usize)
+            || mem_list.as_ref().is_some_and(|l| l.len() != nodes as usize)
+        {
+            return Err(incomplete());
+        }
+        let mut out = Vec::new();
+        match (cpu_list, mem_list) {
+            (Some(cpus), Some(mems)) => {
+                let mut avail: std::collections::BTreeSet<u32> = (0..req.vcpus).collect();
+                let mut total = 0u64;
+                for n in 0..nodes as usize {
+                    for c in &cpus[n] {
+                        if *c > req.vcpus - 1 {
+                            return Err(req_err(
+                                "ImageNUMATopologyCPUOutOfRange",
+                                format!("CPU number {c} is larger than max of {}", req.vcpus - 1),
+                            ));
+                        }
+                        if !avail.remove(c) {
+                            return Err(req_err(
+                                "ImageNUMATopologyCPUDuplicates",
+                                format!("CPU number {c} is assigned to two nodes"),
+                            ));
+                        }
+                    }
+                    total += mems[n];
+                    out.push(GuestCellReq {
+                        id: n as u32,
+                        vcpus: cpus[n].clone(),
+                        memory_mb: mems[n],
+                        pagesize,
+                    });
+                }
+                if !avail.is_empty() {
+                    return Err(req_err(
+                        "ImageNUMATopologyCPUsUnassigned",
+                        format!("CPU number(s) {avail:?} are not assigned to any node"),
+                    ));
+                }
+                if total != req.memory_mb {
+                    return Err(req_err(
+                        "ImageNUMATopologyMemoryOutOfRange",
+                        format!(
+                            "{total} MB of memory assigned, but expected {} MB",
+                            req.memory_mb
+                        ),
+                    ));
+                }
+            }
+            _ => {
+                if !req.vcpus.is_multiple_of(nodes) || !req.memory_mb.is_multiple_of(nodes as u64) {
+                    return Err(req_err("ImageNUMATopologyAsymmetric", "Asymmetric NUMA topologies require explicit assignment of CPUs and memory to nodes in image or flavor"));
+                }
+                let (ncpus, mem) = (req.vcpus / nodes, req.memory_mb / nodes as u64);
+                for n in 0..nodes {
+                    out.push(GuestCellReq {
+                        id: n,
+                        vcpus: (n * ncpus..(n + 1) * ncpus).collect(),
+                        memory_mb: mem,
+                        pagesize,
+                    });
+                }
+            }
+        }
+        cells = Some(out);
+    }
+
+    // hw:cpu_policy
+    let fpol = flavor("hw:cpu_policy");
+    if let Some(p) = &fpol {
+        if p != "dedicated" && p != "shared" {
+            return Err(req_err("InvalidCPUAllocationPolicy", format!("CPU policy '{p}' from flavor extra specs is invalid, must be one of ['dedicated', 'shared']")));
+        }
+    }
+    let dedicated = match (fpol.as_deref(), image.cpu_policy.as_deref()) {
+        (Some("dedicated"), _) => true,
+        (Some("shared"), Some("dedicated")) => return Err(req_err("ImageCPUPinningForbidden", "Image property 'hw_cpu_policy' is not permitted to override CPU pinning policy set against the flavor")),
+        (Some("shared"), _) => false,
+        (None, Some("dedicated")) => true,
+        _ => false,
+    };
+    // hw:cpu_thread_policy: a present-but-empty flavor value is neither None nor prefer in Nova.
+    let ftp_raw = raw("hw:cpu_thread_policy");
+    if let Some(p) = ftp_raw.as_deref().filter(|p| !p.is_empty()) {
+        if !["prefer", "isolate", "require"].contains(&p) {
+            return Err(req_err("InvalidCPUThreadAllocationPolicy", format!("CPU thread policy '{p}' from flavor extra specs is invalid, must be one of ['prefer', 'isolate', 'require']")));
+        }
+    }
+    let tp_of = |p: &str| match p {
+        "isolate" => ThreadPolicy::Isolate,
+        "require" => ThreadPolicy::Require,
+        _ => ThreadPolicy::Prefer,
+    };
+    let itp = image.cpu_thread_policy.as_deref();
+    let thread_policy: Option<String> = match ftp_raw.as_deref() {
+        None | Some("prefer") => ftp_raw.as_deref().or(itp).map(str::to_string),
+        Some(f) => {
+            if itp.is_some_and(|i| i != f) {
+                return Err(req_err("ImageCPUThreadPolicyForbidden", "Image property 'hw_cpu_thread_policy' is not permitted to override CPU thread pinning policy set against the flavor"));
+            }
+            Some(f.to_string())
+        }
+    };
+    // hw:emulator_threads_policy (flavor only in Stein)
+    let emu = flavor("hw:emulator_threads_policy");
+    if let Some(e) = &emu {
+        if e != "share" && e != "isolate" {
+            return Err(req_err(
+                "InvalidEmulatorThreadsPolicy",
+                format!(
+                    "Emulator threads policy '{e}' is invalid, must be one of ['share', 'isolate']"
+                ),
+            ));
+        }
+    }
+    let emulator_isolate = emu.as_deref() == Some("isolate");
+    let realtime = flavor("hw:cpu_realtime").is_some_and(|v| {
+        matches!(
+            v.to_ascii_lowercase().as_str(),
+            "1" | "t" | "true" | "on" | "y" | "yes"
+        )
+    });
+    let rt_mask = image
+        .realtime_mask
+        .clone()
+        .or_else(|| flavor("hw:cpu_realtime_mask").map(Cow::into_owned));
+
+    if !dedicated {
+        if thread_policy.as_deref().is_some_and(|t| !t.is_empty()) {
+            return Err(req_err(
+                "CPUThreadPolicyConfigurationInvalid",
+                "Cannot set cpu thread pinning policy in a non dedicated cpu pinning policy",
+            ));
+        }
+        if emulator_isolate {
+            return Err(req_err(
+                "BadRequirementEmulatorThreadsPolicy",
+                "An isolated CPU emulator threads option requires a dedicated CPU policy option.",
+            ));
+        }
+        if realtime {
+            return Err(req_err(
+                "RealtimeConfigurationInvalid",
+                "Cannot set realtime policy in a non dedicated cpu pinning policy",
+            ));
+        }
+        return Ok(cells.map(|cells| GuestTopology {
+            cells,
+            dedicated: false,
+            thread_policy: None,
+            emulator_isolate: false,
+        }));
+    }
+    if realtime && rt_mask.is_none() {
+        return Err(req_err("RealtimeMaskNotFoundOrInvalid", "Realtime policy needs vCPU(s) mask configured with at least 1 RT vCPU and 1 ordinary vCPU. See hw:cpu_realtime_mask or hw_cpu_realtime_mask"));
+    }
+    if thread_policy.as_deref() == Some("") {
+        // Nova sets the empty string on the cell object, whose enum field refuses it.
+        return Err(req_err("ValueError", "Field value  is invalid"));
+    }
+    let thread_policy = thread_policy.as_deref().map(tp_of);
+    let cells = cells.unwrap_or_else(|| {
+        vec![GuestCellReq {
+            id: 0,
+            vcpus: (0..req.vcpus).collect(),
+            memory_mb: req.memory_mb,
+            pagesize: None,
+        }]
+    });
+    Ok(Some(GuestTopology {
+        cells,
+        dedicated: true,
+        thread_policy,
+        emulator_isolate,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fit::testkit::req;
+    use serde_json::json;
+
+    #[test]
+    fn request_sizes_are_bounded_before_anything_is_allocated() {
+        let e =
+            constraints(&req(u32::MAX, 512, json!({"hw:cpu_policy": "dedicated"}))).unwrap_err();
+        assert!(
+            e.starts_with("InvalidRequest: vcpus: 4294967295 vCPUs"),
+            "{e}"
+        );
+        assert!(constraints(&req(4096, 4096, json!({"hw:cpu_policy": "dedicated"}))).is_ok());
+        let e = constraints(&req(2, u64::MAX, json!({}))).unwrap_err();
+        assert!(e.contains("memory_mb"), "{e}");
+        let e = constraints(&req(
+            u32::MAX,
+            u32::MAX as u64,
+            json!({"hw:numa_nodes": "4294967295"}),
+        ))
+        .unwrap_err();
+        assert!(e.contains("vcpus"), "{e}");
+        let e = constraints(&req(4, 4096, json!({"hw:numa_nodes": "4294967295"}))).unwrap_err();
+        assert!(e.contains("hw:numa_nodes: 4294967295 NUMA nodes"), "{e}");
+        let mut r = req(4, 4096, json!({}));
+        r.image_properties
+            .insert("hw_numa_nodes".into(), json!(i64::MAX));
+        assert!(constraints(&r).unwrap_err().contains("hw_numa_nodes"));
+        let e = constraints(&req(
+            2,
+            4096,
+            json!({"hw:numa_nodes": "2", "hw:numa_cpus.0": "0", "hw:numa_cpus.1": "1",
+                   "hw:numa_mem.0": "4294967296", "hw:numa_mem.1": "0"}),
+        ))
+        .unwrap_err();
+        assert!(e.contains("hw:numa_mem"), "{e}");
+    }
+
+    #[test]
+    fn policy_precedence_and_errors() {
+        let mut r = req(2, 512, json!({"hw:cpu_policy": "shared"}));
+        r.image_properties
+            .insert("hw_cpu_policy".into(), json!("dedicated"));
+        assert!(constraints(&r)
+            .unwrap_err()
+            .starts_with("ImageCPUPinningForbidden"));
+        let mut r = req(2, 512, json!({}));
+        r.image_properties
+            .insert("hw_cpu_policy".into(), json!("dedicated"));
+        r.image_properties
+            .insert("hw_cpu_thread_policy".into(), json!("isolate"));
+        let t = constraints(&r).unwrap().unwrap();
+        assert!(t.dedicated);
+        assert_eq!(t.thread_policy, Some(ThreadPolicy::Isolate));
+        let mut r = req(
+            2,
+            512,
+            json!({"hw:cpu_policy": "dedicated", "hw:cpu_thread_policy": "require"}),
+        );
+        r.image_properties
+            .insert("hw_cpu_thread_policy".into(), json!("isolate"));
+        assert!(constraints(&r)
+            .unwrap_err()
+            .starts_with("ImageCPUThreadPolicyForbidden"));
+        assert!(
+            constraints(&req(2, 512, json!({"hw:cpu_thread_policy": "isolate"})))
+                .unwrap_err()
+                .starts_with("CPUThreadPolicyConfigurationInvalid")
+        );
+        assert!(constraints(&req(
+            2,
+            512,
+            json!({"hw:emulator_threads_policy": "isolate"})
+        ))
+        .unwrap_err()
+        .starts_with("BadRequirementEmulatorThreadsPolicy"));
+        assert!(
+            constraints(&req(2, 512, json!({"hw:cpu_policy": "pinned"})))
+                .unwrap_err()
+                .starts_with("InvalidCPUAllocationPolicy")
+        );
+        assert_eq!(constraints(&req(2, 512, json!({}))).unwrap(), None);
+    }
+}
