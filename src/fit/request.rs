@@ -5,6 +5,7 @@ use super::{GuestCellReq, GuestTopology, PageRequest, Request, ThreadPolicy};
 use crate::limits;
 use serde_json::Value;
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 /// An extra spec or image property as the string Nova sees (borrowed: decisions are hot).
 fn spec_str(v: &Value) -> Option<Cow<'_, str>> {
@@ -113,6 +114,7 @@ fn parse_pagesize(v: &str) -> Result<PageRequest, String> {
 
 /// The image properties as Nova's `ImageMetaProps.from_dict` types them; its coercion errors
 /// (`ValueError`, `Invalid`) come before anything else, as in Nova.
+#[derive(Default)]
 struct ImageProps {
     numa_nodes: Option<i64>,
     cpu_policy: Option<String>,
@@ -123,40 +125,42 @@ struct ImageProps {
     realtime_mask: Option<String>,
 }
 
-fn image_props(req: &Request) -> Result<ImageProps, String> {
-    if req.image_properties.is_empty() {
-        return Ok(ImageProps {
-            numa_nodes: None,
-            cpu_policy: None,
-            cpu_thread_policy: None,
-            mem_page_size: None,
-            numa_cpus: None,
-            numa_mem: None,
-            realtime_mask: None,
-        });
+/// An image property, `null` counting as absent.
+fn prop<'a>(props: &'a BTreeMap<String, Value>, k: &str) -> Option<&'a Value> {
+    props.get(k).filter(|v| !v.is_null())
+}
+
+/// The `ValueError` of a field `from_dict` cannot coerce.
+fn value_error(v: &Value) -> String {
+    req_err(
+        "ValueError",
+        format!(
+            "Field value {} is invalid",
+            spec_str(v)
+                .map(Cow::into_owned)
+                .unwrap_or_else(|| v.to_string())
+        ),
+    )
+}
+
+/// An enum-typed image property: one of `allowed`, else `ValueError`.
+fn image_enum(
+    props: &BTreeMap<String, Value>,
+    k: &str,
+    allowed: &[&str],
+) -> Result<Option<String>, String> {
+    match prop(props, k) {
+        None => Ok(None),
+        Some(v) => match spec_str(v) {
+            Some(s) if allowed.contains(&s.as_ref()) => Ok(Some(s.into_owned())),
+            _ => Err(value_error(v)),
+        },
     }
-    let get = |k: &str| req.image_properties.get(k).filter(|v| !v.is_null());
-    let value_error = |v: &Value| {
-        req_err(
-            "ValueError",
-            format!(
-                "Field value {} is invalid",
-                spec_str(v)
-                    .map(Cow::into_owned)
-                    .unwrap_or_else(|| v.to_string())
-            ),
-        )
-    };
-    let enum_field = |k: &str, allowed: &[&str]| -> Result<Option<String>, String> {
-        match get(k) {
-            None => Ok(None),
-            Some(v) => match spec_str(v) {
-                Some(s) if allowed.contains(&s.as_ref()) => Ok(Some(s.into_owned())),
-                _ => Err(value_error(v)),
-            },
-        }
-    };
-    let numa_nodes = match get("hw_numa_nodes") {
+}
+
+/// `hw_numa_nodes` as an integer field.
+fn image_numa_nodes(v: Option<&Value>) -> Result<Option<i64>, String> {
+    Ok(match v {
         None => None,
         Some(Value::Number(n)) => Some(
             n.as_i64()
@@ -169,11 +173,13 @@ fn image_props(req: &Request) -> Result<ImageProps, String> {
                 format!("invalid literal for int() with base 10: {v}"),
             )
         })?),
-    };
-    // hw_numa_cpus.N / hw_numa_mem.N, consecutive from 0 (the plain list forms are ignored by
-    // from_dict).
+    })
+}
+
+/// `hw_numa_cpus.N`, consecutive from 0 (the plain list form is ignored by from_dict).
+fn image_numa_cpus(props: &BTreeMap<String, Value>) -> Result<Option<Vec<Vec<u32>>>, String> {
     let mut cpus = Vec::new();
-    while let Some(v) = get(&format!("hw_numa_cpus.{}", cpus.len())) {
+    while let Some(v) = prop(props, &format!("hw_numa_cpus.{}", cpus.len())) {
         let s = spec_str(v).unwrap_or_default();
         cpus.push(
             crate::model::cpuset::parse_spec(&s)
@@ -181,8 +187,13 @@ fn image_props(req: &Request) -> Result<ImageProps, String> {
                 .to_vec(),
         );
     }
+    Ok((!cpus.is_empty()).then_some(cpus))
+}
+
+/// `hw_numa_mem.N`, consecutive from 0 (the plain list form is ignored by from_dict).
+fn image_numa_mem(props: &BTreeMap<String, Value>) -> Result<Option<Vec<u64>>, String> {
     let mut mems = Vec::new();
-    while let Some(v) = get(&format!("hw_numa_mem.{}", mems.len())) {
+    while let Some(v) = prop(props, &format!("hw_numa_mem.{}", mems.len())) {
         let s = spec_str(v).unwrap_or_default();
         let m = py_int(&s).ok_or_else(|| {
             req_err(
@@ -195,16 +206,32 @@ fn image_props(req: &Request) -> Result<ImageProps, String> {
                 .map_err(|e| req_err("InvalidRequest", e))?,
         );
     }
+    Ok((!mems.is_empty()).then_some(mems))
+}
+
+/// `ImageMetaProps.from_dict` for the fields the fit reads, in its order of coercion.
+fn image_props(req: &Request) -> Result<ImageProps, String> {
+    let props = &req.image_properties;
+    if props.is_empty() {
+        return Ok(ImageProps::default());
+    }
+    let numa_nodes = image_numa_nodes(prop(props, "hw_numa_nodes"))?;
+    let numa_cpus = image_numa_cpus(props)?;
+    let numa_mem = image_numa_mem(props)?;
     Ok(ImageProps {
         numa_nodes,
-        cpu_policy: enum_field("hw_cpu_policy", &["dedicated", "shared"])?,
-        cpu_thread_policy: enum_field("hw_cpu_thread_policy", &["prefer", "isolate", "require"])?,
-        mem_page_size: get("hw_mem_page_size")
+        cpu_policy: image_enum(props, "hw_cpu_policy", &["dedicated", "shared"])?,
+        cpu_thread_policy: image_enum(
+            props,
+            "hw_cpu_thread_policy",
+            &["prefer", "isolate", "require"],
+        )?,
+        mem_page_size: prop(props, "hw_mem_page_size")
             .and_then(spec_str)
             .map(Cow::into_owned),
-        numa_cpus: (!cpus.is_empty()).then_some(cpus),
-        numa_mem: (!mems.is_empty()).then_some(mems),
-        realtime_mask: get("hw_cpu_realtime_mask")
+        numa_cpus,
+        numa_mem,
+        realtime_mask: prop(props, "hw_cpu_realtime_mask")
             .and_then(spec_str)
             .filter(|s| !s.is_empty())
             .map(Cow::into_owned),
@@ -223,33 +250,44 @@ fn numa_nodes(field: &str, n: i64) -> Result<u32, String> {
     .map_err(|e| req_err("InvalidRequest", e))
 }
 
-/// Nova's `numa_get_constraints` (19.3.2): the guest topology a request asks for, `None` when
-/// it asks for no NUMA placement at all (no pinning, no NUMA nodes, no page size), or Nova's
-/// error. Checks run in Nova's order so the same request fails with the same exception.
-pub fn constraints(req: &Request) -> Result<Option<GuestTopology>, String> {
-    if req.vcpus == 0 {
-        return Err(req_err("InvalidRequest", "vcpus must be at least 1"));
-    }
-    // Bounds before anything is sized from the request (the vCPU list, the cells).
-    let bound = |r: Result<u64, limits::Error>| r.map_err(|e| req_err("InvalidRequest", e));
-    bound(limits::vcpus("vcpus", req.vcpus).map(u64::from))?;
-    bound(limits::memory_mib("memory_mb", req.memory_mb))?;
-    let image = image_props(req)?;
-    // Present flavor keys, empty values included (Nova tests presence for the .N maps and
-    // truthiness elsewhere).
-    let raw = |k: &str| {
-        req.extra_specs
-            .get(k)
-            .map(|v| spec_str(v).unwrap_or_default())
-    };
-    let flavor = |k: &str| raw(k).filter(|s| !s.is_empty());
+/// Nova's `_get_flavor_image_meta`: the flavor's extra specs and the image's (typed)
+/// properties, read side by side.
+struct FlavorImage<'a> {
+    specs: &'a BTreeMap<String, Value>,
+    image: ImageProps,
+}
 
-    // hw:numa_nodes / hw_numa_nodes
-    let fnodes = flavor("hw:numa_nodes");
-    if fnodes.is_some() && image.numa_nodes.is_some_and(|n| n != 0) {
+impl<'a> FlavorImage<'a> {
+    /// A present flavor key, empty values included (Nova tests presence for the .N maps and
+    /// truthiness elsewhere).
+    fn raw(&self, k: &str) -> Option<Cow<'a, str>> {
+        self.specs.get(k).map(|v| spec_str(v).unwrap_or_default())
+    }
+    /// A flavor key with a non-empty value.
+    fn flavor(&self, k: &str) -> Option<Cow<'a, str>> {
+        self.raw(k).filter(|s| !s.is_empty())
+    }
+    /// A flavor's `key.0`, `key.1`, ... while present, each parsed.
+    fn flavor_map<T>(
+        &self,
+        key: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<Vec<T>>, String> {
+        let mut out = Vec::new();
+        while let Some(v) = self.raw(&format!("{key}.{}", out.len())) {
+            out.push(parse(&v)?);
+        }
+        Ok((!out.is_empty()).then_some(out))
+    }
+}
+
+/// Nova's `_get_numa_node_prop` (`hw:numa_nodes` / `hw_numa_nodes`).
+fn numa_node_prop(fi: &FlavorImage) -> Result<Option<u32>, String> {
+    let fnodes = fi.flavor("hw:numa_nodes");
+    if fnodes.is_some() && fi.image.numa_nodes.is_some_and(|n| n != 0) {
         return Err(req_err("ImageNUMATopologyForbidden", "Image property 'hw_numa_nodes' is not permitted to override NUMA configuration set against the flavor"));
     }
-    let nodes: Option<u32> = match (&fnodes, image.numa_nodes) {
+    Ok(match (&fnodes, fi.image.numa_nodes) {
         (Some(f), _) => match f.parse::<i64>() {
             // strutils.is_int_like: str(int(v)) == v, so "+1", "02", " 2" are refused
             Ok(n) if n.to_string() == *f && n >= 1 => Some(numa_nodes("hw:numa_nodes", n)?),
@@ -272,186 +310,219 @@ pub fn constraints(req: &Request) -> Result<Option<GuestTopology>, String> {
         }
         (None, Some(n)) => Some(numa_nodes("hw_numa_nodes", n)?),
         (None, None) => None,
-    };
-    // hw:mem_page_size: the image may only choose when the flavor says large or any.
-    let pagesize = match (
-        flavor("hw:mem_page_size"),
-        image.mem_page_size.clone().filter(|s| !s.is_empty()),
-    ) {
-        (None, Some(i)) => {
-            return Err(req_err(
-                "MemoryPageSizeForbidden",
-                format!("Page size {i} forbidden against '<empty>'"),
-            ))
-        }
-        (None, None) => None,
-        (Some(f), i) => {
-            let p = parse_pagesize(&f)?;
-            match i {
-                Some(i) if matches!(p, PageRequest::Any | PageRequest::Large) => {
-                    Some(parse_pagesize(&i)?)
-                }
-                Some(i) => {
-                    return Err(req_err(
-                        "MemoryPageSizeForbidden",
-                        format!("Page size {i} forbidden against '{f}'"),
-                    ))
-                }
-                None => Some(p),
-            }
-        }
-    };
-    let mut cells = None;
-    if nodes.is_some() || pagesize.is_some() {
-        let nodes = nodes.unwrap_or(1);
-        let flavor_map = |key: &str,
-                          parse: &dyn Fn(&str) -> Result<Vec<u32>, String>|
-         -> Result<Option<Vec<Vec<u32>>>, String> {
-            let mut out = Vec::new();
-            while let Some(v) = raw(&format!("{key}.{}", out.len())) {
-                out.push(parse(&v)?);
-            }
-            Ok((!out.is_empty()).then_some(out))
-        };
-        let fcpus = flavor_map("hw:numa_cpus", &|v| {
-            crate::model::cpuset::parse_spec(v)
-                .map(|s| s.to_vec())
-                .map_err(|e| req_err("Invalid", e))
-        })?;
-        let cpu_list = match (fcpus, &image.numa_cpus) {
-            (None, img) => img.clone(),
-            (Some(_), Some(_)) => return Err(req_err("ImageNUMATopologyForbidden", "Image property 'hw_numa_cpus' is not permitted to override NUMA configuration set against the flavor")),
-            (Some(f), None) => Some(f),
-        };
-        let fmem = flavor_map("hw:numa_mem", &|v| match py_int(v) {
-            // Bounded first: the value is carried as u32 MiB (64 TiB fits).
-            Some(m) => Ok(vec![limits::memory_mib("hw:numa_mem", m.max(0) as u64)
-                .map_err(|e| req_err("InvalidRequest", e))?
-                as u32]),
-            None => Err(req_err(
-                "ValueError",
-                format!("invalid literal for int() with base 10: '{v}'"),
-            )),
-        })?;
-        let mem_list: Option<Vec<u64>> = match (fmem, &image.numa_mem) {
-            (None, img) => img.clone(),
-            (Some(_), Some(_)) => return Err(req_err("ImageNUMATopologyForbidden", "Image property 'hw_numa_mem' is not permitted to override NUMA configuration set against the flavor")),
-            (Some(f), None) => Some(f.into_iter().map(|m| m[0] as u64).collect()),
-        };
-        let incomplete = || {
-            req_err(
-                "ImageNUMATopologyIncomplete",
-                "CPU and memory allocation must be provided for all NUMA nodes",
-            )
-        };
-        if cpu_list.is_some() != mem_list.is_some() {
-            return Err(incomplete());
-        }
-        if cpu_list.as_ref().is_some_and(|l| l.len() != nodes as usize)
-            || mem_list.as_ref().is_some_and(|l| l.len() != nodes as usize)
-        {
-            return Err(incomplete());
-        }
-        let mut out = Vec::new();
-        match (cpu_list, mem_list) {
-            (Some(cpus), Some(mems)) => {
-                let mut avail: std::collections::BTreeSet<u32> = (0..req.vcpus).collect();
-                let mut total = 0u64;
-                for n in 0..nodes as usize {
-                    for c in &cpus[n] {
-                        if *c > req.vcpus - 1 {
-                            return Err(req_err(
-                                "ImageNUMATopologyCPUOutOfRange",
-                                format!("CPU number {c} is larger than max of {}", req.vcpus - 1),
-                            ));
-                        }
-                        if !avail.remove(c) {
-                            return Err(req_err(
-                                "ImageNUMATopologyCPUDuplicates",
-                                format!("CPU number {c} is assigned to two nodes"),
-                            ));
-                        }
-                    }
-                    total += mems[n];
-                    out.push(GuestCellReq {
-                        id: n as u32,
-                        vcpus: cpus[n].clone(),
-                        memory_mb: mems[n],
-                        pagesize,
-                    });
-                }
-                if !avail.is_empty() {
-                    return Err(req_err(
-                        "ImageNUMATopologyCPUsUnassigned",
-                        format!("CPU number(s) {avail:?} are not assigned to any node"),
-                    ));
-                }
-                if total != req.memory_mb {
-                    return Err(req_err(
-                        "ImageNUMATopologyMemoryOutOfRange",
-                        format!(
-                            "{total} MB of memory assigned, but expected {} MB",
-                            req.memory_mb
-                        ),
-                    ));
-                }
-            }
-            _ => {
-                if !req.vcpus.is_multiple_of(nodes) || !req.memory_mb.is_multiple_of(nodes as u64) {
-                    return Err(req_err("ImageNUMATopologyAsymmetric", "Asymmetric NUMA topologies require explicit assignment of CPUs and memory to nodes in image or flavor"));
-                }
-                let (ncpus, mem) = (req.vcpus / nodes, req.memory_mb / nodes as u64);
-                for n in 0..nodes {
-                    out.push(GuestCellReq {
-                        id: n,
-                        vcpus: (n * ncpus..(n + 1) * ncpus).collect(),
-                        memory_mb: mem,
-                        pagesize,
-                    });
-                }
-            }
-        }
-        cells = Some(out);
-    }
+    })
+}
 
-    // hw:cpu_policy
-    let fpol = flavor("hw:cpu_policy");
+/// Nova's `_get_numa_pagesize_constraint` (`hw:mem_page_size`): the image may only choose
+/// when the flavor says large or any.
+fn numa_pagesize_constraint(fi: &FlavorImage) -> Result<Option<PageRequest>, String> {
+    Ok(
+        match (
+            fi.flavor("hw:mem_page_size"),
+            fi.image.mem_page_size.clone().filter(|s| !s.is_empty()),
+        ) {
+            (None, Some(i)) => {
+                return Err(req_err(
+                    "MemoryPageSizeForbidden",
+                    format!("Page size {i} forbidden against '<empty>'"),
+                ))
+            }
+            (None, None) => None,
+            (Some(f), i) => {
+                let p = parse_pagesize(&f)?;
+                match i {
+                    Some(i) if matches!(p, PageRequest::Any | PageRequest::Large) => {
+                        Some(parse_pagesize(&i)?)
+                    }
+                    Some(i) => {
+                        return Err(req_err(
+                            "MemoryPageSizeForbidden",
+                            format!("Page size {i} forbidden against '{f}'"),
+                        ))
+                    }
+                    None => Some(p),
+                }
+            }
+        },
+    )
+}
+
+/// Nova's `_get_numa_cpu_constraint` (`hw:numa_cpus.N` / `hw_numa_cpus.N`).
+fn numa_cpu_constraint(fi: &FlavorImage) -> Result<Option<Vec<Vec<u32>>>, String> {
+    let fcpus = fi.flavor_map("hw:numa_cpus", |v| {
+        crate::model::cpuset::parse_spec(v)
+            .map(|s| s.to_vec())
+            .map_err(|e| req_err("Invalid", e))
+    })?;
+    match (fcpus, &fi.image.numa_cpus) {
+        (None, img) => Ok(img.clone()),
+        (Some(_), Some(_)) => Err(req_err("ImageNUMATopologyForbidden", "Image property 'hw_numa_cpus' is not permitted to override NUMA configuration set against the flavor")),
+        (Some(f), None) => Ok(Some(f)),
+    }
+}
+
+/// Nova's `_get_numa_mem_constraint` (`hw:numa_mem.N` / `hw_numa_mem.N`).
+fn numa_mem_constraint(fi: &FlavorImage) -> Result<Option<Vec<u64>>, String> {
+    let fmem = fi.flavor_map("hw:numa_mem", |v| match py_int(v) {
+        // Bounded first: the value is carried as u32 MiB (64 TiB fits).
+        Some(m) => Ok(limits::memory_mib("hw:numa_mem", m.max(0) as u64)
+            .map_err(|e| req_err("InvalidRequest", e))? as u32),
+        None => Err(req_err(
+            "ValueError",
+            format!("invalid literal for int() with base 10: '{v}'"),
+        )),
+    })?;
+    match (fmem, &fi.image.numa_mem) {
+        (None, img) => Ok(img.clone()),
+        (Some(_), Some(_)) => Err(req_err("ImageNUMATopologyForbidden", "Image property 'hw_numa_mem' is not permitted to override NUMA configuration set against the flavor")),
+        (Some(f), None) => Ok(Some(f.into_iter().map(u64::from).collect())),
+    }
+}
+
+/// The guest cells of a request that asks for NUMA placement: Nova's block under
+/// `if nodes or pagesize`, manual when CPUs and memory are given per node, else automatic.
+fn numa_cells(
+    req: &Request,
+    fi: &FlavorImage,
+    nodes: u32,
+    pagesize: Option<PageRequest>,
+) -> Result<Vec<GuestCellReq>, String> {
+    let cpu_list = numa_cpu_constraint(fi)?;
+    let mem_list = numa_mem_constraint(fi)?;
+    let incomplete = || {
+        req_err(
+            "ImageNUMATopologyIncomplete",
+            "CPU and memory allocation must be provided for all NUMA nodes",
+        )
+    };
+    if cpu_list.is_some() != mem_list.is_some() {
+        return Err(incomplete());
+    }
+    if cpu_list.as_ref().is_some_and(|l| l.len() != nodes as usize)
+        || mem_list.as_ref().is_some_and(|l| l.len() != nodes as usize)
+    {
+        return Err(incomplete());
+    }
+    match (cpu_list, mem_list) {
+        (Some(cpus), Some(mems)) => numa_topology_manual(req, nodes, &cpus, &mems, pagesize),
+        _ => numa_topology_auto(req, nodes, pagesize),
+    }
+}
+
+/// Nova's `_get_numa_topology_manual`: each node's CPUs and memory as given, every vCPU on
+/// exactly one node, the memory adding up to the flavor's.
+fn numa_topology_manual(
+    req: &Request,
+    nodes: u32,
+    cpus: &[Vec<u32>],
+    mems: &[u64],
+    pagesize: Option<PageRequest>,
+) -> Result<Vec<GuestCellReq>, String> {
+    let mut out = Vec::new();
+    let mut avail: std::collections::BTreeSet<u32> = (0..req.vcpus).collect();
+    let mut total = 0u64;
+    for n in 0..nodes as usize {
+        for c in &cpus[n] {
+            if *c > req.vcpus - 1 {
+                return Err(req_err(
+                    "ImageNUMATopologyCPUOutOfRange",
+                    format!("CPU number {c} is larger than max of {}", req.vcpus - 1),
+                ));
+            }
+            if !avail.remove(c) {
+                return Err(req_err(
+                    "ImageNUMATopologyCPUDuplicates",
+                    format!("CPU number {c} is assigned to two nodes"),
+                ));
+            }
+        }
+        total += mems[n];
+        out.push(GuestCellReq {
+            id: n as u32,
+            vcpus: cpus[n].clone(),
+            memory_mb: mems[n],
+            pagesize,
+        });
+    }
+    if !avail.is_empty() {
+        return Err(req_err(
+            "ImageNUMATopologyCPUsUnassigned",
+            format!("CPU number(s) {avail:?} are not assigned to any node"),
+        ));
+    }
+    if total != req.memory_mb {
+        return Err(req_err(
+            "ImageNUMATopologyMemoryOutOfRange",
+            format!(
+                "{total} MB of memory assigned, but expected {} MB",
+                req.memory_mb
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+/// Nova's `_get_numa_topology_auto`: vCPUs and memory split evenly over the nodes.
+fn numa_topology_auto(
+    req: &Request,
+    nodes: u32,
+    pagesize: Option<PageRequest>,
+) -> Result<Vec<GuestCellReq>, String> {
+    if !req.vcpus.is_multiple_of(nodes) || !req.memory_mb.is_multiple_of(nodes as u64) {
+        return Err(req_err("ImageNUMATopologyAsymmetric", "Asymmetric NUMA topologies require explicit assignment of CPUs and memory to nodes in image or flavor"));
+    }
+    let (ncpus, mem) = (req.vcpus / nodes, req.memory_mb / nodes as u64);
+    Ok((0..nodes)
+        .map(|n| GuestCellReq {
+            id: n,
+            vcpus: (n * ncpus..(n + 1) * ncpus).collect(),
+            memory_mb: mem,
+            pagesize,
+        })
+        .collect())
+}
+
+/// Nova's `_get_cpu_policy_constraint` (`hw:cpu_policy` / `hw_cpu_policy`): dedicated or not.
+fn cpu_policy_constraint(fi: &FlavorImage) -> Result<bool, String> {
+    let fpol = fi.flavor("hw:cpu_policy");
     if let Some(p) = &fpol {
         if p != "dedicated" && p != "shared" {
             return Err(req_err("InvalidCPUAllocationPolicy", format!("CPU policy '{p}' from flavor extra specs is invalid, must be one of ['dedicated', 'shared']")));
         }
     }
-    let dedicated = match (fpol.as_deref(), image.cpu_policy.as_deref()) {
-        (Some("dedicated"), _) => true,
-        (Some("shared"), Some("dedicated")) => return Err(req_err("ImageCPUPinningForbidden", "Image property 'hw_cpu_policy' is not permitted to override CPU pinning policy set against the flavor")),
-        (Some("shared"), _) => false,
-        (None, Some("dedicated")) => true,
-        _ => false,
-    };
-    // hw:cpu_thread_policy: a present-but-empty flavor value is neither None nor prefer in Nova.
-    let ftp_raw = raw("hw:cpu_thread_policy");
+    match (fpol.as_deref(), fi.image.cpu_policy.as_deref()) {
+        (Some("dedicated"), _) => Ok(true),
+        (Some("shared"), Some("dedicated")) => Err(req_err("ImageCPUPinningForbidden", "Image property 'hw_cpu_policy' is not permitted to override CPU pinning policy set against the flavor")),
+        (Some("shared"), _) => Ok(false),
+        (None, Some("dedicated")) => Ok(true),
+        _ => Ok(false),
+    }
+}
+
+/// Nova's `_get_cpu_thread_policy_constraint` (`hw:cpu_thread_policy` /
+/// `hw_cpu_thread_policy`): a present-but-empty flavor value is neither None nor prefer in Nova.
+fn cpu_thread_policy_constraint(fi: &FlavorImage) -> Result<Option<String>, String> {
+    let ftp_raw = fi.raw("hw:cpu_thread_policy");
     if let Some(p) = ftp_raw.as_deref().filter(|p| !p.is_empty()) {
         if !["prefer", "isolate", "require"].contains(&p) {
             return Err(req_err("InvalidCPUThreadAllocationPolicy", format!("CPU thread policy '{p}' from flavor extra specs is invalid, must be one of ['prefer', 'isolate', 'require']")));
         }
     }
-    let tp_of = |p: &str| match p {
-        "isolate" => ThreadPolicy::Isolate,
-        "require" => ThreadPolicy::Require,
-        _ => ThreadPolicy::Prefer,
-    };
-    let itp = image.cpu_thread_policy.as_deref();
-    let thread_policy: Option<String> = match ftp_raw.as_deref() {
-        None | Some("prefer") => ftp_raw.as_deref().or(itp).map(str::to_string),
+    let itp = fi.image.cpu_thread_policy.as_deref();
+    match ftp_raw.as_deref() {
+        None | Some("prefer") => Ok(ftp_raw.as_deref().or(itp).map(str::to_string)),
         Some(f) => {
             if itp.is_some_and(|i| i != f) {
                 return Err(req_err("ImageCPUThreadPolicyForbidden", "Image property 'hw_cpu_thread_policy' is not permitted to override CPU thread pinning policy set against the flavor"));
             }
-            Some(f.to_string())
+            Ok(Some(f.to_string()))
         }
-    };
-    // hw:emulator_threads_policy (flavor only in Stein)
-    let emu = flavor("hw:emulator_threads_policy");
+    }
+}
+
+/// Nova's `get_emulator_thread_policy_constraint` (flavor only in Stein): isolate or not.
+fn emulator_threads_policy_constraint(fi: &FlavorImage) -> Result<bool, String> {
+    let emu = fi.flavor("hw:emulator_threads_policy");
     if let Some(e) = &emu {
         if e != "share" && e != "isolate" {
             return Err(req_err(
@@ -462,37 +533,93 @@ pub fn constraints(req: &Request) -> Result<Option<GuestTopology>, String> {
             ));
         }
     }
-    let emulator_isolate = emu.as_deref() == Some("isolate");
-    let realtime = flavor("hw:cpu_realtime").is_some_and(|v| {
+    Ok(emu.as_deref() == Some("isolate"))
+}
+
+/// Nova's `is_realtime_enabled` (`hw:cpu_realtime`, oslo's `bool_from_string`).
+fn is_realtime_enabled(fi: &FlavorImage) -> bool {
+    fi.flavor("hw:cpu_realtime").is_some_and(|v| {
         matches!(
             v.to_ascii_lowercase().as_str(),
             "1" | "t" | "true" | "on" | "y" | "yes"
         )
-    });
-    let rt_mask = image
+    })
+}
+
+/// Nova's `_get_realtime_mask`: the image's mask first, then the flavor's.
+fn realtime_mask(fi: &FlavorImage) -> Option<String> {
+    fi.image
         .realtime_mask
         .clone()
-        .or_else(|| flavor("hw:cpu_realtime_mask").map(Cow::into_owned));
+        .or_else(|| fi.flavor("hw:cpu_realtime_mask").map(Cow::into_owned))
+}
+
+/// The requests a shared (unpinned) guest may not make, in Nova's order.
+fn check_shared(
+    thread_policy: Option<&str>,
+    emulator_isolate: bool,
+    realtime: bool,
+) -> Result<(), String> {
+    if thread_policy.is_some_and(|t| !t.is_empty()) {
+        return Err(req_err(
+            "CPUThreadPolicyConfigurationInvalid",
+            "Cannot set cpu thread pinning policy in a non dedicated cpu pinning policy",
+        ));
+    }
+    if emulator_isolate {
+        return Err(req_err(
+            "BadRequirementEmulatorThreadsPolicy",
+            "An isolated CPU emulator threads option requires a dedicated CPU policy option.",
+        ));
+    }
+    if realtime {
+        return Err(req_err(
+            "RealtimeConfigurationInvalid",
+            "Cannot set realtime policy in a non dedicated cpu pinning policy",
+        ));
+    }
+    Ok(())
+}
+
+fn thread_policy_of(p: &str) -> ThreadPolicy {
+    match p {
+        "isolate" => ThreadPolicy::Isolate,
+        "require" => ThreadPolicy::Require,
+        _ => ThreadPolicy::Prefer,
+    }
+}
+
+/// Nova's `numa_get_constraints` (19.3.2): the guest topology a request asks for, `None` when
+/// it asks for no NUMA placement at all (no pinning, no NUMA nodes, no page size), or Nova's
+/// error. Checks run in Nova's order so the same request fails with the same exception; the
+/// helpers above carry the names of Nova's, to be read side by side.
+pub fn constraints(req: &Request) -> Result<Option<GuestTopology>, String> {
+    if req.vcpus == 0 {
+        return Err(req_err("InvalidRequest", "vcpus must be at least 1"));
+    }
+    // Bounds before anything is sized from the request (the vCPU list, the cells).
+    let bound = |r: Result<u64, limits::Error>| r.map_err(|e| req_err("InvalidRequest", e));
+    bound(limits::vcpus("vcpus", req.vcpus).map(u64::from))?;
+    bound(limits::memory_mib("memory_mb", req.memory_mb))?;
+    let fi = FlavorImage {
+        specs: &req.extra_specs,
+        image: image_props(req)?,
+    };
+    let nodes = numa_node_prop(&fi)?;
+    let pagesize = numa_pagesize_constraint(&fi)?;
+    let cells = if nodes.is_some() || pagesize.is_some() {
+        Some(numa_cells(req, &fi, nodes.unwrap_or(1), pagesize)?)
+    } else {
+        None
+    };
+    let dedicated = cpu_policy_constraint(&fi)?;
+    let thread_policy = cpu_thread_policy_constraint(&fi)?;
+    let emulator_isolate = emulator_threads_policy_constraint(&fi)?;
+    let realtime = is_realtime_enabled(&fi);
+    let rt_mask = realtime_mask(&fi);
 
     if !dedicated {
-        if thread_policy.as_deref().is_some_and(|t| !t.is_empty()) {
-            return Err(req_err(
-                "CPUThreadPolicyConfigurationInvalid",
-                "Cannot set cpu thread pinning policy in a non dedicated cpu pinning policy",
-            ));
-        }
-        if emulator_isolate {
-            return Err(req_err(
-                "BadRequirementEmulatorThreadsPolicy",
-                "An isolated CPU emulator threads option requires a dedicated CPU policy option.",
-            ));
-        }
-        if realtime {
-            return Err(req_err(
-                "RealtimeConfigurationInvalid",
-                "Cannot set realtime policy in a non dedicated cpu pinning policy",
-            ));
-        }
+        check_shared(thread_policy.as_deref(), emulator_isolate, realtime)?;
         return Ok(cells.map(|cells| GuestTopology {
             cells,
             dedicated: false,
@@ -507,7 +634,7 @@ pub fn constraints(req: &Request) -> Result<Option<GuestTopology>, String> {
         // Nova sets the empty string on the cell object, whose enum field refuses it.
         return Err(req_err("ValueError", "Field value  is invalid"));
     }
-    let thread_policy = thread_policy.as_deref().map(tp_of);
+    let thread_policy = thread_policy.as_deref().map(thread_policy_of);
     let cells = cells.unwrap_or_else(|| {
         vec![GuestCellReq {
             id: 0,
