@@ -177,6 +177,19 @@ pub(super) fn check_cell(
             have: h.avail_memory(),
         });
     }
+    check_threads(h, n, reserved, free, topo.thread_policy)?;
+    Ok(pagesize)
+}
+
+/// The pinned-guest conditions on the cell's cores (`_pack_instance_onto_cores`): enough free
+/// threads on sibling groups for the thread policy, plus `reserved` for the emulator.
+fn check_threads(
+    h: &HostCell,
+    n: usize,
+    reserved: usize,
+    free: usize,
+    thread_policy: Option<ThreadPolicy>,
+) -> Result<(), Why> {
     // Nova only pins CPUs that a sibling group names; with no sibling information at all
     // (Nova crashes there) every free CPU is a core of its own.
     let (sib_free, tpc) = if h.siblings.is_empty() {
@@ -187,7 +200,7 @@ pub(super) fn check_cell(
             h.threads_per_core(),
         )
     };
-    match topo.thread_policy {
+    match thread_policy {
         Some(ThreadPolicy::Isolate) => {
             let whole = if h.siblings.is_empty() {
                 free
@@ -228,7 +241,7 @@ pub(super) fn check_cell(
             }
         }
     }
-    Ok(pagesize)
+    Ok(())
 }
 
 /// The free threads of each core of the cell (cores with none left are dropped), in the
@@ -246,6 +259,71 @@ fn free_cores(h: &HostCell) -> Vec<Vec<u32>> {
     };
     cores.sort_by(|a, b| a.len().cmp(&b.len()).then(a[0].cmp(&b[0])));
     cores
+}
+
+/// The vCPUs' pCPUs and the emulator's (`reserved` of them) on a cell `check_cell` accepted.
+fn pick_pcpus(
+    h: &HostCell,
+    n: usize,
+    reserved: usize,
+    thread_policy: Option<ThreadPolicy>,
+) -> (Vec<u32>, Vec<u32>) {
+    let cores = free_cores(h);
+    let tpc = if h.siblings.is_empty() {
+        1
+    } else {
+        h.threads_per_core()
+    };
+    match thread_policy {
+        Some(ThreadPolicy::Isolate) => {
+            // Whole free cores, lowest first, one thread each.
+            let mut whole: Vec<&Vec<u32>> = cores.iter().filter(|c| c.len() == tpc).collect();
+            whole.sort_by_key(|c| c[0]);
+            let pins = whole.iter().take(n).map(|c| c[0]).collect();
+            let used: CpuSet = whole
+                .iter()
+                .take(n)
+                .flat_map(|c| c.iter().copied())
+                .collect();
+            (pins, take_reserved(&cores, &used, true, reserved))
+        }
+        Some(ThreadPolicy::Require) => {
+            // The largest sibling groups that hold the guest, as Nova chooses them.
+            let count_ge = |t: usize| cores.iter().filter(|c| c.len() >= t).count();
+            let t = (2..=tpc).rev().find(|t| t * count_ge(*t) >= n).unwrap_or(2);
+            let pins: Vec<u32> = cores
+                .iter()
+                .filter(|c| c.len() >= t)
+                .flat_map(|c| c.iter().take(t).copied())
+                .take(n)
+                .collect();
+            let used: CpuSet = pins.iter().copied().collect();
+            (pins, take_reserved(&cores, &used, false, reserved))
+        }
+        None | Some(ThreadPolicy::Prefer) => {
+            let pins: Vec<u32> = cores.iter().flatten().copied().take(n).collect();
+            let used: CpuSet = pins.iter().copied().collect();
+            (pins, take_reserved(&cores, &used, false, reserved))
+        }
+    }
+}
+
+/// The emulator's pCPUs: partly used cores first (`cores` is in that order); with isolate
+/// (`skip_cores`) never on a core the vCPUs use.
+fn take_reserved(cores: &[Vec<u32>], used: &CpuSet, skip_cores: bool, reserved: usize) -> Vec<u32> {
+    let mut out = Vec::new();
+    for c in cores {
+        if skip_cores && c.iter().any(|x| used.contains(*x)) {
+            continue;
+        }
+        out.extend(
+            c.iter()
+                .copied()
+                .filter(|x| !used.contains(*x))
+                .take(reserved - out.len()),
+        );
+    }
+    out
 }
 
 /// Pick the pCPUs of a cell `check_cell` accepted: our packing policy (module docs).
@@ -269,62 +347,7 @@ pub(super) fn place_cell(
     if !topo.dedicated {
         return place;
     }
-    let n = g.vcpus.len();
-    let cores = free_cores(h);
-    let tpc = if h.siblings.is_empty() {
-        1
-    } else {
-        h.threads_per_core()
-    };
-    // The emulator's pCPU: partly used cores first (`cores` is in that order); with isolate
-    // never on a core the vCPUs use.
-    let take_reserved = |used: &CpuSet, skip_cores: bool| -> Vec<u32> {
-        let mut out = Vec::new();
-        for c in &cores {
-            if skip_cores && c.iter().any(|x| used.contains(*x)) {
-                continue;
-            }
-            out.extend(
-                c.iter()
-                    .copied()
-                    .filter(|x| !used.contains(*x))
-                    .take(reserved - out.len()),
-            );
-        }
-        out
-    };
-    let (pins, res): (Vec<u32>, Vec<u32>) = match topo.thread_policy {
-        Some(ThreadPolicy::Isolate) => {
-            // Whole free cores, lowest first, one thread each.
-            let mut whole: Vec<&Vec<u32>> = cores.iter().filter(|c| c.len() == tpc).collect();
-            whole.sort_by_key(|c| c[0]);
-            let pins = whole.iter().take(n).map(|c| c[0]).collect();
-            let used: CpuSet = whole
-                .iter()
-                .take(n)
-                .flat_map(|c| c.iter().copied())
-                .collect();
-            (pins, take_reserved(&used, true))
-        }
-        Some(ThreadPolicy::Require) => {
-            // The largest sibling groups that hold the guest, as Nova chooses them.
-            let count_ge = |t: usize| cores.iter().filter(|c| c.len() >= t).count();
-            let t = (2..=tpc).rev().find(|t| t * count_ge(*t) >= n).unwrap_or(2);
-            let pins: Vec<u32> = cores
-                .iter()
-                .filter(|c| c.len() >= t)
-                .flat_map(|c| c.iter().take(t).copied())
-                .take(n)
-                .collect();
-            let used: CpuSet = pins.iter().copied().collect();
-            (pins, take_reserved(&used, false))
-        }
-        None | Some(ThreadPolicy::Prefer) => {
-            let pins: Vec<u32> = cores.iter().flatten().copied().take(n).collect();
-            let used: CpuSet = pins.iter().copied().collect();
-            (pins, take_reserved(&used, false))
-        }
-    };
+    let (pins, res) = pick_pcpus(h, g.vcpus.len(), reserved, topo.thread_policy);
     let mut vcpus = g.vcpus.clone();
     vcpus.sort_unstable();
     place.vcpu_pins = vcpus
