@@ -127,22 +127,10 @@ fn cell_usage<'a>(
     (mem, pages)
 }
 
-/// Combine topology, nova.conf and guests into the facts.
-pub fn build(
-    host: &str,
-    uri: Option<&str>,
-    source: &str,
-    mut topo: HostTopology,
-    conf: &ComputeConf,
-    guests: Vec<Guest>,
-    unreadable: Vec<String>,
-) -> NumaFacts {
-    let host_cpus = topo.all_cpus();
-    let dedicated = conf.dedicated_set().cloned();
-
-    // Overlaps: a pCPU held exclusively by two or more guests.
+/// Overlaps: a pCPU held exclusively by two or more guests; and every pCPU held exclusively.
+fn overlaps_of(guests: &[Guest]) -> (Vec<Overlap>, CpuSet) {
     let mut holders: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-    for g in &guests {
+    for g in guests {
         for cpu in g.exclusive_cpus().iter() {
             holders.entry(cpu).or_default().push(g.name.clone());
         }
@@ -156,10 +144,17 @@ pub fn build(
         })
         .collect();
     let pinned: CpuSet = holders.keys().copied().collect();
+    (overlaps, pinned)
+}
 
-    // Pins on pCPUs the host lacks, or (for dedicated guests) outside the dedicated set.
+/// Pins on pCPUs the host lacks, or (for dedicated guests) outside the dedicated set.
+fn missing_cpus_of(
+    guests: &[Guest],
+    host_cpus: &CpuSet,
+    dedicated: Option<&CpuSet>,
+) -> Vec<MissingCpu> {
     let mut missing = Vec::new();
-    for g in &guests {
+    for g in guests {
         for cpu in g.all_pinned_cpus().iter() {
             if !host_cpus.contains(cpu) {
                 missing.push(MissingCpu {
@@ -167,7 +162,7 @@ pub fn build(
                     cpu,
                     reason: "absent".into(),
                 });
-            } else if let Some(d) = &dedicated {
+            } else if let Some(d) = dedicated {
                 if g.is_dedicated() && !d.contains(cpu) && g.exclusive_cpus().contains(cpu) {
                     missing.push(MissingCpu {
                         guest: g.name.clone(),
@@ -178,6 +173,25 @@ pub fn build(
             }
         }
     }
+    missing
+}
+
+/// Combine topology, nova.conf and guests into the facts.
+pub fn build(
+    host: &str,
+    uri: Option<&str>,
+    source: &str,
+    mut topo: HostTopology,
+    conf: &ComputeConf,
+    guests: Vec<Guest>,
+    unreadable: Vec<String>,
+) -> NumaFacts {
+    let host_cpus = topo.all_cpus();
+    let dedicated = conf.dedicated_set().cloned();
+
+    let (overlaps, pinned) = overlaps_of(&guests);
+
+    let missing = missing_cpus_of(&guests, &host_cpus, dedicated.as_ref());
 
     // Memory per cell and page usage.
     let (mut mem_used, pages_used) = cell_usage(guests.iter(), &topo, true);
