@@ -3,6 +3,7 @@
 
 use super::{GuestCellReq, GuestTopology, PageRequest, Request, ThreadPolicy};
 use crate::limits;
+use crate::model::units;
 use serde_json::Value;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -43,45 +44,6 @@ fn py_int(text: &str) -> Option<i64> {
     Some(if neg { -n } else { n })
 }
 
-/// oslo.utils `string_to_bytes(text, 'IEC', return_int=True)`: `<number>[KMGT][i](b|bit|B)`,
-/// powers of 1024, bits divided by 8, rounded up.
-fn iec_bytes(text: &str) -> Option<f64> {
-    let unit_end = if text.ends_with("bit") {
-        3
-    } else if text.ends_with('b') || text.ends_with('B') {
-        1
-    } else {
-        return None;
-    };
-    let bits = unit_end == 3 || text.ends_with('b');
-    let rest = &text[..text.len() - unit_end];
-    let (num, exp) = if let Some(r) = rest.strip_suffix('i') {
-        let (n, p) = r.split_at(r.len().saturating_sub(1));
-        (n, "KMGT".find(p)? as i32 + 1)
-    } else {
-        match rest.chars().last() {
-            Some(c @ ('K' | 'M' | 'G' | 'T')) => {
-                (&rest[..rest.len() - 1], "KMGT".find(c)? as i32 + 1)
-            }
-            _ => (rest, 0),
-        }
-    };
-    // ^[-+]?\d*\.?\d+
-    let body = num.strip_prefix(['-', '+']).unwrap_or(num);
-    let ok = !body.is_empty()
-        && body.chars().last().is_some_and(|c| c.is_ascii_digit())
-        && body.chars().all(|c| c.is_ascii_digit() || c == '.')
-        && body.matches('.').count() <= 1;
-    if !ok {
-        return None;
-    }
-    let mut mag: f64 = num.parse().ok()?;
-    if bits {
-        mag /= 8.0;
-    }
-    Some((mag * 1024f64.powi(exp)).ceil())
-}
-
 /// `hw:mem_page_size` as Nova reads it (`check_and_return_pages_size`).
 fn parse_pagesize(v: &str) -> Result<PageRequest, String> {
     let kb: f64 = match v {
@@ -90,7 +52,7 @@ fn parse_pagesize(v: &str) -> Result<PageRequest, String> {
         "any" => return Ok(PageRequest::Any),
         _ => match py_int(v) {
             Some(n) => n as f64,
-            None => iec_bytes(v).map(|b| b / 1024.0).unwrap_or(0.0),
+            None => units::string_to_bytes(v).map(|b| b / 1024.0).unwrap_or(0.0),
         },
     };
     if kb <= 0.0 {
@@ -689,6 +651,28 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.contains("hw:numa_mem"), "{e}");
+    }
+
+    #[test]
+    fn page_size_units_are_read_as_oslo_reads_them() {
+        let size = |v: &str| match constraints(&req(1, 512, json!({"hw:mem_page_size": v}))) {
+            Ok(Some(t)) => Ok(t.cells[0].pagesize),
+            Ok(None) => panic!("{v}: no NUMA topology"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(size("2MB"), Ok(Some(PageRequest::Kb(2048))));
+        assert_eq!(size("1GiB"), Ok(Some(PageRequest::Kb(1048576))));
+        assert_eq!(size("16Mbit"), Ok(Some(PageRequest::Kb(2048))));
+        assert_eq!(size("2048"), Ok(Some(PageRequest::Kb(2048))));
+        assert_eq!(size("1.5MB"), Ok(Some(PageRequest::Kb(1536))));
+        assert_eq!(size("1.5KB"), Ok(Some(PageRequest::Kb(0))));
+        // Case matters to oslo; a multi-byte letter before "iB" once panicked here.
+        for bad in ["2mb", "2 MB", "2€iB"] {
+            assert!(
+                size(bad).unwrap_err().starts_with("MemoryPageSizeInvalid"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
