@@ -14,6 +14,16 @@
 //!   then lowest core), so whole free cores stay intact for `isolate`/`require` guests; `require`
 //!   takes the largest sibling groups Nova would; `isolate` takes whole free cores, one thread
 //!   each; an isolated emulator pCPU comes from outside those cores, partly used cores first.
+//!
+//! The pipeline, one file per step (this file holds the types and re-exports the functions):
+//! - `request.rs`: flavor + image -> [`GuestTopology`] ([`constraints`], Nova's
+//!   `numa_get_constraints`, its helpers named after Nova's);
+//! - `cell.rs`: one guest cell on one host cell, yes/no with the reason (`check_cell`), then
+//!   its pCPUs (`place_cell`);
+//! - `search.rs`: guest cells onto distinct host cells ([`place`]), the refusal's reasons
+//!   ([`fit_topology`]), a whole request ([`fit_request`]);
+//! - `accounting.rs`: a placement's usage on a host ([`claim`]) and its check ([`validate`]);
+//! - `drain.rs`: many guests off a host, on top of `place` and `claim`.
 
 mod accounting;
 mod cell;
