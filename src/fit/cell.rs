@@ -358,3 +358,208 @@ pub(super) fn place_cell(
     place.cpuset_reserved = res;
     place
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::fit::testkit::*;
+    use crate::fit::*;
+    use serde_json::json;
+
+    #[test]
+    fn taken_pcpus_are_avoided() {
+        // Field case 1: the destination already pins 0-1 for another guest.
+        let host = HostState {
+            name: "dst".into(),
+            cells: vec![nosmt(0, &[0, 1, 2, 3], &[0, 1], 4096)],
+        };
+        let p = fits(&host, &req(2, 1024, json!({"hw:cpu_policy": "dedicated"})));
+        let pins: Vec<u32> = p.cells[0].vcpu_pins.values().copied().collect();
+        assert_eq!(pins, vec![2, 3]);
+        assert_eq!(p.emulator_pins, vec![2, 3]);
+    }
+
+    #[test]
+    fn pcpus_outside_the_dedicated_set_are_never_chosen() {
+        // Field case 2: vcpu_pin_set = 2-3 on a 4-CPU cell: cpuset is already trimmed.
+        let host = HostState {
+            name: "dst".into(),
+            cells: vec![nosmt(0, &[2, 3], &[], 4096)],
+        };
+        let p = fits(&host, &req(2, 512, json!({"hw:cpu_policy": "dedicated"})));
+        assert_eq!(p.cells[0].vcpu_pins["0"], 2);
+        assert_eq!(p.cells[0].vcpu_pins["1"], 3);
+    }
+
+    #[test]
+    fn thread_policies_on_smt_and_non_smt() {
+        let sib: &[&[u32]] = &[&[0, 4], &[1, 5], &[2, 6], &[3, 7]];
+        let host = HostState {
+            name: "h".into(),
+            cells: vec![cell(0, &[0, 1, 2, 3, 4, 5, 6, 7], sib, &[0, 1], 8192)],
+        };
+        // isolate: whole cores 2 and 3 are the only fully free ones
+        let p = fits(
+            &host,
+            &req(
+                2,
+                512,
+                json!({"hw:cpu_policy": "dedicated", "hw:cpu_thread_policy": "isolate"}),
+            ),
+        );
+        let pins: Vec<u32> = p.cells[0].vcpu_pins.values().copied().collect();
+        assert_eq!(pins, vec![2, 3]);
+        let r = refused(
+            &host,
+            &req(
+                3,
+                512,
+                json!({"hw:cpu_policy": "dedicated", "hw:cpu_thread_policy": "isolate"}),
+            ),
+        );
+        assert!(
+            r.reasons[0].contains("needs 3 fully free cores, 2 free"),
+            "{:?}",
+            r.reasons
+        );
+        // require: sibling pairs
+        let p = fits(
+            &host,
+            &req(
+                4,
+                512,
+                json!({"hw:cpu_policy": "dedicated", "hw:cpu_thread_policy": "require"}),
+            ),
+        );
+        let pins: Vec<u32> = p.cells[0].vcpu_pins.values().copied().collect();
+        assert_eq!(pins, vec![2, 6, 3, 7]);
+        let flat = HostState {
+            name: "f".into(),
+            cells: vec![nosmt(0, &[0, 1, 2, 3], &[], 4096)],
+        };
+        let r = refused(
+            &flat,
+            &req(
+                2,
+                512,
+                json!({"hw:cpu_policy": "dedicated", "hw:cpu_thread_policy": "require"}),
+            ),
+        );
+        assert!(r.reasons[0].contains("needs SMT"));
+        // isolate on a non-SMT host: every CPU is a whole core
+        fits(
+            &flat,
+            &req(
+                4,
+                512,
+                json!({"hw:cpu_policy": "dedicated", "hw:cpu_thread_policy": "isolate"}),
+            ),
+        );
+    }
+
+    #[test]
+    fn emulator_isolate_takes_one_more() {
+        let host = HostState {
+            name: "h".into(),
+            cells: vec![nosmt(0, &[0, 1, 2], &[], 4096)],
+        };
+        let p = fits(
+            &host,
+            &req(
+                2,
+                512,
+                json!({"hw:cpu_policy": "dedicated", "hw:emulator_threads_policy": "isolate"}),
+            ),
+        );
+        assert_eq!(p.cells[0].cpuset_reserved.len(), 1);
+        assert_eq!(p.emulator_pins, p.cells[0].cpuset_reserved);
+        let r = refused(
+            &host,
+            &req(
+                3,
+                512,
+                json!({"hw:cpu_policy": "dedicated", "hw:emulator_threads_policy": "isolate"}),
+            ),
+        );
+        assert!(r.reasons[0].contains("needs 4"));
+    }
+
+    #[test]
+    fn page_sizes() {
+        let mut c = nosmt(0, &[0, 1], &[], 4096);
+        c.mempages.push(MemPages {
+            size_kb: 2048,
+            total: 512,
+            used: 256,
+            reserved: 0,
+        });
+        let host = HostState {
+            name: "h".into(),
+            cells: vec![c],
+        };
+        let p = fits(&host, &req(1, 512, json!({"hw:mem_page_size": "large"})));
+        assert_eq!(p.cells[0].pagesize_kb, Some(2048));
+        assert!(!p.dedicated);
+        let r = refused(&host, &req(1, 1024, json!({"hw:mem_page_size": "2MB"})));
+        assert!(
+            r.reasons[0].contains("256 free 2048 KiB pages"),
+            "{:?}",
+            r.reasons
+        );
+        let r = refused(&host, &req(1, 1024, json!({"hw:mem_page_size": "1GB"})));
+        assert!(
+            r.reasons[0].contains("no 1048576 KiB pages"),
+            "{:?}",
+            r.reasons
+        );
+        assert_eq!(
+            fits(&host, &req(1, 512, json!({"hw:mem_page_size": "small"}))).cells[0].pagesize_kb,
+            Some(4)
+        );
+        assert!(
+            constraints(&req(1, 512, json!({"hw:mem_page_size": "huge"})))
+                .unwrap_err()
+                .starts_with("MemoryPageSizeInvalid")
+        );
+        let mut r = req(1, 512, json!({}));
+        r.image_properties
+            .insert("hw_mem_page_size".into(), json!("large"));
+        assert!(constraints(&r)
+            .unwrap_err()
+            .starts_with("MemoryPageSizeForbidden"));
+    }
+
+    #[test]
+    fn hand_built_hosts_with_empty_page_sizes_do_not_divide_by_zero() {
+        let mut c = nosmt(0, &[0, 1, 2, 3], &[], 4096);
+        c.mempages = vec![MemPages {
+            size_kb: 0,
+            total: 10,
+            used: 0,
+            reserved: 0,
+        }];
+        let host = HostState {
+            name: "h".into(),
+            cells: vec![c],
+        };
+        let r = req(2, 512, json!({"hw:cpu_policy": "dedicated"}));
+        assert!(matches!(
+            fit_request(&host, &r, &FitOptions::default()),
+            Ok(Decision::NoFit(_))
+        ));
+        let r = req(2, 512, json!({"hw:mem_page_size": "any"}));
+        assert!(fit_request(&host, &r, &FitOptions::default()).is_ok());
+    }
+
+    #[test]
+    fn memory_is_checked_per_cell() {
+        let mut c = nosmt(0, &[0, 1, 2, 3], &[], 4096);
+        c.memory_usage = 3584;
+        let host = HostState {
+            name: "h".into(),
+            cells: vec![c],
+        };
+        let r = refused(&host, &req(1, 1024, json!({"hw:cpu_policy": "dedicated"})));
+        assert_eq!(r.reasons, vec!["cell 0: 512 MiB free memory, needs 1024"]);
+        fits(&host, &req(1, 512, json!({"hw:cpu_policy": "dedicated"})));
+    }
+}
