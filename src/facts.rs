@@ -35,15 +35,22 @@ pub struct MissingCpu {
     pub guest: String,
     pub cpu: u32,
     /// `absent` (the host has no such pCPU) or `not_dedicated` (outside vcpu_pin_set /
-    /// cpu_dedicated_set).
+    /// cpu_dedicated_set). Added after the first versions: optional on input.
+    #[serde(default)]
     pub reason: String,
 }
 
+/// `ansible_facts.numa`, and the same document handed back as a module argument
+/// (`pin_fit_check`'s `host_facts`/`source_facts`/`drain`, `nova_instance_fixup`'s `hosts`).
+/// Fields that `build` derives or that later versions added (`topology_source`, `usage`,
+/// `overlaps`, `missing_cpus`, `reserved_huge_pages`, `unreadable_guests`, `claims`; the
+/// `Option`s) are optional on input, so facts any earlier `numa_facts` returned are accepted.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 pub struct NumaFacts {
     pub host: String,
     pub libvirt_uri: Option<String>,
     /// `capabilities`, `nodeinfo` (driver shows no cells: one synthesized) or `saved` files.
+    #[serde(default)]
     pub topology_source: String,
     pub cells: Vec<Cell>,
     pub cpu_model: Option<String>,
@@ -51,11 +58,15 @@ pub struct NumaFacts {
     pub cpu_dedicated_set: Option<CpuSet>,
     pub cpu_shared_set: Option<CpuSet>,
     pub reserved_host_memory_mb: u64,
+    #[serde(default)]
     pub reserved_huge_pages: Vec<ReservedPages>,
     pub nova_conf: Option<String>,
     pub guests: Vec<Guest>,
+    #[serde(default)]
     pub usage: Usage,
+    #[serde(default)]
     pub overlaps: Vec<Overlap>,
+    #[serde(default)]
     pub missing_cpus: Vec<MissingCpu>,
     /// Guests whose XML could not be read, with the reason.
     #[serde(default)]
@@ -110,22 +121,10 @@ fn cell_usage<'a>(
     (mem, pages)
 }
 
-/// Combine topology, nova.conf and guests into the facts.
-pub fn build(
-    host: &str,
-    uri: Option<&str>,
-    source: &str,
-    mut topo: HostTopology,
-    conf: &ComputeConf,
-    guests: Vec<Guest>,
-    unreadable: Vec<String>,
-) -> NumaFacts {
-    let host_cpus = topo.all_cpus();
-    let dedicated = conf.dedicated_set().cloned();
-
-    // Overlaps: a pCPU held exclusively by two or more guests.
+/// Overlaps: a pCPU held exclusively by two or more guests; and every pCPU held exclusively.
+fn overlaps_of(guests: &[Guest]) -> (Vec<Overlap>, CpuSet) {
     let mut holders: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-    for g in &guests {
+    for g in guests {
         for cpu in g.exclusive_cpus().iter() {
             holders.entry(cpu).or_default().push(g.name.clone());
         }
@@ -139,10 +138,17 @@ pub fn build(
         })
         .collect();
     let pinned: CpuSet = holders.keys().copied().collect();
+    (overlaps, pinned)
+}
 
-    // Pins on pCPUs the host lacks, or (for dedicated guests) outside the dedicated set.
+/// Pins on pCPUs the host lacks, or (for dedicated guests) outside the dedicated set.
+fn missing_cpus_of(
+    guests: &[Guest],
+    host_cpus: &CpuSet,
+    dedicated: Option<&CpuSet>,
+) -> Vec<MissingCpu> {
     let mut missing = Vec::new();
-    for g in &guests {
+    for g in guests {
         for cpu in g.all_pinned_cpus().iter() {
             if !host_cpus.contains(cpu) {
                 missing.push(MissingCpu {
@@ -150,7 +156,7 @@ pub fn build(
                     cpu,
                     reason: "absent".into(),
                 });
-            } else if let Some(d) = &dedicated {
+            } else if let Some(d) = dedicated {
                 if g.is_dedicated() && !d.contains(cpu) && g.exclusive_cpus().contains(cpu) {
                     missing.push(MissingCpu {
                         guest: g.name.clone(),
@@ -161,6 +167,25 @@ pub fn build(
             }
         }
     }
+    missing
+}
+
+/// Combine topology, nova.conf and guests into the facts.
+pub fn build(
+    host: &str,
+    uri: Option<&str>,
+    source: &str,
+    mut topo: HostTopology,
+    conf: &ComputeConf,
+    guests: Vec<Guest>,
+    unreadable: Vec<String>,
+) -> NumaFacts {
+    let host_cpus = topo.all_cpus();
+    let dedicated = conf.dedicated_set().cloned();
+
+    let (overlaps, pinned) = overlaps_of(&guests);
+
+    let missing = missing_cpus_of(&guests, &host_cpus, dedicated.as_ref());
 
     // Memory per cell and page usage.
     let (mut mem_used, pages_used) = cell_usage(guests.iter(), &topo, true);
@@ -486,6 +511,57 @@ mod tests {
         let h2 = f.host_state(Some("a"));
         assert!(h2.cells[0].pinned_cpus.is_empty());
         assert_eq!(h2.cells[0].memory_usage, 0);
+    }
+
+    #[test]
+    fn facts_of_earlier_versions_are_accepted_as_input() {
+        // The shape the first `numa_facts` returned: none of topology_source, cpu_model,
+        // reserved_huge_pages, usage.free_cpus, missing_cpus[].reason, unreadable_guests, claims.
+        let old = serde_json::json!({
+            "host": "cmp1",
+            "libvirt_uri": "qemu+tcp://cmp1/system",
+            "cells": [{
+                "id": 0,
+                "memory_mb": 4096,
+                "cpus": [
+                    {"id": 0, "socket": 0, "core": 0, "siblings": [0, 2]},
+                    {"id": 1, "socket": 0, "core": 1, "siblings": [1, 3]},
+                    {"id": 2, "socket": 0, "core": 0, "siblings": [0, 2]},
+                    {"id": 3, "socket": 0, "core": 1, "siblings": [1, 3]}
+                ],
+                "pages": [{"size_kb": 4, "total": 1048576}]
+            }],
+            "cpu_dedicated_set": [0, 1, 2, 3],
+            "cpu_shared_set": null,
+            "reserved_host_memory_mb": 512,
+            "nova_conf": null,
+            "guests": [{
+                "name": "a", "uuid": "u-a", "state": "running", "vcpus": 1,
+                "memory_mb": 1024, "vcpu_pins": {"0": [1]}, "emulator_pins": [1],
+                "numa_cells": [], "hugepage_kb": null
+            }],
+            "usage": {"pinned_cpus": [1], "memory_used_mb": {"0": 1024}},
+            "overlaps": [],
+            "missing_cpus": [{"guest": "a", "cpu": 7}]
+        });
+        let f: NumaFacts = serde_json::from_value(old).unwrap();
+        f.check("host_facts").unwrap();
+        assert_eq!(f.topology_source, "");
+        assert!(f.reserved_huge_pages.is_empty() && f.claims.is_empty());
+        assert_eq!(f.missing_cpus[0].reason, "");
+        let h = f.host_state(None);
+        assert_eq!(h.cells[0].pinned_cpus.to_vec(), vec![1]);
+        assert_eq!(h.cells[0].memory_usage, 1024);
+        // And the least a caller can hand in: what the fit engine reads.
+        let bare = serde_json::json!({
+            "host": "cmp1", "cells": [], "cpu_dedicated_set": null,
+            "reserved_host_memory_mb": 0, "guests": []
+        });
+        serde_json::from_value::<NumaFacts>(bare).unwrap();
+        // Today's output reads back as it was.
+        let now = saved(&[pinned("a", "u-a", &[0, 8], None, 0, 1024)], "");
+        let back: NumaFacts = serde_json::from_value(serde_json::to_value(&now).unwrap()).unwrap();
+        assert_eq!(back, now);
     }
 
     #[test]

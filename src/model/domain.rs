@@ -209,9 +209,45 @@ pub fn parse_guest(doc: &str) -> Result<Guest, String> {
         Some(m) => to_kib(m.text_num().map_err(ctx)?, m.attr("unit")).map_err(ctx)? / 1024,
         None => return Err(ctx("no <memory> element".into())),
     };
-    let spec = |s: &str| cpuset::parse_spec(s).map(|c| c.to_vec()).map_err(ctx);
 
-    // vCPU pins: explicit <vcpupin>, else the <vcpu cpuset> default applies to every vCPU.
+    let (vcpu_pins, emulator_pins) = read_pins(&root, vcpu_el, vcpus, &ctx)?;
+    let (memory_nodes, memnodes) = read_numatune(&root, &ctx)?;
+    let numa_cells = read_numa_cells(&root, &memnodes, &memory_nodes, &ctx)?;
+    let hugepage_kb = read_hugepages(&root, &ctx)?;
+    let nova = root
+        .child("metadata")
+        .and_then(|m| m.children.iter().find(|c| is_nova_instance(c)))
+        .map(nova_meta);
+
+    Ok(Guest {
+        name,
+        uuid,
+        state: "unknown".into(),
+        vcpus,
+        memory_mb,
+        vcpu_pins,
+        emulator_pins,
+        numa_cells,
+        memory_nodes,
+        hugepage_kb,
+        nova,
+    })
+}
+
+/// vCPU id (as a string, like Nova's keys) -> pCPUs.
+type VcpuPins = BTreeMap<String, Vec<u32>>;
+/// Guest cell id -> host NUMA nodes (`<memnode>`).
+type MemNodes = BTreeMap<u32, Vec<u32>>;
+
+/// vCPU pins: explicit <vcpupin>, else the <vcpu cpuset> default applies to every vCPU;
+/// and the emulator's pins.
+fn read_pins(
+    root: &Element,
+    vcpu_el: &Element,
+    vcpus: u32,
+    ctx: &impl Fn(String) -> String,
+) -> Result<(VcpuPins, Vec<u32>), String> {
+    let spec = |s: &str| cpuset::parse_spec(s).map(|c| c.to_vec()).map_err(ctx);
     let mut vcpu_pins = BTreeMap::new();
     if let Some(default) = vcpu_el.attr("cpuset") {
         let d = spec(default)?;
@@ -243,8 +279,15 @@ pub fn parse_guest(doc: &str) -> Result<Guest, String> {
             )?;
         }
     }
+    Ok((vcpu_pins, emulator_pins))
+}
 
-    // numatune: the guest-wide nodeset and per guest cell memnodes.
+/// numatune: the guest-wide nodeset and per guest cell memnodes.
+fn read_numatune(
+    root: &Element,
+    ctx: &impl Fn(String) -> String,
+) -> Result<(Vec<u32>, MemNodes), String> {
+    let spec = |s: &str| cpuset::parse_spec(s).map(|c| c.to_vec()).map_err(ctx);
     let mut memory_nodes = Vec::new();
     let mut memnodes: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
     if let Some(nt) = root.child("numatune") {
@@ -267,7 +310,17 @@ pub fn parse_guest(doc: &str) -> Result<Guest, String> {
             );
         }
     }
+    Ok((memory_nodes, memnodes))
+}
 
+/// The guest NUMA cells (`<cpu><numa>`), each with the host nodes its memory is bound to.
+fn read_numa_cells(
+    root: &Element,
+    memnodes: &MemNodes,
+    memory_nodes: &[u32],
+    ctx: &impl Fn(String) -> String,
+) -> Result<Vec<GuestCell>, String> {
+    let spec = |s: &str| cpuset::parse_spec(s).map(|c| c.to_vec()).map_err(ctx);
     let mut numa_cells = Vec::new();
     if let Some(numa) = root.path("cpu/numa") {
         let n = numa.children("cell").count() as u64;
@@ -290,7 +343,7 @@ pub fn parse_guest(doc: &str) -> Result<Guest, String> {
             let host_nodes = memnodes
                 .get(&id)
                 .cloned()
-                .unwrap_or_else(|| memory_nodes.clone());
+                .unwrap_or_else(|| memory_nodes.to_vec());
             numa_cells.push(GuestCell {
                 id,
                 vcpus: cpus,
@@ -299,7 +352,11 @@ pub fn parse_guest(doc: &str) -> Result<Guest, String> {
             });
         }
     }
+    Ok(numa_cells)
+}
 
+/// The huge page size the guest's memory is backed by, KiB.
+fn read_hugepages(root: &Element, ctx: &impl Fn(String) -> String) -> Result<Option<u64>, String> {
     let mut hugepage_kb = None;
     if let Some(hp) = root.path("memoryBacking/hugepages") {
         // <hugepages/> alone means the host's default huge page size: 2 MiB on x86.
@@ -315,25 +372,7 @@ pub fn parse_guest(doc: &str) -> Result<Guest, String> {
             hugepage_kb = Some(kib);
         }
     }
-
-    let nova = root
-        .child("metadata")
-        .and_then(|m| m.children.iter().find(|c| is_nova_instance(c)))
-        .map(nova_meta);
-
-    Ok(Guest {
-        name,
-        uuid,
-        state: "unknown".into(),
-        vcpus,
-        memory_mb,
-        vcpu_pins,
-        emulator_pins,
-        numa_cells,
-        memory_nodes,
-        hugepage_kb,
-        nova,
-    })
+    Ok(hugepage_kb)
 }
 
 fn is_nova_instance(e: &Element) -> bool {

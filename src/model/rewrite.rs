@@ -73,18 +73,23 @@ struct Scope {
     seen_memnodes: BTreeSet<u32>,
 }
 
+/// Rewrite `xml` for a [`PinPlan`]: one pass over quick-xml's events, raw spans copied, owned
+/// tags edited (see the module docs).
 pub fn rewrite_plan(xml: &str, plan: &PinPlan) -> Result<String, String> {
     let mut reader = Reader::from_str(xml);
     reader.config_mut().trim_text(false);
-    let mut out = Writer::new(Vec::with_capacity(xml.len() + 256));
-    let mut path: Vec<String> = Vec::new();
-    let mut scopes: Vec<Scope> = Vec::new();
-    let mut pending_ws: Option<String> = None; // whitespace text just written
-    let mut seen_cputune = false;
-    let mut seen_numatune = false;
-    let mut domain_child_indent: Option<String> = None;
+    let mut rw = Rewriter {
+        plan,
+        numa: !plan.memnodes.is_empty(),
+        out: Writer::new(Vec::with_capacity(xml.len() + 256)),
+        path: Vec::new(),
+        scopes: Vec::new(),
+        pending_ws: None,
+        seen_cputune: false,
+        seen_numatune: false,
+        domain_child_indent: None,
+    };
     let mut pos = 0usize;
-    let numa = !plan.memnodes.is_empty();
     loop {
         let ev = reader.read_event().map_err(|e| {
             format!(
@@ -95,166 +100,257 @@ pub fn rewrite_plan(xml: &str, plan: &PinPlan) -> Result<String, String> {
         let end = reader.buffer_position() as usize;
         let raw = &xml[pos..end];
         pos = end;
-        let depth = path.len();
         match ev {
             Event::DocType(_) => return Err("domain XML: a DOCTYPE is not accepted (libvirt XML never has one; entity declarations are refused)".into()),
             Event::Eof => break,
             Event::Text(t) => {
                 t.unescape().map_err(|e| format!("domain XML: text cannot be decoded ({e}); entities other than the predefined five are refused"))?;
-                raw_out(&mut out, raw);
-                pending_ws = if raw.trim().is_empty() { Some(raw.to_string()) } else { None };
+                raw_out(&mut rw.out, raw);
+                rw.pending_ws = if raw.trim().is_empty() { Some(raw.to_string()) } else { None };
                 continue;
             }
-            Event::Start(ref s) | Event::Empty(ref s) => {
-                let is_empty = matches!(ev, Event::Empty(_));
-                let name = String::from_utf8_lossy(s.name().as_ref()).into_owned();
-                check_attrs(s)?;
-                if let Some(sc) = scopes.last_mut() {
-                    if let Some(ws) = &pending_ws {
-                        sc.child_indent = Some(ws.clone());
-                    }
-                }
-                if depth == 1 && path[0] == "domain" {
-                    if let Some(ws) = &pending_ws {
-                        domain_child_indent = Some(ws.clone());
-                    }
-                }
-                let parent = path.last().map(String::as_str);
-                let in_domain = depth == 1 && path[0] == "domain";
-                let mut content = tag_content(raw, is_empty);
-                let mut changed = false;
-                #[allow(clippy::collapsible_match)] // a guard would fall through to the other arms
-                match (parent, name.as_str()) {
-                    (Some("domain"), "vcpu") if depth == 1 && plan.dedicated => {
-                        if attr_value(&content, "cpuset").is_some() {
-                            let all: CpuSet = plan.vcpu_pins.values().fold(CpuSet::new(), |a, s| a.union(s));
-                            content = set_attr(&content, "cpuset", &format_spec(&all));
-                            changed = true;
-                        }
-                    }
-                    (Some("cputune"), "vcpupin") if depth == 2 && path[0] == "domain" => {
-                        let v: u32 = attr_value(&content, "vcpu").and_then(|v| v.trim().parse().ok()).ok_or("domain XML: <vcpupin> without a numeric vcpu attribute")?;
-                        if let Some(sc) = scopes.last_mut() {
-                            sc.seen_vcpus.insert(v);
-                        }
-                        if let Some(set) = plan.vcpu_pins.get(&v) {
-                            content = set_attr(&content, "cpuset", &format_spec(set));
-                            changed = true;
-                        } else if plan.dedicated {
-                            return Err(format!("domain XML: <vcpupin vcpu='{v}'> but the placement has no pin for vCPU {v}"));
-                        }
-                    }
-                    (Some("cputune"), "emulatorpin") if depth == 2 && path[0] == "domain" => {
-                        if let Some(sc) = scopes.last_mut() {
-                            sc.seen_emulator = true;
-                        }
-                        if !plan.emulator.is_empty() {
-                            content = set_attr(&content, "cpuset", &format_spec(&plan.emulator));
-                            changed = true;
-                        }
-                    }
-                    (Some("numatune"), "memory") if depth == 2 && path[0] == "domain" && numa => {
-                        if let Some(sc) = scopes.last_mut() {
-                            sc.seen_memory = true;
-                        }
-                        if attr_value(&content, "placement").as_deref() != Some("auto") {
-                            content = set_attr(&content, "nodeset", &plan.nodeset());
-                            changed = true;
-                        }
-                    }
-                    (Some("numatune"), "memnode") if depth == 2 && path[0] == "domain" && numa => {
-                        let c: u32 = attr_value(&content, "cellid").and_then(|v| v.trim().parse().ok()).ok_or("domain XML: <memnode> without a numeric cellid")?;
-                        if let Some(sc) = scopes.last_mut() {
-                            sc.seen_memnodes.insert(c);
-                        }
-                        let h = plan.memnodes.get(&c).ok_or_else(|| format!("domain XML: <memnode cellid='{c}'> but the placement has no guest cell {c}"))?;
-                        content = set_attr(&content, "nodeset", &h.to_string());
-                        changed = true;
-                    }
-                    (Some("hugepages"), "page") if depth == 3 && path[1] == "memoryBacking" => {
-                        if let (Some(want), Some(size)) = (plan.pagesize_kb, attr_value(&content, "size")) {
-                            let unit = attr_value(&content, "unit");
-                            let kb = size.trim().parse::<u64>().ok().and_then(|s| crate::model::topology::to_kib(s, unit.as_deref()).ok());
-                            if kb.is_some_and(|k| k != want) {
-                                return Err(format!("domain XML: <page size='{size}'> differs from the placement's page size {want} KiB; the guest would need another page size on the destination"));
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-                let owns_children = in_domain && (name == "cputune" || (name == "numatune" && numa));
-                if in_domain && name == "cputune" {
-                    seen_cputune = true;
-                }
-                if in_domain && name == "numatune" {
-                    seen_numatune = true;
-                }
-                if is_empty && owns_children {
-                    // <cputune/> or <numatune/>: expand it to hold what we own.
-                    let indent = pending_ws.clone().unwrap_or_default();
-                    let child = format!("{indent}  ");
-                    let body = if name == "cputune" { cputune_body(plan, &Scope::default(), &child) } else { numatune_body(plan, &Scope::default(), &child) };
-                    raw_out(&mut out, &format!("<{content}>{body}{indent}</{name}>"));
-                } else if changed {
-                    let bs = BytesStart::from_content(content.as_str(), name.len());
-                    let e = if is_empty { Event::Empty(bs) } else { Event::Start(bs) };
-                    out.write_event(e).map_err(|e| format!("cannot write XML: {e}"))?;
-                } else {
-                    raw_out(&mut out, raw);
-                }
-                if !is_empty {
-                    path.push(name);
-                    scopes.push(Scope::default());
-                }
-            }
-            Event::End(ref e) => {
-                let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
-                let sc = scopes.pop().unwrap_or_default();
-                path.pop();
-                let depth = path.len();
-                let closing = pending_ws.clone().unwrap_or_default();
-                let child_indent = sc.child_indent.clone().unwrap_or_else(|| if closing.is_empty() { String::new() } else { format!("{closing}  ") });
-                // Text to put before new children so they sit on their own lines: the closing
-                // whitespace was already written, so add the child indentation's extra part.
-                let lead = extra_indent(&child_indent, &closing);
-                if depth == 1 && path[0] == "domain" && name == "cputune" {
-                    let body = cputune_body(plan, &sc, &child_indent);
-                    if !body.is_empty() {
-                        raw_out(&mut out, &format!("{lead}{}{closing}", body.trim_start_matches(child_indent.as_str())));
-                    }
-                } else if depth == 1 && path[0] == "domain" && name == "numatune" && numa {
-                    let body = numatune_body(plan, &sc, &child_indent);
-                    if !body.is_empty() {
-                        raw_out(&mut out, &format!("{lead}{}{closing}", body.trim_start_matches(child_indent.as_str())));
-                    }
-                } else if depth == 0 && name == "domain" {
-                    let ci = domain_child_indent.clone().unwrap_or_default();
-                    let lead = extra_indent(&ci, &closing);
-                    let mut add = String::new();
-                    let inner = format!("{ci}  ");
-                    if !seen_cputune && (plan.dedicated || !plan.emulator.is_empty()) {
-                        add += &format!("{ci}<cputune>{}{ci}</cputune>", cputune_body(plan, &Scope::default(), &inner));
-                    }
-                    if !seen_numatune && numa {
-                        add += &format!("{ci}<numatune>{}{ci}</numatune>", numatune_body(plan, &Scope::default(), &inner));
-                    }
-                    if !add.is_empty() {
-                        raw_out(&mut out, &format!("{lead}{}{closing}", add.trim_start_matches(ci.as_str())));
-                    }
-                }
-                raw_out(&mut out, raw);
-            }
-            _ => raw_out(&mut out, raw), // declaration, comments, PIs, CDATA: as they were
+            Event::Start(ref s) => rw.start(s, false, raw)?,
+            Event::Empty(ref s) => rw.start(s, true, raw)?,
+            Event::End(ref e) => rw.end(e, raw),
+            _ => raw_out(&mut rw.out, raw), // declaration, comments, PIs, CDATA: as they were
         }
-        pending_ws = None;
+        rw.pending_ws = None;
     }
-    if !path.is_empty() {
+    if !rw.path.is_empty() {
         return Err(format!(
             "domain XML: truncated, <{}> is never closed",
-            path.last().map(String::as_str).unwrap_or("?")
+            rw.path.last().map(String::as_str).unwrap_or("?")
         ));
     }
-    String::from_utf8(out.into_inner()).map_err(|e| format!("cannot write XML: {e}"))
+    String::from_utf8(rw.out.into_inner()).map_err(|e| format!("cannot write XML: {e}"))
+}
+
+/// The rewrite's state while it walks the document once.
+struct Rewriter<'p> {
+    plan: &'p PinPlan,
+    numa: bool,
+    out: Writer<Vec<u8>>,
+    path: Vec<String>,
+    scopes: Vec<Scope>,
+    /// Whitespace text just written.
+    pending_ws: Option<String>,
+    seen_cputune: bool,
+    seen_numatune: bool,
+    domain_child_indent: Option<String>,
+}
+
+impl Rewriter<'_> {
+    /// A start (or empty) tag: edited when owned, `<cputune/>`/`<numatune/>` expanded,
+    /// else copied.
+    fn start(&mut self, s: &BytesStart, is_empty: bool, raw: &str) -> Result<(), String> {
+        let plan = self.plan;
+        let depth = self.path.len();
+        let name = String::from_utf8_lossy(s.name().as_ref()).into_owned();
+        check_attrs(s)?;
+        if let Some(sc) = self.scopes.last_mut() {
+            if let Some(ws) = &self.pending_ws {
+                sc.child_indent = Some(ws.clone());
+            }
+        }
+        if depth == 1 && self.path[0] == "domain" {
+            if let Some(ws) = &self.pending_ws {
+                self.domain_child_indent = Some(ws.clone());
+            }
+        }
+        let in_domain = depth == 1 && self.path[0] == "domain";
+        let (content, changed) = self.edit(&name, depth, tag_content(raw, is_empty))?;
+        let owns_children = in_domain && (name == "cputune" || (name == "numatune" && self.numa));
+        if in_domain && name == "cputune" {
+            self.seen_cputune = true;
+        }
+        if in_domain && name == "numatune" {
+            self.seen_numatune = true;
+        }
+        if is_empty && owns_children {
+            // <cputune/> or <numatune/>: expand it to hold what we own.
+            let indent = self.pending_ws.clone().unwrap_or_default();
+            let child = format!("{indent}  ");
+            let body = if name == "cputune" {
+                cputune_body(plan, &Scope::default(), &child)
+            } else {
+                numatune_body(plan, &Scope::default(), &child)
+            };
+            raw_out(
+                &mut self.out,
+                &format!("<{content}>{body}{indent}</{name}>"),
+            );
+        } else if changed {
+            let bs = BytesStart::from_content(content.as_str(), name.len());
+            let e = if is_empty {
+                Event::Empty(bs)
+            } else {
+                Event::Start(bs)
+            };
+            self.out
+                .write_event(e)
+                .map_err(|e| format!("cannot write XML: {e}"))?;
+        } else {
+            raw_out(&mut self.out, raw);
+        }
+        if !is_empty {
+            self.path.push(name);
+            self.scopes.push(Scope::default());
+        }
+        Ok(())
+    }
+
+    /// The owned attribute of an owned tag set from the plan: the tag's new content and
+    /// whether it changed; the page size checked.
+    // Long because it is one match arm per owned tag: the table of what the rewrite owns.
+    fn edit(
+        &mut self,
+        name: &str,
+        depth: usize,
+        mut content: String,
+    ) -> Result<(String, bool), String> {
+        let (plan, numa, path) = (self.plan, self.numa, &self.path);
+        let parent = path.last().map(String::as_str);
+        let mut changed = false;
+        #[allow(clippy::collapsible_match)] // a guard would fall through to the other arms
+        match (parent, name) {
+            (Some("domain"), "vcpu") if depth == 1 && plan.dedicated => {
+                if attr_value(&content, "cpuset").is_some() {
+                    let all: CpuSet = plan
+                        .vcpu_pins
+                        .values()
+                        .fold(CpuSet::new(), |a, s| a.union(s));
+                    content = set_attr(&content, "cpuset", &format_spec(&all));
+                    changed = true;
+                }
+            }
+            (Some("cputune"), "vcpupin") if depth == 2 && path[0] == "domain" => {
+                let v: u32 = attr_value(&content, "vcpu")
+                    .and_then(|v| v.trim().parse().ok())
+                    .ok_or("domain XML: <vcpupin> without a numeric vcpu attribute")?;
+                if let Some(sc) = self.scopes.last_mut() {
+                    sc.seen_vcpus.insert(v);
+                }
+                if let Some(set) = plan.vcpu_pins.get(&v) {
+                    content = set_attr(&content, "cpuset", &format_spec(set));
+                    changed = true;
+                } else if plan.dedicated {
+                    return Err(format!("domain XML: <vcpupin vcpu='{v}'> but the placement has no pin for vCPU {v}"));
+                }
+            }
+            (Some("cputune"), "emulatorpin") if depth == 2 && path[0] == "domain" => {
+                if let Some(sc) = self.scopes.last_mut() {
+                    sc.seen_emulator = true;
+                }
+                if !plan.emulator.is_empty() {
+                    content = set_attr(&content, "cpuset", &format_spec(&plan.emulator));
+                    changed = true;
+                }
+            }
+            (Some("numatune"), "memory") if depth == 2 && path[0] == "domain" && numa => {
+                if let Some(sc) = self.scopes.last_mut() {
+                    sc.seen_memory = true;
+                }
+                if attr_value(&content, "placement").as_deref() != Some("auto") {
+                    content = set_attr(&content, "nodeset", &plan.nodeset());
+                    changed = true;
+                }
+            }
+            (Some("numatune"), "memnode") if depth == 2 && path[0] == "domain" && numa => {
+                let c: u32 = attr_value(&content, "cellid")
+                    .and_then(|v| v.trim().parse().ok())
+                    .ok_or("domain XML: <memnode> without a numeric cellid")?;
+                if let Some(sc) = self.scopes.last_mut() {
+                    sc.seen_memnodes.insert(c);
+                }
+                let h = plan.memnodes.get(&c).ok_or_else(|| format!("domain XML: <memnode cellid='{c}'> but the placement has no guest cell {c}"))?;
+                content = set_attr(&content, "nodeset", &h.to_string());
+                changed = true;
+            }
+            (Some("hugepages"), "page") if depth == 3 && path[1] == "memoryBacking" => {
+                if let (Some(want), Some(size)) = (plan.pagesize_kb, attr_value(&content, "size")) {
+                    let unit = attr_value(&content, "unit");
+                    let kb = size
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                        .and_then(|s| crate::model::topology::to_kib(s, unit.as_deref()).ok());
+                    if kb.is_some_and(|k| k != want) {
+                        return Err(format!("domain XML: <page size='{size}'> differs from the placement's page size {want} KiB; the guest would need another page size on the destination"));
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok((content, changed))
+    }
+
+    /// An end tag: what we own and did not meet goes in before `</cputune>`, `</numatune>`,
+    /// or (missing sections) `</domain>`.
+    fn end(&mut self, e: &quick_xml::events::BytesEnd, raw: &str) {
+        let (plan, numa) = (self.plan, self.numa);
+        let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
+        let sc = self.scopes.pop().unwrap_or_default();
+        self.path.pop();
+        let depth = self.path.len();
+        let closing = self.pending_ws.clone().unwrap_or_default();
+        let child_indent = sc.child_indent.clone().unwrap_or_else(|| {
+            if closing.is_empty() {
+                String::new()
+            } else {
+                format!("{closing}  ")
+            }
+        });
+        // Text to put before new children so they sit on their own lines: the closing
+        // whitespace was already written, so add the child indentation's extra part.
+        let lead = extra_indent(&child_indent, &closing);
+        if depth == 1 && self.path[0] == "domain" && name == "cputune" {
+            let body = cputune_body(plan, &sc, &child_indent);
+            if !body.is_empty() {
+                raw_out(
+                    &mut self.out,
+                    &format!(
+                        "{lead}{}{closing}",
+                        body.trim_start_matches(child_indent.as_str())
+                    ),
+                );
+            }
+        } else if depth == 1 && self.path[0] == "domain" && name == "numatune" && numa {
+            let body = numatune_body(plan, &sc, &child_indent);
+            if !body.is_empty() {
+                raw_out(
+                    &mut self.out,
+                    &format!(
+                        "{lead}{}{closing}",
+                        body.trim_start_matches(child_indent.as_str())
+                    ),
+                );
+            }
+        } else if depth == 0 && name == "domain" {
+            let ci = self.domain_child_indent.clone().unwrap_or_default();
+            let lead = extra_indent(&ci, &closing);
+            let mut add = String::new();
+            let inner = format!("{ci}  ");
+            if !self.seen_cputune && (plan.dedicated || !plan.emulator.is_empty()) {
+                add += &format!(
+                    "{ci}<cputune>{}{ci}</cputune>",
+                    cputune_body(plan, &Scope::default(), &inner)
+                );
+            }
+            if !self.seen_numatune && numa {
+                add += &format!(
+                    "{ci}<numatune>{}{ci}</numatune>",
+                    numatune_body(plan, &Scope::default(), &inner)
+                );
+            }
+            if !add.is_empty() {
+                raw_out(
+                    &mut self.out,
+                    &format!("{lead}{}{closing}", add.trim_start_matches(ci.as_str())),
+                );
+            }
+        }
+        raw_out(&mut self.out, raw);
+    }
 }
 
 fn raw_out(w: &mut Writer<Vec<u8>>, s: &str) {

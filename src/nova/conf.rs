@@ -6,6 +6,7 @@
 //! `node:N,size:S,count:C` per line (or several separated by `;`? no: oslo repeats the key).
 
 use crate::model::cpuset::{self, CpuSet};
+use crate::model::units::{self, SizeError, Syntax};
 use ini::{Ini, ParseOption};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -136,7 +137,7 @@ fn parse_reserved(line: &str) -> Result<ReservedPages, String> {
 }
 
 /// A page size as Nova accepts it: KiB as a bare number, or with a unit (`2MB`, `1GB`, `2048KB`),
-/// read the way oslo's `string_to_bytes` reads IEC-ish suffixes (powers of 1024).
+/// any case, powers of 1024 ([`units::Syntax::Conf`]).
 pub fn parse_page_size(v: &str) -> Result<u64, String> {
     let checked = |kb: Option<u64>| {
         let kb = kb.ok_or_else(|| format!("page size {v:?} overflows"))?;
@@ -145,22 +146,12 @@ pub fn parse_page_size(v: &str) -> Result<u64, String> {
     if let Ok(n) = v.parse::<u64>() {
         return checked(Some(n));
     }
-    let lower = v.to_ascii_lowercase();
-    let digits: String = lower.chars().take_while(|c| c.is_ascii_digit()).collect();
-    let unit = lower[digits.len()..]
-        .trim()
-        .trim_end_matches("ib")
-        .trim_end_matches('b');
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("page size {v:?} is not a size"))?;
-    let kb = match unit {
-        "k" => Some(n),
-        "m" => n.checked_mul(1024),
-        "g" => n.checked_mul(1024 * 1024),
-        "" => Some(n / 1024), // bytes
-        _ => return Err(format!("page size {v:?} has an unknown unit")),
-    };
+    let kb = units::split(v, Syntax::Conf)
+        .and_then(|s| s.whole_kib())
+        .map_err(|e| match e {
+            SizeError::NotASize => format!("page size {v:?} is not a size"),
+            SizeError::UnknownUnit => format!("page size {v:?} has an unknown unit"),
+        })?;
     checked(kb)
 }
 
