@@ -10,6 +10,7 @@ pub mod units;
 use crate::ansible::{Context, Failure, ModuleArgs, Outcome};
 use crate::io::container::{sha256_hex, Engine};
 use crate::limits;
+use crate::model::diff;
 use crate::modules::deploy_patched_nova::tree::{
     sum_of, ContainerTree, LocalTree, NovaInfo, NovaTree,
 };
@@ -1080,7 +1081,7 @@ fn rollback(touched: &[&TreePlan], restart: bool, timeout: Duration) -> Result<(
     }
 }
 
-/// A unified diff for `--diff`, made by diff(1) when it is there; else before/after texts.
+/// A unified diff for `--diff` (`model::diff`); before/after texts when there is none.
 fn diff_of(tree: &dyn NovaTree, f: &FilePlan) -> Value {
     let before_h = tree.show(&f.path);
     let after_h = format!(
@@ -1092,28 +1093,14 @@ fn diff_of(tree: &dyn NovaTree, f: &FilePlan) -> Value {
             "removed"
         }
     );
-    let before = f.current.as_deref().unwrap_or(b"");
-    let after = f.target.as_deref().unwrap_or(b"");
-    if let Some(text) = unified_diff(before, after, &before_h, &after_h) {
+    let before = String::from_utf8_lossy(f.current.as_deref().unwrap_or(b""));
+    let after = String::from_utf8_lossy(f.target.as_deref().unwrap_or(b""));
+    let text = diff::unified(&before, &after, &before_h, &after_h);
+    if !text.is_empty() {
         return json!({"prepared": text});
     }
     json!({"before_header": before_h, "after_header": after_h,
-           "before": String::from_utf8_lossy(before), "after": String::from_utf8_lossy(after)})
-}
-
-fn unified_diff(before: &[u8], after: &[u8], bh: &str, ah: &str) -> Option<String> {
-    let dir = tempfile::tempdir().ok()?;
-    let (b, a) = (dir.path().join("before"), dir.path().join("after"));
-    std::fs::write(&b, before).ok()?;
-    std::fs::write(&a, after).ok()?;
-    let out = std::process::Command::new("diff")
-        .args(["-u", "--label", bh, "--label", ah])
-        .arg(&b)
-        .arg(&a)
-        .output()
-        .ok()?;
-    // diff exits 1 when the files differ, 2 on trouble.
-    (out.status.code() == Some(1)).then(|| String::from_utf8_lossy(&out.stdout).to_string())
+           "before": before, "after": after})
 }
 
 #[cfg(test)]
@@ -1172,10 +1159,32 @@ mod tests {
 
     #[test]
     fn diff_is_unified() {
-        let t = unified_diff(b"a\nb\n", b"a\nc\n", "x:before", "x:after").unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let nova = d.path().join("nova");
+        std::fs::create_dir_all(&nova).unwrap();
+        std::fs::write(nova.join("__init__.py"), b"").unwrap();
+        let t = LocalTree::new(&nova, Duration::from_secs(5), Vec::new()).unwrap();
+        let path = format!("{}/x.py", nova.display());
+        let mut f = FilePlan {
+            rel: "x.py".into(),
+            path: path.clone(),
+            current: Some(b"a\nb\n".to_vec()),
+            target: Some(b"a\nc\n".to_vec()),
+            status: "would update".into(),
+            pristine: false,
+            hooks: Vec::new(),
+        };
+        let v = diff_of(&t, &f);
+        let want = format!("--- {path}\n+++ {path} (after)\n@@ -1,2 +1,2 @@\n a\n-b\n+c\n");
+        assert_eq!(v["prepared"], want.as_str());
+        f.target = None;
+        let v = diff_of(&t, &f);
         assert!(
-            t.contains("--- x:before") && t.contains("-b") && t.contains("+c"),
-            "{t}"
+            v["prepared"]
+                .as_str()
+                .unwrap()
+                .contains(" (removed)\n@@ -1,2 +0,0 @@\n-a\n-b\n"),
+            "{v}"
         );
     }
 }
