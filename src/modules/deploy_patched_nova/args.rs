@@ -69,6 +69,61 @@ pub struct Args {
     pub python: Option<String>,
 }
 
+/// Arguments that do not go together; found before anything is read or changed.
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+pub enum ArgsError {
+    #[error("`path` and `containers` exclude each other: give `path` to patch a Nova directory on this machine, or `containers` for Kolla containers; nothing was changed")]
+    PathAndContainers,
+    #[error(
+        "`services` is empty: omit it when no service runs from `path`, or name its systemd units"
+    )]
+    EmptyServices,
+    #[error("`parts` is empty: omit it to patch every file of the patch set, or name prefixes inside the nova package (compute/, numa_repin_patch.py)")]
+    EmptyParts,
+    #[error("`parts` goes with `path`; for containers give each its parts in `containers`")]
+    PartsWithoutPath,
+    #[error(
+        "`services` goes with `path` (a host-installed Nova); containers are restarted themselves"
+    )]
+    ServicesWithoutPath,
+    #[error("`containers` is empty: name the Nova containers to patch")]
+    NoContainers,
+    #[error("container {0} is given no parts of the patch")]
+    NoParts(String),
+}
+
+impl Args {
+    /// `path` (with `services`, `parts`) or containers, each combination complete.
+    pub fn check_combination(&self) -> Result<(), ArgsError> {
+        if self.path.is_some() {
+            if self.containers.is_some() {
+                return Err(ArgsError::PathAndContainers);
+            }
+            if self.services.as_ref().is_some_and(|s| s.is_empty()) {
+                return Err(ArgsError::EmptyServices);
+            }
+            if self.parts.as_ref().is_some_and(|p| p.is_empty()) {
+                return Err(ArgsError::EmptyParts);
+            }
+            return Ok(());
+        }
+        if self.parts.is_some() {
+            return Err(ArgsError::PartsWithoutPath);
+        }
+        if self.services.is_some() {
+            return Err(ArgsError::ServicesWithoutPath);
+        }
+        let containers = self.containers.clone().unwrap_or_else(default_containers);
+        if containers.is_empty() {
+            return Err(ArgsError::NoContainers);
+        }
+        match containers.iter().find(|(_, parts)| parts.is_empty()) {
+            Some((c, _)) => Err(ArgsError::NoParts(c.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
 impl ModuleArgs for Args {
     fn validate(&self) -> std::result::Result<(), limits::Error> {
         limits::abs_dir("backup_dir", &self.backup_dir)

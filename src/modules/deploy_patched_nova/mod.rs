@@ -12,7 +12,7 @@ mod rollout;
 pub mod tree;
 pub mod units;
 
-pub use args::{Args, PatchState};
+pub use args::{Args, ArgsError, PatchState};
 
 use crate::ansible::{Context, Failure, Outcome};
 use crate::io::container::Engine;
@@ -35,58 +35,31 @@ pub(super) fn fail(msg: String) -> anyhow::Error {
     Failure::new(msg).into()
 }
 
+/// The module's flow (`ansible::run` calls it with the parsed arguments): the target named by
+/// the arguments, then the rollout over it.
 pub fn run(a: Args, ctx: &Context) -> Result<Outcome> {
-    if let Some(path) = &a.path {
-        if a.containers.is_some() {
-            return Err(fail(format!(
-                "{M}: `path` and `containers` exclude each other: give `path` to patch a Nova \
-                 directory on this machine, or `containers` for Kolla containers; nothing was changed"
-            )));
-        }
-        if a.services.as_ref().is_some_and(|s| s.is_empty()) {
-            return Err(fail(format!(
-                "{M}: `services` is empty: omit it when no service runs from `path`, or name \
-                 its systemd units"
-            )));
-        }
-        if a.parts.as_ref().is_some_and(|p| p.is_empty()) {
-            return Err(fail(format!(
-                "{M}: `parts` is empty: omit it to patch every file of the patch set, or name \
-                 prefixes inside the nova package (compute/, numa_repin_patch.py)"
-            )));
-        }
-        let tree = LocalTree::new(
-            path,
-            Duration::from_secs(a.health_timeout_s),
-            a.services.clone().unwrap_or_default(),
-        )
-        .map_err(|e| fail(format!("{M}: {e:#}")))?;
-        return rollout(&a, ctx, &[(&tree, a.parts.as_deref())], Layout::Path);
+    a.check_combination()
+        .map_err(|e| fail(format!("{M}: {e}")))?;
+    match &a.path {
+        Some(path) => run_path(&a, path, ctx),
+        None => run_containers(&a, ctx),
     }
-    if a.parts.is_some() {
-        return Err(fail(format!(
-            "{M}: `parts` goes with `path`; for containers give each its parts in `containers`"
-        )));
-    }
-    if a.services.is_some() {
-        return Err(fail(format!(
-            "{M}: `services` goes with `path` (a host-installed Nova); containers are restarted \
-             themselves"
-        )));
-    }
+}
+
+/// A Nova directory on this machine (`path`), and the systemd units that run from it.
+fn run_path(a: &Args, path: &std::path::Path, ctx: &Context) -> Result<Outcome> {
+    let tree = LocalTree::new(
+        path,
+        Duration::from_secs(a.health_timeout_s),
+        a.services.clone().unwrap_or_default(),
+    )
+    .map_err(|e| fail(format!("{M}: {e:#}")))?;
+    rollout(a, ctx, &[(&tree, a.parts.as_deref())], Layout::Path)
+}
+
+/// Kolla's Nova containers (`containers`, or the default ones), through the container engine.
+fn run_containers(a: &Args, ctx: &Context) -> Result<Outcome> {
     let containers = a.containers.clone().unwrap_or_else(default_containers);
-    if containers.is_empty() {
-        return Err(fail(format!(
-            "{M}: `containers` is empty: name the Nova containers to patch"
-        )));
-    }
-    for (c, parts) in &containers {
-        if parts.is_empty() {
-            return Err(fail(format!(
-                "{M}: container {c} is given no parts of the patch"
-            )));
-        }
-    }
     let engine = Engine::detect(&a.container_engine).map_err(|e| fail(format!("{M}: {e:#}")))?;
     let missing: Vec<&str> = containers
         .keys()
@@ -115,7 +88,7 @@ pub fn run(a: Args, ctx: &Context) -> Result<Outcome> {
     let layout = Layout::Containers {
         engine: engine.bin.clone(),
     };
-    rollout(&a, ctx, &targets, layout)
+    rollout(a, ctx, &targets, layout)
 }
 
 #[cfg(test)]
@@ -126,6 +99,7 @@ mod tests {
     use super::report::diff_of;
     use super::rollout::module_of;
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn backup_dir_must_be_absolute_without_dotdot() {
@@ -138,6 +112,36 @@ mod tests {
             let e = parse(bad).unwrap_err().msg;
             assert!(e.contains("argument 'backup_dir'"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn arguments_that_do_not_go_together() {
+        let check = |v: serde_json::Value| {
+            let (a, _): (Args, _) = crate::ansible::parse_args(M, &v.to_string()).unwrap();
+            a.check_combination().err().map(|e| e.to_string())
+        };
+        assert_eq!(check(json!({})), None);
+        assert_eq!(
+            check(json!({"path": "/x/nova", "services": ["nova-compute"]})),
+            None
+        );
+        let e = check(json!({"path": "/x/nova", "containers": {"c": ["compute/"]}})).unwrap();
+        assert!(
+            e.starts_with("`path` and `containers` exclude each other"),
+            "{e}"
+        );
+        let e = check(json!({"parts": ["compute/"]})).unwrap();
+        assert_eq!(
+            e,
+            "`parts` goes with `path`; for containers give each its parts in `containers`"
+        );
+        let e = check(json!({"containers": {"c": []}})).unwrap();
+        assert_eq!(e, "container c is given no parts of the patch");
+        let e = check(json!({"containers": {}})).unwrap();
+        assert_eq!(
+            e,
+            "`containers` is empty: name the Nova containers to patch"
+        );
     }
 
     #[test]

@@ -223,6 +223,8 @@ pub(super) struct PlanCtx<'a> {
 pub(super) type Planned<R> = Result<std::result::Result<FilePlan, R>>;
 
 impl PlanCtx<'_> {
+    /// A hooked file: Nova's own (the hooks apply to it, or it is refused) or our output
+    /// (recognised from the kept original).
     pub(super) fn plan_hooked(
         &self,
         hf: &HookedFile,
@@ -236,15 +238,6 @@ impl PlanCtx<'_> {
                 Some(format!("{rel} missing")),
             )));
         };
-        let plan = |target: Vec<u8>, status: FileStatus, pristine: bool| FilePlan {
-            rel: rel.to_string(),
-            path: path.to_string(),
-            current: Some(current.clone()),
-            target: Some(target),
-            status,
-            pristine,
-            hooks: Vec::new(),
-        };
         // Edited as text, written back as bytes: a file that is not UTF-8 is refused rather
         // than rewritten with replacement characters.
         let Ok(text) = std::str::from_utf8(&current) else {
@@ -256,24 +249,66 @@ impl PlanCtx<'_> {
                 Some(format!("{rel} not UTF-8")),
             )));
         };
-        if !text.contains(MARKER) {
-            // Nova's own file, whatever build: nothing to restore; the hooks apply, or refused.
-            if state == PatchState::Absent {
-                return Ok(Ok(plan(current.clone(), FileStatus::Unpatched, true)));
-            }
-            return Ok(match hf.apply(text) {
-                Ok((out, used)) => Ok(FilePlan {
-                    hooks: used,
-                    ..plan(out.into_bytes(), FileStatus::WouldPatch, true)
-                }),
-                Err(e) => Err((
-                    format!("unsupported: {} (Nova {release}): {e}", t.show(path)),
-                    Some(format!("{rel}: hook \"{}\"", e.hook)),
-                )),
-            });
+        let now = FilePlan {
+            rel: rel.to_string(),
+            path: path.to_string(),
+            current: Some(current.clone()),
+            target: Some(current.clone()),
+            status: FileStatus::Unpatched,
+            pristine: false,
+            hooks: Vec::new(),
+        };
+        if text.contains(MARKER) {
+            self.plan_ours(hf, now, state)
+        } else {
+            Ok(self.plan_pristine(hf, text, now, state))
         }
-        // Our output (this build or an earlier one), recognised from the kept original.
-        let cur_sha = sha256_hex(&current);
+    }
+
+    /// Nova's own file, whatever build: nothing to restore; the hooks apply, or it is refused.
+    fn plan_pristine(
+        &self,
+        hf: &HookedFile,
+        text: &str,
+        now: FilePlan,
+        state: PatchState,
+    ) -> std::result::Result<FilePlan, (String, Option<String>)> {
+        let now = FilePlan {
+            pristine: true,
+            ..now
+        };
+        if state == PatchState::Absent {
+            return Ok(now);
+        }
+        match hf.apply(text) {
+            Ok((out, used)) => Ok(FilePlan {
+                target: Some(out.into_bytes()),
+                status: FileStatus::WouldPatch,
+                hooks: used,
+                ..now
+            }),
+            Err(e) => Err((
+                format!(
+                    "unsupported: {} (Nova {}): {e}",
+                    self.tree.show(&now.path),
+                    self.release
+                ),
+                Some(format!("{}: hook \"{}\"", now.rel, e.hook)),
+            )),
+        }
+    }
+
+    /// Our output (this build or an earlier one, as written.json records it), recognised from
+    /// the kept original: kept, updated, or restored to that original.
+    fn plan_ours(
+        &self,
+        hf: &HookedFile,
+        now: FilePlan,
+        state: PatchState,
+    ) -> Planned<(String, Option<String>)> {
+        let (t, path, rel) = (self.tree, now.path.as_str(), now.rel.as_str());
+        let current = now.current.as_deref().unwrap_or_default();
+        let cur_sha = sha256_hex(current);
         let recorded = self.written.get(rel).map(|w| w.patched_sha256.as_str()) == Some(&cur_sha);
         let Some((orig, out, used)) = self.original(hf, path)? else {
             return Ok(Err((
@@ -281,14 +316,14 @@ impl PlanCtx<'_> {
                     "{} holds numa-repin hooks, but no original is kept ({} nor {}) from which to \
                  rebuild or restore it; {}",
                     t.show(path),
-                    backup_path(self.backup_dir, &t.backup_key(), release, rel).display(),
+                    backup_path(self.backup_dir, &t.backup_key(), self.release, rel).display(),
                     orig_path(path),
                     t.reinstall_hint()
                 ),
                 None,
             )));
         };
-        let ours_now = out.as_bytes() == current.as_slice();
+        let ours_now = out.as_bytes() == current;
         if !ours_now && !recorded {
             return Ok(Err((
                 format!(
@@ -301,14 +336,21 @@ impl PlanCtx<'_> {
             )));
         }
         Ok(Ok(match state {
-            PatchState::Absent => plan(orig, FileStatus::WouldRestore, false),
+            PatchState::Absent => FilePlan {
+                target: Some(orig),
+                status: FileStatus::WouldRestore,
+                ..now
+            },
             PatchState::Present if ours_now => FilePlan {
+                status: FileStatus::Patched,
                 hooks: used,
-                ..plan(current.clone(), FileStatus::Patched, false)
+                ..now
             },
             PatchState::Present => FilePlan {
+                target: Some(out.into_bytes()),
+                status: FileStatus::WouldUpdate,
                 hooks: used,
-                ..plan(out.into_bytes(), FileStatus::WouldUpdate, false)
+                ..now
             },
         }))
     }
