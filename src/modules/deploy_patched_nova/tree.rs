@@ -447,13 +447,13 @@ impl NovaTree for LocalTree {
         !self.services.is_empty()
     }
     fn running(&self) -> Result<bool> {
-        units::all_active(&self.services)
+        Ok(units::all_active(&self.services)?)
     }
     fn start(&self) -> Result<()> {
-        units::run("start", &self.services)
+        Ok(units::run("start", &self.services)?)
     }
     fn restart(&self) -> Result<()> {
-        units::run("restart", &self.services)
+        Ok(units::run("restart", &self.services)?)
     }
     fn gate(&self, timeout: Duration, probe: &mut dyn FnMut() -> Result<()>) -> Result<()> {
         units::wait_up(&self.services, timeout)?;
@@ -461,7 +461,7 @@ impl NovaTree for LocalTree {
     }
     /// The units were active before the run (precheck): active again.
     fn recover(&self, _before: Option<&str>, timeout: Duration) -> Result<()> {
-        units::wait_up(&self.services, timeout)
+        Ok(units::wait_up(&self.services, timeout)?)
     }
     fn discover(&self, python: Option<&str>) -> Result<NovaInfo> {
         let py = python.unwrap_or("python3");
