@@ -2,11 +2,91 @@
 //! read/write, restart, state. Commands are argument vectors, never shell strings built from
 //! input; every failure names the command and the engine's own message.
 
-use anyhow::{bail, Context as _, Result};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+/// Why an engine operation failed; every message names the command or the container.
+#[derive(thiserror::Error, Debug)]
+pub enum ContainerError {
+    #[error(
+        "container engine {0} does not answer (`{0} info` failed): is its daemon/service running?"
+    )]
+    NoAnswer(String),
+    #[error("no container engine answers: neither `docker info` nor `podman info` works")]
+    NoEngine,
+    #[error("container_engine must be auto, docker or podman, not {0:?}")]
+    UnknownEngine(String),
+    /// An I/O step around the engine (running it, a temp file): what, and the OS's message.
+    #[error("{what}: {why}")]
+    Io { what: String, why: String },
+    #[error(transparent)]
+    Os(#[from] std::io::Error),
+    /// A pipe or path that should be there and is not.
+    #[error("{0}")]
+    Missing(String),
+    #[error(
+        "`{cmd}` wrote more than {max} bytes: refused (no file the rollout reads is that large)"
+    )]
+    TooMuchOutput { cmd: String, max: u64 },
+    /// The engine ran and failed: the command and its last lines of standard error.
+    #[error("`{cmd}` failed: {stderr}")]
+    Failed { cmd: String, stderr: String },
+    #[error("in container {name}: `{cmd}` failed: {stderr}")]
+    ExecFailed {
+        name: String,
+        cmd: String,
+        stderr: String,
+    },
+    #[error("in container {name}: cannot read {path}: {stderr}")]
+    Unreadable {
+        name: String,
+        path: String,
+        stderr: String,
+    },
+    /// `log` is `; its log ends: ...`, or empty.
+    #[error("container {name} is not running after {timeout_s}s (exit code {exit_code}){log}")]
+    NotRunningAfter {
+        name: String,
+        timeout_s: u64,
+        exit_code: i64,
+        log: String,
+    },
+    #[error("container {name} is not running (exit code {exit_code}){log}")]
+    NotRunning {
+        name: String,
+        exit_code: i64,
+        log: String,
+    },
+    #[error("container {0}'s own healthcheck reports unhealthy")]
+    Unhealthy(String),
+    #[error("container {name} not healthy after {timeout_s}s: {last}")]
+    NotHealthy {
+        name: String,
+        timeout_s: u64,
+        last: String,
+    },
+}
+
+type Result<T> = std::result::Result<T, ContainerError>;
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ContainerError {
+    let what = what.into();
+    move |e| ContainerError::Io {
+        what,
+        why: e.to_string(),
+    }
+}
+
+/// `; its log ends: <log>` for a failure message, or nothing when the log is empty.
+fn log_note(logs: String) -> String {
+    if logs.is_empty() {
+        String::new()
+    } else {
+        format!("; its log ends: {logs}")
+    }
+}
 
 /// A container engine CLI (`docker` or `podman`).
 #[derive(Debug, Clone)]
@@ -45,7 +125,7 @@ impl Engine {
         match choice {
             "docker" | "podman" => {
                 if !answers(choice) {
-                    bail!("container engine {choice} does not answer (`{choice} info` failed): is its daemon/service running?");
+                    return Err(ContainerError::NoAnswer(choice.to_string()));
                 }
                 Ok(Engine {
                     bin: choice.to_string(),
@@ -55,10 +135,8 @@ impl Engine {
                 .into_iter()
                 .find(|b| answers(b))
                 .map(|b| Engine { bin: b.to_string() })
-                .context(
-                    "no container engine answers: neither `docker info` nor `podman info` works",
-                ),
-            other => bail!("container_engine must be auto, docker or podman, not {other:?}"),
+                .ok_or(ContainerError::NoEngine),
+            other => Err(ContainerError::UnknownEngine(other.to_string())),
         }
     }
 
@@ -79,30 +157,38 @@ impl Engine {
         });
         let mut child = cmd
             .spawn()
-            .with_context(|| format!("cannot run {}", self.bin))?;
+            .map_err(io_err(format!("cannot run {}", self.bin)))?;
         if let Some(data) = stdin {
             // Written from a thread so a large input cannot deadlock against a full stdout pipe.
-            let mut pipe = child.stdin.take().context("no stdin pipe")?;
+            let mut pipe = child
+                .stdin
+                .take()
+                .ok_or_else(|| ContainerError::Missing("no stdin pipe".into()))?;
             let data = data.to_vec();
             std::thread::spawn(move || {
                 let _ = pipe.write_all(&data);
             });
         }
-        let out = child.stdout.take().context("no stdout pipe")?;
-        let err = child.stderr.take().context("no stderr pipe")?;
+        let out = child
+            .stdout
+            .take()
+            .ok_or_else(|| ContainerError::Missing("no stdout pipe".into()))?;
+        let err = child
+            .stderr
+            .take()
+            .ok_or_else(|| ContainerError::Missing("no stderr pipe".into()))?;
         let err = std::thread::spawn(move || read_bounded(err, max));
         let stdout = read_bounded(out, max);
         let status = child.wait()?;
-        let stderr = err
-            .join()
-            .map_err(|_| anyhow::anyhow!("reading the stderr of {} failed", self.bin))??;
+        let stderr = err.join().map_err(|_| {
+            ContainerError::Missing(format!("reading the stderr of {} failed", self.bin))
+        })??;
         let (stdout, over) = stdout?;
         if over {
-            bail!(
-                "`{} {}` wrote more than {max} bytes: refused (no file the rollout reads is that large)",
-                self.bin,
-                args.join(" ")
-            );
+            return Err(ContainerError::TooMuchOutput {
+                cmd: format!("{} {}", self.bin, args.join(" ")),
+                max,
+            });
         }
         Ok(Output {
             status,
@@ -115,12 +201,10 @@ impl Engine {
     pub fn run(&self, args: &[&str]) -> Result<Vec<u8>> {
         let out = self.output(args, None)?;
         if !out.status.success() {
-            bail!(
-                "`{} {}` failed: {}",
-                self.bin,
-                args.join(" "),
-                tail(&out.stderr)
-            );
+            return Err(ContainerError::Failed {
+                cmd: format!("{} {}", self.bin, args.join(" ")),
+                stderr: tail(&out.stderr),
+            });
         }
         Ok(out.stdout)
     }
@@ -136,11 +220,11 @@ impl Engine {
     pub fn exec_ok(&self, name: &str, argv: &[&str]) -> Result<Vec<u8>> {
         let out = self.exec(name, argv)?;
         if !out.status.success() {
-            bail!(
-                "in container {name}: `{}` failed: {}",
-                argv.join(" "),
-                tail(&out.stderr)
-            );
+            return Err(ContainerError::ExecFailed {
+                name: name.to_string(),
+                cmd: argv.join(" "),
+                stderr: tail(&out.stderr),
+            });
         }
         Ok(out.stdout)
     }
@@ -186,24 +270,29 @@ impl Engine {
         if !test.status.success() {
             return Ok(None);
         }
-        bail!(
-            "in container {name}: cannot read {path}: {}",
-            tail(&out.stderr)
-        )
+        Err(ContainerError::Unreadable {
+            name: name.to_string(),
+            path: path.to_string(),
+            stderr: tail(&out.stderr),
+        })
     }
 
     /// Write `data` to `path` in the container (mode 0644), through a host temp file and `cp`,
     /// which also works on a stopped container.
     pub fn write_file(&self, name: &str, path: &str, data: &[u8]) -> Result<()> {
-        let mut tmp = tempfile::NamedTempFile::new().context("cannot create a temp file")?;
+        let mut tmp =
+            tempfile::NamedTempFile::new().map_err(io_err("cannot create a temp file"))?;
         tmp.write_all(data)?;
         tmp.flush()?;
         let mut perm = tmp.as_file().metadata()?.permissions();
         std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o644);
         tmp.as_file().set_permissions(perm)?;
         let dest = format!("{name}:{path}");
-        self.run(&["cp", tmp.path().to_str().context("temp path")?, &dest])
-            .map(|_| ())
+        let src = tmp
+            .path()
+            .to_str()
+            .ok_or_else(|| ContainerError::Missing("temp path".into()))?;
+        self.run(&["cp", src, &dest]).map(|_| ())
     }
 
     pub fn restart(&self, name: &str) -> Result<()> {
@@ -238,17 +327,12 @@ impl Engine {
                 return Ok(());
             }
             if start.elapsed() >= timeout {
-                let logs = self.log_tail(name);
-                bail!(
-                    "container {name} is not running after {}s (exit code {}){}",
-                    timeout.as_secs(),
-                    st.exit_code,
-                    if logs.is_empty() {
-                        String::new()
-                    } else {
-                        format!("; its log ends: {logs}")
-                    }
-                );
+                return Err(ContainerError::NotRunningAfter {
+                    name: name.to_string(),
+                    timeout_s: timeout.as_secs(),
+                    exit_code: st.exit_code,
+                    log: log_note(self.log_tail(name)),
+                });
             }
         }
     }
@@ -259,7 +343,7 @@ impl Engine {
         &self,
         name: &str,
         timeout: Duration,
-        mut probe: impl FnMut() -> Result<()>,
+        mut probe: impl FnMut() -> anyhow::Result<()>,
     ) -> Result<()> {
         let start = Instant::now();
         let mut last;
@@ -269,19 +353,14 @@ impl Engine {
         loop {
             let st = self.state(name)?;
             if !st.running {
-                let logs = self.log_tail(name);
-                bail!(
-                    "container {name} is not running (exit code {}){}",
-                    st.exit_code,
-                    if logs.is_empty() {
-                        String::new()
-                    } else {
-                        format!("; its log ends: {logs}")
-                    }
-                );
+                return Err(ContainerError::NotRunning {
+                    name: name.to_string(),
+                    exit_code: st.exit_code,
+                    log: log_note(self.log_tail(name)),
+                });
             }
             match st.health.as_deref() {
-                Some("unhealthy") => bail!("container {name}'s own healthcheck reports unhealthy"),
+                Some("unhealthy") => return Err(ContainerError::Unhealthy(name.to_string())),
                 Some("healthy") | None => match probe() {
                     Ok(()) => return Ok(()),
                     Err(e) => last = format!("{e:#}"),
@@ -289,10 +368,11 @@ impl Engine {
                 Some(other) => last = format!("healthcheck status {other}"),
             }
             if start.elapsed() >= timeout {
-                bail!(
-                    "container {name} not healthy after {}s: {last}",
-                    timeout.as_secs()
-                );
+                return Err(ContainerError::NotHealthy {
+                    name: name.to_string(),
+                    timeout_s: timeout.as_secs(),
+                    last,
+                });
             }
             std::thread::sleep(Duration::from_millis(500));
         }

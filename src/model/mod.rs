@@ -2,6 +2,7 @@
 //! rewritten, sizes with units. No I/O: everything here takes text or values and returns values.
 
 pub mod cpuset;
+pub mod diff;
 pub mod domain;
 pub mod rewrite;
 pub mod topology;

@@ -543,40 +543,10 @@ pub fn host_cpu_element(caps_xml: &str) -> Option<String> {
     element_at(caps_xml, &["capabilities", "host", "cpu"])
 }
 
-/// A unified-style line diff of two XML texts (for messages and logs; Ansible renders its own
-/// diff from `before`/`after`).
+/// The changed lines of two XML texts, `-old`/`+new` (for messages and logs; Ansible renders its
+/// own diff from `before`/`after`). Made by `model::diff`.
 pub fn line_diff(before: &str, after: &str) -> Vec<String> {
-    let a: Vec<&str> = before.lines().collect();
-    let b: Vec<&str> = after.lines().collect();
-    let mut out = Vec::new();
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() || j < b.len() {
-        if i < a.len() && j < b.len() && a[i] == b[j] {
-            i += 1;
-            j += 1;
-            continue;
-        }
-        // find the next resync point
-        let mut found = None;
-        'outer: for di in 0..8 {
-            for dj in 0..8 {
-                if i + di < a.len() && j + dj < b.len() && a[i + di] == b[j + dj] && (di + dj) > 0 {
-                    found = Some((di, dj));
-                    break 'outer;
-                }
-            }
-        }
-        let (di, dj) = found.unwrap_or((a.len() - i, b.len() - j));
-        for k in 0..di {
-            out.push(format!("-{}", a[i + k]));
-        }
-        for k in 0..dj {
-            out.push(format!("+{}", b[j + k]));
-        }
-        i += di;
-        j += dj;
-    }
-    out
+    crate::model::diff::changed_lines(before, after)
 }
 
 #[cfg(test)]

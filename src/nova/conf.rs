@@ -5,6 +5,7 @@
 //! ones). Both use Nova's range syntax. `reserved_huge_pages` is a multi-valued option, one
 //! `node:N,size:S,count:C` per line (or several separated by `;`? no: oslo repeats the key).
 
+use crate::limits;
 use crate::model::cpuset::{self, CpuSet};
 use crate::model::units::{self, SizeError, Syntax};
 use ini::{Ini, ParseOption};
@@ -51,26 +52,97 @@ impl ComputeConf {
     }
 }
 
-/// Parse nova.conf text. Unknown sections and keys are ignored: only the keys above matter here.
-pub fn parse(text: &str, path: Option<&Path>) -> Result<ComputeConf, String> {
-    let name = path
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "nova.conf".into());
+/// Why nova.conf (or another oslo.config INI file: the conductor's, for `[database]`) could not
+/// be read or understood. Each message names the file.
+#[derive(thiserror::Error, Debug, Clone, PartialEq)]
+pub enum ConfError {
+    /// The file cannot be read (`file` names it as the message does: `nova.conf <path>`, a path).
+    #[error("cannot read {file}: {why}")]
+    Unreadable { file: String, why: String },
+    /// A bound of `limits` refused it (larger than a config file can be).
+    #[error(transparent)]
+    Refused(#[from] limits::Error),
+    #[error("{name}: not a valid ini file: {why}")]
+    NotIni { name: String, why: String },
+    #[error("{name}: [{section}] {key}: {why}")]
+    BadCpuSet {
+        name: String,
+        section: &'static str,
+        key: &'static str,
+        why: String,
+    },
+    #[error("{name}: [{section}] {key} = {value:?} is not a number")]
+    NotANumber {
+        name: String,
+        section: &'static str,
+        key: &'static str,
+        value: String,
+    },
+    #[error("{name}: [DEFAULT] reserved_huge_pages = {line:?}: {why}")]
+    BadReservedPages {
+        name: String,
+        line: String,
+        why: String,
+    },
+}
+
+/// INI text as oslo.config reads it: no quoting, no escapes (values are taken verbatim), `#` and
+/// `;` comments on their own lines. `name` names the text in the error.
+pub fn parse_ini(text: &str, name: &str) -> Result<Ini, ConfError> {
     let opt = ParseOption {
         enabled_quote: false,
         enabled_escape: false,
         ..ParseOption::default()
     };
-    let ini = Ini::load_from_str_opt(text, opt)
-        .map_err(|e| format!("{name}: not a valid ini file: {e}"))?;
-    let get = |section: &str, key: &str| -> Option<String> {
-        ini.section(Some(section))
-            .and_then(|s| s.get_all(key).last().map(|v| v.trim().to_string()))
-            .filter(|v| !v.is_empty())
-    };
-    let set = |section: &str, key: &str| -> Result<Option<CpuSet>, String> {
+    Ini::load_from_str_opt(text, opt).map_err(|e| ConfError::NotIni {
+        name: name.to_string(),
+        why: e.to_string(),
+    })
+}
+
+/// An INI file read within `limits::MAX_FILE_BYTES` and parsed as [`parse_ini`] does. `field`
+/// names the file in a bound's message (`nova_conf /etc/kolla/nova-conductor/nova.conf: ...`);
+/// an unreadable file is [`ConfError::Unreadable`] naming its path.
+pub fn load_ini(field: &str, path: &Path) -> Result<Ini, ConfError> {
+    let text = read_bounded(field, path, path.display().to_string())?;
+    parse_ini(&text, &path.display().to_string())
+}
+
+/// `[section] key` as oslo.config reads it: the LAST of duplicate keys wins (a section that
+/// occurs twice is one section); trimmed; an empty value is None.
+pub fn ini_get(ini: &Ini, section: &str, key: &str) -> Option<String> {
+    ini.section_all(Some(section))
+        .flat_map(|s| s.get_all(key))
+        .last()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// A config file's text within `limits::MAX_FILE_BYTES`; unreadable: named as `file`.
+fn read_bounded(field: &str, path: &Path, file: String) -> Result<String, ConfError> {
+    limits::read_text(field, path, limits::MAX_FILE_BYTES).map_err(|e| match e.kind {
+        limits::Kind::Unreadable { why } => ConfError::Unreadable { file, why },
+        _ => ConfError::Refused(e),
+    })
+}
+
+/// Parse nova.conf text. Unknown sections and keys are ignored: only the keys above matter here.
+pub fn parse(text: &str, path: Option<&Path>) -> Result<ComputeConf, ConfError> {
+    let name = path
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "nova.conf".into());
+    let ini = parse_ini(text, &name)?;
+    let get = |section: &str, key: &str| ini_get(&ini, section, key);
+    let set = |section: &'static str, key: &'static str| -> Result<Option<CpuSet>, ConfError> {
         get(section, key)
-            .map(|v| cpuset::parse_spec(&v).map_err(|e| format!("{name}: [{section}] {key}: {e}")))
+            .map(|v| {
+                cpuset::parse_spec(&v).map_err(|why| ConfError::BadCpuSet {
+                    name: name.clone(),
+                    section,
+                    key,
+                    why,
+                })
+            })
             .transpose()
     };
     let mut conf = ComputeConf {
@@ -82,8 +154,11 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<ComputeConf, String> {
         ..Default::default()
     };
     if let Some(v) = get("DEFAULT", "reserved_host_memory_mb") {
-        conf.reserved_host_memory_mb = v.parse().map_err(|_| {
-            format!("{name}: [DEFAULT] reserved_host_memory_mb = {v:?} is not a number")
+        conf.reserved_host_memory_mb = v.parse().map_err(|_| ConfError::NotANumber {
+            name: name.clone(),
+            section: "DEFAULT",
+            key: "reserved_host_memory_mb",
+            value: v.clone(),
         })?;
     }
     if let Some(v) = get("workarounds", "enable_numa_live_migration") {
@@ -92,11 +167,14 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<ComputeConf, String> {
     }
     if let Some(section) = ini.section(Some("DEFAULT")) {
         for line in section.get_all("reserved_huge_pages") {
-            conf.reserved_huge_pages.push(
-                parse_reserved(line).map_err(|e| {
-                    format!("{name}: [DEFAULT] reserved_huge_pages = {line:?}: {e}")
-                })?,
-            );
+            conf.reserved_huge_pages
+                .push(
+                    parse_reserved(line).map_err(|why| ConfError::BadReservedPages {
+                        name: name.clone(),
+                        line: line.to_string(),
+                        why,
+                    })?,
+                );
         }
     }
     Ok(conf)
@@ -164,25 +242,17 @@ pub fn default_paths() -> Vec<PathBuf> {
 }
 
 /// Load the first existing file of `explicit` (must exist) or the defaults (absence is fine).
-pub fn load(explicit: Option<&Path>) -> Result<ComputeConf, String> {
-    let read = |p: &Path| {
-        let field = format!("nova.conf {}", p.display());
-        crate::limits::read_text(&field, p, crate::limits::MAX_FILE_BYTES)
-    };
+pub fn load(explicit: Option<&Path>) -> Result<ComputeConf, ConfError> {
+    let field = |p: &Path| format!("nova.conf {}", p.display());
     if let Some(p) = explicit {
-        let text = read(p).map_err(|e| match e.kind {
-            crate::limits::Kind::Unreadable { why } => {
-                format!("cannot read nova.conf {}: {why}", p.display())
-            }
-            _ => e.to_string(),
-        })?;
+        let text = read_bounded(&field(p), p, field(p))?;
         return parse(&text, Some(p));
     }
     for p in default_paths() {
-        match read(&p) {
+        match read_bounded(&field(&p), &p, field(&p)) {
             Ok(text) => return parse(&text, Some(&p)),
-            Err(e) if matches!(e.kind, crate::limits::Kind::Unreadable { .. }) => {}
-            Err(e) => return Err(e.to_string()),
+            Err(ConfError::Unreadable { .. }) => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(ComputeConf {
@@ -228,15 +298,18 @@ mod tests {
         let c = parse("[DEFAULT]\n", None).unwrap();
         assert!(c.dedicated_set().is_none());
         assert_eq!(c.reserved_host_memory_mb, 512);
-        assert!(parse("[DEFAULT]\nvcpu_pin_set = 3-1\n", None)
-            .unwrap_err()
-            .contains("vcpu_pin_set"));
-        assert!(parse("[DEFAULT]\nreserved_huge_pages = node:0\n", None)
-            .unwrap_err()
-            .contains("required"));
-        assert!(parse("[DEFAULT]\nreserved_host_memory_mb = lots\n", None)
-            .unwrap_err()
-            .contains("not a number"));
+        let e = |t: &str| parse(t, None).unwrap_err().to_string();
+        assert!(
+            e("[DEFAULT]\nvcpu_pin_set = 3-1\n").starts_with("nova.conf: [DEFAULT] vcpu_pin_set: ")
+        );
+        assert!(e("[DEFAULT]\nreserved_huge_pages = node:0\n").starts_with(
+            "nova.conf: [DEFAULT] reserved_huge_pages = \"node:0\": node, size and count"
+        ));
+        assert_eq!(
+            e("[DEFAULT]\nreserved_host_memory_mb = lots\n"),
+            "nova.conf: [DEFAULT] reserved_host_memory_mb = \"lots\" is not a number"
+        );
+        assert!(e("[DEFAULT]\nno equals sign\n").starts_with("nova.conf: not a valid ini file: "));
     }
 
     #[test]
@@ -260,7 +333,25 @@ mod tests {
         let p = d.path().join("nova.conf");
         let f = std::fs::File::create(&p).unwrap();
         f.set_len(crate::limits::MAX_FILE_BYTES + 1).unwrap();
-        let e = load(Some(&p)).unwrap_err();
+        let e = load(Some(&p)).unwrap_err().to_string();
         assert!(e.contains("nova.conf") && e.contains("more than"), "{e}");
+        let e = load(Some(&d.path().join("none"))).unwrap_err().to_string();
+        assert!(
+            e.starts_with("cannot read nova.conf /") && e.contains("/none: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_the_last_wins() {
+        // oslo.config keeps the last of duplicate keys; so do parse and ini_get
+        let text = "[database]\nconnection = mysql://a:1@first/nova\n[DEFAULT]\nreserved_host_memory_mb = 1\nreserved_host_memory_mb = 2\n[database]\nconnection = mysql://a:1@last/nova\n";
+        let ini = parse_ini(text, "t").unwrap();
+        assert_eq!(
+            ini_get(&ini, "database", "connection").as_deref(),
+            Some("mysql://a:1@last/nova")
+        );
+        assert_eq!(ini_get(&ini, "database", "missing"), None);
+        assert_eq!(parse(text, None).unwrap().reserved_host_memory_mb, 2);
     }
 }

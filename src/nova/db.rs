@@ -5,8 +5,38 @@
 //! `nova_database_password` in /etc/kolla/passwords.yml. The password never appears in any
 //! message: every error names the host and database only.
 
+use crate::nova::conf::{self, ConfError};
 use mysql::{Conn, Opts, OptsBuilder};
 use std::path::Path;
+
+/// Why Nova's database cannot be reached. No message holds the password (nor the URL, which
+/// holds it).
+#[derive(thiserror::Error, Debug, Clone, PartialEq)]
+pub enum DbError {
+    /// The SQLAlchemy URL is not one this reads (`.0` says why, without the URL).
+    #[error("{0}")]
+    BadUrl(&'static str),
+    /// The URL in a file is not one this reads.
+    #[error("{file}: {why}")]
+    BadUrlIn { file: String, why: &'static str },
+    /// Kolla's nova.conf or passwords.yml cannot be read or parsed.
+    #[error(transparent)]
+    Conf(#[from] ConfError),
+    #[error("{file} has no [database] connection")]
+    NoConnection { file: String },
+    #[error("{file} has no nova_database_password")]
+    NoPassword { file: String },
+    /// The driver's message, scrubbed of the password.
+    #[error("cannot connect to Nova's database {who}: {why}; is MariaDB up and are the credentials right?")]
+    Connect { who: String, why: String },
+}
+
+/// For callers that report a plain message (`Failure::new(e)`).
+impl From<DbError> for String {
+    fn from(e: DbError) -> String {
+        e.to_string()
+    }
+}
 
 #[derive(Clone)]
 pub struct DbCreds {
@@ -48,28 +78,30 @@ fn pct_decode(s: &str) -> String {
 }
 
 /// Parse an SQLAlchemy MySQL URL. Errors never echo the URL (it holds the password).
-pub fn parse_url(url: &str) -> Result<DbCreds, String> {
+pub fn parse_url(url: &str) -> Result<DbCreds, DbError> {
     let rest = url
         .strip_prefix("mysql+pymysql://")
         .or_else(|| url.strip_prefix("mysql://"))
         .or_else(|| url.strip_prefix("mysql+mysqldb://"))
-        .ok_or("the database connection is not a mysql:// or mysql+pymysql:// URL")?;
+        .ok_or(DbError::BadUrl(
+            "the database connection is not a mysql:// or mysql+pymysql:// URL",
+        ))?;
     let (userinfo, hostpart) = rest
         .rsplit_once('@')
-        .ok_or("the database URL has no user@host part")?;
+        .ok_or(DbError::BadUrl("the database URL has no user@host part"))?;
     let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
     let (hostport, dbq) = hostpart
         .split_once('/')
-        .ok_or("the database URL names no database")?;
+        .ok_or(DbError::BadUrl("the database URL names no database"))?;
     let database = dbq.split('?').next().unwrap_or("").to_string();
     if database.is_empty() {
-        return Err("the database URL names no database".into());
+        return Err(DbError::BadUrl("the database URL names no database"));
     }
     let (host, port) = match hostport.rsplit_once(':') {
         Some((h, p)) => (
             h.to_string(),
             p.parse()
-                .map_err(|_| "the database URL has a bad port".to_string())?,
+                .map_err(|_| DbError::BadUrl("the database URL has a bad port"))?,
         ),
         None => (hostport.to_string(), 3306),
     };
@@ -87,52 +119,46 @@ pub fn parse_url(url: &str) -> Result<DbCreds, String> {
     })
 }
 
-/// `[section] key` of an ini file (first match), as oslo.config reads simple values.
-pub fn ini_value(text: &str, section: &str, key: &str) -> Option<String> {
-    let mut cur = String::new();
-    for line in text.lines() {
-        let t = line.trim();
-        if let Some(s) = t.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
-            cur = s.trim().to_string();
-        } else if cur == section {
-            if let Some((k, v)) = t.split_once('=') {
-                if k.trim() == key {
-                    return Some(v.trim().to_string());
-                }
-            }
-        }
-    }
-    None
-}
-
-/// Credentials from Kolla's files: the conductor's nova.conf, and passwords.yml when given
-/// (its `nova_database_password` wins over the URL's, as Kolla templates the URL from it).
-pub fn from_kolla(nova_conf: &Path, passwords: Option<&Path>) -> Result<DbCreds, String> {
-    let read = |what: &str, p: &Path| {
-        crate::limits::read_text(what, p, crate::limits::MAX_FILE_BYTES).map_err(|e| match e.kind {
-            crate::limits::Kind::Unreadable { why } => {
-                format!("cannot read {}: {why}", p.display())
-            }
-            k => format!("{what} {}: {k}", p.display()),
-        })
-    };
-    let text = read("nova_conf", nova_conf)?;
-    let url = ini_value(&text, "database", "connection")
-        .ok_or_else(|| format!("{} has no [database] connection", nova_conf.display()))?;
-    let mut c = parse_url(&url).map_err(|e| format!("{}: {e}", nova_conf.display()))?;
+/// Credentials from Kolla's files: the conductor's nova.conf (read as `nova::conf` reads it: the
+/// last of duplicate keys wins, as in oslo.config), and passwords.yml when given (its
+/// `nova_database_password` wins over the URL's, as Kolla templates the URL from it).
+pub fn from_kolla(nova_conf: &Path, passwords: Option<&Path>) -> Result<DbCreds, DbError> {
+    let ini = conf::load_ini(&format!("nova_conf {}", nova_conf.display()), nova_conf)?;
+    let url =
+        conf::ini_get(&ini, "database", "connection").ok_or_else(|| DbError::NoConnection {
+            file: nova_conf.display().to_string(),
+        })?;
+    let mut c = parse_url(&url).map_err(|e| match e {
+        DbError::BadUrl(why) => DbError::BadUrlIn {
+            file: nova_conf.display().to_string(),
+            why,
+        },
+        e => e,
+    })?;
     if let Some(p) = passwords {
-        let y = read("passwords", p)?;
+        let field = format!("passwords {}", p.display());
+        let y = crate::limits::read_text(&field, p, crate::limits::MAX_FILE_BYTES).map_err(
+            |e| match e.kind {
+                crate::limits::Kind::Unreadable { why } => ConfError::Unreadable {
+                    file: p.display().to_string(),
+                    why,
+                },
+                _ => ConfError::Refused(e),
+            },
+        )?;
         let pw = y
             .lines()
             .find_map(|l| l.strip_prefix("nova_database_password:"))
             .map(|v| v.trim().trim_matches(|c| c == '"' || c == '\'').to_string())
-            .ok_or_else(|| format!("{} has no nova_database_password", p.display()))?;
+            .ok_or_else(|| DbError::NoPassword {
+                file: p.display().to_string(),
+            })?;
         c.password = pw;
     }
     Ok(c)
 }
 
-pub fn connect(c: &DbCreds) -> Result<Conn, String> {
+pub fn connect(c: &DbCreds) -> Result<Conn, DbError> {
     let mut b = OptsBuilder::new()
         .ip_or_hostname(Some(c.host.clone()))
         .tcp_port(c.port)
@@ -145,7 +171,10 @@ pub fn connect(c: &DbCreds) -> Result<Conn, String> {
     if let Some(s) = &c.socket {
         b = b.socket(Some(s.clone()));
     }
-    Conn::new(Opts::from(b)).map_err(|e| format!("cannot connect to Nova's database {}@{}:{}/{}: {}; is MariaDB up and are the credentials right?", c.user, c.host, c.port, c.database, scrub(&e.to_string(), &c.password)))
+    Conn::new(Opts::from(b)).map_err(|e| DbError::Connect {
+        who: format!("{c:?}"),
+        why: scrub(&e.to_string(), &c.password),
+    })
 }
 
 /// Remove a secret from a driver message (some echo the connection parameters).
@@ -176,10 +205,13 @@ mod tests {
         );
         let c = parse_url("mysql://u:p@db/nova_cell1").unwrap();
         assert_eq!((c.port, c.database.as_str()), (3306, "nova_cell1"));
-        let e = parse_url("postgresql://u:hunter2@db/nova").unwrap_err();
+        let e = parse_url("postgresql://u:hunter2@db/nova")
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("hunter2"));
         assert!(parse_url("mysql://u:hunter2@db")
             .unwrap_err()
+            .to_string()
             .contains("names no database"));
     }
 
@@ -197,8 +229,34 @@ mod tests {
         let c = from_kolla(&conf, Some(&pw)).unwrap();
         assert_eq!((c.password.as_str(), c.host.as_str()), ("n3w", "db"));
         assert_eq!(format!("{c:?}"), "nova@db:3306/nova");
-        assert!(from_kolla(&dir.path().join("none"), None)
-            .unwrap_err()
-            .contains("cannot read"));
+        let none = dir.path().join("none");
+        let e = from_kolla(&none, None).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("cannot read {}: ", none.display())),
+            "{e}"
+        );
+        std::fs::write(&conf, "[database]\nconnection = sqlite://x\n").unwrap();
+        let e = from_kolla(&conf, None).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}: the database connection is not a mysql:// or mysql+pymysql:// URL",
+                conf.display()
+            )
+        );
+        std::fs::write(&conf, "[DEFAULT]\nx = 1\n").unwrap();
+        let e = from_kolla(&conf, None).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!("{} has no [database] connection", conf.display())
+        );
+        // duplicate keys: the last wins, as oslo.config reads them
+        std::fs::write(
+            &conf,
+            "[database]\nconnection = mysql://nova:a@first/nova\nconnection = mysql://nova:b@last/nova\n",
+        )
+        .unwrap();
+        let c = from_kolla(&conf, None).unwrap();
+        assert_eq!((c.host.as_str(), c.password.as_str()), ("last", "b"));
     }
 }

@@ -174,20 +174,15 @@ impl HookedFile {
 }
 
 impl PatchSet {
-    /// The hooks and core built into this module.
-    pub fn builtin() -> PatchSet {
-        // Parsed and validated by a unit test at build time; a failure here is a build defect.
+    /// The hooks and core built into this module. Parsed and validated by a unit test, so an
+    /// error here means a broken build; the caller fails with it rather than panicking.
+    pub fn builtin() -> Result<PatchSet, SpecError> {
         parse(
             BUILTIN_HOOKS,
             "built-in hooks.toml",
             BUILTIN_CORE.to_vec(),
             "built in",
         )
-        .unwrap_or_else(|e| PatchSet {
-            files: Vec::new(),
-            core: Vec::new(),
-            source: format!("built in, but unusable: {e}"),
-        })
     }
 
     /// `<dir>/hooks.toml` and `<dir>/src/numa_repin_patch.py` (the layout of roles/nova_patch).
@@ -222,91 +217,14 @@ fn parse(text: &str, what: &str, core: Vec<u8>, source: &str) -> Result<PatchSet
     }
     let mut files: Vec<HookedFile> = Vec::new();
     for e in spec.hook {
-        let at = format!("hook {:?} of {}", e.name, e.file);
-        if !plain_rel_path(&e.file) || e.file == CORE {
-            return Err(bad(format!(
-                "{at}: file must be a plain relative .py path inside the nova package"
-            )));
-        }
-        let how = match (&e.anchor, &e.absent, &e.after, &e.before, &e.replace) {
-            (Some(a), None, Some(t), None, None) => How::At {
-                anchor: a.clone(),
-                new: format!("{a}{t}"),
-            },
-            (Some(a), None, None, Some(t), None) => How::At {
-                anchor: a.clone(),
-                new: format!("{t}{a}"),
-            },
-            (Some(a), None, None, None, Some(t)) => How::At {
-                anchor: a.clone(),
-                new: t.clone(),
-            },
-            (None, Some(t), None, None, None) => How::Absent(t.clone()),
-            _ => {
-                return Err(bad(format!(
-                    "{at}: give `anchor` and one of `after`, `before`, `replace`; or `absent` alone"
-                )))
-            }
-        };
-        match &how {
-            How::At { anchor, new } if anchor.trim().is_empty() || new == anchor => {
-                return Err(bad(format!("{at}: the hook changes nothing")))
-            }
-            How::Absent(t) if t.trim().is_empty() => {
-                return Err(bad(format!("{at}: `absent` is empty")))
-            }
-            How::At { new, .. } if !new.contains(MARKER) && !new.contains("numa-repin") => {
-                return Err(bad(format!(
-                    "{at}: the inserted text must name numa_repin_patch or carry a `# numa-repin:` comment"
-                )))
-            }
-            _ => {}
-        }
         let variant = Variant {
             name: e.variant.clone().unwrap_or_default(),
-            how,
+            how: how_of(&e).map_err(bad)?,
         };
-        let idx = match files.iter().position(|f| f.path == e.file) {
-            Some(i) => i,
-            None => {
-                files.push(HookedFile {
-                    path: e.file.clone(),
-                    hooks: Vec::new(),
-                });
-                files.len() - 1
-            }
-        };
-        let hooks = &mut files[idx].hooks;
-        match hooks.iter_mut().find(|h| h.name == e.name) {
-            Some(h) => h.variants.push(variant),
-            None => hooks.push(Hook {
-                name: e.name.clone(),
-                variants: vec![variant],
-            }),
-        }
+        add_variant(&mut files, &e.file, &e.name, variant);
     }
     for f in &files {
-        // The marker is how a rerun knows its own output: every hooked file gets it.
-        let first = &f.hooks[0];
-        if !first
-            .variants
-            .iter()
-            .all(|v| matches!(&v.how, How::At { new, .. } if new.contains(MARKER)))
-        {
-            return Err(bad(format!(
-                "{}: its first hook must import numa_repin_patch",
-                f.path
-            )));
-        }
-        for h in &f.hooks {
-            let names: BTreeSet<&str> = h.variants.iter().map(|v| v.name.as_str()).collect();
-            if h.variants.len() > 1 && (names.len() != h.variants.len() || names.contains("")) {
-                return Err(bad(format!(
-                    "hook {:?} of {}: its variants need distinct `variant` names",
-                    h.name, f.path
-                )));
-            }
-        }
+        check_file(f).map_err(bad)?;
     }
     if files.is_empty() {
         return Err(bad("no hooks".into()));
@@ -316,6 +234,98 @@ fn parse(text: &str, what: &str, core: Vec<u8>, source: &str) -> Result<PatchSet
         core,
         source: source.to_string(),
     })
+}
+
+/// What one `[[hook]]` entry does, checked: a plain path, exactly one way to edit, an edit
+/// that changes something and names the core (or carries a `# numa-repin:` comment).
+fn how_of(e: &Entry) -> Result<How, String> {
+    let at = format!("hook {:?} of {}", e.name, e.file);
+    if !plain_rel_path(&e.file) || e.file == CORE {
+        return Err(format!(
+            "{at}: file must be a plain relative .py path inside the nova package"
+        ));
+    }
+    let how = match (&e.anchor, &e.absent, &e.after, &e.before, &e.replace) {
+        (Some(a), None, Some(t), None, None) => How::At {
+            anchor: a.clone(),
+            new: format!("{a}{t}"),
+        },
+        (Some(a), None, None, Some(t), None) => How::At {
+            anchor: a.clone(),
+            new: format!("{t}{a}"),
+        },
+        (Some(a), None, None, None, Some(t)) => How::At {
+            anchor: a.clone(),
+            new: t.clone(),
+        },
+        (None, Some(t), None, None, None) => How::Absent(t.clone()),
+        _ => {
+            return Err(format!(
+                "{at}: give `anchor` and one of `after`, `before`, `replace`; or `absent` alone"
+            ))
+        }
+    };
+    match &how {
+        How::At { anchor, new } if anchor.trim().is_empty() || new == anchor => {
+            Err(format!("{at}: the hook changes nothing"))
+        }
+        How::Absent(t) if t.trim().is_empty() => Err(format!("{at}: `absent` is empty")),
+        How::At { new, .. } if !new.contains(MARKER) && !new.contains("numa-repin") => {
+            Err(format!(
+                "{at}: the inserted text must name numa_repin_patch or carry a `# numa-repin:` comment"
+            ))
+        }
+        _ => Ok(how),
+    }
+}
+
+/// File the variant under its file (in first-seen order) and hook (a new hook, or one more
+/// variant of a hook named before).
+fn add_variant(files: &mut Vec<HookedFile>, file: &str, hook: &str, variant: Variant) {
+    let idx = match files.iter().position(|f| f.path == file) {
+        Some(i) => i,
+        None => {
+            files.push(HookedFile {
+                path: file.to_string(),
+                hooks: Vec::new(),
+            });
+            files.len() - 1
+        }
+    };
+    let hooks = &mut files[idx].hooks;
+    match hooks.iter_mut().find(|h| h.name == hook) {
+        Some(h) => h.variants.push(variant),
+        None => hooks.push(Hook {
+            name: hook.to_string(),
+            variants: vec![variant],
+        }),
+    }
+}
+
+/// A hooked file as a whole: its first hook imports the core, variants have distinct names.
+fn check_file(f: &HookedFile) -> Result<(), String> {
+    // The marker is how a rerun knows its own output: every hooked file gets it.
+    let first = &f.hooks[0];
+    if !first
+        .variants
+        .iter()
+        .all(|v| matches!(&v.how, How::At { new, .. } if new.contains(MARKER)))
+    {
+        return Err(format!(
+            "{}: its first hook must import numa_repin_patch",
+            f.path
+        ));
+    }
+    for h in &f.hooks {
+        let names: BTreeSet<&str> = h.variants.iter().map(|v| v.name.as_str()).collect();
+        if h.variants.len() > 1 && (names.len() != h.variants.len() || names.contains("")) {
+            return Err(format!(
+                "hook {:?} of {}: its variants need distinct `variant` names",
+                h.name, f.path
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Hook paths go into container paths and commands: relative, plain, no `..`.
@@ -356,7 +366,7 @@ mod tests {
                 CORE
             ]
         );
-        assert!(PatchSet::builtin().source == "built in");
+        assert!(PatchSet::builtin().unwrap().source == "built in");
     }
 
     const IMPORT: &str = r#"[[hook]]

@@ -190,33 +190,31 @@ impl NovaTree for ContainerTree<'_> {
         "reinstall the container's image (kolla-ansible)"
     }
     fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>> {
-        self.engine.read_file(&self.name, path)
+        Ok(self.engine.read_file(&self.name, path)?)
     }
     fn write_file(&self, path: &str, data: &[u8]) -> Result<()> {
-        self.engine.write_file(&self.name, path, data)
+        Ok(self.engine.write_file(&self.name, path, data)?)
     }
     fn remove_file(&self, path: &str) -> Result<()> {
-        self.engine
-            .exec_ok(&self.name, &["rm", "-f", path])
-            .map(|_| ())
+        self.engine.exec_ok(&self.name, &["rm", "-f", path])?;
+        Ok(())
     }
     fn copy_file(&self, from: &str, to: &str) -> Result<()> {
-        self.engine
-            .exec_ok(&self.name, &["cp", "-p", from, to])
-            .map(|_| ())
+        self.engine.exec_ok(&self.name, &["cp", "-p", from, to])?;
+        Ok(())
     }
     fn clear_bytecode(&self, path: &str) -> Result<()> {
         let (dir, file) = path.rsplit_once('/').context("file path")?;
         let stem = file.trim_end_matches(".py");
         let script = r#"rm -f "$1c" "$1o"; for f in "$2"/__pycache__/"$3".*.pyc; do [ -e "$f" ] && rm -f "$f"; done; exit 0"#;
         self.engine
-            .exec_ok(&self.name, &["sh", "-c", script, "sh", path, dir, stem])
-            .map(|_| ())
+            .exec_ok(&self.name, &["sh", "-c", script, "sh", path, dir, stem])?;
+        Ok(())
     }
     fn python(&self, interpreter: &str, args: &[&str]) -> Result<Output> {
         let mut argv = vec![interpreter];
         argv.extend_from_slice(args);
-        self.engine.exec(&self.name, &argv)
+        Ok(self.engine.exec(&self.name, &argv)?)
     }
     fn restartable(&self) -> bool {
         true
@@ -225,21 +223,22 @@ impl NovaTree for ContainerTree<'_> {
         Ok(self.engine.state(&self.name)?.running)
     }
     fn start(&self) -> Result<()> {
-        self.engine.start(&self.name)
+        Ok(self.engine.start(&self.name)?)
     }
     fn restart(&self) -> Result<()> {
-        self.engine.restart(&self.name)
+        Ok(self.engine.restart(&self.name)?)
     }
     fn gate(&self, timeout: Duration, probe: &mut dyn FnMut() -> Result<()>) -> Result<()> {
-        self.engine.wait_healthy(&self.name, timeout, probe)
+        Ok(self.engine.wait_healthy(&self.name, timeout, probe)?)
     }
     /// Healthy again if it was (or running, without a healthcheck); only running if it was
     /// unhealthy or still starting already.
     fn recover(&self, before: Option<&str>, timeout: Duration) -> Result<()> {
         match before {
-            None | Some("healthy") => self.engine.wait_healthy(&self.name, timeout, || Ok(())),
-            Some(_) => self.engine.wait_running(&self.name, timeout),
+            None | Some("healthy") => self.engine.wait_healthy(&self.name, timeout, || Ok(()))?,
+            Some(_) => self.engine.wait_running(&self.name, timeout)?,
         }
+        Ok(())
     }
 }
 
@@ -447,13 +446,13 @@ impl NovaTree for LocalTree {
         !self.services.is_empty()
     }
     fn running(&self) -> Result<bool> {
-        units::all_active(&self.services)
+        Ok(units::all_active(&self.services)?)
     }
     fn start(&self) -> Result<()> {
-        units::run("start", &self.services)
+        Ok(units::run("start", &self.services)?)
     }
     fn restart(&self) -> Result<()> {
-        units::run("restart", &self.services)
+        Ok(units::run("restart", &self.services)?)
     }
     fn gate(&self, timeout: Duration, probe: &mut dyn FnMut() -> Result<()>) -> Result<()> {
         units::wait_up(&self.services, timeout)?;
@@ -461,7 +460,7 @@ impl NovaTree for LocalTree {
     }
     /// The units were active before the run (precheck): active again.
     fn recover(&self, _before: Option<&str>, timeout: Duration) -> Result<()> {
-        units::wait_up(&self.services, timeout)
+        Ok(units::wait_up(&self.services, timeout)?)
     }
     fn discover(&self, python: Option<&str>) -> Result<NovaInfo> {
         let py = python.unwrap_or("python3");

@@ -2,7 +2,6 @@
 //! whether they run, their restart, and the health gate's wait. Through `systemctl`, as an
 //! operator would; the rollout patches the files, these load them.
 
-use anyhow::{bail, Context as _, Result};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -11,6 +10,40 @@ use std::time::{Duration, Instant};
 /// between two deaths.
 const SETTLE: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(500);
+
+/// Why a unit could not be asked, was not in the state the rollout needs, or did not restart.
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+pub enum UnitError {
+    #[error("`services` entry {0:?} is not a systemd unit name")]
+    BadName(String),
+    /// systemctl itself could not be run (`args` as given to it).
+    #[error("cannot run `systemctl {args}`: {why}")]
+    Spawn { args: String, why: String },
+    /// systemctl ran and failed (`args` as given to it, its standard error).
+    #[error("`systemctl {args}` failed: {stderr}")]
+    Failed { args: String, stderr: String },
+    #[error("systemd unit {unit} is {state} (not loaded): name the unit that runs this Nova; nothing was changed")]
+    NotLoaded { unit: String, state: String },
+    #[error("systemd unit {unit} is {state}, not active: start it first (the health gate needs it running), or leave `services` out; nothing was changed")]
+    NotActive { unit: String, state: String },
+    /// `systemctl restart` returned 0 and left the same process in the same activation.
+    #[error("`systemctl restart {unit}` returned, but {unit} did not restart (same main PID {pid}): {stderr}")]
+    NoRestart {
+        unit: String,
+        pid: String,
+        stderr: String,
+    },
+    #[error("systemd unit {unit} did not stay active for {settle_s}s within {timeout_s}s (now {state}, result {result}); see `journalctl -u {unit}`")]
+    NotSettled {
+        unit: String,
+        settle_s: u64,
+        timeout_s: u64,
+        state: String,
+        result: String,
+    },
+}
+
+type Result<T> = std::result::Result<T, UnitError>;
 
 /// A unit name as systemctl takes it: no option, no path, no glob.
 pub fn check_name(unit: &str) -> Result<()> {
@@ -21,7 +54,7 @@ pub fn check_name(unit: &str) -> Result<()> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "@._-:\\".contains(c));
     if !ok {
-        bail!("`services` entry {unit:?} is not a systemd unit name");
+        return Err(UnitError::BadName(unit.to_string()));
     }
     Ok(())
 }
@@ -30,7 +63,10 @@ fn systemctl(args: &[&str]) -> Result<std::process::Output> {
     Command::new("systemctl")
         .args(args)
         .output()
-        .with_context(|| format!("cannot run `systemctl {}`", args.join(" ")))
+        .map_err(|e| UnitError::Spawn {
+            args: args.join(" "),
+            why: e.to_string(),
+        })
 }
 
 /// `systemctl show` properties of one unit.
@@ -38,10 +74,10 @@ fn show(unit: &str, props: &[&str]) -> Result<Vec<String>> {
     let p = props.join(",");
     let out = systemctl(&["show", "-p", &p, "--", unit])?;
     if !out.status.success() {
-        bail!(
-            "`systemctl show {unit}` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        return Err(UnitError::Failed {
+            args: format!("show {unit}"),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     let text = String::from_utf8_lossy(&out.stdout);
     Ok(props
@@ -61,11 +97,16 @@ pub fn precheck(units: &[String]) -> Result<()> {
     for u in units {
         let v = show(u, &["LoadState", "ActiveState"])?;
         if v[0] != "loaded" {
-            bail!("systemd unit {u} is {} (not loaded): name the unit that runs this Nova; nothing was changed",
-                  if v[0].is_empty() { "unknown" } else { v[0].as_str() });
+            return Err(UnitError::NotLoaded {
+                unit: u.clone(),
+                state: if v[0].is_empty() { "unknown" } else { &v[0] }.to_string(),
+            });
         }
         if v[1] != "active" {
-            bail!("systemd unit {u} is {}, not active: start it first (the health gate needs it running), or leave `services` out; nothing was changed", v[1]);
+            return Err(UnitError::NotActive {
+                unit: u.clone(),
+                state: v[1].clone(),
+            });
         }
     }
     Ok(())
@@ -90,11 +131,10 @@ pub fn run(verb: &str, units: &[String]) -> Result<()> {
     args.extend(units.iter().map(String::as_str));
     let out = systemctl(&args)?;
     if !out.status.success() {
-        bail!(
-            "`systemctl {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        return Err(UnitError::Failed {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     if verb == "restart" {
         // systemctl exits 0 without doing anything where it thinks it runs in a chroot; a
@@ -102,11 +142,11 @@ pub fn run(verb: &str, units: &[String]) -> Result<()> {
         for (u, b) in units.iter().zip(&before) {
             let a = show(u, &props)?;
             if a == *b && b[1] != "0" {
-                bail!(
-                    "`systemctl restart {u}` returned, but {u} did not restart (same main PID {}): {}",
-                    b[1],
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
+                return Err(UnitError::NoRestart {
+                    unit: u.clone(),
+                    pid: b[1].clone(),
+                    stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                });
             }
         }
     }
@@ -135,11 +175,13 @@ pub fn wait_up(units: &[String], timeout: Duration) -> Result<()> {
                 _ => since = None,
             }
             if Instant::now() >= end {
-                bail!(
-                    "systemd unit {u} did not stay active for {}s within {}s (now {state}, result {result}); see `journalctl -u {u}`",
-                    SETTLE.as_secs(),
-                    timeout.as_secs()
-                );
+                return Err(UnitError::NotSettled {
+                    unit: u.clone(),
+                    settle_s: SETTLE.as_secs(),
+                    timeout_s: timeout.as_secs(),
+                    state: state.clone(),
+                    result: result.clone(),
+                });
             }
             std::thread::sleep(POLL);
         }
@@ -163,5 +205,9 @@ mod tests {
         for bad in ["", "-H host", "a b", "../x", "x;reboot", "*"] {
             assert!(check_name(bad).is_err(), "{bad}");
         }
+        assert_eq!(
+            check_name("a b").unwrap_err().to_string(),
+            "`services` entry \"a b\" is not a systemd unit name"
+        );
     }
 }
