@@ -5,30 +5,15 @@ use super::args::Args;
 use super::lv;
 use crate::ansible::Failure;
 use crate::io::libvirt::{self, consts, Domain, Host};
-use crate::limits;
 use crate::model::domain::Guest;
+use crate::nova::conf;
 use anyhow::{anyhow, Result};
 use std::path::Path;
 
-/// `[DEFAULT] host` of a nova.conf.
+/// `[DEFAULT] host` of a nova.conf (unreadable or absent: None, the caller falls back).
 pub(super) fn conf_host(path: Option<&Path>) -> Option<String> {
-    let text = limits::read_text("nova.conf", path?, limits::MAX_FILE_BYTES).ok()?;
-    let mut in_default = false;
-    for line in text.lines() {
-        let l = line.trim();
-        if l.starts_with('[') {
-            in_default = l.eq_ignore_ascii_case("[DEFAULT]");
-            continue;
-        }
-        if in_default {
-            if let Some((k, v)) = l.split_once('=') {
-                if k.trim() == "host" && !v.trim().is_empty() {
-                    return Some(v.trim().to_string());
-                }
-            }
-        }
-    }
-    None
+    let ini = conf::load_ini("nova.conf", path?).ok()?;
+    conf::ini_get(&ini, "DEFAULT", "host")
 }
 
 pub(super) struct SourceGuest {
