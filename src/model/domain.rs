@@ -5,7 +5,7 @@
 
 use crate::limits;
 use crate::model::cpuset::{self, CpuSet};
-use crate::model::topology::to_kib;
+use crate::model::units::to_kib;
 use crate::model::xml::{self, Element};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

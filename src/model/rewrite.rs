@@ -273,7 +273,7 @@ impl Rewriter<'_> {
                         .trim()
                         .parse::<u64>()
                         .ok()
-                        .and_then(|s| crate::model::topology::to_kib(s, unit.as_deref()).ok());
+                        .and_then(|s| crate::model::units::to_kib(s, unit.as_deref()).ok());
                     if kb.is_some_and(|k| k != want) {
                         return Err(format!("domain XML: <page size='{size}'> differs from the placement's page size {want} KiB; the guest would need another page size on the destination"));
                     }

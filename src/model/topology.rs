@@ -6,6 +6,7 @@
 
 use crate::limits;
 use crate::model::cpuset::{self, CpuSet};
+use crate::model::units;
 use crate::model::xml::{self, Element};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -92,31 +93,6 @@ impl HostTopology {
     }
 }
 
-/// Convert a libvirt memory quantity to KiB (`unit` defaults to KiB as in libvirt). Every step
-/// is checked: a quantity that overflows, or is above 64 TiB, is refused, never wrapped.
-pub fn to_kib(value: u64, unit: Option<&str>) -> Result<u64, String> {
-    let unit = unit.unwrap_or("KiB");
-    let bytes_per_unit: u64 = match unit {
-        "b" | "bytes" => 1,
-        "KB" => 1000,
-        "k" | "KiB" => 1 << 10,
-        "MB" => 1_000_000,
-        "M" | "MiB" => 1 << 20,
-        "GB" => 1_000_000_000,
-        "G" | "GiB" => 1 << 30,
-        "TB" => 1_000_000_000_000,
-        "T" | "TiB" => 1 << 40,
-        "PB" => 1_000_000_000_000_000,
-        "P" | "PiB" => 1 << 50,
-        "EB" => 1_000_000_000_000_000_000,
-        "E" | "EiB" => 1 << 60,
-        other => return Err(format!("unknown memory unit '{other}'")),
-    };
-    let kib = limits::checked_kib(value, bytes_per_unit)
-        .ok_or_else(|| format!("memory value {value} {unit} overflows"))?;
-    limits::memory_kib(&format!("memory value {value} {unit}"), kib).map_err(|e| e.to_string())
-}
-
 /// Parse `virsh capabilities` output. A host without `<topology><cells>` (some drivers) yields
 /// zero cells; the caller may synthesize one from node info.
 pub fn parse_capabilities(doc: &str) -> Result<HostTopology, String> {
@@ -173,7 +149,7 @@ fn parse_cell(cell: &Element) -> Result<Cell, String> {
         .ok_or("capabilities XML: <cell> without id")?;
     let ctx = |e: String| format!("capabilities XML, cell {id}: {e}");
     let memory_kib = match cell.child("memory") {
-        Some(m) => to_kib(m.text_num::<u64>().map_err(ctx)?, m.attr("unit")).map_err(ctx)?,
+        Some(m) => units::to_kib(m.text_num::<u64>().map_err(ctx)?, m.attr("unit")).map_err(ctx)?,
         None => 0,
     };
     let mut pages = Vec::new();
@@ -182,7 +158,7 @@ fn parse_cell(cell: &Element) -> Result<Cell, String> {
             .attr_num("size")
             .map_err(ctx)?
             .ok_or_else(|| ctx("<pages> without size".into()))?;
-        let size_kb = to_kib(size, p.attr("unit")).map_err(ctx)?;
+        let size_kb = units::to_kib(size, p.attr("unit")).map_err(ctx)?;
         let field = format!("<pages size='{size}'>");
         limits::page_kib(&field, size_kb).map_err(|e| ctx(e.to_string()))?;
         let total = limits::pages(&field, size_kb, p.text_num().map_err(ctx)?)
@@ -377,29 +353,6 @@ mod tests {
         assert!(parse_capabilities(&unit)
             .unwrap_err()
             .contains("unknown memory unit"));
-    }
-
-    #[test]
-    fn units() {
-        assert_eq!(to_kib(1, Some("GiB")).unwrap(), 1048576);
-        assert_eq!(to_kib(2048, Some("b")).unwrap(), 2);
-        assert_eq!(to_kib(64, Some("MiB")).unwrap(), 65536);
-        assert!(to_kib(u64::MAX, Some("TiB")).is_err());
-        // Decimal units overflowed silently before: now every step is checked and bounded.
-        for unit in ["KB", "MB", "GB", "TB", "PB", "EB", "b", "KiB", "EiB"] {
-            let e = to_kib(u64::MAX, Some(unit)).unwrap_err();
-            assert!(
-                e.contains("overflows") || e.contains("more than"),
-                "{unit}: {e}"
-            );
-        }
-        assert_eq!(to_kib(1_000_000, Some("KB")).unwrap(), 976_562);
-        assert_eq!(to_kib(1, Some("TB")).unwrap(), 976_562_500);
-        assert_eq!(
-            to_kib(64, Some("TiB")).unwrap(),
-            crate::limits::MAX_MEMORY_KIB
-        );
-        assert!(to_kib(65, Some("TiB")).unwrap_err().contains("more than"));
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! that take them: a flavor's `hw:mem_page_size` (`crate::fit`, oslo.utils'
 //! `string_to_bytes(text, 'IEC')` exactly, as Nova calls it) and nova.conf's
 //! `reserved_huge_pages` sizes (`crate::nova::conf`, the lenient reading this project has always
-//! done there: any case, `b` for bytes, the unit optional). Pure: no I/O.
+//! done there: any case, `b` for bytes, the unit optional); and libvirt's memory quantities
+//! (`<memory unit='KiB'>`, [`to_kib`]). Pure: no I/O.
 
+use crate::limits;
 /// How the letters of a size are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Syntax {
@@ -138,6 +140,31 @@ pub fn string_to_bytes(text: &str) -> Option<f64> {
     split(text, Syntax::Oslo).ok()?.bytes_ceil()
 }
 
+/// Convert a libvirt memory quantity to KiB (`unit` defaults to KiB as in libvirt). Every step
+/// is checked: a quantity that overflows, or is above 64 TiB, is refused, never wrapped.
+pub fn to_kib(value: u64, unit: Option<&str>) -> Result<u64, String> {
+    let unit = unit.unwrap_or("KiB");
+    let bytes_per_unit: u64 = match unit {
+        "b" | "bytes" => 1,
+        "KB" => 1000,
+        "k" | "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "M" | "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "G" | "GiB" => 1 << 30,
+        "TB" => 1_000_000_000_000,
+        "T" | "TiB" => 1 << 40,
+        "PB" => 1_000_000_000_000_000,
+        "P" | "PiB" => 1 << 50,
+        "EB" => 1_000_000_000_000_000_000,
+        "E" | "EiB" => 1 << 60,
+        other => return Err(format!("unknown memory unit '{other}'")),
+    };
+    let kib = limits::checked_kib(value, bytes_per_unit)
+        .ok_or_else(|| format!("memory value {value} {unit} overflows"))?;
+    limits::memory_kib(&format!("memory value {value} {unit}"), kib).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +200,27 @@ mod tests {
         assert_eq!(kib("1T"), Err(SizeError::UnknownUnit));
         assert_eq!(kib("2xb"), Err(SizeError::UnknownUnit));
         assert_eq!(kib("99999999999999999999k"), Err(SizeError::NotASize));
+    }
+    #[test]
+    fn units() {
+        assert_eq!(to_kib(1, Some("GiB")).unwrap(), 1048576);
+        assert_eq!(to_kib(2048, Some("b")).unwrap(), 2);
+        assert_eq!(to_kib(64, Some("MiB")).unwrap(), 65536);
+        assert!(to_kib(u64::MAX, Some("TiB")).is_err());
+        // Decimal units overflowed silently before: now every step is checked and bounded.
+        for unit in ["KB", "MB", "GB", "TB", "PB", "EB", "b", "KiB", "EiB"] {
+            let e = to_kib(u64::MAX, Some(unit)).unwrap_err();
+            assert!(
+                e.contains("overflows") || e.contains("more than"),
+                "{unit}: {e}"
+            );
+        }
+        assert_eq!(to_kib(1_000_000, Some("KB")).unwrap(), 976_562);
+        assert_eq!(to_kib(1, Some("TB")).unwrap(), 976_562_500);
+        assert_eq!(
+            to_kib(64, Some("TiB")).unwrap(),
+            crate::limits::MAX_MEMORY_KIB
+        );
+        assert!(to_kib(65, Some("TiB")).unwrap_err().contains("more than"));
     }
 }
