@@ -25,6 +25,7 @@
 //! - `accounting.rs`: a placement's usage on a host ([`claim`]) and its check ([`validate`]);
 //! - `drain.rs`: many guests off a host, on top of `place` and `claim`.
 
+pub use crate::model::placement::{CellPlacement, Placement, ThreadPolicy};
 mod accounting;
 mod cell;
 pub mod drain;
@@ -125,14 +126,6 @@ pub struct Request {
     pub image_properties: BTreeMap<String, Value>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum ThreadPolicy {
-    Prefer,
-    Isolate,
-    Require,
-}
-
 /// Requested page size: Nova's MEMPAGES_SMALL/LARGE/ANY or an explicit size in KiB.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -205,49 +198,6 @@ impl GuestTopology {
     }
     pub fn total_memory_mb(&self) -> u64 {
         self.cells.iter().map(|c| c.memory_mb).sum()
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Placement.
-
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
-pub struct CellPlacement {
-    pub guest_cell: u32,
-    pub host_cell: u32,
-    pub vcpus: Vec<u32>,
-    /// vCPU -> pCPU (string keys, as Nova's `cpu_pinning_raw`); empty for unpinned guests.
-    pub vcpu_pins: BTreeMap<String, u32>,
-    pub memory_mb: u64,
-    pub pagesize_kb: Option<u64>,
-    /// Isolated emulator pCPUs on this cell (Nova's `cpuset_reserved`).
-    #[serde(default)]
-    pub cpuset_reserved: Vec<u32>,
-    #[serde(default)]
-    pub thread_policy: Option<ThreadPolicy>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
-pub struct Placement {
-    pub cells: Vec<CellPlacement>,
-    /// Where the emulator threads run: the reserved pCPU(s) with `isolate`, else the union of
-    /// the guest's pCPUs (Nova's `share` behaviour before Train).
-    pub emulator_pins: Vec<u32>,
-    #[serde(default)]
-    pub dedicated: bool,
-}
-
-impl Placement {
-    pub fn pinned_cpus(&self) -> CpuSet {
-        self.cells
-            .iter()
-            .flat_map(|c| {
-                c.vcpu_pins
-                    .values()
-                    .copied()
-                    .chain(c.cpuset_reserved.iter().copied())
-            })
-            .collect()
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod cpuset;
 pub mod diff;
 pub mod domain;
+pub mod placement;
 pub mod rewrite;
 pub mod topology;
 pub mod units;

@@ -14,8 +14,8 @@
 //! Like `xml.rs`, a DOCTYPE (entity declarations) is refused and only the predefined entities
 //! are accepted. A rewrite is idempotent: rewriting its output for the same placement is a no-op.
 
-use crate::fit::Placement;
 use crate::model::cpuset::{format_spec, CpuSet};
+use crate::model::placement::Placement;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::{Reader, Writer};
 use std::collections::{BTreeMap, BTreeSet};
@@ -552,8 +552,8 @@ pub fn line_diff(before: &str, after: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fit::{CellPlacement, Placement};
     use crate::model::domain::{fixtures::pinned, parse_guest};
+    use crate::model::placement::{CellPlacement, Placement};
 
     fn placement(pins: &[u32], host_cell: u32, emulator: &[u32]) -> Placement {
         Placement {
