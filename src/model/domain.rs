@@ -394,6 +394,74 @@ fn nova_meta(e: &Element) -> NovaMeta {
     }
 }
 
+/// A guest's CPU as its XML states it, for the CPU compatibility check before a migration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuestCpu {
+    /// Domain type `qemu` (TCG): QEMU emulates the CPU, the host's does not matter.
+    pub tcg: bool,
+    /// `custom`, `host-model`, `host-passthrough`, `maximum`, or empty (hypervisor default).
+    pub mode: String,
+    /// The `<cpu>` element as written (for `virConnectCompareCPU` with mode custom).
+    pub element: Option<String>,
+}
+
+/// The guest's CPU from its domain XML.
+pub fn guest_cpu(xml: &str) -> Result<GuestCpu, String> {
+    let root = xml::parse(xml)?;
+    let cpu = root.child("cpu");
+    let mode = match cpu.and_then(|c| c.attr("mode")) {
+        Some(m) => m,
+        None if cpu.and_then(|c| c.child("model")).is_some() => "custom",
+        None => "",
+    };
+    Ok(GuestCpu {
+        tcg: root.attr("type") == Some("qemu"),
+        mode: mode.to_string(),
+        element: crate::model::rewrite::child_element(xml, "cpu"),
+    })
+}
+
+/// A disk in a local file, which a block migration copies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileDisk {
+    pub target: String,
+    pub path: String,
+    pub format: String,
+    /// It has a backing file (a chain this project does not copy).
+    pub backing: bool,
+}
+
+/// The guest's writable, unshared disks in local files (cdroms, read-only and shareable disks and
+/// network disks are not copied).
+pub fn file_disks(xml: &str) -> Result<Vec<FileDisk>, String> {
+    let root = xml::parse(xml)?;
+    let Some(devs) = root.child("devices") else {
+        return Ok(Vec::new());
+    };
+    let copied = |d: &&xml::Element| {
+        d.attr("type") == Some("file")
+            && d.attr("device").unwrap_or("disk") == "disk"
+            && d.child("readonly").is_none()
+            && d.child("shareable").is_none()
+    };
+    Ok(devs
+        .children("disk")
+        .filter(copied)
+        .filter_map(|d| {
+            let path = d.child("source")?.attr("file")?;
+            let attr = |child: &str, name: &str| d.child(child).and_then(|c| c.attr(name));
+            Some(FileDisk {
+                target: attr("target", "dev").unwrap_or("").to_string(),
+                path: path.to_string(),
+                format: attr("driver", "type").unwrap_or("raw").to_string(),
+                backing: d
+                    .child("backingStore")
+                    .is_some_and(|b| b.child("source").is_some()),
+            })
+        })
+        .collect())
+}
+
 #[cfg(test)]
 pub(crate) mod fixtures {
     /// A Nova-style pinned guest: `pins[v]` is vCPU v's pCPU, memory on host `node`.
@@ -431,6 +499,26 @@ pub(crate) mod fixtures {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_and_copied_disks_of_a_guest() {
+        let x = "<domain type='kvm'><cpu mode='custom'><model>Haswell</model></cpu><devices>\
+            <disk type='file' device='disk'><driver type='qcow2'/><source file='/i/disk'/><target dev='vda'/></disk>\
+            <disk type='file' device='cdrom'><source file='/i/cd'/><target dev='hdc'/></disk>\
+            <disk type='file' device='disk'><source file='/i/ro'/><target dev='vdb'/><readonly/></disk>\
+            <disk type='file' device='disk'><source file='/i/b'/><target dev='vdc'/><backingStore type='file'><source file='/base'/></backingStore></disk>\
+            </devices></domain>";
+        let c = guest_cpu(x).unwrap();
+        assert!(!c.tcg && c.mode == "custom" && c.element.unwrap().contains("Haswell"));
+        let d = file_disks(x).unwrap();
+        let seen: Vec<_> = d
+            .iter()
+            .map(|d| (d.target.as_str(), d.format.as_str(), d.backing))
+            .collect();
+        assert_eq!(seen, [("vda", "qcow2", false), ("vdc", "raw", true)]);
+        let tcg = guest_cpu("<domain type='qemu'><devices/></domain>").unwrap();
+        assert!(tcg.tcg && tcg.mode.is_empty() && tcg.element.is_none());
+    }
 
     #[test]
     fn host_cell_of_a_guest_cell_memory_first_then_pins() {

@@ -3,6 +3,7 @@ use super::lv;
 use crate::ansible::Failure;
 use crate::io::libvirt::{consts, Domain, Host};
 use crate::io::ssh::{quote, Ssh};
+use crate::model::domain;
 use crate::model::rewrite;
 use anyhow::{anyhow, Result};
 use serde::Serialize;
@@ -14,25 +15,15 @@ use std::time::Duration;
 // CPU model check.
 
 pub(super) fn cpu_check(src: &Host, dst: &Host, xml: &str) -> Result<Value> {
-    let root = crate::model::xml::parse(xml).map_err(|e| anyhow!("{e}"))?;
-    let dtype = root.attr("type").unwrap_or("");
-    let cpu = root.child("cpu");
-    let mode = cpu.and_then(|c| c.attr("mode")).unwrap_or(
-        if cpu.and_then(|c| c.child("model")).is_some() {
-            "custom"
-        } else {
-            ""
-        },
-    );
-    if dtype == "qemu" {
+    let cpu = domain::guest_cpu(xml).map_err(|e| anyhow!("{e}"))?;
+    if cpu.tcg {
         return Ok(
             json!({"checked": false, "reason": "TCG guest (domain type qemu): QEMU emulates the CPU model, the destination's host CPU does not matter"}),
         );
     }
+    let mode = cpu.mode.as_str();
     let cpu_xml = match mode {
-        "custom" => {
-            rewrite::child_element(xml, "cpu").ok_or_else(|| anyhow!("cannot extract <cpu>"))?
-        }
+        "custom" => cpu.element.ok_or_else(|| anyhow!("cannot extract <cpu>"))?,
         "host-model" | "host-passthrough" | "maximum" => {
             let caps = src.capabilities_xml()?;
             rewrite::host_cpu_element(&caps)
@@ -70,50 +61,26 @@ pub struct Disk {
 }
 
 pub(super) fn local_disks(dom: &Domain, xml: &str) -> Result<Vec<Disk>> {
-    let root = crate::model::xml::parse(xml).map_err(|e| anyhow!("{e}"))?;
     let mut out = Vec::new();
-    if let Some(devs) = root.child("devices") {
-        for d in devs.children("disk") {
-            if d.attr("type") != Some("file")
-                || d.attr("device").unwrap_or("disk") != "disk"
-                || d.child("readonly").is_some()
-                || d.child("shareable").is_some()
-            {
-                continue;
-            }
-            let Some(path) = d.child("source").and_then(|s| s.attr("file")) else {
-                continue;
-            };
-            let target = d
-                .child("target")
-                .and_then(|t| t.attr("dev"))
-                .unwrap_or("")
-                .to_string();
-            let format = d
-                .child("driver")
-                .and_then(|t| t.attr("type"))
-                .unwrap_or("raw")
-                .to_string();
-            if let Some(bs) = d.child("backingStore") {
-                if bs.child("source").is_some() {
-                    return Err(Failure::new(format!(
-                        "disk {target} ({path}) has a backing file; block migration of backing chains is not supported here (Nova copies the base image first): nothing was changed"
-                    ))
-                    .into());
-                }
-            }
-            let info = dom
-                .block_info(&target, 0)
-                .map_err(|e| anyhow!("cannot read the size of disk {target}: {}", lv(e)))?;
-            out.push(Disk {
-                target,
-                path: path.to_string(),
-                format,
-                capacity_bytes: info.capacity,
-                dest_path: String::new(),
-                created: false,
-            });
+    for d in domain::file_disks(xml).map_err(|e| anyhow!("{e}"))? {
+        let (target, path) = (d.target, d.path);
+        if d.backing {
+            return Err(Failure::new(format!(
+                "disk {target} ({path}) has a backing file; block migration of backing chains is not supported here (Nova copies the base image first): nothing was changed"
+            ))
+            .into());
         }
+        let info = dom
+            .block_info(&target, 0)
+            .map_err(|e| anyhow!("cannot read the size of disk {target}: {}", lv(e)))?;
+        out.push(Disk {
+            target,
+            path,
+            format: d.format,
+            capacity_bytes: info.capacity,
+            dest_path: String::new(),
+            created: false,
+        });
     }
     Ok(out)
 }
