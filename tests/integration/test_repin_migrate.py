@@ -210,7 +210,7 @@ def _double_pinned(lab, run_module, conf, watched):
     return kernel, [o for o in f["overlaps"] if len(set(o["guests"]) & set(watched)) > 1]
 
 
-def test_parallel_migrations_never_double_pin(lab, fresh_guest, run_module, conf_allcpus):
+def test_parallel_migrations_never_double_pin(lab, fresh_guest, run_module, conf_allcpus, tmp_path):
     """Repeated races of 3 guests for cmp2's free pCPUs: winners == free pCPUs, the others refused with the
     no-fit message, zero double-pinned pCPUs (kernel affinity and libvirt) after every trial. The first trial
     runs through ansible-playbook (one Ansible host per guest, parallel forks), the others as parallel
@@ -223,14 +223,17 @@ def test_parallel_migrations_never_double_pin(lab, fresh_guest, run_module, conf
         residents = [g["name"] for g in facts(run_module, lab.uri(DST), conf_allcpus)["guests"]]
         names = [fresh_guest(SRC, [1]).name for _ in range(per_trial)]
         if t == 0:
+            out = tmp_path / "results"
+            out.mkdir()
             p = playbook(lab, "repin_parallel.yml", {"guests": names, "src": SRC, "dst": DST,
                                                      "dest_conf": conf_allcpus, "residents": residents,
-                                                     "lock_dir": "/run/lock/numa-repin"}, extra_args=["-f", "10"])
+                                                     "lock_dir": "/run/lock/numa-repin", "results_dir": str(out)},
+                         extra_args=["-f", "10"])
             assert p.returncode == 0, p.stdout[-6000:] + p.stderr[-2000:]
-            results = []
-            for n in names:
-                results.append((0, {"failed": lab.guest_host(n) != DST,
-                                    "msg": "No numa available with" if lab.guest_host(n) != DST else "ok"}))
+            # Each run's own result (failed, msg) as repin_migrate returned it, and where its guest is now.
+            results = [(0, json.loads((out / ("%s.json" % n)).read_text())) for n in names]
+            for n, (_, r) in zip(names, results):
+                assert lab.guest_host(n) == (SRC if r["failed"] else DST), (n, r)
         else:
             results = _race(lab, run_module, names, conf_allcpus)
         won = [n for n, (rc, r) in zip(names, results) if not r["failed"]]
