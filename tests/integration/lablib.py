@@ -19,9 +19,10 @@ LAB_SH = REPO / "tests" / "lab" / "lab.sh"
 sys.path.insert(0, str(REPO / "tests" / "lab"))
 import keystone_lab  # noqa: E402
 import labdb  # noqa: E402  (shared with tests/lab/seed_db.py)
+import labspec  # noqa: E402  (the lab's facts; tests read them from lab.json, which lab.sh writes from these)
 import render_guest  # noqa: E402
 
-LAB_DIR = os.environ.get("LAB_DIR", "/var/lib/numa-repin-lab")
+LAB_DIR = os.environ.get("LAB_DIR", labspec.LAB_DIR)
 LAB_JSON = os.environ.get("LAB_JSON", os.path.join(LAB_DIR, "lab.json"))
 
 
