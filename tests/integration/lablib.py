@@ -380,17 +380,19 @@ class Lab:
                                               r.stderr.strip()))
         return r
 
-    def start_container(self, name=None, image=None, volumes=(), labels=None):
-        """A fresh long-lived container of the lab's Nova image (or `image`), host network, --init.
-        Labelled numa-repin-lab=test so `lab.sh down` removes it if a test does not. Returns its name."""
+    def start_container(self, name=None, image=None, volumes=(), labels=None, flags=(), command=("sleep", "infinity"),
+                        prefix="nrl-test"):
+        """A fresh long-lived container of the lab's Nova image (or `image`), host network, --init, with extra
+        `run` flags and a command (default: sleep). Labelled numa-repin-lab=test so `lab.sh down` removes it if a
+        test does not. Returns its name (`name`, or <prefix>-<8 hex>)."""
         c = self.data["containers"]
-        name = name or "nrl-test-%s" % uuidlib.uuid4().hex[:8]
+        name = name or "%s-%s" % (prefix, uuidlib.uuid4().hex[:8])
         cmd = ["run", "-d"] + c["run_flags"] + ["--name", name, "--label", "%s=test" % c["label"]]
         for k, v in (labels or {}).items():
             cmd += ["--label", "%s=%s" % (k, v)]
         for v in volumes:
             cmd += ["-v", v]
-        self.engine(*(cmd + [image or c["nova_image"], "sleep", "infinity"]))
+        self.engine(*(cmd + list(flags) + [image or c["nova_image"]] + list(command)))
         return name
 
     def container_running(self, name):
