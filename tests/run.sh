@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian 12 machine (root): installs what it needs, builds,
 # brings the lab up, runs every test. Prints the time of each phase. This is README's test command.
+#
+#   bash tests/run.sh           everything (CI runs this through .ci/run)
+#   bash tests/run.sh --quick   the edit loop: no install, no lab. Builds library/ (scripts/build.sh), runs
+#                               `cargo test` (debug) and the pytest tests that need no lab (not marked `lab`:
+#                               tests/integration/conftest.py marks every test that uses the lab fixture),
+#                               but for the few slow ones listed in QUICK_SKIP below.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -12,6 +18,31 @@ phase() { # name, command...
   "$@"
   echo "=== phase: $n took $(( $(date +%s) - t0 )) s"
 }
+
+# --quick leaves out, beyond the lab's tests, these slow tests that need no lab (the full run has them;
+# tests/nova_equiv, Nova itself on 1500 generated cases, is not in --quick's paths either):
+QUICK_SKIP=(
+  tests/integration/test_nova_harness.py   # the patch in Nova's functional harness, three release venvs: minutes
+  tests/integration/test_deploy_patch_path.py  # the rollout on every Queens/Rocky/Stein point release: minutes
+  tests/integration/test_lint.py           # ansible-lint, production profile: half a minute and more
+  tests/nova_patch/test_fit_agreement.py   # generated cases through the patch's fit in the Nova 19.3.2 venv
+)
+quick_pytest() {
+  local ignore=() p
+  for p in "${QUICK_SKIP[@]}"; do ignore+=("--ignore=$p"); done
+  python3 -m pytest -q -p no:cacheprovider -m "not lab" "${ignore[@]}" tests/integration tests/nova_patch
+}
+case "${1:-}" in
+  "") ;;
+  --quick)
+    phase build bash scripts/build.sh
+    phase cargo-test cargo test --quiet
+    phase pytest-no-lab quick_pytest
+    echo "=== quick phases passed in $(( $(date +%s) - start )) s (the lab's tests and ${QUICK_SKIP[*]}: bash tests/run.sh)"
+    exit 0 ;;
+  *) echo "usage: bash tests/run.sh [--quick]" >&2; exit 2 ;;
+esac
+
 phase deps bash scripts/install-deps.sh
 # The Nova harness venvs and the Nova 22.4.0 (Victoria) venv of tests/integration/test_victoria_rows.py (pip,
 # mostly waiting on downloads) build while cargo compiles; cached after.

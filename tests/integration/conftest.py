@@ -1,4 +1,6 @@
 """Fixtures for the integration tests on the real lab (tests/lab/lab.sh up; see tests/lab/README.md).
+Every test that uses `lab` (directly or through the fixtures below) is marked `lab`; `-m "not lab"` selects the
+tests that need no lab (tests/run.sh --quick).
 
     lab                                   Lab (lablib.py): lab.json + helpers; FAILS (never skips) if the lab is not up
     fresh_guest(host, pins, vcpus=None, memory_mib=64, disk_mib=0, name=None, start=True) -> lablib.Guest
@@ -9,7 +11,8 @@
                                           Nova instance rows (+ placement allocations, neutron port), deleted at teardown
     run_module(name, args, check_mode=False, diff=False) -> (rc, result dict)    <repo>/library/<name> <args.json>
     ansible_playbook(playbook, extra_vars=None, check=False, diff=False, limit=None) -> CompletedProcess
-    fresh_container(name=None, image=None, volumes=()) -> container name, removed at teardown
+    fresh_container(name=None, image=None, volumes=(), flags=(), command=..., prefix=...) -> container name,
+                                          removed at teardown; custom_container(flags, ...) the same, flags first
 """
 import os
 import sys
@@ -18,6 +21,18 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lablib  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "lab: needs the lab (uses the lab fixture, directly or through another "
+                                       "fixture); marked at collection. tests/run.sh --quick runs the others: -m 'not lab'")
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test needs the lab exactly when it uses the `lab` fixture (which fails when the lab is not up)."""
+    for item in items:
+        if "lab" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.lab)
 
 
 @pytest.fixture(scope="session")
@@ -79,12 +94,13 @@ def ansible_playbook(lab):
 
 @pytest.fixture
 def fresh_container(lab):
+    """make(name=None, image=None, volumes=(), flags=(), command=("sleep", "infinity"), prefix="nrl-test"): a
+    container of the lab's Nova image (or `image`), lab.start_container; removed after the test."""
     made = []
 
-    def make(name=None, image=None, volumes=()):
-        n = lab.start_container(name=name, image=image, volumes=volumes)
-        made.append(n)
-        return n
+    def make(**kw):
+        made.append(lab.start_container(**kw))
+        return made[-1]
 
     yield make
     for n in made:
@@ -92,23 +108,9 @@ def fresh_container(lab):
 
 
 @pytest.fixture
-def custom_container(lab):
-    """A container of the lab's Nova image (or `image`) with extra `docker run` flags and command;
-    labelled for `lab.sh down`, removed after the test."""
-    import uuid as uuidlib
-    made = []
-
-    def make(flags=(), command=("sleep", "infinity"), image=None, prefix="nrl-test"):
-        c = lab.data["containers"]
-        name = "%s-%s" % (prefix, uuidlib.uuid4().hex[:8])
-        lab.engine(*(["run", "-d"] + c["run_flags"] + ["--name", name, "--label", "%s=test" % c["label"]]
-                     + list(flags) + [image or c["nova_image"]] + list(command)))
-        made.append(name)
-        return name
-
-    yield make
-    for n in made:
-        lab.remove_container(n)
+def custom_container(fresh_container):
+    """fresh_container with extra `docker run` flags first: custom_container(["--health-cmd", ...], command=...)."""
+    return lambda flags=(), **kw: fresh_container(flags=flags, **kw)
 
 
 @pytest.fixture

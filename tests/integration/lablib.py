@@ -19,9 +19,10 @@ LAB_SH = REPO / "tests" / "lab" / "lab.sh"
 sys.path.insert(0, str(REPO / "tests" / "lab"))
 import keystone_lab  # noqa: E402
 import labdb  # noqa: E402  (shared with tests/lab/seed_db.py)
+import labspec  # noqa: E402  (the lab's facts; tests read them from lab.json, which lab.sh writes from these)
 import render_guest  # noqa: E402
 
-LAB_DIR = os.environ.get("LAB_DIR", "/var/lib/numa-repin-lab")
+LAB_DIR = os.environ.get("LAB_DIR", labspec.LAB_DIR)
 LAB_JSON = os.environ.get("LAB_JSON", os.path.join(LAB_DIR, "lab.json"))
 
 
@@ -331,6 +332,14 @@ class Lab:
             os.unlink(f.name)
         return module_result(r)
 
+    def numa_facts(self, host, nova_conf=None):
+        """ansible_facts.numa of lab compute `host`: numa_facts on its libvirt URI with its nova.conf (or
+        `nova_conf`, e.g. a variant written by the test), reported under the host's lab name; asserts it ran."""
+        rc, res = self.run_module("numa_facts", {"uri": self.uri(host), "nova_conf": nova_conf or self.nova_conf(host),
+                                                 "host": host})
+        assert rc == 0, res
+        return res["ansible_facts"]["numa"]
+
     def ansible_playbook(self, playbook, extra_vars=None, check=False, diff=False, limit=None, timeout=1800,
                          extra_args=(), ansible="ansible", inventory=None, inventory_path=None):
         """ansible-playbook with the lab inventory and ANSIBLE_CONFIG; returns the CompletedProcess (text).
@@ -371,18 +380,32 @@ class Lab:
                                               r.stderr.strip()))
         return r
 
-    def start_container(self, name=None, image=None, volumes=(), labels=None):
-        """A fresh long-lived container of the lab's Nova image (or `image`), host network, --init.
-        Labelled numa-repin-lab=test so `lab.sh down` removes it if a test does not. Returns its name."""
+    def start_container(self, name=None, image=None, volumes=(), labels=None, flags=(), command=("sleep", "infinity"),
+                        prefix="nrl-test"):
+        """A fresh long-lived container of the lab's Nova image (or `image`), host network, --init, with extra
+        `run` flags and a command (default: sleep). Labelled numa-repin-lab=test so `lab.sh down` removes it if a
+        test does not. Returns its name (`name`, or <prefix>-<8 hex>)."""
         c = self.data["containers"]
-        name = name or "nrl-test-%s" % uuidlib.uuid4().hex[:8]
+        name = name or "%s-%s" % (prefix, uuidlib.uuid4().hex[:8])
         cmd = ["run", "-d"] + c["run_flags"] + ["--name", name, "--label", "%s=test" % c["label"]]
         for k, v in (labels or {}).items():
             cmd += ["--label", "%s=%s" % (k, v)]
         for v in volumes:
             cmd += ["-v", v]
-        self.engine(*(cmd + [image or c["nova_image"], "sleep", "infinity"]))
+        self.engine(*(cmd + list(flags) + [image or c["nova_image"]] + list(command)))
         return name
+
+    def container_running(self, name):
+        """The container exists and runs (its engine says so)."""
+        return self.engine("inspect", "-f", "{{.State.Running}}", name).stdout.strip() == "true"
+
+    def nova_dir(self):
+        """The nova package inside the lab's Nova image (its venv's site-packages/nova)."""
+        return self.data["containers"]["nova_site_packages"] + "/nova"
+
+    def patch_leftovers(self, name):
+        """Backup copies (*.numa-repin.orig) deploy_patched_nova left in container `name`'s nova tree."""
+        return self.engine("exec", name, "sh", "-c", "find %s -name '*.numa-repin.orig'" % self.nova_dir()).stdout.split()
 
     def remove_container(self, name):
         self.engine("rm", "-f", name, check=False)
@@ -482,6 +505,22 @@ class Lab:
     def lab_sh(self, *args, timeout=1200):
         return subprocess.run(["bash", str(LAB_SH)] + list(args), capture_output=True, text=True, timeout=timeout,
                               env=dict(os.environ, LAB_DIR=self.data["lab_dir"]))
+
+
+def rollout_args(backup_dir, health_timeout_s=30, host_nova=None, **kw):
+    """deploy_patched_nova's arguments as the rollout tests pass them: backup_dir (a path), a health timeout,
+    a host-installed Nova's path, python and services (host_nova: lab.json's "host_nova"), then the test's own
+    (containers=, patch_dir=, state=, ...). Paths become strings; a None value is left out (the module's default)."""
+    a = {"backup_dir": str(backup_dir), "health_timeout_s": health_timeout_s}
+    if host_nova is not None:
+        a.update(path=host_nova["path"], python=host_nova["python"], services=host_nova["services"])
+    a.update((k, str(v) if isinstance(v, os.PathLike) else v) for k, v in kw.items() if v is not None)
+    return a
+
+
+def backup_files(backup_dir):
+    """Every file deploy_patched_nova wrote under its backup_dir but its lock."""
+    return [p for p in Path(backup_dir).rglob("*") if p.is_file() and p.name != ".rollout.lock"]
 
 
 def module_result(r):

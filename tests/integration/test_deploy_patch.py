@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import nova_hooks
+from lablib import backup_files, rollout_args
 
 REPO = Path(__file__).resolve().parents[2]
 ROLE = REPO / "roles" / "nova_patch"
@@ -24,17 +25,13 @@ COMPUTE_PARTS = ["compute/", "virt/", "numa_repin_patch.py"]
 ALL_PARTS = CONDUCTOR_PARTS + COMPUTE_PARTS
 
 
-def nova_dir(lab):
-    return lab.data["containers"]["nova_site_packages"] + "/nova"
-
-
 def raw_sums(lab, name, paths):
     """sha256sum inside the container (bytes exact), for the byte-identical checks."""
-    r = lab.engine("exec", name, "sha256sum", *[nova_dir(lab) + "/" + p for p in paths], check=False)
+    r = lab.engine("exec", name, "sha256sum", *[lab.nova_dir() + "/" + p for p in paths], check=False)
     got = {}
     for line in r.stdout.splitlines():
         digest, path = line.split(None, 1)
-        got[path[len(nova_dir(lab)) + 1:]] = digest
+        got[path[len(lab.nova_dir()) + 1:]] = digest
     return {p: got.get(p) for p in paths}
 
 
@@ -55,31 +52,9 @@ PATHS = nova_hooks.paths()
 CORE = "numa_repin_patch.py"
 
 
-def running(lab, name):
-    return lab.engine("inspect", "-f", "{{.State.Running}}", name).stdout.strip() == "true"
-
-
-def args(lab, containers, tmp_path, **kw):
-    a = {"containers": containers, "backup_dir": str(tmp_path / "backup"), "health_timeout_s": 30}
-    a.update(kw)
-    return a
-
-
-
-
-
-
 def wheel_texts(release):
     with zipfile.ZipFile(nova_hooks.wheel(release)) as z:
         return {p: z.read("nova/" + p).decode("utf-8") for p in nova_hooks.hooks()}
-
-
-def leftovers(lab, name):
-    return lab.engine("exec", name, "sh", "-c", "find %s -name '*.numa-repin.orig'" % nova_dir(lab)).stdout.split()
-
-
-def backup_files(tmp_path):
-    return [p for p in (tmp_path / "backup").rglob("*") if p.is_file() and p.name != ".rollout.lock"]
 
 
 def test_the_image_holds_the_wheels_files(lab):
@@ -87,7 +62,7 @@ def test_the_image_holds_the_wheels_files(lab):
     wheel's files byte for byte, and no core."""
     c = lab.data["containers"]
     r = subprocess.run([c["engine"], "run", "--rm", c["nova_image"], "sh", "-c",
-                        "cd %s && sha256sum %s; test ! -e %s" % (nova_dir(lab), " ".join(PATHS[:-1]), CORE)],
+                        "cd %s && sha256sum %s; test ! -e %s" % (lab.nova_dir(), " ".join(PATHS[:-1]), CORE)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     got = {line.split()[1]: line.split()[0] for line in r.stdout.splitlines()}
@@ -98,7 +73,8 @@ def test_the_image_holds_the_wheels_files(lab):
 def test_apply_rerun_absent_on_a_fresh_container(lab, fresh_container, run_module, tmp_path):
     c = fresh_container()
     assert raw_sums(lab, c, PATHS) == pristine()
-    rc, res = run_module("deploy_patched_nova", args(lab, {c: ALL_PARTS}, tmp_path), check_mode=True, diff=True)
+    rc, res = run_module("deploy_patched_nova", rollout_args(tmp_path / "backup",
+                                                             containers={c: ALL_PARTS}), check_mode=True, diff=True)
     assert rc == 0 and res["changed"] and not res.get("failed"), res
     assert res["containers"][c]["files"] == {p: "would patch" for p in PATHS}, res
     assert res["containers"][c]["status"] == "unpatched"
@@ -106,17 +82,17 @@ def test_apply_rerun_absent_on_a_fresh_container(lab, fresh_container, run_modul
     assert "+from nova import numa_repin_patch" in diff and "+        numa_repin_patch.check_destination(" in diff
     assert raw_sums(lab, c, PATHS) == pristine(), "check mode changed nothing"
 
-    rc, res = run_module("deploy_patched_nova", args(lab, {c: ALL_PARTS}, tmp_path))
+    rc, res = run_module("deploy_patched_nova", rollout_args(tmp_path / "backup", containers={c: ALL_PARTS}))
     assert rc == 0 and res["changed"] and not res.get("failed"), res
     info = res["containers"][c]
     assert res["release"] == RELEASE and info["restarted"] and info["release"] == RELEASE
-    assert info["nova_path"] == nova_dir(lab)
+    assert info["nova_path"] == lab.nova_dir()
     assert info["files"] == {p: "patched" for p in PATHS} and info["status"] == "patched", info
     texts, hooks = wheel_texts(RELEASE), nova_hooks.hooks()
     assert info["hooks"] == {p: nova_hooks.used(texts[p], hooks[p]) for p in hooks}, info["hooks"]
     assert any("refusal present" in h for h in info["hooks"]["conductor/tasks/live_migrate.py"])
     assert raw_sums(lab, c, PATHS) == patched()
-    assert running(lab, c)
+    assert lab.container_running(c)
     written = json.loads((tmp_path / "backup" / c / RELEASE / "written.json").read_text())
     assert written == {p: {"original_sha256": EXPECTED[p][0], "patched_sha256": EXPECTED[p][1]} for p in PATHS}
     # the patched modules import with the container's own Python
@@ -125,51 +101,58 @@ def test_apply_rerun_absent_on_a_fresh_container(lab, fresh_container, run_modul
                      "nova.compute.resource_tracker, nova.virt.libvirt.driver; print('ok')", check=False)
     assert imp.returncode == 0 and "ok" in imp.stdout, imp.stderr[-1500:]
     # fresh bytecode of the patched file, none stale
-    pyc = lab.engine("exec", c, "sh", "-c", "ls %s/conductor/tasks/__pycache__/ | grep live_migrate" % nova_dir(lab))
+    pyc = lab.engine("exec", c, "sh", "-c", "ls %s/conductor/tasks/__pycache__/ | grep live_migrate" % lab.nova_dir())
     assert "live_migrate.cpython-37.pyc" in pyc.stdout
 
-    rc, res = run_module("deploy_patched_nova", args(lab, {c: ALL_PARTS}, tmp_path))
+    rc, res = run_module("deploy_patched_nova", rollout_args(tmp_path / "backup", containers={c: ALL_PARTS}))
     assert rc == 0 and not res["changed"] and not res.get("failed"), res
     assert res["containers"][c]["status"] == "patched"
 
-    rc, res = run_module("deploy_patched_nova", args(lab, {c: ALL_PARTS}, tmp_path, state="absent"), diff=True)
+    rc, res = run_module("deploy_patched_nova", rollout_args(tmp_path / "backup",
+                                                             containers={c: ALL_PARTS}, state="absent"), diff=True)
     assert rc == 0 and res["changed"] and not res.get("failed"), res
     assert "-from nova import numa_repin_patch" in "".join(d.get("prepared", "") for d in res["diff"])
     assert res["containers"][c]["files"] == {p: "unpatched" for p in PATHS}
     assert res["containers"][c]["status"] == "unpatched"
     assert raw_sums(lab, c, PATHS) == pristine(), "sha256-identical pristine files, new file gone"
-    assert leftovers(lab, c) == []
-    rc, res = run_module("deploy_patched_nova", args(lab, {c: ALL_PARTS}, tmp_path, state="absent"))
+    assert lab.patch_leftovers(c) == []
+    rc, res = run_module("deploy_patched_nova", rollout_args(tmp_path / "backup",
+                                                             containers={c: ALL_PARTS}, state="absent"))
     assert rc == 0 and not res["changed"] and not res.get("failed"), res
 
 
 def test_absent_restores_from_the_container_copy_when_the_host_backup_is_gone(lab, fresh_container, run_module,
                                                                              tmp_path):
     c = fresh_container()
-    rc, res = run_module("deploy_patched_nova", args(lab, {c: CONDUCTOR_PARTS}, tmp_path, restart=False))
+    rc, res = run_module("deploy_patched_nova", rollout_args(tmp_path / "backup",
+                                                             containers={c: CONDUCTOR_PARTS}, restart=False))
     assert res["changed"] and "not restarted" in res["msg"], res
     assert raw_sums(lab, c, PATHS) == dict(pristine(), **patched(CONDUCTOR_PARTS))
     subprocess.run(["rm", "-rf", str(tmp_path / "backup")], check=True)
     # recognised as ours from the in-container original alone
-    rc, res = run_module("deploy_patched_nova", args(lab, {c: CONDUCTOR_PARTS}, tmp_path), check_mode=True)
+    rc, res = run_module("deploy_patched_nova", rollout_args(tmp_path / "backup",
+                                                             containers={c: CONDUCTOR_PARTS}), check_mode=True)
     assert rc == 0 and res["changed"] is False and res["containers"][c]["status"] == "patched", res
-    rc, res = run_module("deploy_patched_nova", args(lab, {c: CONDUCTOR_PARTS}, tmp_path, state="absent"))
+    rc, res = run_module("deploy_patched_nova", rollout_args(tmp_path / "backup",
+                                                             containers={c: CONDUCTOR_PARTS}, state="absent"))
     assert rc == 0 and res["changed"] and not res.get("failed"), res
     assert raw_sums(lab, c, PATHS) == pristine()
-    assert leftovers(lab, c) == []
+    assert lab.patch_leftovers(c) == []
 
 
 def test_a_hooked_file_without_any_original_left_is_refused(lab, fresh_container, run_module, tmp_path):
     """Patched, then both originals lost (host backup and in-container copy): the file carries
     our hooks but nothing proves it is ours nor restores it: refused, nothing changes."""
     c = fresh_container()
-    rc, res = run_module("deploy_patched_nova", args(lab, {c: CONDUCTOR_PARTS}, tmp_path, restart=False))
+    rc, res = run_module("deploy_patched_nova", rollout_args(tmp_path / "backup",
+                                                             containers={c: CONDUCTOR_PARTS}, restart=False))
     assert rc == 0 and res["changed"], res
     subprocess.run(["rm", "-rf", str(tmp_path / "backup")], check=True)
-    lab.engine("exec", c, "rm", nova_dir(lab) + "/conductor/tasks/live_migrate.py.numa-repin.orig")
+    lab.engine("exec", c, "rm", lab.nova_dir() + "/conductor/tasks/live_migrate.py.numa-repin.orig")
     before = raw_sums(lab, c, PATHS)
     for state in ("present", "absent"):
-        rc, res = run_module("deploy_patched_nova", args(lab, {c: CONDUCTOR_PARTS}, tmp_path, state=state))
+        rc, res = run_module("deploy_patched_nova", rollout_args(tmp_path / "backup",
+                                                                 containers={c: CONDUCTOR_PARTS}, state=state))
         assert rc != 0 and res.get("failed") and res["changed"] is False, res
         assert "conductor/tasks/live_migrate.py holds numa-repin hooks, but no original is kept" in res["msg"], res
         assert "reinstall" in res["msg"] and res["containers"][c]["status"].startswith("refused ("), res
@@ -200,18 +183,20 @@ def test_an_earlier_patch_build_is_updated_and_a_local_edit_refused(lab, fresh_c
     assert {p: old_sums[p] for p in PATHS[1:-1]} == {p: EXPECTED[p][1] for p in PATHS[1:-1]}, "only one file differs"
 
     c = fresh_container()
-    rc, res = run_module("deploy_patched_nova", dict(args(lab, {c: ALL_PARTS}, tmp_path), patch_dir=str(old),
+    rc, res = run_module("deploy_patched_nova", dict(rollout_args(tmp_path / "backup",
+                                                                  containers={c: ALL_PARTS}), patch_dir=str(old),
                                                      restart=False))
     assert rc == 0 and res["changed"] and not res.get("failed"), res
     assert raw_sums(lab, c, PATHS) == old_sums
 
-    rc, res = run_module("deploy_patched_nova", args(lab, {c: ALL_PARTS}, tmp_path, restart=False), check_mode=True)
+    rc, res = run_module("deploy_patched_nova", rollout_args(tmp_path / "backup",
+                                                             containers={c: ALL_PARTS}, restart=False), check_mode=True)
     assert rc == 0 and res["changed"], res
     assert res["containers"][c]["files"] == dict({p: "patched" for p in PATHS}, **{
         "conductor/tasks/live_migrate.py": "would update", CORE: "would update"}), res
     assert res["containers"][c]["status"] == "patched by an older build"
     assert raw_sums(lab, c, PATHS) == old_sums, "check mode changed nothing"
-    rc, res = run_module("deploy_patched_nova", args(lab, {c: ALL_PARTS}, tmp_path))
+    rc, res = run_module("deploy_patched_nova", rollout_args(tmp_path / "backup", containers={c: ALL_PARTS}))
     assert rc == 0 and res["changed"] and not res.get("failed"), res
     assert res["containers"][c]["status"] == "patched"
     assert raw_sums(lab, c, PATHS) == patched()
@@ -223,16 +208,17 @@ def test_an_earlier_patch_build_is_updated_and_a_local_edit_refused(lab, fresh_c
 
     for rel, why in ((CORE, "numa_repin_patch.py is not the numa-repin core"),
                      ("conductor/tasks/live_migrate.py", "live_migrate.py holds numa-repin hooks that neither")):
-        lab.engine("exec", c, "sh", "-c", "echo '# local' >> %s/%s" % (nova_dir(lab), rel))
+        lab.engine("exec", c, "sh", "-c", "echo '# local' >> %s/%s" % (lab.nova_dir(), rel))
         before = raw_sums(lab, c, PATHS)
-        rc, res = run_module("deploy_patched_nova", args(lab, {c: ALL_PARTS}, tmp_path))
+        rc, res = run_module("deploy_patched_nova", rollout_args(tmp_path / "backup", containers={c: ALL_PARTS}))
         assert rc != 0 and res.get("failed") and why in res["msg"] and c in res["msg"], res
         assert res["containers"][c]["status"].startswith("refused (") and len(res["refused"]) == 1, res
         assert raw_sums(lab, c, PATHS) == before
-        lab.engine("exec", c, "sh", "-c", "sed -i '$d' %s/%s" % (nova_dir(lab), rel))
+        lab.engine("exec", c, "sh", "-c", "sed -i '$d' %s/%s" % (lab.nova_dir(), rel))
     assert raw_sums(lab, c, PATHS) == patched()
 
-    rc, res = run_module("deploy_patched_nova", args(lab, {c: ALL_PARTS}, tmp_path, state="absent"))
+    rc, res = run_module("deploy_patched_nova", rollout_args(tmp_path / "backup",
+                                                             containers={c: ALL_PARTS}, state="absent"))
     assert rc == 0 and res["changed"] and not res.get("failed"), res
     assert raw_sums(lab, c, PATHS) == pristine()
 
@@ -243,7 +229,8 @@ def test_two_rollouts_at_once_do_not_interleave(lab, fresh_container, run_module
     from concurrent.futures import ThreadPoolExecutor
     c = fresh_container()
     with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(lambda _: run_module("deploy_patched_nova", args(lab, {c: ALL_PARTS}, tmp_path))[1],
+        results = list(pool.map(lambda _: run_module("deploy_patched_nova", rollout_args(tmp_path / "backup",
+                                                                                         containers={c: ALL_PARTS}))[1],
                                 range(2)))
     assert not any(r.get("failed") for r in results), results
     assert sorted(r["changed"] for r in results) == [False, True]
@@ -256,7 +243,7 @@ def test_changed_code_under_an_anchor_is_refused_and_nothing_changes(lab, fresh_
     while the refusal is still there): refused by hook name, and the good container beside them
     is not touched either."""
     good, one, both = fresh_container(), fresh_container(), fresh_container()
-    lm = nova_dir(lab) + "/conductor/tasks/live_migrate.py"
+    lm = lab.nova_dir() + "/conductor/tasks/live_migrate.py"
     lab.engine("exec", one, "sed", "-i", "s/^        return source_info, destination_info$/"
                "        return (source_info, destination_info)/", lm)
     lab.engine("exec", both, "sed", "-i", "s/^        if not self.instance.numa_topology:$/"
@@ -264,8 +251,9 @@ def test_changed_code_under_an_anchor_is_refused_and_nothing_changes(lab, fresh_
     before = {n: raw_sums(lab, n, PATHS) for n in (good, one, both)}
     assert before[good] == pristine() and before[one] != pristine() and before[both] != pristine(), "the seds took"
     starts = {n: lab.engine("inspect", "-f", "{{.State.StartedAt}}", n).stdout for n in before}
-    rc, res = run_module("deploy_patched_nova", args(lab, {good: ALL_PARTS, one: CONDUCTOR_PARTS,
-                                                           both: CONDUCTOR_PARTS}, tmp_path))
+    rc, res = run_module("deploy_patched_nova", rollout_args(tmp_path / "backup",
+                                                             containers={good: ALL_PARTS, one: CONDUCTOR_PARTS,
+                                                           both: CONDUCTOR_PARTS}))
     assert rc != 0 and res.get("failed") and not res.get("changed"), res
     msg = res["msg"]
     assert "nothing was changed" in msg and good not in msg, msg
@@ -281,8 +269,8 @@ def test_changed_code_under_an_anchor_is_refused_and_nothing_changes(lab, fresh_
     assert res["containers"][good]["status"] == "unpatched"
     assert {n: raw_sums(lab, n, PATHS) for n in before} == before
     assert {n: lab.engine("inspect", "-f", "{{.State.StartedAt}}", n).stdout for n in before} == starts
-    assert backup_files(tmp_path) == [], "nothing backed up, nothing written"
-    assert all(leftovers(lab, n) == [] for n in before)
+    assert backup_files(tmp_path / "backup") == [], "nothing backed up, nothing written"
+    assert all(lab.patch_leftovers(n) == [] for n in before)
 
 
 def test_another_release_is_hooked_with_its_own_variants(lab, fresh_container, run_module, tmp_path):
@@ -300,7 +288,7 @@ def test_another_release_is_hooked_with_its_own_variants(lab, fresh_container, r
     lab.engine("cp", str(tmp_path / "rocky" / "nova"), "%s:%s/nova" % (c, site))
     lab.engine("cp", str(tmp_path / "rocky" / "nova-18.3.0.dist-info"), "%s:%s/nova-18.3.0.dist-info" % (c, site))
     assert raw_sums(lab, c, PATHS) == pristine(expected=exp)
-    a = args(lab, {c: ALL_PARTS}, tmp_path, health_import=False)
+    a = rollout_args(tmp_path / "backup", containers={c: ALL_PARTS}, health_import=False)
     rc, res = run_module("deploy_patched_nova", a, check_mode=True)
     assert rc == 0 and res["changed"] and not res.get("failed"), res
     assert res["release"] == rocky and res["containers"][c]["nova_version"] == rocky
@@ -321,16 +309,16 @@ def test_another_release_is_hooked_with_its_own_variants(lab, fresh_container, r
 def test_failing_health_check_rolls_back(lab, custom_container, run_module, tmp_path):
     """The container's own healthcheck turns unhealthy once the patch is in: rollback, files
     byte-identical, container running and healthy again."""
-    marker = nova_dir(lab) + "/numa_repin_patch.py"
+    marker = lab.nova_dir() + "/numa_repin_patch.py"
     c = custom_container(["--health-cmd", "test ! -e %s" % marker, "--health-interval", "1s",
                           "--health-retries", "1", "--health-start-period", "0s"])
     before = raw_sums(lab, c, PATHS)
     assert before == pristine()
-    rc, res = run_module("deploy_patched_nova", args(lab, {c: ALL_PARTS}, tmp_path))
+    rc, res = run_module("deploy_patched_nova", rollout_args(tmp_path / "backup", containers={c: ALL_PARTS}))
     assert res.get("failed") and res.get("rolled_back") is True, res
     assert res["failed_step"] == "health gate" and "unhealthy" in res["msg"]
     assert raw_sums(lab, c, PATHS) == before
-    assert running(lab, c)
+    assert lab.container_running(c)
     import time
     deadline = time.time() + 30
     while lab.engine("inspect", "-f", "{{.State.Health.Status}}", c).stdout.strip() != "healthy":
@@ -346,11 +334,11 @@ def test_failing_restart_rolls_back(lab, custom_container, run_module, tmp_path)
     lab.engine("exec", c, "touch", "/fail-once")
     before = raw_sums(lab, c, PATHS)
     assert before == pristine()
-    rc, res = run_module("deploy_patched_nova", args(lab, {c: ALL_PARTS}, tmp_path))
+    rc, res = run_module("deploy_patched_nova", rollout_args(tmp_path / "backup", containers={c: ALL_PARTS}))
     assert res.get("failed") and res.get("rolled_back") is True, res
     assert "exit code 3" in res["msg"], res["msg"]
     assert raw_sums(lab, c, PATHS) == before
-    assert running(lab, c)
+    assert lab.container_running(c)
 
 
 PY27_HOME = "/root/.pyenv/versions/2.7.18"
@@ -382,7 +370,7 @@ def test_queens_on_python27_binary_layout(lab, custom_container, run_module, tmp
         return {p: got.get(p) for p in PATHS}
 
     assert sums() == {p: e[0] for p, e in exp.items()}
-    a = args(lab, {c: ALL_PARTS}, tmp_path, health_import=False)
+    a = rollout_args(tmp_path / "backup", containers={c: ALL_PARTS}, health_import=False)
     rc, res = run_module("deploy_patched_nova", a)
     assert rc == 0 and res["changed"] and not res.get("failed"), res
     info = res["containers"][c]
@@ -413,14 +401,18 @@ def test_queens_on_python27_binary_layout(lab, custom_container, run_module, tmp
 
 
 def test_bad_input_fails_clearly(lab, run_module, tmp_path):
-    rc, res = run_module("deploy_patched_nova", args(lab, {"no-such-container-x": ALL_PARTS}, tmp_path))
+    rc, res = run_module("deploy_patched_nova", rollout_args(tmp_path / "backup",
+                                                             containers={"no-such-container-x": ALL_PARTS}))
     assert res.get("failed") and "no container named no-such-container-x" in res["msg"], res
-    rc, res = run_module("deploy_patched_nova", args(lab, {"nova_compute": ALL_PARTS}, tmp_path, state="gone"))
+    rc, res = run_module("deploy_patched_nova", rollout_args(tmp_path / "backup",
+                                                             containers={"nova_compute": ALL_PARTS}, state="gone"))
     assert res.get("failed") and "state" in res["msg"], res
-    rc, res = run_module("deploy_patched_nova", args(lab, {"nova_compute": ALL_PARTS}, tmp_path, releases="x"))
+    rc, res = run_module("deploy_patched_nova", rollout_args(tmp_path / "backup",
+                                                             containers={"nova_compute": ALL_PARTS}, releases="x"))
     assert res.get("failed") and "releases" in res["msg"], res
     before = raw_sums(lab, "nova_compute", PATHS)
-    rc, res = run_module("deploy_patched_nova", dict(args(lab, {"nova_compute": ALL_PARTS}, tmp_path),
+    rc, res = run_module("deploy_patched_nova", dict(rollout_args(tmp_path / "backup",
+                                                                  containers={"nova_compute": ALL_PARTS}),
                                                      patch_dir=str(tmp_path / "none")))
     assert res.get("failed") and "cannot read %s" % (tmp_path / "none" / "hooks.toml") in res["msg"], res
     assert "Traceback" not in json.dumps(res) and "panicked" not in json.dumps(res)
@@ -467,7 +459,7 @@ def test_playbook_rolls_into_the_lab_containers_and_back(lab, ansible_playbook):
     assert r.stdout.index("nova_compute") < r.stdout.index("nova_conductor")
     assert raw_sums(lab, "nova_conductor", PATHS) == dict(pristine(), **patched(CONDUCTOR_PARTS))
     assert raw_sums(lab, "nova_compute", PATHS) == dict(pristine(), **patched(COMPUTE_PARTS))
-    assert running(lab, "nova_conductor") and running(lab, "nova_compute")
+    assert lab.container_running("nova_conductor") and lab.container_running("nova_compute")
 
     r = ansible_playbook(REPO / "playbooks" / "deploy_nova_patch.yml")
     assert r.returncode == 0 and all(v["changed"] == 0 for v in recap(r.stdout).values()), r.stdout[-3000:]
@@ -487,6 +479,6 @@ def test_playbook_rolls_into_the_lab_containers_and_back(lab, ansible_playbook):
     r = ansible_playbook(REPO / "playbooks" / "rollback_nova_patch.yml")
     assert r.returncode == 0, r.stdout[-3000:]
     assert raw_sums(lab, "nova_conductor", PATHS) == pristine() and raw_sums(lab, "nova_compute", PATHS) == pristine()
-    assert running(lab, "nova_conductor") and running(lab, "nova_compute")
+    assert lab.container_running("nova_conductor") and lab.container_running("nova_compute")
     r = ansible_playbook(REPO / "playbooks" / "numa_audit.yml", extra_vars={"numa_audit_report_name": "patch-test", "numa_repin_allow_leftovers": True})
     assert "cmp1 nova_compute: unpatched (Nova 19.3.2)" in r.stdout, r.stdout[-3000:]

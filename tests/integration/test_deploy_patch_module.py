@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 import nova_hooks
+from lablib import backup_files, rollout_args
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE = "deploy_patched_nova"
@@ -56,40 +57,22 @@ def hook(data):
     return text.replace(ANCHOR, ANCHOR + AFTER, 1).encode("utf-8")
 
 
-def nova_dir(lab):
-    return lab.data["containers"]["nova_site_packages"] + "/nova"
-
-
 def sums(lab, name, paths=FILES):
     """{path: sha256 or None when absent}, read inside the container."""
     got = {}
     for p in paths:
-        r = lab.engine("exec", name, "sha256sum", nova_dir(lab) + "/" + p, check=False)
+        r = lab.engine("exec", name, "sha256sum", lab.nova_dir() + "/" + p, check=False)
         got[p] = r.stdout.split()[0] if r.returncode == 0 else None
     return got
 
 
 def read(lab, name, rel):
-    return subprocess.run([lab.data["containers"]["engine"], "exec", name, "cat", nova_dir(lab) + "/" + rel],
+    return subprocess.run([lab.data["containers"]["engine"], "exec", name, "cat", lab.nova_dir() + "/" + rel],
                           capture_output=True, check=True, timeout=120).stdout
-
-
-def running(lab, name):
-    return lab.engine("inspect", "-f", "{{.State.Running}}", name).stdout.strip() == "true"
 
 
 def started_at(lab, name):
     return lab.engine("inspect", "-f", "{{.State.StartedAt}}", name).stdout.strip()
-
-
-def leftovers(lab, name):
-    """Backup copies left in the container's nova tree."""
-    return lab.engine("exec", name, "sh", "-c", "find %s -name '*.numa-repin.orig'" % nova_dir(lab)).stdout.split()
-
-
-def backup_files(tmp_path):
-    """Every file the module wrote under backup_dir but its lock."""
-    return [p for p in (tmp_path / "backup").rglob("*") if p.is_file() and p.name != ".rollout.lock"]
 
 
 def write_patch_dir(root, hooks_toml=HOOKS_TOML, core=NEW_BODY):
@@ -107,7 +90,7 @@ def pristine_bytes(lab):
     c = lab.data["containers"]
     out = {}
     for rel in EDITED:
-        r = subprocess.run([c["engine"], "run", "--rm", c["nova_image"], "cat", nova_dir(lab) + "/" + rel],
+        r = subprocess.run([c["engine"], "run", "--rm", c["nova_image"], "cat", lab.nova_dir() + "/" + rel],
                            capture_output=True, check=True, timeout=120)
         out[rel] = r.stdout
     assert all(len(v) > 1000 for v in out.values())
@@ -126,14 +109,6 @@ def patch_set(tmp_path, pristine_bytes):
     return root, pristine, patched, patched_bytes
 
 
-def args(tmp_path, patch_root, containers, **kw):
-    a = {"containers": containers, "backup_dir": str(tmp_path / "backup"), "health_timeout_s": 30}
-    if patch_root is not None:
-        a["patch_dir"] = str(patch_root)
-    a.update(kw)
-    return a
-
-
 def test_check_diff_apply_rerun_absent(lab, fresh_container, run_module, tmp_path, patch_set):
     root, pristine, patched, patched_bytes = patch_set
     c = fresh_container()
@@ -141,7 +116,8 @@ def test_check_diff_apply_rerun_absent(lab, fresh_container, run_module, tmp_pat
 
     # check mode + diff: lists every file, shows the change, changes nothing
     t0 = started_at(lab, c)
-    rc, res = run_module(MODULE, args(tmp_path, root, {c: ALL_PARTS}), check_mode=True, diff=True)
+    rc, res = run_module(MODULE, rollout_args(tmp_path / "backup", patch_dir=root,
+                                              containers={c: ALL_PARTS}), check_mode=True, diff=True)
     assert rc == 0 and res["changed"] and not res.get("failed"), res
     info = res["containers"][c]
     assert info["files"] == {p: "would patch" for p in FILES}, res
@@ -155,15 +131,15 @@ def test_check_diff_apply_rerun_absent(lab, fresh_container, run_module, tmp_pat
     assert not (tmp_path / "backup" / c).exists(), "check mode wrote no backup"
 
     # apply
-    rc, res = run_module(MODULE, args(tmp_path, root, {c: ALL_PARTS}))
+    rc, res = run_module(MODULE, rollout_args(tmp_path / "backup", patch_dir=root, containers={c: ALL_PARTS}))
     assert rc == 0 and res["changed"] and not res.get("failed"), res
     assert res["release"] == RELEASE and res["engine"] == "docker"
     info = res["containers"][c]
-    assert info["nova_path"] == nova_dir(lab) and info["python"] == lab.data["containers"]["nova_python"]
+    assert info["nova_path"] == lab.nova_dir() and info["python"] == lab.data["containers"]["nova_python"]
     assert info["restarted"] is True and info["files"] == {p: "patched" for p in FILES}
     assert info["status"] == "patched" and info["hooks"] == {p: ["import"] for p in EDITED}, info
     assert sums(lab, c) == patched
-    assert running(lab, c) and started_at(lab, c) != t0, "restarted"
+    assert lab.container_running(c) and started_at(lab, c) != t0, "restarted"
     # host backup: the pristine bytes, per container and release; none for the new file
     bdir = tmp_path / "backup" / c / RELEASE / "nova"
     for rel in EDITED:
@@ -172,10 +148,10 @@ def test_check_diff_apply_rerun_absent(lab, fresh_container, run_module, tmp_pat
     written = json.loads((tmp_path / "backup" / c / RELEASE / "written.json").read_text())
     assert written == {p: {"original_sha256": pristine[p], "patched_sha256": patched[p]} for p in FILES}, written
     # in-container backup next to each edited file, none for the new file
-    assert sorted(leftovers(lab, c)) == sorted(nova_dir(lab) + "/" + p + ".numa-repin.orig" for p in EDITED)
+    assert sorted(lab.patch_leftovers(c)) == sorted(lab.nova_dir() + "/" + p + ".numa-repin.orig" for p in EDITED)
     # fresh bytecode of the patched file (the .pyc records the source size: the patched one)
     raw = subprocess.run(["docker", "exec", c, "cat",
-                          nova_dir(lab) + "/conductor/tasks/__pycache__/live_migrate.cpython-37.pyc"],
+                          lab.nova_dir() + "/conductor/tasks/__pycache__/live_migrate.cpython-37.pyc"],
                          capture_output=True, check=True).stdout
     size = struct.unpack("<I", raw[12:16])[0]
     assert size == len(patched_bytes["conductor/tasks/live_migrate.py"]) != len(
@@ -189,7 +165,7 @@ def test_check_diff_apply_rerun_absent(lab, fresh_container, run_module, tmp_pat
 
     # rerun: nothing to do, no restart
     t1 = started_at(lab, c)
-    rc, res = run_module(MODULE, args(tmp_path, root, {c: ALL_PARTS}))
+    rc, res = run_module(MODULE, rollout_args(tmp_path / "backup", patch_dir=root, containers={c: ALL_PARTS}))
     assert rc == 0 and res["changed"] is False and not res.get("failed"), res
     assert res["containers"][c]["files"] == {p: "patched" for p in FILES}
     assert res["containers"][c]["status"] == "patched"
@@ -197,25 +173,28 @@ def test_check_diff_apply_rerun_absent(lab, fresh_container, run_module, tmp_pat
     assert started_at(lab, c) == t1
 
     # absent, check mode first
-    rc, res = run_module(MODULE, args(tmp_path, root, {c: ALL_PARTS}, state="absent"), check_mode=True, diff=True)
+    rc, res = run_module(MODULE, rollout_args(tmp_path / "backup", patch_dir=root,
+                                              containers={c: ALL_PARTS}, state="absent"), check_mode=True, diff=True)
     assert rc == 0 and res["changed"] and not res.get("failed"), res
     assert res["containers"][c]["files"] == {EDITED[0]: "would restore", EDITED[1]: "would restore",
                                              NEW: "would remove"}, res
     assert res["containers"][c]["status"] == "patched", "status: what the container holds now"
     assert "-" + AFTER in "".join(d.get("prepared", "") for d in res["diff"])
     assert sums(lab, c) == patched
-    rc, res = run_module(MODULE, args(tmp_path, root, {c: ALL_PARTS}, state="absent"))
+    rc, res = run_module(MODULE, rollout_args(tmp_path / "backup", patch_dir=root,
+                                              containers={c: ALL_PARTS}, state="absent"))
     assert rc == 0 and res["changed"] and not res.get("failed"), res
     assert "unpatched" in res["msg"] and "pristine" not in res["msg"], res["msg"]
     assert res["containers"][c]["files"] == {p: "unpatched" for p in FILES}
     assert res["containers"][c]["status"] == "unpatched"
     assert sums(lab, c) == pristine, "sha256-identical pristine, new file gone"
-    assert leftovers(lab, c) == []
+    assert lab.patch_leftovers(c) == []
     assert not (tmp_path / "backup" / c / RELEASE / "written.json").exists()
-    gone = lab.engine("exec", c, "sh", "-c", "ls %s/__pycache__ | grep numa_repin_patch" % nova_dir(lab), check=False)
+    gone = lab.engine("exec", c, "sh", "-c", "ls %s/__pycache__ | grep numa_repin_patch" % lab.nova_dir(), check=False)
     assert gone.stdout.strip() == "", "bytecode of the removed file cleared"
-    assert running(lab, c)
-    rc, res = run_module(MODULE, args(tmp_path, root, {c: ALL_PARTS}, state="absent"))
+    assert lab.container_running(c)
+    rc, res = run_module(MODULE, rollout_args(tmp_path / "backup", patch_dir=root,
+                                              containers={c: ALL_PARTS}, state="absent"))
     assert rc == 0 and res["changed"] is False and not res.get("failed"), res
     assert res["containers"][c]["files"] == {p: "unpatched" for p in FILES}
     assert "already unpatched" in res["msg"], res["msg"]
@@ -225,7 +204,8 @@ def test_parts_select_files_per_container(lab, fresh_container, run_module, tmp_
     """A file goes only where a prefix matches; a prefix equal to a file path names that file."""
     root, pristine, patched, _ = patch_set
     a, b = fresh_container(), fresh_container()
-    rc, res = run_module(MODULE, args(tmp_path, root, {a: ["conductor/", NEW], b: ["compute/manager.py", NEW]},
+    rc, res = run_module(MODULE, rollout_args(tmp_path / "backup", patch_dir=root,
+                                              containers={a: ["conductor/", NEW], b: ["compute/manager.py", NEW]},
                                       restart=False))
     assert rc == 0 and res["changed"] and not res.get("failed"), res
     assert set(res["containers"][a]["files"]) == {"conductor/tasks/live_migrate.py", NEW}
@@ -245,19 +225,20 @@ def test_changed_anchor_code_is_refused_and_nothing_changes_anywhere(lab, fresh_
     root, pristine, patched, _ = patch_set
     good, bad = fresh_container(), fresh_container()
     lab.engine("exec", bad, "sed", "-i", "s/^from nova import objects$/from nova import objects as objects/",
-               nova_dir(lab) + "/compute/manager.py")
+               lab.nova_dir() + "/compute/manager.py")
     edited = read(lab, bad, "compute/manager.py").decode()
     assert edited.count(ANCHOR) == 0 and "from nova import objects as objects\n" in edited, "the sed took"
     before = {n: sums(lab, n) for n in (good, bad)}
     starts = {n: started_at(lab, n) for n in (good, bad)}
     assert before[good] == pristine and before[bad] == dict(pristine, **{"compute/manager.py": sha(edited.encode())})
 
-    rc, res = run_module(MODULE, args(tmp_path, root, {good: ALL_PARTS, bad: ALL_PARTS}), diff=True)
+    rc, res = run_module(MODULE, rollout_args(tmp_path / "backup", patch_dir=root,
+                                              containers={good: ALL_PARTS, bad: ALL_PARTS}), diff=True)
     assert rc != 0 and res.get("failed") and res["changed"] is False, res
     msg = res["msg"]
     assert "nothing was changed" in msg, msg
     assert "unsupported: %s:%s/compute/manager.py (Nova %s): hook \"import\" does not match" % (
-        bad, nova_dir(lab), RELEASE) in msg, msg
+        bad, lab.nova_dir(), RELEASE) in msg, msg
     assert "found 0 times" in msg, msg
     assert good not in msg, "only the container with the changed file is named"
     assert len(res["refused"]) == 1 and bad in res["refused"][0] and "compute/manager.py" in res["refused"][0], res
@@ -266,8 +247,8 @@ def test_changed_anchor_code_is_refused_and_nothing_changes_anywhere(lab, fresh_
     assert res["containers"][good]["status"] == "unpatched" and "refused" not in res["containers"][good]
     assert {n: sums(lab, n) for n in (good, bad)} == before
     assert {n: started_at(lab, n) for n in (good, bad)} == starts, "no restart"
-    assert leftovers(lab, good) == [] and leftovers(lab, bad) == []
-    assert backup_files(tmp_path) == []
+    assert lab.patch_leftovers(good) == [] and lab.patch_leftovers(bad) == []
+    assert backup_files(tmp_path / "backup") == []
 
 
 def test_unrelated_local_edit_is_still_patched(lab, fresh_container, run_module, tmp_path, patch_set):
@@ -275,22 +256,23 @@ def test_unrelated_local_edit_is_still_patched(lab, fresh_container, run_module,
     alone: the hooks apply to the file as it is, and absent restores exactly that file."""
     root, pristine, patched, _ = patch_set
     c = fresh_container()
-    lab.engine("exec", c, "sh", "-c", "echo '# a distribution backport' >> %s/compute/manager.py" % nova_dir(lab))
+    lab.engine("exec", c, "sh", "-c", "echo '# a distribution backport' >> %s/compute/manager.py" % lab.nova_dir())
     local = read(lab, c, "compute/manager.py")
     assert local.endswith(b"# a distribution backport\n") and sha(local) != pristine["compute/manager.py"]
     want_patched = dict(patched, **{"compute/manager.py": sha(hook(local))})
     want_before = dict(pristine, **{"compute/manager.py": sha(local)})
 
-    rc, res = run_module(MODULE, args(tmp_path, root, {c: ALL_PARTS}))
+    rc, res = run_module(MODULE, rollout_args(tmp_path / "backup", patch_dir=root, containers={c: ALL_PARTS}))
     assert rc == 0 and res["changed"] and not res.get("failed"), res
     assert res["containers"][c]["files"] == {p: "patched" for p in FILES}, res
     assert sums(lab, c) == want_patched
     assert sha((tmp_path / "backup" / c / RELEASE / "nova" / "compute/manager.py").read_bytes()) == sha(local)
 
-    rc, res = run_module(MODULE, args(tmp_path, root, {c: ALL_PARTS}))
+    rc, res = run_module(MODULE, rollout_args(tmp_path / "backup", patch_dir=root, containers={c: ALL_PARTS}))
     assert rc == 0 and res["changed"] is False and not res.get("failed"), res
     assert res["containers"][c]["status"] == "patched", res
-    rc, res = run_module(MODULE, args(tmp_path, root, {c: ALL_PARTS}, state="absent"))
+    rc, res = run_module(MODULE, rollout_args(tmp_path / "backup", patch_dir=root,
+                                              containers={c: ALL_PARTS}, state="absent"))
     assert rc == 0 and res["changed"] and not res.get("failed"), res
     assert sums(lab, c) == want_before, "the locally edited file back byte-identical"
 
@@ -303,13 +285,14 @@ def test_failing_health_check_rolls_back(lab, custom_container, run_module, tmp_
     c = custom_container(["--health-cmd", "false", "--health-interval", "1s", "--health-retries", "1"])
     before = sums(lab, c)
     assert before == pristine
-    rc, res = run_module(MODULE, args(tmp_path, root, {c: ALL_PARTS}, health_timeout_s=20))
+    rc, res = run_module(MODULE, rollout_args(tmp_path / "backup", patch_dir=root,
+                                              containers={c: ALL_PARTS}, health_timeout_s=20))
     assert rc != 0 and res.get("failed") and res.get("rolled_back") is True, res
     assert res["failed_step"] == "health gate" and c in res["msg"] and "unhealthy" in res["msg"], res["msg"]
     assert "byte-identical" in res["msg"]
     assert sums(lab, c) == before
-    assert leftovers(lab, c) == []
-    assert running(lab, c)
+    assert lab.patch_leftovers(c) == []
+    assert lab.container_running(c)
 
 
 def test_failing_restart_rolls_back_every_touched_container(lab, custom_container, run_module, tmp_path, patch_set):
@@ -322,13 +305,14 @@ def test_failing_restart_rolls_back_every_touched_container(lab, custom_containe
     lab.engine("exec", second, "touch", "/fail-once")
     before = {n: sums(lab, n) for n in (first, second)}
     assert before == {first: pristine, second: pristine}
-    rc, res = run_module(MODULE, args(tmp_path, root, {first: ALL_PARTS, second: ALL_PARTS}))
+    rc, res = run_module(MODULE, rollout_args(tmp_path / "backup", patch_dir=root,
+                                              containers={first: ALL_PARTS, second: ALL_PARTS}))
     assert rc != 0 and res.get("failed") and res.get("rolled_back") is True, res
     assert second in res["msg"] and "exit code 3" in res["msg"], res["msg"]
     assert res["containers"][first]["restarted"] is True, "the first container had been patched and restarted"
     assert {n: sums(lab, n) for n in (first, second)} == before
-    assert leftovers(lab, first) == [] and leftovers(lab, second) == []
-    assert running(lab, first) and running(lab, second)
+    assert lab.patch_leftovers(first) == [] and lab.patch_leftovers(second) == []
+    assert lab.container_running(first) and lab.container_running(second)
 
 
 @pytest.mark.parametrize("text, why", [
@@ -341,12 +325,12 @@ def test_broken_hooks_toml_fails_naming_the_file(lab, fresh_container, run_modul
     root = write_patch_dir(tmp_path / "broken", hooks_toml=text)
     c = fresh_container()
     before, t0 = sums(lab, c), started_at(lab, c)
-    rc, res = run_module(MODULE, args(tmp_path, root, {c: ALL_PARTS}))
+    rc, res = run_module(MODULE, rollout_args(tmp_path / "backup", patch_dir=root, containers={c: ALL_PARTS}))
     assert rc != 0 and res.get("failed") and res["changed"] is False, res
     assert "%s is not valid" % (root / "hooks.toml") in res["msg"] and why in res["msg"], res["msg"]
     assert "panicked" not in json.dumps(res)
     assert sums(lab, c) == before and started_at(lab, c) == t0
-    assert leftovers(lab, c) == [] and backup_files(tmp_path) == []
+    assert lab.patch_leftovers(c) == [] and backup_files(tmp_path / "backup") == []
 
 
 def test_patch_dir_without_hooks_toml_cannot_be_read(lab, fresh_container, run_module, tmp_path):
@@ -354,18 +338,19 @@ def test_patch_dir_without_hooks_toml_cannot_be_read(lab, fresh_container, run_m
     assert not (root / "hooks.toml").exists() and (root / "src" / NEW).exists()
     c = fresh_container()
     before, t0 = sums(lab, c), started_at(lab, c)
-    rc, res = run_module(MODULE, args(tmp_path, root, {c: ALL_PARTS}))
+    rc, res = run_module(MODULE, rollout_args(tmp_path / "backup", patch_dir=root, containers={c: ALL_PARTS}))
     assert rc != 0 and res.get("failed") and res["changed"] is False, res
     assert "cannot read %s" % (root / "hooks.toml") in res["msg"], res["msg"]
     assert sums(lab, c) == before and started_at(lab, c) == t0
-    assert leftovers(lab, c) == [] and backup_files(tmp_path) == []
+    assert lab.patch_leftovers(c) == [] and backup_files(tmp_path / "backup") == []
 
 
 def test_unknown_container_fails_and_changes_nothing(lab, fresh_container, run_module, tmp_path, patch_set):
     root, pristine, patched, _ = patch_set
     c = fresh_container()
     missing = "nrl-missing-%s" % uuidlib.uuid4().hex[:8]
-    rc, res = run_module(MODULE, args(tmp_path, root, {c: ALL_PARTS, missing: ALL_PARTS}))
+    rc, res = run_module(MODULE, rollout_args(tmp_path / "backup", patch_dir=root,
+                                              containers={c: ALL_PARTS, missing: ALL_PARTS}))
     assert rc != 0 and res.get("failed") and res["changed"] is False, res
     assert "no container named %s" % missing in res["msg"] and "nothing was changed" in res["msg"], res["msg"]
     assert c not in res["msg"]
@@ -386,7 +371,7 @@ def test_unknown_container_fails_and_changes_nothing(lab, fresh_container, run_m
 ])
 def test_malformed_arguments_fail_clearly(lab, run_module, tmp_path, patch_set, bad, word):
     root, _, _, _ = patch_set
-    a = args(tmp_path, root, {"nrl-never-touched": ALL_PARTS})
+    a = rollout_args(tmp_path / "backup", patch_dir=root, containers={"nrl-never-touched": ALL_PARTS})
     a.update(bad)
     rc, res = run_module(MODULE, a)
     assert rc != 0 and res.get("failed") and res["changed"] is False, res
@@ -409,8 +394,6 @@ def test_schema_documents_every_argument():
     assert props["containers"]["default"]["nova_conductor"] == ["conductor/", "db/", "numa_repin_patch.py"]
 
 
-
-
 def test_real_built_in_patch_into_a_conductor_and_a_compute_container(lab, fresh_container, run_module, tmp_path):
     """The patch built into the module (no patch_dir), two fresh containers with the default parts
     of conductor and compute; the sums are nova_hooks' independent reading of hooks.toml applied to
@@ -429,7 +412,7 @@ def test_real_built_in_patch_into_a_conductor_and_a_compute_container(lab, fresh
 
     pristine = {n: sums(lab, n, paths) for n in (cond, comp)}
     assert pristine == {n: want(n, "pristine") for n in (cond, comp)}, "the image holds the 19.3.2 wheel's files"
-    rc, res = run_module(MODULE, args(tmp_path, None, parts))
+    rc, res = run_module(MODULE, rollout_args(tmp_path / "backup", containers=parts))
     assert rc == 0 and res["changed"] and not res.get("failed"), res
     assert res["release"] == RELEASE
     hooks = nova_hooks.hooks()
@@ -438,13 +421,13 @@ def test_real_built_in_patch_into_a_conductor_and_a_compute_container(lab, fresh
     for n in (cond, comp):
         info = res["containers"][n]
         assert sums(lab, n, paths) == want(n, "patched"), n
-        assert running(lab, n) and info["restarted"]
+        assert lab.container_running(n) and info["restarted"]
         assert info["status"] == "patched" and set(info["files"]) == {p for p in paths if hit(n, p)}, info
         assert info["hooks"] == {p: nova_hooks.used(with_wheel[p], hooks[p]) for p in hooks if hit(n, p)}, info["hooks"]
     assert set(res["containers"][cond]["files"]) == {"conductor/tasks/live_migrate.py", NEW}
-    rc, res = run_module(MODULE, args(tmp_path, None, parts))
+    rc, res = run_module(MODULE, rollout_args(tmp_path / "backup", containers=parts))
     assert rc == 0 and res["changed"] is False, res
-    rc, res = run_module(MODULE, args(tmp_path, None, parts, state="absent"))
+    rc, res = run_module(MODULE, rollout_args(tmp_path / "backup", containers=parts, state="absent"))
     assert rc == 0 and res["changed"] and not res.get("failed"), res
     assert {n: sums(lab, n, paths) for n in (cond, comp)} == pristine
-    assert leftovers(lab, cond) == [] and leftovers(lab, comp) == []
+    assert lab.patch_leftovers(cond) == [] and lab.patch_leftovers(comp) == []

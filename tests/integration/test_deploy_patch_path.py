@@ -516,7 +516,8 @@ def test_bytecode_by_the_given_python_and_stale_bytecode_cleared(tmp_path):
 def test_python27_layout_real_queens(patch_dir, tmp_path):
     """Python 2.7 keeps bytecode beside the file: compiled there, cleared on the way back."""
     if not os.access(PY27, os.X_OK):
-        pytest.skip("no Python 2.7 at %s" % PY27)
+        pytest.fail("no Python 2.7 at %s: this test needs it (pyenv install 2.7.18, as tests/nova_patch/py27.sh "
+                    "and the Queens harness venv use)" % PY27, pytrace=False)
     nova = unpack_nova(tmp_path / "site-packages", "17.0.13")
     (nova / "compute" / "manager.pyc").write_bytes(b"stale")
     a = base_args(patch_dir, nova, tmp_path, python=PY27)

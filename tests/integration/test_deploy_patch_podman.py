@@ -7,7 +7,8 @@ import uuid as uuidlib
 
 import pytest
 
-from test_deploy_patch import ALL_PARTS, PATHS, args, nova_dir, patched, pristine
+from lablib import rollout_args
+from test_deploy_patch import ALL_PARTS, PATHS, patched, pristine
 
 def pod(*a, check=True, timeout=300):  # podman comes with tests/lab/lab.sh up
     r = subprocess.run(["podman"] + [str(x) for x in a], capture_output=True, text=True, timeout=timeout)
@@ -39,18 +40,18 @@ def podman_container(lab):
 
 
 def sums(lab, name):
-    r = pod("exec", name, "sha256sum", *[nova_dir(lab) + "/" + p for p in PATHS], check=False)
+    r = pod("exec", name, "sha256sum", *[lab.nova_dir() + "/" + p for p in PATHS], check=False)
     got = {}
     for line in r.stdout.splitlines():
         digest, path = line.split(None, 1)
-        got[path[len(nova_dir(lab)) + 1:]] = digest
+        got[path[len(lab.nova_dir()) + 1:]] = digest
     return {p: got.get(p) for p in PATHS}
 
 
 def test_apply_rerun_absent_under_podman(lab, podman_container, run_module, tmp_path):
     c = podman_container()
     assert sums(lab, c) == pristine()
-    a = args(lab, {c: ALL_PARTS}, tmp_path, container_engine="podman")
+    a = rollout_args(tmp_path / "backup", containers={c: ALL_PARTS}, container_engine="podman")
     rc, res = run_module("deploy_patched_nova", a, check_mode=True, diff=True)
     assert res["changed"] and not res.get("failed"), res
     assert "+from nova import numa_repin_patch" in "".join(d.get("prepared", "") for d in res["diff"])
@@ -79,7 +80,7 @@ def test_a_container_that_dies_on_restart_is_rolled_back_under_podman(lab, podma
     c = podman_container(command=("sh", "-c", "if [ -e /fail-once ]; then rm -f /fail-once; exit 3; fi; "
                                              "exec sleep infinity"))
     pod("exec", c, "touch", "/fail-once")
-    rc, res = run_module("deploy_patched_nova", args(lab, {c: ALL_PARTS}, tmp_path, container_engine="podman"))
+    rc, res = run_module("deploy_patched_nova", rollout_args(tmp_path / "backup", containers={c: ALL_PARTS}, container_engine="podman"))
     assert res.get("failed") and res.get("rolled_back") is True, res
     assert "exit code 3" in res["msg"], res["msg"]
     assert sums(lab, c) == pristine(), "byte-identical files after the rollback"

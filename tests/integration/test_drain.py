@@ -16,14 +16,8 @@ def recap(out, host):
     return {"ok": int(m[1]), "changed": int(m[2]), "failed": int(m[4])}
 
 
-def facts(run_module, lab, host):
-    rc, res = run_module("numa_facts", {"uri": lab.uri(host), "nova_conf": lab.nova_conf(host), "host": host})
-    assert rc == 0, res
-    return res["ansible_facts"]["numa"]
-
-
 def test_drain_cmp1(lab, seeded, ansible_playbook, run_module):
-    before1 = facts(run_module, lab, "cmp1")
+    before1 = lab.numa_facts("cmp1")
     assert {g["name"] for g in before1["guests"]} >= {"vm-taken", "vm-toobig"}
 
     # --check --diff: the plan is shown, nothing moves, nothing is written (not even an AUTO_INCREMENT step).
@@ -36,7 +30,7 @@ def test_drain_cmp1(lab, seeded, ansible_playbook, run_module):
     # the diff of the guest XML: pCPU 1 (taken on cmp2) becomes 0
     assert "-    <vcpupin vcpu='0' cpuset='1'/>" in p.stdout and "+    <vcpupin vcpu='0' cpuset='0'/>" in p.stdout
     assert lab.guest_host("vm-taken") == "cmp1"  # check mode moved nothing
-    assert facts(run_module, lab, "cmp1")["guests"] == before1["guests"]
+    assert lab.numa_facts("cmp1")["guests"] == before1["guests"]
 
     # The drain. vm-toobig fits nowhere: listed with its reason, accepted here.
     p = ansible_playbook(PB, extra_vars={"target_host": "cmp1", "numa_repin_allow_leftovers": True})
@@ -46,7 +40,7 @@ def test_drain_cmp1(lab, seeded, ansible_playbook, run_module):
     assert "moved ['vm-taken']; refused ['vm-toobig']" in p.stdout
     assert lab.guest_host("vm-taken") == "cmp2"
     assert lab.guest_host("vm-toobig") == "cmp1"
-    after2 = facts(run_module, lab, "cmp2")
+    after2 = lab.numa_facts("cmp2")
     assert after2["overlaps"] == []
     taken = next(g for g in after2["guests"] if g["name"] == "vm-taken")
     assert taken["vcpu_pins"] == {"0": [0]}  # repinned: pCPU 1 belongs to c2-resident

@@ -37,8 +37,7 @@ def test_two_moves_to_two_destinations_run_at_once(lab, seeded, request, run_mod
     where = {n: lab.guest_host(n) for n in names}
     assert sorted(where.values()) == ["cmp2", "cmp3"], where
     for n in names:
-        f = run_module("numa_facts", {"uri": lab.uri(where[n]), "nova_conf": lab.nova_conf(where[n]),
-                                      "host": where[n]})[1]["ansible_facts"]["numa"]
+        f = lab.numa_facts(where[n])
         assert f["overlaps"] == [], f["overlaps"]
     assert lab.affinity("cmp2", next(n for n in names if where[n] == "cmp2"))["vcpus"] == {0: {0}}
     # Nova's DB follows both, and Nova's own accounting accepts both destinations.

@@ -12,6 +12,7 @@ import uuid as uuidlib
 import pytest
 
 import nova_hooks
+from lablib import rollout_args
 
 REPO = nova_hooks.REPO
 MODULE = "deploy_patched_nova"
@@ -41,13 +42,6 @@ def sums(lab, hn):
 def unit(lab, hn):
     text = sh(lab, hn, "systemctl show -p ActiveState,MainPID,ActiveEnterTimestampMonotonic %s" % hn["services"][0])
     return dict(l.split("=", 1) for l in text.splitlines() if "=" in l)
-
-
-def args(hn, backup, **kw):
-    a = {"path": hn["path"], "python": hn["python"], "services": hn["services"], "backup_dir": backup,
-         "health_timeout_s": 60}
-    a.update(kw)
-    return a
 
 
 @pytest.fixture
@@ -84,12 +78,13 @@ def test_rollout_restarts_the_unit_rerun_and_absent(lab, hn, backup, pristine):
     originals = {p: sh(lab, hn, "cat %s/%s" % (hn["path"], p)) for p in nova_hooks.hooks()}
     u0 = unit(lab, hn)
 
-    rc, res = lab.run_module_on(hn["host"], MODULE, args(hn, backup), check_mode=True)
+    rc, res = lab.run_module_on(hn["host"], MODULE,
+                                rollout_args(backup, host_nova=hn, health_timeout_s=60), check_mode=True)
     assert rc == 0 and res["changed"] and res["status"] == "unpatched", res
     assert set(res["files"].values()) == {"would patch"}
     assert sums(lab, hn) == pristine and unit(lab, hn)["MainPID"] == u0["MainPID"], "check mode changed nothing"
 
-    rc, res = lab.run_module_on(hn["host"], MODULE, args(hn, backup))
+    rc, res = lab.run_module_on(hn["host"], MODULE, rollout_args(backup, host_nova=hn, health_timeout_s=60))
     assert rc == 0 and res["changed"] and not res.get("failed"), res
     assert res["status"] == "patched" and res["restarted"] is True, res
     assert "restarted %s, active" % hn["services"][0] in res["msg"], res["msg"]
@@ -105,11 +100,12 @@ def test_rollout_restarts_the_unit_rerun_and_absent(lab, hn, backup, pristine):
     imp = sh(lab, hn, "%s -c 'import nova.compute.manager as m; print(m.numa_repin_patch.__name__)'" % hn["python"])
     assert imp.strip() == "nova.numa_repin_patch"
 
-    rc, res = lab.run_module_on(hn["host"], MODULE, args(hn, backup))
+    rc, res = lab.run_module_on(hn["host"], MODULE, rollout_args(backup, host_nova=hn, health_timeout_s=60))
     assert rc == 0 and res["changed"] is False and res["status"] == "patched", res
     assert unit(lab, hn)["MainPID"] == u1["MainPID"], "a rerun restarts nothing"
 
-    rc, res = lab.run_module_on(hn["host"], MODULE, args(hn, backup, state="absent"))
+    rc, res = lab.run_module_on(hn["host"], MODULE,
+                                rollout_args(backup, host_nova=hn, health_timeout_s=60, state="absent"))
     assert rc == 0 and res["changed"] and res["restarted"] is True, res
     assert sums(lab, hn) == pristine, "Ubuntu's files back, byte for byte"
     u2 = unit(lab, hn)
@@ -129,8 +125,9 @@ def test_a_unit_that_dies_on_the_new_files_is_rolled_back(lab, hn, backup, prist
                     "root@%s:%s" % (lab.nodes[hn["host"]]["address"], remote)], check=True, timeout=60)
     try:
         u0 = unit(lab, hn)
-        rc, res = lab.run_module_on(hn["host"], MODULE, args(hn, backup, patch_dir=remote, health_import=False,
-                                                              health_timeout_s=20))
+        rc, res = lab.run_module_on(hn["host"], MODULE,
+                                    rollout_args(backup, host_nova=hn, patch_dir=remote, health_import=False,
+                                                 health_timeout_s=20))
         assert rc != 0 and res["failed"] and res["changed"] is False, res
         assert res["failed_step"] == "health gate" and res["rolled_back"] is True, res
         assert "systemd unit %s did not stay active" % hn["services"][0] in res["msg"], res["msg"]
@@ -145,10 +142,11 @@ def test_a_unit_that_dies_on_the_new_files_is_rolled_back(lab, hn, backup, prist
 def test_a_stopped_unit_is_refused(lab, hn, backup, pristine):
     sh(lab, hn, "systemctl stop %s" % hn["services"][0])
     try:
-        rc, res = lab.run_module_on(hn["host"], MODULE, args(hn, backup))
+        rc, res = lab.run_module_on(hn["host"], MODULE, rollout_args(backup, host_nova=hn, health_timeout_s=60))
         assert rc != 0 and res["failed"] and "is inactive, not active" in res["msg"], res
         assert "nothing was changed" in res["msg"]
-        rc, res = lab.run_module_on(hn["host"], MODULE, args(hn, backup, services=["no-such-unit"]))
+        rc, res = lab.run_module_on(hn["host"], MODULE,
+                                    rollout_args(backup, host_nova=hn, health_timeout_s=60, services=["no-such-unit"]))
         assert rc != 0 and "no-such-unit" in res["msg"] and "not loaded" in res["msg"], res
     finally:
         sh(lab, hn, "systemctl start %s" % hn["services"][0])

@@ -218,8 +218,7 @@ def test_database_stopped_then_killed_mid_transaction_then_rerun(lab, run_module
 def test_audit_reports_drift_and_fix_repairs_it(lab, db, fresh_guest, fresh_instance_rows, run_module):
     g = fresh_guest("cmp2", [0])
     fresh_instance_rows("cmp1", [1], uuid=g.uuid)  # the DB still thinks: cmp1, pCPU 1
-    rc, f = run_module("numa_facts", {"uri": lab.uri("cmp2"), "nova_conf": lab.nova_conf("cmp2"), "host": "cmp2"})
-    hosts = [f["ansible_facts"]["numa"]]
+    hosts = [lab.numa_facts("cmp2")]
     rc, res = run_module("nova_instance_fixup", dict(creds(lab), audit=True, hosts=hosts))
     assert rc == 0 and not res["changed"], res
     mine = [d for d in res["drift"] if d["instance_uuid"] == g.uuid]
@@ -238,11 +237,7 @@ def test_audit_reports_drift_and_fix_repairs_it(lab, db, fresh_guest, fresh_inst
     # reports the uuid defined on two hosts, and fix leaves its rows alone (which copy is the guest is the
     # operator's call).
     fresh_guest("cmp1", [1], uuid=g.uuid, name=g.name + "-stale", start=False)
-    both = []
-    for h in ("cmp1", "cmp2"):
-        rc, f = run_module("numa_facts", {"uri": lab.uri(h), "nova_conf": lab.nova_conf(h), "host": h})
-        assert rc == 0, f
-        both.append(f["ansible_facts"]["numa"])
+    both = [lab.numa_facts(h) for h in ("cmp1", "cmp2")]
     before = rows(db, g.uuid)
     rc, res = run_module("nova_instance_fixup", dict(creds(lab), audit=True, fix=True, hosts=both))
     assert rc == 0, res

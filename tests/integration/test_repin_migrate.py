@@ -56,14 +56,8 @@ def conf_only(lab, tmp_path):
     return make
 
 
-def facts(run_module, host_uri, conf):
-    rc, out = run_module("numa_facts", {"uri": host_uri, "nova_conf": conf})
-    assert rc == 0, out
-    return out["ansible_facts"]["numa"]
-
-
 def free_cpus(lab, run_module, conf):
-    f = facts(run_module, lab.uri(DST), conf)
+    f = lab.numa_facts(DST, conf)
     return sorted(c for cells in f["usage"]["free_cpus"].values() for c in cells)
 
 
@@ -100,7 +94,7 @@ def assert_libvirt_pins(out, pin):
 
 def test_case1_destination_pcpu_taken_migrates_onto_free_one(lab, fresh_guest, run_module, conf_allcpus):
     """Source pin 1 is held by another guest on cmp2: the guest lands on the free pCPU instead."""
-    f = facts(run_module, lab.uri(DST), conf_allcpus)
+    f = lab.numa_facts(DST, conf_allcpus)
     if 1 not in f["usage"]["pinned_cpus"]:
         fresh_guest(DST, [1])  # the seeded c2-resident is not there (moved by another test): our own blocker
     pin = expect_pin(lab, run_module, conf_allcpus)
@@ -108,7 +102,7 @@ def test_case1_destination_pcpu_taken_migrates_onto_free_one(lab, fresh_guest, r
     ok(playbook(lab, "repin_migrate.yml", {"guest": g.name, "src": SRC, "dst": DST, "dest_conf": conf_allcpus,
                                            "expect_pins": {"0": pin}}, diff=True))
     assert lab.affinity(DST, g.name) == {"vcpus": {0: {pin}}, "emulator": {pin}}
-    f = facts(run_module, lab.uri(DST), conf_allcpus)
+    f = lab.numa_facts(DST, conf_allcpus)
     assert not [o for o in f["overlaps"] if g.name in o["guests"]]
 
     # Reboot safety: a hard restart on the destination keeps the new pins (persistent definition).
@@ -131,7 +125,7 @@ def test_case2_pinned_pcpu_not_allowed_on_destination_is_remapped(lab, fresh_gue
 
 def test_case3_no_single_cell_fits_refused_before_anything_moves(lab, fresh_guest, run_module, conf_allcpus):
     """2 vCPUs, but cmp2 has one free pCPU: Nova's in-band message, guest untouched on the source."""
-    f = facts(run_module, lab.uri(DST), conf_allcpus)
+    f = lab.numa_facts(DST, conf_allcpus)
     if 1 not in f["usage"]["pinned_cpus"]:
         fresh_guest(DST, [1])
     g = fresh_guest(SRC, [0, 1])
@@ -197,7 +191,7 @@ def _double_pinned(lab, run_module, conf, watched):
     """pCPUs on cmp2 pinned by more than one of `watched` (the racing guests and the guests that were there
     before the race), from the kernel's affinity of every running guest and from libvirt (numa_facts).
     Guests other tests create on cmp2 during the race (the lab is shared) bypass the claim and are not counted."""
-    f = facts(run_module, lab.uri(DST), conf)
+    f = lab.numa_facts(DST, conf)
     holders = {}
     for g in f["guests"]:
         if g["state"] != "running" or g["name"] not in watched:
@@ -210,7 +204,7 @@ def _double_pinned(lab, run_module, conf, watched):
     return kernel, [o for o in f["overlaps"] if len(set(o["guests"]) & set(watched)) > 1]
 
 
-def test_parallel_migrations_never_double_pin(lab, fresh_guest, run_module, conf_allcpus):
+def test_parallel_migrations_never_double_pin(lab, fresh_guest, run_module, conf_allcpus, tmp_path):
     """Repeated races of 3 guests for cmp2's free pCPUs: winners == free pCPUs, the others refused with the
     no-fit message, zero double-pinned pCPUs (kernel affinity and libvirt) after every trial. The first trial
     runs through ansible-playbook (one Ansible host per guest, parallel forks), the others as parallel
@@ -220,17 +214,20 @@ def test_parallel_migrations_never_double_pin(lab, fresh_guest, run_module, conf
     for t in range(trials):
         free = free_cpus(lab, run_module, conf_allcpus)
         assert free, "cmp2 has no free pCPU: cannot run the race"
-        residents = [g["name"] for g in facts(run_module, lab.uri(DST), conf_allcpus)["guests"]]
+        residents = [g["name"] for g in lab.numa_facts(DST, conf_allcpus)["guests"]]
         names = [fresh_guest(SRC, [1]).name for _ in range(per_trial)]
         if t == 0:
+            out = tmp_path / "results"
+            out.mkdir()
             p = playbook(lab, "repin_parallel.yml", {"guests": names, "src": SRC, "dst": DST,
                                                      "dest_conf": conf_allcpus, "residents": residents,
-                                                     "lock_dir": "/run/lock/numa-repin"}, extra_args=["-f", "10"])
+                                                     "lock_dir": "/run/lock/numa-repin", "results_dir": str(out)},
+                         extra_args=["-f", "10"])
             assert p.returncode == 0, p.stdout[-6000:] + p.stderr[-2000:]
-            results = []
-            for n in names:
-                results.append((0, {"failed": lab.guest_host(n) != DST,
-                                    "msg": "No numa available with" if lab.guest_host(n) != DST else "ok"}))
+            # Each run's own result (failed, msg) as repin_migrate returned it, and where its guest is now.
+            results = [(0, json.loads((out / ("%s.json" % n)).read_text())) for n in names]
+            for n, (_, r) in zip(names, results):
+                assert lab.guest_host(n) == (SRC if r["failed"] else DST), (n, r)
         else:
             results = _race(lab, run_module, names, conf_allcpus)
         won = [n for n, (rc, r) in zip(names, results) if not r["failed"]]
@@ -479,7 +476,7 @@ def _claim_double_pinned(lab, run_module, conf, racers, residents):
     numa_facts' overlaps. Overlaps among residents only (other tests on the shared lab pin guests onto cmp2
     directly, some on purpose) and guests created there during the trial by others are not the trial's doing."""
     watched = set(racers) | set(residents)
-    f = facts(run_module, lab.uri(DST), conf)
+    f = lab.numa_facts(DST, conf)
     holders = {}
     for g in f["guests"]:
         if g["state"] != "running" or g["name"] not in watched:
@@ -667,7 +664,7 @@ def claim_trial(lab, run_module, fresh_guest, runner, conf, lock_root, t):
     while not free and time.time() < end:
         time.sleep(1)
         free = free_cpus(lab, run_module, conf)
-    before = {x["name"]: (x["uuid"], x["vcpu_pins"]) for x in facts(run_module, lab.uri(DST), conf)["guests"]}
+    before = {x["name"]: (x["uuid"], x["vcpu_pins"]) for x in lab.numa_facts(DST, conf)["guests"]}
     names = [fresh_guest(SRC, [1]).name for _ in range(2)]
     barrier = threading.Barrier(2)
 
@@ -681,7 +678,7 @@ def claim_trial(lab, run_module, fresh_guest, runner, conf, lock_root, t):
         results = list(ex.map(one, range(2)))
     # Residents: guests that were on cmp2 before the trial and are the same domain with the same pins after
     # (the lab is shared: other runs, with binaries that do not take the claim, move guests to and from cmp2).
-    after = {x["name"]: (x["uuid"], x["vcpu_pins"]) for x in facts(run_module, lab.uri(DST), conf)["guests"]}
+    after = {x["name"]: (x["uuid"], x["vcpu_pins"]) for x in lab.numa_facts(DST, conf)["guests"]}
     residents = [n for n, v in before.items() if after.get(n) == v]
     live, mine = _claim_double_pinned(lab, run_module, conf, names, residents)
     return free, [(n, rc, r) for n, (rc, r) in zip(names, results)], {"live": live, "libvirt": mine}, names

@@ -7,26 +7,20 @@ REPO = Path(__file__).resolve().parents[2]
 PB = REPO / "playbooks" / "repin_overlaps.yml"
 
 
-def facts(run_module, lab, host):
-    rc, res = run_module("numa_facts", {"uri": lab.uri(host), "nova_conf": lab.nova_conf(host), "host": host})
-    assert rc == 0, res
-    return res["ansible_facts"]["numa"]
-
-
 def test_overlap_on_cmp2_is_repinned_live(lab, fresh_guest, fresh_instance_rows, run_module, ansible_playbook, db):
     assert lab.lab_sh("seed").returncode == 0
     g = fresh_guest("cmp2", [1])
     fresh_instance_rows("cmp2", [1], uuid=g.uuid)
-    assert {"cpu": 1, "guests": sorted(["c2-resident", g.name])} in facts(run_module, lab, "cmp2")["overlaps"]
+    assert {"cpu": 1, "guests": sorted(["c2-resident", g.name])} in lab.numa_facts("cmp2")["overlaps"]
     pid_before = lab.virsh("cmp2", "domid", g.name).stdout.strip()
 
     p = ansible_playbook(PB, limit="cmp2", check=True, diff=True)
     assert p.returncode == 0, p.stdout[-3000:]
-    assert facts(run_module, lab, "cmp2")["overlaps"] != []  # check mode changed nothing
+    assert lab.numa_facts("cmp2")["overlaps"] != []  # check mode changed nothing
 
     p = ansible_playbook(PB, limit="cmp2")
     assert p.returncode == 0, p.stdout[-3000:]
-    f = facts(run_module, lab, "cmp2")
+    f = lab.numa_facts("cmp2")
     assert f["overlaps"] == []
     mine = next(x for x in f["guests"] if x["name"] == g.name)
     assert mine["vcpu_pins"] == {"0": [0]}
@@ -48,7 +42,7 @@ def test_an_overlap_that_cannot_be_resolved_in_place_fails_the_play(lab, ansible
     assert p.returncode != 0, p.stdout[-3000:]
     assert re.search(r"guest vm-toobig on cmp1: .*No numa available", p.stdout), p.stdout[-3000:]
     assert "Overlap repin on cmp1: 1 left unresolved: vm-toobig" in p.stdout, p.stdout[-3000:]
-    assert {"cpu": 1, "guests": ["vm-taken", "vm-toobig"]} in facts(run_module, lab, "cmp1")["overlaps"]
+    assert {"cpu": 1, "guests": ["vm-taken", "vm-toobig"]} in lab.numa_facts("cmp1")["overlaps"]
     p = ansible_playbook(PB, limit="cmp1", extra_vars={"numa_repin_allow_leftovers": True})
     assert p.returncode == 0, p.stdout[-3000:]
     assert re.search(r"guest vm-toobig on cmp1: .*No numa available", p.stdout), p.stdout[-3000:]

@@ -11,10 +11,14 @@ through Keystone's v3 API as kolla-ansible's service-ks-register does (stdlib on
 """
 import argparse
 import json
+import os
 import sys
 import time
 import urllib.error
 import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from labspec import REGION  # noqa: E402
 
 
 def admin_token(auth_url, password, username="admin", project="admin"):
@@ -96,7 +100,7 @@ def main():
         if e:
             ks.call("DELETE", "/endpoints/" + e["id"])
         ks.call("POST", "/endpoints", {"endpoint": {"service_id": service["id"], "interface": interface,
-                                                    "url": a.neutron_url, "region_id": "RegionOne"}})
+                                                    "url": a.neutron_url, "region_id": REGION}})
     print("keystone_lab: project service, user neutron, network endpoints %s" % a.neutron_url)
 
 

@@ -14,47 +14,34 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-LAB_DIR=${LAB_DIR:-/var/lib/numa-repin-lab}
+SYS_PY=/usr/bin/python3
+# The lab's facts (hosts, addresses, ports, images, names) live in labspec.py, which write_files.py (lab.json,
+# inventories), seed_db.py and render_guest.py import too: NODES, HOSTS (the computes), CLOUD_COMPUTES,
+# CONTROL_PY27, HOST_NOVA, BRIDGE, NET, DEPLOY_ADDR, ADDR[host], PHYS_BRIDGE, PHYSNET, PHYSNET_INTERFACE,
+# SSH_PORT, NOVA_SSH_PORT, LIBVIRT_PORT, MIGPORTS[host], DB_PORT, RMQ_PORT, NEUTRON_PORT, KEYSTONE_PORT,
+# NEUTRON_URL, KEYSTONE_URL, PIN_SET[host], RESERVED_HOST_MEMORY_MB, DB_USER, DATABASES, REGION, LABEL,
+# BASE_IMAGE, NOVA_IMAGE, CONTAINERS, CONTAINER_HOST[container], RUN_FLAGS_ALL, RUN_FLAGS_PODMAN.
+LABSPEC=$($SYS_PY "$HERE/labspec.py" shell) || { echo "[lab] ERROR: $HERE/labspec.py shell failed" >&2; exit 1; }
+eval "$LABSPEC"
+LAB_DIR=${LAB_DIR:-$LAB_DIR_DEFAULT}
 CACHE=${NUMA_REPIN_CACHE:-/var/cache/numa-repin}
 export NUMA_REPIN_CACHE=$CACHE
-SYS_PY=/usr/bin/python3
 PY37=${PY37:-$(pyenv root 2>/dev/null || echo /root/.pyenv)/versions/3.7.16}
 
 # Separate hosts: each its own network namespace (nrl-<host>) on the lab's bridge, its own bullseye root
 # filesystem, /etc/kolla, sshd and /proc. Their addresses exist only on that bridge, which has no uplink:
 # no lab traffic leaves the machine. The bridge's own address is this machine, the deploy host.
-HOSTS=(cmp1 cmp2 cmp3)                # computes: libvirtd inside, the Kolla nova_libvirt way
-# The standard cloud's compute group (inventory.yml): cmp1 and cmp2, where the seeded field cases live.
-# cmp3 joins them only in inventory-3computes.yml: the drains whose moves go to two destinations at once.
-CLOUD_COMPUTES=(cmp1 cmp2)
-# ctl27: a second control host like CentOS 7's, whose only Python is 2.7, for the ansible-core 2.16 run
-# (the last ansible-core that manages Python 2.7 and 3.6 hosts); it shares control's /etc/kolla.
-# cmp4: a compute whose Nova is installed on the host itself, as in the field write-up: Ubuntu 18.04's
-# own python-nova package (Queens, with Ubuntu's backports) under /usr/lib/python2.7/dist-packages,
+# The computes (HOSTS) run libvirtd inside, the Kolla nova_libvirt way. CONTROL_PY27 (ctl27): a second
+# control host like CentOS 7's, whose only Python is 2.7, for the ansible-core 2.16 run (the last
+# ansible-core that manages Python 2.7 and 3.6 hosts); it shares control's /etc/kolla.
+# HOST_NOVA (cmp4): a compute whose Nova is installed on the host itself, as in the field write-up: Ubuntu
+# 18.04's own python-nova package (Queens, with Ubuntu's backports) under /usr/lib/python2.7/dist-packages,
 # run by a systemd unit, systemd its PID 1. It has no libvirtd: it takes part in the patch rollout
 # only (inventory-hostnova.yml), never in drains.
-HOST_NOVA=cmp4
-NODES=(control cmp1 cmp2 cmp3 ctl27 cmp4)  # every separate host
-BRIDGE=nrlab0
-NET=10.77.0
-DEPLOY_ADDR=$NET.1
-declare -A ADDR=([control]=$NET.10 [cmp1]=$NET.11 [cmp2]=$NET.12 [ctl27]=$NET.13 [cmp3]=$NET.14 [cmp4]=$NET.15)
-declare -A MIGPORTS=([cmp1]="49152 49215" [cmp2]="49216 49279" [cmp3]="49280 49343")
-declare -A PIN_SET=([cmp1]="0-1" [cmp2]="0-1" [cmp3]="0-1")
-LIBVIRT_PORT=16509
-SSH_PORT=22
-NOVA_SSH_PORT=8022                    # Kolla's nova_ssh port, also served by each host's sshd
 DB_HOST=$DEPLOY_ADDR                  # MariaDB listens on 127.0.0.1 and on the bridge
 HOST_ROOT_INCLUDE=openssh-server,python3,iproute2,procps,netbase
 HOST_ROOT_INCLUDE_PY27=openssh-server,python2.7,iproute2,procps,netbase
 ANSIBLE216_VENV=$CACHE/venvs/ansible-core-2.16-py311
-DB_PORT=3306
-DB_USER=nova
-DATABASES=(nova_api nova nova_cell0 placement neutron keystone)
-LABEL=numa-repin-lab
-BASE_IMAGE=numa-repin-lab/base:bookworm
-NOVA_IMAGE=numa-repin-lab/nova:19.3.2
-CONTAINERS=(nova_conductor nova_compute)
 DEBOOTSTRAP_INCLUDE=python3,netbase,libvirt0
 LAB_VENV=$CACHE/venvs/lab-py311
 APT_PKGS=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev qemu-system-x86 qemu-utils
@@ -72,16 +59,10 @@ KOLLA=$LAB_DIR/control/etc/kolla   # the control host's /etc/kolla
 PASSWORDS=$KOLLA/passwords.yml
 DOCKER_DIR=$LAB_DIR/docker
 # Neutron (issue 16): RabbitMQ on this machine (as MariaDB), Keystone and neutron-server (ml2, linuxbridge, flat
-# physnet1) in the control host, a Linux bridge agent in each compute; physnet1 is each compute's eth1, a veth
-# into the bridge nrphys0 (no address, no uplink).
+# PHYSNET) in the control host, a Linux bridge agent in each compute; PHYSNET is each compute's
+# PHYSNET_INTERFACE, a veth into the bridge PHYS_BRIDGE (no address, no uplink).
 RMQ=$LAB_DIR/rabbitmq
-RMQ_PORT=5672
 TRANSPORT_URL=rabbit://openstack:openstack@$DEPLOY_ADDR:$RMQ_PORT//
-PHYS_BRIDGE=nrphys0
-NEUTRON_PORT=9696
-NEUTRON_URL=http://$NET.10:$NEUTRON_PORT
-KEYSTONE_PORT=5000                    # Keystone (Stein) in control; neutron-server checks tokens with it
-KEYSTONE_URL=http://$NET.10:$KEYSTONE_PORT/v3
 SSH_DIR=$LAB_DIR/ssh
 
 log() { printf '[lab] %s\n' "$*"; }
@@ -219,7 +200,7 @@ write_nova_compute_conf() {
 host = $h
 my_ip = ${ADDR[$h]}
 vcpu_pin_set = $1
-reserved_host_memory_mb = 512
+reserved_host_memory_mb = $RESERVED_HOST_MEMORY_MB
 compute_driver = libvirt.LibvirtDriver
 
 [libvirt]
@@ -268,22 +249,22 @@ do_network() {
       ip netns exec "$ns" ip addr add "${ADDR[$h]}/24" dev eth0
     ip netns exec "$ns" ip link set eth0 up
   done
-  # physnet1: eth1 of every compute, one flat L2 segment on nrphys0.
+  # PHYSNET: PHYSNET_INTERFACE of every compute, one flat L2 segment on PHYS_BRIDGE.
   ip link show "$PHYS_BRIDGE" >/dev/null 2>&1 || ip link add "$PHYS_BRIDGE" type bridge
   ip link set "$PHYS_BRIDGE" up
   for h in "${HOSTS[@]}"; do
     if ! ip link show "nrp-$h" >/dev/null 2>&1; then
-      ip netns exec "nrl-$h" ip link del eth1 2>/dev/null || true
-      ip link add "nrp-$h" type veth peer name eth1 netns "nrl-$h"
+      ip netns exec "nrl-$h" ip link del "$PHYSNET_INTERFACE" 2>/dev/null || true
+      ip link add "nrp-$h" type veth peer name "$PHYSNET_INTERFACE" netns "nrl-$h"
     fi
     ip link set "nrp-$h" master "$PHYS_BRIDGE" up
-    ip netns exec "nrl-$h" ip link set eth1 up
+    ip netns exec "nrl-$h" ip link set "$PHYSNET_INTERFACE" up
   done
   log "hosts on $BRIDGE: $(for h in "${NODES[@]}"; do printf '%s=%s ' "$h" "${ADDR[$h]}"; done)(no uplink, no default route)"
 }
 
 # --------------------------------------------------------------------------------------------- host roots
-root_include() { [ "$1" = ctl27 ] && echo "$HOST_ROOT_INCLUDE_PY27" || echo "$HOST_ROOT_INCLUDE"; }
+root_include() { [ "$1" = "$CONTROL_PY27" ] && echo "$HOST_ROOT_INCLUDE_PY27" || echo "$HOST_ROOT_INCLUDE"; }
 HOST_NOVA_INCLUDE=systemd,openssh-server,iproute2,procps
 HOST_NOVA_PACKAGES=python-nova
 host_root_tarball() {
@@ -324,10 +305,10 @@ do_roots() {
   # The two userlands download in parallel (each debootstrap mostly waits on the mirror).
   local p1 p2 p3
   make_root_tarball cmp1 & p1=$!
-  make_root_tarball ctl27 & p2=$!
+  make_root_tarball "$CONTROL_PY27" & p2=$!
   make_root_tarball "$HOST_NOVA" & p3=$!
   wait $p1 || die "the hosts' root filesystem could not be made"
-  wait $p2 || die "ctl27's root filesystem could not be made"
+  wait $p2 || die "$CONTROL_PY27's root filesystem could not be made"
   wait $p3 || die "$HOST_NOVA's root filesystem could not be made"
   [ -f "$SSH_DIR/id_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C numa-repin-lab -f "$SSH_DIR/id_ed25519"
   local dockercli; dockercli=$(command -v docker || true)
@@ -335,7 +316,7 @@ do_roots() {
   for h in "${NODES[@]}"; do
     d=$(hostdir "$h") R=$(hostdir "$h")/root tgz=$(host_root_tarball "$h")
     mkdir -p "$d/etc"
-    if [ "$h" = ctl27 ]; then ln -sfn "$KOLLA" "$d/etc/kolla"; else mkdir -p "$d/etc/kolla"; fi
+    if [ "$h" = "$CONTROL_PY27" ]; then ln -sfn "$KOLLA" "$d/etc/kolla"; else mkdir -p "$d/etc/kolla"; fi
     if [ ! -f "$R/.lab-root" ] || [ "$(cat "$R/.lab-root")" != "$(basename "$tgz")" ]; then
       # Never delete a root in use: /dev, /sys and /proc are mounted inside it while the host runs.
       init_pid "$h" >/dev/null && die "$h runs on a root made from another tarball; run: $0 down, then up"
@@ -656,19 +637,19 @@ export OS_AUTH_URL=$KEYSTONE_URL
 export OS_INTERFACE=internal
 export OS_ENDPOINT_TYPE=internalURL
 export OS_IDENTITY_API_VERSION=3
-export OS_REGION_NAME=RegionOne
+export OS_REGION_NAME=$REGION
 export OS_AUTH_PLUGIN=password
 EOF
   cat >"$KOLLA/globals.yml" <<EOF
 ---
 # the lab's kolla globals (tests/lab/lab.sh): the internal VIP is the control host
-kolla_internal_vip_address: "$NET.10"
+kolla_internal_vip_address: "${ADDR[control]}"
 kolla_enable_tls_internal: "no"
 EOF
   cat >"$KOLLA/nova-conductor/nova.conf" <<EOF
 # nova-conductor configuration of the lab (tests/lab/lab.sh)
 [DEFAULT]
-transport_url = rabbit://openstack:openstack@127.0.0.1:5672//
+transport_url = rabbit://openstack:openstack@127.0.0.1:$RMQ_PORT//
 state_path = $LAB_DIR/nova-state
 
 [database]
@@ -715,7 +696,7 @@ do_schemas() {
     fi
     if [ "$(sql -e "SELECT COUNT(*) FROM nova_api.cell_mappings WHERE name='cell1'")" = 0 ]; then
       $nm cell_v2 create_cell --name cell1 --database_connection "$(dburl "$pw" nova)" \
-        --transport-url rabbit://openstack:openstack@127.0.0.1:5672// >>"$LAB_DIR/nova-manage.log" 2>&1
+        --transport-url rabbit://openstack:openstack@127.0.0.1:$RMQ_PORT// >>"$LAB_DIR/nova-manage.log" 2>&1
     fi
   else
     log "nova schemas present"
@@ -797,7 +778,7 @@ stop_rabbitmq() {
   pkill -x epmd 2>/dev/null || true
 }
 KEYSTONE_VENV=""
-keystone_ok() { nc_ok "$NET.10" "$KEYSTONE_PORT"; }
+keystone_ok() { nc_ok "${ADDR[control]}" "$KEYSTONE_PORT"; }
 do_keystone() { # Keystone of Stein in control, as Kolla's keystone container: db_sync, keys, bootstrap, then the
   # service project, neutron's user and the network endpoints (keystone_lab.py)
   KEYSTONE_VENV=$(venv keystone)
@@ -831,14 +812,14 @@ EOF
   fi
   [ -e "$c/keystone/fernet-keys/0" ] || $km fernet_setup --keystone-user root --keystone-group root >>"$LAB_DIR/keystone-manage.log" 2>&1
   [ -e "$c/keystone/credential-keys/0" ] || $km credential_setup --keystone-user root --keystone-group root >>"$LAB_DIR/keystone-manage.log" 2>&1
-  $km bootstrap --bootstrap-password "$pw" --bootstrap-region-id RegionOne \
+  $km bootstrap --bootstrap-password "$pw" --bootstrap-region-id "$REGION" \
     --bootstrap-admin-url "$KEYSTONE_URL" --bootstrap-internal-url "$KEYSTONE_URL" --bootstrap-public-url "$KEYSTONE_URL" \
     >>"$LAB_DIR/keystone-manage.log" 2>&1 || { tail "$LAB_DIR/keystone-manage.log"; die "keystone bootstrap failed"; }
   if ! alive_cmd_in control "$c/keystone/server.pid" keystone-wsgi-public || ! keystone_ok; then
     # keystone-wsgi-public's own server (wsgiref, one request at a time): the lab's requests are few; Kolla
     # runs the same application under Apache's mod_wsgi.
     SVC_VENV=$KEYSTONE_VENV start_in control "$c/keystone/server.pid" "$c/keystone/log/stdout.log" \
-      env OS_KEYSTONE_CONFIG_FILES="$d/keystone.conf" "$KEYSTONE_VENV/bin/keystone-wsgi-public" --host "$NET.10" --port "$KEYSTONE_PORT"
+      env OS_KEYSTONE_CONFIG_FILES="$d/keystone.conf" "$KEYSTONE_VENV/bin/keystone-wsgi-public" --host "${ADDR[control]}" --port "$KEYSTONE_PORT"
     wait_for 60 "keystone on $KEYSTONE_URL" keystone_ok
     log "keystone started in control ($KEYSTONE_URL)"
   fi
@@ -846,7 +827,7 @@ EOF
     --neutron-url "$NEUTRON_URL"
 }
 
-neutron_ok() { nc_ok "$NET.10" "$NEUTRON_PORT"; }
+neutron_ok() { nc_ok "${ADDR[control]}" "$NEUTRON_PORT"; }
 # start_in <host> <pid file> <log> <command...>: a daemon in the host's namespaces; its pid (of the host's
 # PID namespace, as alive_in reads it) in <pid file>. It ends with the host (down kills the host's PID 1).
 start_in() {
@@ -861,14 +842,14 @@ write_neutron_confs() {
   mkdir -p "$d" "$LAB_DIR/control/neutron"/{state,log}
   umask 077
   cat >"$d/neutron.conf" <<EOF
-# neutron-server configuration of the lab (tests/lab/lab.sh): ml2 + linuxbridge, a flat physnet1, Keystone tokens
+# neutron-server configuration of the lab (tests/lab/lab.sh): ml2 + linuxbridge, a flat $PHYSNET, Keystone tokens
 [DEFAULT]
 core_plugin = ml2
 service_plugins =
 auth_strategy = keystone
 api_paste_config = $NEUTRON_VENV/etc/neutron/api-paste.ini
 transport_url = $TRANSPORT_URL
-bind_host = $NET.10
+bind_host = ${ADDR[control]}
 bind_port = $NEUTRON_PORT
 api_workers = 1
 rpc_workers = 1
@@ -883,8 +864,8 @@ log_file = $LAB_DIR/control/neutron/log/neutron-server.log
 connection = $(dburl "$pw" neutron)
 
 [keystone_authtoken]
-www_authenticate_uri = http://$NET.10:$KEYSTONE_PORT
-auth_url = http://$NET.10:$KEYSTONE_PORT
+www_authenticate_uri = http://${ADDR[control]}:$KEYSTONE_PORT
+auth_url = http://${ADDR[control]}:$KEYSTONE_PORT
 auth_type = password
 project_domain_name = Default
 user_domain_name = Default
@@ -899,7 +880,7 @@ mechanism_drivers = linuxbridge
 extension_drivers = port_security
 
 [ml2_type_flat]
-flat_networks = physnet1
+flat_networks = $PHYSNET
 
 [oslo_concurrency]
 lock_path = $LAB_DIR/control/neutron/state/lock
@@ -924,7 +905,7 @@ polling_interval = 2
 helper_command = privsep-helper --config-file $d/linuxbridge_agent.ini
 
 [linux_bridge]
-physical_interface_mappings = physnet1:eth1
+physical_interface_mappings = $PHYSNET:$PHYSNET_INTERFACE
 
 [vxlan]
 enable_vxlan = false
@@ -1005,7 +986,7 @@ do_engine() {
 }
 engine() { "$ENGINE" "$@"; }
 RUN_FLAGS=()
-run_flags() { RUN_FLAGS=(--init --network host); [ "$ENGINE" = podman ] && RUN_FLAGS+=(--ulimit nofile=1024:1024 --ulimit nproc=4096:4096); true; }
+run_flags() { RUN_FLAGS=("${RUN_FLAGS_ALL[@]}"); [ "$ENGINE" = podman ] && RUN_FLAGS+=("${RUN_FLAGS_PODMAN[@]}"); true; }
 
 do_base_image() {
   if engine image inspect "$BASE_IMAGE" >/dev/null 2>&1; then log "$BASE_IMAGE present"; return 0; fi
@@ -1065,8 +1046,8 @@ do_containers() {
   local c conf
   for c in "${CONTAINERS[@]}"; do
     case $c in
-      nova_conductor) conf=$KOLLA/nova-conductor/nova.conf ;;
-      nova_compute) conf=$(hostdir cmp1)/etc/kolla/nova-compute/nova.conf ;;
+      nova_conductor) conf=$(hostdir "${CONTAINER_HOST[$c]}")/etc/kolla/nova-conductor/nova.conf ;;
+      nova_compute) conf=$(hostdir "${CONTAINER_HOST[$c]}")/etc/kolla/nova-compute/nova.conf ;;
     esac
     if [ "$(engine inspect -f '{{.State.Running}} {{index .Config.Labels "'$LABEL'"}}' "$c" 2>/dev/null)" = "true lab" ]; then
       continue
@@ -1158,12 +1139,9 @@ stdout_callback = default
 pipelining = True
 EOF
   local novavenv; novavenv=$(venv nova)
-  local addrs="{" h sep=""
-  for h in "${NODES[@]}"; do addrs="$addrs$sep\"$h\": \"${ADDR[$h]}\""; sep=", "; done
-  addrs="$addrs}"
+  # The lab's facts come from labspec.py; what this run found or made, from here.
   NOVA_VENV=$novavenv ENGINE=${ENGINE:-docker} LAB_DIR=$LAB_DIR REPO=$REPO LAB_VENV=$LAB_VENV PW=$pw \
-    ENGINE_OWNER=$ENGINE_OWNER ADDRS=$addrs HOSTS="${HOSTS[*]}" CLOUD_COMPUTES="${CLOUD_COMPUTES[*]}" NODES="${NODES[*]}" DEPLOY_ADDR=$DEPLOY_ADDR \
-    DB_HOST=$DB_HOST KOLLA=$KOLLA SSH_PORT=$SSH_PORT NOVA_SSH_PORT=$NOVA_SSH_PORT ANSIBLE216_VENV=$ANSIBLE216_VENV \
+    ENGINE_OWNER=$ENGINE_OWNER KOLLA=$KOLLA ANSIBLE216_VENV=$ANSIBLE216_VENV \
     $SYS_PY "$HERE/write_files.py"
 }
 

@@ -28,6 +28,7 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from keystone_lab import admin_token  # noqa: E402
+from labspec import PHYSNET  # noqa: E402
 NETWORK = "lab-net"
 CIDR = "10.78.0.0/24"
 
@@ -87,7 +88,7 @@ def main():
         wait("the Linux bridge agent on " + host, agent_alive, 90)
 
     nets = api.call("GET", "/networks?name=" + NETWORK)["networks"]
-    for n in [n for n in nets if n.get("provider:physical_network") != "physnet1"]:
+    for n in [n for n in nets if n.get("provider:physical_network") != PHYSNET]:
         # An older lab's network written into the DB directly (no segment: nothing on it can bind).
         for p in api.call("GET", "/ports?network_id=" + n["id"])["ports"]:
             api.call("DELETE", "/ports/" + p["id"])
@@ -98,7 +99,7 @@ def main():
     else:
         net = api.call("POST", "/networks", {"network": {
             "name": NETWORK, "tenant_id": project, "provider:network_type": "flat",
-            "provider:physical_network": "physnet1", "port_security_enabled": False}})["network"]
+            "provider:physical_network": PHYSNET, "port_security_enabled": False}})["network"]
     if not api.call("GET", "/subnets?network_id=" + net["id"])["subnets"]:
         api.call("POST", "/subnets", {"subnet": {
             "name": NETWORK + "-subnet", "network_id": net["id"], "tenant_id": project, "cidr": CIDR,

@@ -19,8 +19,11 @@ import sys
 import uuid as uuidlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import labspec  # noqa: E402
+
 GUESTS = os.path.join(HERE, "guests")
-IMAGES = "/var/lib/libvirt/images"  # per-host bind mount inside each lab host's namespace
+IMAGES = labspec.IMAGES_DIR_IN_HOST  # per-host bind mount inside each lab host's namespace
 
 
 def standard():

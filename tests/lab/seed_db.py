@@ -29,6 +29,7 @@ import pymysql
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import labdb  # noqa: E402
+import labspec  # noqa: E402
 
 from nova import objects  # noqa: E402
 
@@ -40,7 +41,9 @@ from oslo_serialization import jsonutils  # noqa: E402
 def node_uuid(host):
     """cmpN's compute node (and resource provider) uuid: ...0000000c000N."""
     return "6c1a9e10-0000-4000-8000-0000000c%04d" % int(host[len("cmp"):])
-RESERVED_MB = 512
+
+
+RESERVED_MB = labspec.RESERVED_HOST_MEMORY_MB  # each compute's nova.conf reserved_host_memory_mb
 
 
 def cpuset(spec):

@@ -1,32 +1,38 @@
 """Write the lab's lab.json, inventory.yml and lab.env (run by `lab.sh up`, phase files).
 
-Every setting comes from the environment lab.sh passes; lab.json is the one description of the
-lab that tests (tests/integration/lablib.py) read.
+The lab's facts (hosts, addresses, ports, images, names) come from labspec.py; what the run found
+or made (LAB_DIR, the DB password, venvs, the container engine) from the environment lab.sh passes.
+lab.json is the one description of the lab that tests (tests/integration/lablib.py) read.
 """
 import json
 import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import labspec as S  # noqa: E402
 
 E = os.environ
 L, R, pw = E["LAB_DIR"], E["REPO"], E["PW"]
 venv, engine = E["LAB_VENV"], E["ENGINE"]
-addr = json.loads(E["ADDRS"])  # host -> address on the lab bridge
-computes = E["HOSTS"].split()
-cloud_computes = E["CLOUD_COMPUTES"].split()  # inventory.yml's compute group; every compute in inventory-3computes.yml
-nodes = E["NODES"].split()
-deploy, db_host, kolla = E["DEPLOY_ADDR"], E["DB_HOST"], E["KOLLA"]
+addr = S.ADDR  # host -> address on the lab bridge
+computes = S.COMPUTES
+cloud_computes = S.CLOUD_COMPUTES  # inventory.yml's compute group; every compute in inventory-3computes.yml
+nodes = S.NODES
+deploy, kolla = S.DEPLOY_ADDR, E["KOLLA"]
+db_host = S.DEPLOY_ADDR  # MariaDB as the lab hosts reach it: on the bridge, at the deploy host's address
 ssh_dir = os.path.join(L, "ssh")
 key = os.path.join(ssh_dir, "id_ed25519")
 std = json.load(open(os.path.join(R, "tests/lab/guests/standard.json")))
 
-KOLLA_COMPUTE_CONF = "/etc/kolla/nova-compute/nova.conf"
-CONTROL_INV = "control01"  # the inventory's name of the lab host `control`
+KOLLA_COMPUTE_CONF = S.NOVA_COMPUTE_CONF_IN_HOST
+CONTROL_INV = S.CONTROL_INVENTORY_NAME  # the inventory's name of the lab host `control`
 
 
 def node(h):
     d = os.path.join(L, h)
     return {"name": h, "address": addr[h], "dir": d, "root": os.path.join(d, "root"),
             "init_pid_file": os.path.join(d, "init.pid"), "netns": "nrl-" + h,
-            "ssh_port": int(E["SSH_PORT"]), "nova_ssh_port": int(E["NOVA_SSH_PORT"])}
+            "ssh_port": S.SSH_PORT, "nova_ssh_port": S.NOVA_SSH_PORT}
 
 
 hosts = {}
@@ -41,9 +47,9 @@ for h in computes:
         "nova_conf": os.path.join(d, "etc/kolla/nova-compute/nova.conf"),
         "nova_conf_in_host": KOLLA_COMPUTE_CONF,
         "nova_conf_allcpus": os.path.join(d, "etc/kolla/nova-compute/nova-allcpus.conf"),
-        "nova_conf_allcpus_in_host": "/etc/kolla/nova-compute/nova-allcpus.conf",
-        "vcpu_pin_set": "0-1", "images_dir": os.path.join(d, "lib/images"),
-        "images_dir_in_host": "/var/lib/libvirt/images",
+        "nova_conf_allcpus_in_host": S.NOVA_COMPUTE_ALLCPUS_CONF_IN_HOST,
+        "vcpu_pin_set": S.PIN_SET[h], "images_dir": os.path.join(d, "lib/images"),
+        "images_dir_in_host": S.IMAGES_DIR_IN_HOST,
         # pid files hold pids of the host's own PID namespace (lablib translates them).
         "libvirtd_pid_file": os.path.join(d, "run/libvirtd.pid"),
         "virtlogd_pid_file": os.path.join(d, "run/virtlogd.pid"),
@@ -55,56 +61,56 @@ def url(db, host=db_host):
     return "mysql+pymysql://nova:%s@%s/%s" % (pw, host, db)
 
 
-dbs = {k: k for k in ("nova_api", "nova", "nova_cell0", "placement", "neutron")}
+dbs = {k: k for k in S.DATABASES if k != "keystone"}
 # Neutron (tests/lab/neutron_lab.py writes neutron.json: network, bridge, the standard guests' ports).
-neutron_url = "http://%s:9696" % addr["control"]
+neutron_url = S.NEUTRON_URL
 lab = {
     "lab_dir": L, "repo": R,
     "hosts": hosts, "host_names": computes, "cloud_computes": cloud_computes,
     "nodes": {h: node(h) for h in nodes}, "node_names": nodes, "deploy_address": deploy,
     "control": dict(node("control"), **{
-        "nova_conductor_conf_in_host": "/etc/kolla/nova-conductor/nova.conf",
-        "passwords_file_in_host": "/etc/kolla/passwords.yml"}),
-    "db": {"host": "127.0.0.1", "port": 3306, "address_for_hosts": db_host,
+        "nova_conductor_conf_in_host": S.NOVA_CONDUCTOR_CONF_IN_HOST,
+        "passwords_file_in_host": S.PASSWORDS_FILE_IN_HOST}),
+    "db": {"host": "127.0.0.1", "port": S.DB_PORT, "address_for_hosts": db_host,
            "socket": os.path.join(L, "mysql/mysqld.sock"),
-           "pid_file": os.path.join(L, "mysql/mysqld.pid"), "user": "nova", "password": pw,
+           "pid_file": os.path.join(L, "mysql/mysqld.pid"), "user": S.DB_USER, "password": pw,
            "databases": dbs, "urls": {k: url(v) for k, v in dbs.items()},
            "passwords_file": os.path.join(kolla, "passwords.yml"),
            "nova_conductor_conf": os.path.join(kolla, "nova-conductor/nova.conf"),
            "placement_conf": os.path.join(kolla, "placement-api/placement.conf"),
            "neutron_conf": os.path.join(kolla, "neutron-server/neutron.conf")},
     "containers": {"engine": engine, "engine_owner": E.get("ENGINE_OWNER") or "unknown",
-                   "base_image": "numa-repin-lab/base:bookworm", "nova_image": "numa-repin-lab/nova:19.3.2",
-                   "names": ["nova_conductor", "nova_compute"], "label": "numa-repin-lab",
-                   "run_flags": ["--init", "--network", "host"] + (
-                       ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"] if engine == "podman" else []),
-                   "nova_python": "/var/lib/kolla/venv/bin/python",
-                   "nova_site_packages": "/var/lib/kolla/venv/lib/python3.7/site-packages",
-                   "nova_compute_host": "cmp1", "nova_conductor_host": "control"},
+                   "base_image": S.BASE_IMAGE, "nova_image": S.NOVA_IMAGE,
+                   "names": S.CONTAINERS, "label": S.LABEL,
+                   "run_flags": S.RUN_FLAGS + (S.PODMAN_RUN_FLAGS if engine == "podman" else []),
+                   "nova_python": S.NOVA_PYTHON_IN_IMAGE,
+                   "nova_site_packages": S.NOVA_SITE_PACKAGES_IN_IMAGE,
+                   "nova_compute_host": S.CONTAINER_HOSTS["nova_compute"],
+                   "nova_conductor_host": S.CONTAINER_HOSTS["nova_conductor"]},
     # cmp4: Nova installed on the host (Ubuntu 18.04's python-nova), run by the systemd unit nova-compute.
-    "host_nova": {"host": "cmp4", "path": "/usr/lib/python2.7/dist-packages/nova", "python": "/usr/bin/python2.7",
-                  "services": ["nova-compute"], "inventory": os.path.join(L, "inventory-hostnova.yml")},
+    "host_nova": {"host": S.HOST_NOVA, "path": S.HOST_NOVA_PATH, "python": S.HOST_NOVA_PYTHON,
+                  "services": S.HOST_NOVA_SERVICES, "inventory": os.path.join(L, "inventory-hostnova.yml")},
     # Inventory names of lab hosts where they differ from the host's own name.
     "inventory_names": {"control": CONTROL_INV},
     # A Kolla nova_ssh-like endpoint: the usual destination's own sshd (port 8022 as Kolla's).
-    "ssh": {"address": addr["cmp2"], "port": int(E["NOVA_SSH_PORT"]), "user": "root", "key": key,
-            "config": os.path.join(ssh_dir, "ssh_config"), "host": "cmp2"},
+    "ssh": {"address": addr[S.NOVA_SSH_HOST], "port": S.NOVA_SSH_PORT, "user": "root", "key": key,
+            "config": os.path.join(ssh_dir, "ssh_config"), "host": S.NOVA_SSH_HOST},
     "ansible": {"config": os.path.join(L, "ansible.cfg"), "inventory": os.path.join(L, "inventory.yml"),
                 "inventory_3computes": os.path.join(L, "inventory-3computes.yml"),
                 "venv": venv, "playbook": os.path.join(venv, "bin/ansible-playbook"),
                 "library": os.path.join(R, "library"), "roles_path": os.path.join(R, "roles")},
     "ansible216": {"inventory": os.path.join(L, "inventory-ansible-2.16.yml"), "venv": E["ANSIBLE216_VENV"],
                    "playbook": os.path.join(E["ANSIBLE216_VENV"], "bin/ansible-playbook"),
-                   "control_host": "ctl27", "control_python": "/usr/bin/python2.7"},
+                   "control_host": S.CONTROL_PY27, "control_python": "/usr/bin/python2.7"},
     "python": {"tools": os.path.join(venv, "bin/python"), "py37": "/root/.pyenv/versions/3.7.16/bin/python3",
                "py27": "/root/.pyenv/versions/2.7.18/bin/python", "nova_venv": E["NOVA_VENV"]},
     "guests": std["guests"], "project_id": std["project_id"], "user_id": std["user_id"],
     # neutron-server (in control) and its Linux bridge agents: neutron.json is rewritten by `seed`.
-    "neutron": {"url": neutron_url, "file": os.path.join(L, "neutron.json"), "physnet_bridge": "nrphys0",
-                "physnet_interface": "eth1", "kolla_config_dir": kolla},
+    "neutron": {"url": neutron_url, "file": os.path.join(L, "neutron.json"), "physnet_bridge": S.PHYS_BRIDGE,
+                "physnet_interface": S.PHYSNET_INTERFACE, "kolla_config_dir": kolla},
     # Keystone (in control): the admin (project admin) has the DB password, as every lab secret.
-    "keystone": {"auth_url": "http://%s:5000/v3" % addr["control"], "username": "admin", "password": pw,
-                 "project_name": "admin"},
+    "keystone": {"auth_url": S.KEYSTONE_URL, "username": S.KEYSTONE_ADMIN, "password": pw,
+                 "project_name": S.KEYSTONE_PROJECT},
 }
 tmp = os.path.join(L, "lab.json.tmp")
 with open(tmp, "w") as f:
@@ -142,10 +148,10 @@ def compute_lines(h):
 # makes Ansible warn on every run.
 tail = ["    control:", "      hosts:", "        %s:" % CONTROL_INV,
         "          ansible_host: %s" % addr["control"],
-        "          nova_conductor_conf: /etc/kolla/nova-conductor/nova.conf",
-        "          kolla_passwords: /etc/kolla/passwords.yml",
-        "          placement_conf: /etc/kolla/placement-api/placement.conf",
-        "          neutron_conf: /etc/kolla/neutron-server/neutron.conf", ""]
+        "          nova_conductor_conf: %s" % S.NOVA_CONDUCTOR_CONF_IN_HOST,
+        "          kolla_passwords: %s" % S.PASSWORDS_FILE_IN_HOST,
+        "          placement_conf: %s" % S.PLACEMENT_CONF_IN_HOST,
+        "          neutron_conf: %s" % S.NEUTRON_CONF_IN_HOST, ""]
 inv = head + [x for h in cloud_computes for x in compute_lines(h)] + tail
 with open(os.path.join(L, "inventory.yml"), "w") as f:
     f.write("\n".join(inv))
@@ -158,8 +164,8 @@ with open(os.path.join(L, "inventory-3computes.yml"), "w") as f:
 # control host is ctl27, whose only Python is 2.7 (as on CentOS 7), with the same /etc/kolla.
 inv216 = "\n".join(inv).replace("          ansible_host: %s\n" % addr["control"],
                                 "          ansible_host: %s\n          ansible_python_interpreter: /usr/bin/python2.7\n"
-                                % addr["ctl27"])
-assert addr["ctl27"] in inv216
+                                % addr[S.CONTROL_PY27])
+assert addr[S.CONTROL_PY27] in inv216
 with open(os.path.join(L, "inventory-ansible-2.16.yml"), "w") as f:
     f.write(inv216.replace("reached over SSH", "reached over SSH; control is ctl27 (Python 2.7 only)"))
 
@@ -177,8 +183,9 @@ with open(hn["inventory"], "w") as f:
 env = {"LAB_DIR": L, "LAB_JSON": os.path.join(L, "lab.json"), "ANSIBLE_CONFIG": lab["ansible"]["config"],
        "LAB_CMP1_URI": hosts["cmp1"]["libvirt_uri"], "LAB_CMP2_URI": hosts["cmp2"]["libvirt_uri"],
        "LAB_CMP1_NOVA_CONF": hosts["cmp1"]["nova_conf"], "LAB_CMP2_NOVA_CONF": hosts["cmp2"]["nova_conf"],
-       "LAB_DB_HOST": "127.0.0.1", "LAB_DB_PORT": "3306", "LAB_DB_SOCKET": lab["db"]["socket"], "LAB_DB_USER": "nova",
-       "LAB_DB_PASSWORD": pw, "LAB_CONTAINER_ENGINE": engine, "LAB_NOVA_IMAGE": "numa-repin-lab/nova:19.3.2",
+       "LAB_DB_HOST": "127.0.0.1", "LAB_DB_PORT": str(S.DB_PORT), "LAB_DB_SOCKET": lab["db"]["socket"],
+       "LAB_DB_USER": S.DB_USER,
+       "LAB_DB_PASSWORD": pw, "LAB_CONTAINER_ENGINE": engine, "LAB_NOVA_IMAGE": S.NOVA_IMAGE,
        "LAB_SSH_CONFIG": lab["ssh"]["config"], "LAB_SSH_KEY": key, "LAB_TOOLS_VENV": venv}
 with open(os.path.join(L, "lab.env"), "w") as f:
     f.write("# source me: numa-repin lab settings (tests/lab/lab.sh)\n")

@@ -33,20 +33,10 @@ Exit status 1 when any placement is invalid.
 """
 import argparse
 import collections
-import json
 import re
 import sys
 
-
-def load(path):
-    out = {}
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                d = json.loads(line)
-                out[d["id"]] = d
-    return out
+from compare import load  # noqa: E402  (one reader of the JSON-lines files, by case id)
 
 
 def page_request(req):

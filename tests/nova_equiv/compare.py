@@ -23,6 +23,7 @@ import sys
 
 
 def load(path):
+    """{case id: record} of a JSON-lines file (cases, or nova_fit.py's / fit_bench's answers); blank lines skipped."""
     out = {}
     with open(path) as f:
         for line in f:

@@ -1,12 +1,14 @@
 """What the equivalence tests share (tests/nova_equiv/test_equiv.py, tests/nova_patch/
 test_fit_agreement.py): an output folder in the cache, the Nova 19.3.2 venv, generated cases,
 our engine's answers (examples/fit_bench), and reading a JSON-lines answer file by case id."""
-import json
 import os
 import subprocess
 import sys
 
 import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compare import load  # noqa: E402,F401  (test_equiv.py, test_fit_agreement.py)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -43,8 +45,3 @@ def fit_bench(cases, out):
     subprocess.run([os.path.join(REPO, "target/release/examples/fit_bench"), cases, "--repeat",
                     "0", "-o", ours], check=True)
     return ours
-
-
-def load(path):
-    with open(path) as f:
-        return {r["id"]: r for r in map(json.loads, filter(str.strip, f))}
