@@ -54,7 +54,7 @@ pub struct NumaFacts {
     pub topology_source: String,
     pub cells: Vec<Cell>,
     pub cpu_model: Option<String>,
-    /// vcpu_pin_set before Train, [compute] cpu_dedicated_set after; null = all host CPUs.
+    /// vcpu_pin_set before Train, `[compute] cpu_dedicated_set` after; null = all host CPUs.
     pub cpu_dedicated_set: Option<CpuSet>,
     pub cpu_shared_set: Option<CpuSet>,
     pub reserved_host_memory_mb: u64,

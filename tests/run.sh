@@ -32,10 +32,17 @@ quick_pytest() {
   for p in "${QUICK_SKIP[@]}"; do ignore+=("--ignore=$p"); done
   python3 -m pytest -q -p no:cacheprovider -m "not lab" "${ignore[@]}" tests/integration tests/nova_patch
 }
+# Lint gates: formatting, clippy with warnings denied, rustdoc with warnings denied.
+gates() {
+  cargo fmt --check
+  cargo clippy --quiet --all-targets -- -D warnings
+  RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps
+}
 case "${1:-}" in
   "") ;;
   --quick)
     phase build bash scripts/build.sh
+    phase gates gates
     phase cargo-test cargo test --quiet
     phase pytest-no-lab quick_pytest
     echo "=== quick phases passed in $(( $(date +%s) - start )) s (the lab's tests and ${QUICK_SKIP[*]}: bash tests/run.sh)"
@@ -50,6 +57,7 @@ venvs_log=$(mktemp)
 ( for r in 19.3.2 18.3.0 17.0.13; do tests/nova_harness/venv.sh "$r" || exit 1; done
   tests/lab/venv.sh nova-victoria || exit 1 ) >"$venvs_log" 2>&1 &
 venvs_pid=$!
+phase gates gates
 phase build bash scripts/build.sh
 phase cargo-test cargo test --release --quiet
 phase fuzz bash tests/fuzz.sh
