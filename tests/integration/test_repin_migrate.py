@@ -398,7 +398,7 @@ def test_arguments_and_never_a_trace(lab, run_module):
 
 # ---------------------------------------------------------------------------------------------- destination claim
 # The claim lives in the destination's libvirtd (a never-started domain numa-repin-claim), so runs on
-# different machines (each with its own lock_dir) exclude each other. See src/claim.rs.
+# different machines (each with its own lock_dir) exclude each other. See src/io/claim.rs.
 
 CLAIM = "numa-repin-claim"
 CLAIM_NS = "http://numa-repin/xmlns/claim/1"
