@@ -48,9 +48,11 @@ fn placement_json(p: &Placement) -> Value {
     Value::Array(cells)
 }
 
-fn decide_json(id: u64, d: &Result<Decision, String>) -> Value {
+fn decide_json(id: u64, d: &Result<Decision, fit::RequestError>) -> Value {
     match d {
-        Err(e) => json!({"id": id, "numa": false, "fits": false, "error": e, "cells": []}),
+        Err(e) => {
+            json!({"id": id, "numa": false, "fits": false, "error": e.to_string(), "cells": []})
+        }
         Ok(Decision::NotNuma) => {
             json!({"id": id, "numa": false, "fits": true, "error": null, "cells": []})
         }

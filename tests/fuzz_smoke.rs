@@ -293,6 +293,7 @@ fn out_of_bounds_inputs_are_refused_not_allocated() {
                     serde_json::json!({"hw:cpu_policy": "dedicated"}),
                 ))
                 .map(drop)
+                .map_err(|e| e.to_string())
             }),
             "vcpus",
         ),
@@ -304,6 +305,7 @@ fn out_of_bounds_inputs_are_refused_not_allocated() {
                     serde_json::json!({"hw:numa_nodes": "4294967295"}),
                 ))
                 .map(drop)
+                .map_err(|e| e.to_string())
             }),
             "hw:numa_nodes",
         ),

@@ -492,9 +492,9 @@ fn nova_outcome(r: &Value) -> Outcome {
     }
 }
 
-fn our_outcome(d: &Result<Decision, String>) -> Outcome {
+fn our_outcome(d: &Result<Decision, fit::RequestError>) -> Outcome {
     match d {
-        Err(e) => Outcome::Error(e.split(':').next().unwrap_or(e).to_string()),
+        Err(e) => Outcome::Error(e.exception.to_string()),
         Ok(Decision::NotNuma) => Outcome::NoNuma,
         Ok(Decision::Fits(_)) => Outcome::Fit,
         Ok(Decision::NoFit(_)) => Outcome::NoFit,

@@ -518,6 +518,7 @@ mod tests {
         assert!(
             constraints(&req(1, 512, json!({"hw:mem_page_size": "huge"})))
                 .unwrap_err()
+                .to_string()
                 .starts_with("MemoryPageSizeInvalid")
         );
         let mut r = req(1, 512, json!({}));
@@ -525,6 +526,7 @@ mod tests {
             .insert("hw_mem_page_size".into(), json!("large"));
         assert!(constraints(&r)
             .unwrap_err()
+            .to_string()
             .starts_with("MemoryPageSizeForbidden"));
     }
 

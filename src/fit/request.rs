@@ -18,9 +18,20 @@ fn spec_str(v: &Value) -> Option<Cow<'_, str>> {
     }
 }
 
-/// Nova's request errors keep Nova's exception names, so operators can search for them.
-fn req_err(name: &str, msg: impl std::fmt::Display) -> String {
-    format!("{name}: {msg}")
+/// A request Nova would refuse: Nova's exception name (so operators can search for it) and
+/// its message, printed as `<Exception>: <message>`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{exception}: {msg}")]
+pub struct RequestError {
+    pub exception: &'static str,
+    pub msg: String,
+}
+
+fn req_err(exception: &'static str, msg: impl std::fmt::Display) -> RequestError {
+    RequestError {
+        exception,
+        msg: msg.to_string(),
+    }
 }
 
 /// Python's `int(text)`: surrounding whitespace, a sign, decimal digits (single `_` between).
@@ -45,7 +56,7 @@ fn py_int(text: &str) -> Option<i64> {
 }
 
 /// `hw:mem_page_size` as Nova reads it (`check_and_return_pages_size`).
-fn parse_pagesize(v: &str) -> Result<PageRequest, String> {
+fn parse_pagesize(v: &str) -> Result<PageRequest, RequestError> {
     let kb: f64 = match v {
         "small" => return Ok(PageRequest::Small),
         "large" => return Ok(PageRequest::Large),
@@ -93,7 +104,7 @@ fn prop<'a>(props: &'a BTreeMap<String, Value>, k: &str) -> Option<&'a Value> {
 }
 
 /// The `ValueError` of a field `from_dict` cannot coerce.
-fn value_error(v: &Value) -> String {
+fn value_error(v: &Value) -> RequestError {
     req_err(
         "ValueError",
         format!(
@@ -110,7 +121,7 @@ fn image_enum(
     props: &BTreeMap<String, Value>,
     k: &str,
     allowed: &[&str],
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, RequestError> {
     match prop(props, k) {
         None => Ok(None),
         Some(v) => match spec_str(v) {
@@ -121,7 +132,7 @@ fn image_enum(
 }
 
 /// `hw_numa_nodes` as an integer field.
-fn image_numa_nodes(v: Option<&Value>) -> Result<Option<i64>, String> {
+fn image_numa_nodes(v: Option<&Value>) -> Result<Option<i64>, RequestError> {
     Ok(match v {
         None => None,
         Some(Value::Number(n)) => Some(
@@ -139,7 +150,7 @@ fn image_numa_nodes(v: Option<&Value>) -> Result<Option<i64>, String> {
 }
 
 /// `hw_numa_cpus.N`, consecutive from 0 (the plain list form is ignored by from_dict).
-fn image_numa_cpus(props: &BTreeMap<String, Value>) -> Result<Option<Vec<Vec<u32>>>, String> {
+fn image_numa_cpus(props: &BTreeMap<String, Value>) -> Result<Option<Vec<Vec<u32>>>, RequestError> {
     let mut cpus = Vec::new();
     while let Some(v) = prop(props, &format!("hw_numa_cpus.{}", cpus.len())) {
         let s = spec_str(v).unwrap_or_default();
@@ -153,7 +164,7 @@ fn image_numa_cpus(props: &BTreeMap<String, Value>) -> Result<Option<Vec<Vec<u32
 }
 
 /// `hw_numa_mem.N`, consecutive from 0 (the plain list form is ignored by from_dict).
-fn image_numa_mem(props: &BTreeMap<String, Value>) -> Result<Option<Vec<u64>>, String> {
+fn image_numa_mem(props: &BTreeMap<String, Value>) -> Result<Option<Vec<u64>>, RequestError> {
     let mut mems = Vec::new();
     while let Some(v) = prop(props, &format!("hw_numa_mem.{}", mems.len())) {
         let s = spec_str(v).unwrap_or_default();
@@ -172,7 +183,7 @@ fn image_numa_mem(props: &BTreeMap<String, Value>) -> Result<Option<Vec<u64>>, S
 }
 
 /// `ImageMetaProps.from_dict` for the fields the fit reads, in its order of coercion.
-fn image_props(req: &Request) -> Result<ImageProps, String> {
+fn image_props(req: &Request) -> Result<ImageProps, RequestError> {
     let props = &req.image_properties;
     if props.is_empty() {
         return Ok(ImageProps::default());
@@ -201,7 +212,7 @@ fn image_props(req: &Request) -> Result<ImageProps, String> {
 }
 
 /// A NUMA node count from the flavor or image, at most [`limits::MAX_NUMA_NODES`].
-fn numa_nodes(field: &str, n: i64) -> Result<u32, String> {
+fn numa_nodes(field: &str, n: i64) -> Result<u32, RequestError> {
     limits::at_most(
         field,
         n.max(0) as u64,
@@ -233,8 +244,8 @@ impl<'a> FlavorImage<'a> {
     fn flavor_map<T>(
         &self,
         key: &str,
-        parse: impl Fn(&str) -> Result<T, String>,
-    ) -> Result<Option<Vec<T>>, String> {
+        parse: impl Fn(&str) -> Result<T, RequestError>,
+    ) -> Result<Option<Vec<T>>, RequestError> {
         let mut out = Vec::new();
         while let Some(v) = self.raw(&format!("{key}.{}", out.len())) {
             out.push(parse(&v)?);
@@ -244,7 +255,7 @@ impl<'a> FlavorImage<'a> {
 }
 
 /// Nova's `_get_numa_node_prop` (`hw:numa_nodes` / `hw_numa_nodes`).
-fn numa_node_prop(fi: &FlavorImage) -> Result<Option<u32>, String> {
+fn numa_node_prop(fi: &FlavorImage) -> Result<Option<u32>, RequestError> {
     let fnodes = fi.flavor("hw:numa_nodes");
     if fnodes.is_some() && fi.image.numa_nodes.is_some_and(|n| n != 0) {
         return Err(req_err("ImageNUMATopologyForbidden", "Image property 'hw_numa_nodes' is not permitted to override NUMA configuration set against the flavor"));
@@ -277,7 +288,7 @@ fn numa_node_prop(fi: &FlavorImage) -> Result<Option<u32>, String> {
 
 /// Nova's `_get_numa_pagesize_constraint` (`hw:mem_page_size`): the image may only choose
 /// when the flavor says large or any.
-fn numa_pagesize_constraint(fi: &FlavorImage) -> Result<Option<PageRequest>, String> {
+fn numa_pagesize_constraint(fi: &FlavorImage) -> Result<Option<PageRequest>, RequestError> {
     Ok(
         match (
             fi.flavor("hw:mem_page_size"),
@@ -310,7 +321,7 @@ fn numa_pagesize_constraint(fi: &FlavorImage) -> Result<Option<PageRequest>, Str
 }
 
 /// Nova's `_get_numa_cpu_constraint` (`hw:numa_cpus.N` / `hw_numa_cpus.N`).
-fn numa_cpu_constraint(fi: &FlavorImage) -> Result<Option<Vec<Vec<u32>>>, String> {
+fn numa_cpu_constraint(fi: &FlavorImage) -> Result<Option<Vec<Vec<u32>>>, RequestError> {
     let fcpus = fi.flavor_map("hw:numa_cpus", |v| {
         crate::model::cpuset::parse_spec(v)
             .map(|s| s.to_vec())
@@ -324,7 +335,7 @@ fn numa_cpu_constraint(fi: &FlavorImage) -> Result<Option<Vec<Vec<u32>>>, String
 }
 
 /// Nova's `_get_numa_mem_constraint` (`hw:numa_mem.N` / `hw_numa_mem.N`).
-fn numa_mem_constraint(fi: &FlavorImage) -> Result<Option<Vec<u64>>, String> {
+fn numa_mem_constraint(fi: &FlavorImage) -> Result<Option<Vec<u64>>, RequestError> {
     let fmem = fi.flavor_map("hw:numa_mem", |v| match py_int(v) {
         // Bounded first: the value is carried as u32 MiB (64 TiB fits).
         Some(m) => Ok(limits::memory_mib("hw:numa_mem", m.max(0) as u64)
@@ -348,7 +359,7 @@ fn numa_cells(
     fi: &FlavorImage,
     nodes: u32,
     pagesize: Option<PageRequest>,
-) -> Result<Vec<GuestCellReq>, String> {
+) -> Result<Vec<GuestCellReq>, RequestError> {
     let cpu_list = numa_cpu_constraint(fi)?;
     let mem_list = numa_mem_constraint(fi)?;
     let incomplete = || {
@@ -379,7 +390,7 @@ fn numa_topology_manual(
     cpus: &[Vec<u32>],
     mems: &[u64],
     pagesize: Option<PageRequest>,
-) -> Result<Vec<GuestCellReq>, String> {
+) -> Result<Vec<GuestCellReq>, RequestError> {
     let mut out = Vec::new();
     let mut avail: std::collections::BTreeSet<u32> = (0..req.vcpus).collect();
     let mut total = 0u64;
@@ -429,7 +440,7 @@ fn numa_topology_auto(
     req: &Request,
     nodes: u32,
     pagesize: Option<PageRequest>,
-) -> Result<Vec<GuestCellReq>, String> {
+) -> Result<Vec<GuestCellReq>, RequestError> {
     if !req.vcpus.is_multiple_of(nodes) || !req.memory_mb.is_multiple_of(nodes as u64) {
         return Err(req_err("ImageNUMATopologyAsymmetric", "Asymmetric NUMA topologies require explicit assignment of CPUs and memory to nodes in image or flavor"));
     }
@@ -445,7 +456,7 @@ fn numa_topology_auto(
 }
 
 /// Nova's `_get_cpu_policy_constraint` (`hw:cpu_policy` / `hw_cpu_policy`): dedicated or not.
-fn cpu_policy_constraint(fi: &FlavorImage) -> Result<bool, String> {
+fn cpu_policy_constraint(fi: &FlavorImage) -> Result<bool, RequestError> {
     let fpol = fi.flavor("hw:cpu_policy");
     if let Some(p) = &fpol {
         if p != "dedicated" && p != "shared" {
@@ -463,7 +474,7 @@ fn cpu_policy_constraint(fi: &FlavorImage) -> Result<bool, String> {
 
 /// Nova's `_get_cpu_thread_policy_constraint` (`hw:cpu_thread_policy` /
 /// `hw_cpu_thread_policy`): a present-but-empty flavor value is neither None nor prefer in Nova.
-fn cpu_thread_policy_constraint(fi: &FlavorImage) -> Result<Option<String>, String> {
+fn cpu_thread_policy_constraint(fi: &FlavorImage) -> Result<Option<String>, RequestError> {
     let ftp_raw = fi.raw("hw:cpu_thread_policy");
     if let Some(p) = ftp_raw.as_deref().filter(|p| !p.is_empty()) {
         if !["prefer", "isolate", "require"].contains(&p) {
@@ -483,7 +494,7 @@ fn cpu_thread_policy_constraint(fi: &FlavorImage) -> Result<Option<String>, Stri
 }
 
 /// Nova's `get_emulator_thread_policy_constraint` (flavor only in Stein): isolate or not.
-fn emulator_threads_policy_constraint(fi: &FlavorImage) -> Result<bool, String> {
+fn emulator_threads_policy_constraint(fi: &FlavorImage) -> Result<bool, RequestError> {
     let emu = fi.flavor("hw:emulator_threads_policy");
     if let Some(e) = &emu {
         if e != "share" && e != "isolate" {
@@ -521,7 +532,7 @@ fn check_shared(
     thread_policy: Option<&str>,
     emulator_isolate: bool,
     realtime: bool,
-) -> Result<(), String> {
+) -> Result<(), RequestError> {
     if thread_policy.is_some_and(|t| !t.is_empty()) {
         return Err(req_err(
             "CPUThreadPolicyConfigurationInvalid",
@@ -555,7 +566,7 @@ fn thread_policy_of(p: &str) -> ThreadPolicy {
 /// it asks for no NUMA placement at all (no pinning, no NUMA nodes, no page size), or Nova's
 /// error. Checks run in Nova's order so the same request fails with the same exception; the
 /// helpers above carry the names of Nova's, to be read side by side.
-pub fn constraints(req: &Request) -> Result<Option<GuestTopology>, String> {
+pub fn constraints(req: &Request) -> Result<Option<GuestTopology>, RequestError> {
     if req.vcpus == 0 {
         return Err(req_err("InvalidRequest", "vcpus must be at least 1"));
     }
@@ -621,35 +632,45 @@ mod tests {
 
     #[test]
     fn request_sizes_are_bounded_before_anything_is_allocated() {
-        let e =
-            constraints(&req(u32::MAX, 512, json!({"hw:cpu_policy": "dedicated"}))).unwrap_err();
+        let e = constraints(&req(u32::MAX, 512, json!({"hw:cpu_policy": "dedicated"})))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("InvalidRequest: vcpus: 4294967295 vCPUs"),
             "{e}"
         );
         assert!(constraints(&req(4096, 4096, json!({"hw:cpu_policy": "dedicated"}))).is_ok());
-        let e = constraints(&req(2, u64::MAX, json!({}))).unwrap_err();
+        let e = constraints(&req(2, u64::MAX, json!({})))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("memory_mb"), "{e}");
         let e = constraints(&req(
             u32::MAX,
             u32::MAX as u64,
             json!({"hw:numa_nodes": "4294967295"}),
         ))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("vcpus"), "{e}");
-        let e = constraints(&req(4, 4096, json!({"hw:numa_nodes": "4294967295"}))).unwrap_err();
+        let e = constraints(&req(4, 4096, json!({"hw:numa_nodes": "4294967295"})))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("hw:numa_nodes: 4294967295 NUMA nodes"), "{e}");
         let mut r = req(4, 4096, json!({}));
         r.image_properties
             .insert("hw_numa_nodes".into(), json!(i64::MAX));
-        assert!(constraints(&r).unwrap_err().contains("hw_numa_nodes"));
+        assert!(constraints(&r)
+            .unwrap_err()
+            .to_string()
+            .contains("hw_numa_nodes"));
         let e = constraints(&req(
             2,
             4096,
             json!({"hw:numa_nodes": "2", "hw:numa_cpus.0": "0", "hw:numa_cpus.1": "1",
                    "hw:numa_mem.0": "4294967296", "hw:numa_mem.1": "0"}),
         ))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("hw:numa_mem"), "{e}");
     }
 
@@ -669,7 +690,10 @@ mod tests {
         // Case matters to oslo; a multi-byte letter before "iB" once panicked here.
         for bad in ["2mb", "2 MB", "2€iB"] {
             assert!(
-                size(bad).unwrap_err().starts_with("MemoryPageSizeInvalid"),
+                size(bad)
+                    .unwrap_err()
+                    .to_string()
+                    .starts_with("MemoryPageSizeInvalid"),
                 "{bad}"
             );
         }
@@ -682,6 +706,7 @@ mod tests {
             .insert("hw_cpu_policy".into(), json!("dedicated"));
         assert!(constraints(&r)
             .unwrap_err()
+            .to_string()
             .starts_with("ImageCPUPinningForbidden"));
         let mut r = req(2, 512, json!({}));
         r.image_properties
@@ -700,10 +725,12 @@ mod tests {
             .insert("hw_cpu_thread_policy".into(), json!("isolate"));
         assert!(constraints(&r)
             .unwrap_err()
+            .to_string()
             .starts_with("ImageCPUThreadPolicyForbidden"));
         assert!(
             constraints(&req(2, 512, json!({"hw:cpu_thread_policy": "isolate"})))
                 .unwrap_err()
+                .to_string()
                 .starts_with("CPUThreadPolicyConfigurationInvalid")
         );
         assert!(constraints(&req(
@@ -712,10 +739,12 @@ mod tests {
             json!({"hw:emulator_threads_policy": "isolate"})
         ))
         .unwrap_err()
+        .to_string()
         .starts_with("BadRequirementEmulatorThreadsPolicy"));
         assert!(
             constraints(&req(2, 512, json!({"hw:cpu_policy": "pinned"})))
                 .unwrap_err()
+                .to_string()
                 .starts_with("InvalidCPUAllocationPolicy")
         );
         assert_eq!(constraints(&req(2, 512, json!({}))).unwrap(), None);

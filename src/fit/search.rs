@@ -3,7 +3,7 @@
 //! from flavor and image (`fit_request`).
 
 use super::cell::{check_cell, place_cell, Why};
-use super::request::constraints;
+use super::request::{constraints, RequestError};
 use super::{
     no_numa_msg, CellPlacement, Decision, FitOptions, GuestTopology, HostCell, HostState,
     Placement, Refusal, Request,
@@ -155,7 +155,11 @@ fn assign(order: &[Vec<usize>], gi: usize, chosen: &mut Vec<usize>) -> bool {
 }
 
 /// From a request (flavor + image): Nova's constraints, then the fit. `Err` is a bad request.
-pub fn fit_request(host: &HostState, req: &Request, opts: &FitOptions) -> Result<Decision, String> {
+pub fn fit_request(
+    host: &HostState,
+    req: &Request,
+    opts: &FitOptions,
+) -> Result<Decision, RequestError> {
     match constraints(req)? {
         None => Ok(Decision::NotNuma),
         Some(topo) => Ok(match fit_topology(host, &topo, opts) {
@@ -246,9 +250,11 @@ mod tests {
         assert_eq!(t.cells[1].memory_mb, 2048);
         assert!(constraints(&req(3, 2048, json!({"hw:numa_nodes": "2"})))
             .unwrap_err()
+            .to_string()
             .starts_with("ImageNUMATopologyAsymmetric"));
         assert!(constraints(&req(2, 2048, json!({"hw:numa_nodes": "0"})))
             .unwrap_err()
+            .to_string()
             .starts_with("InvalidNUMANodesNumber"));
         assert!(constraints(&req(
             2,
@@ -256,6 +262,7 @@ mod tests {
             json!({"hw:numa_nodes": "2", "hw:numa_cpus.0": "0"})
         ))
         .unwrap_err()
+        .to_string()
         .starts_with("ImageNUMATopologyIncomplete"));
     }
 }
