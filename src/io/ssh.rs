@@ -144,6 +144,67 @@ fn is_client_failure(status: i32, stderr: &str) -> bool {
         })
 }
 
+/// The known-hosts file the connection checks against: `known_hosts` (it must be readable), or
+/// an empty one of our own in `dir` (the first connection then learns the key).
+fn known_hosts_file(target: &str, known_hosts: Option<&Path>, dir: &Path) -> Result<PathBuf> {
+    match known_hosts {
+        Some(kh) => {
+            std::fs::File::open(kh).map_err(|e| {
+                anyhow!(
+                    "ssh {target}: cannot read known hosts {}: {e}",
+                    kh.display()
+                )
+            })?;
+            Ok(kh.to_path_buf())
+        }
+        None => {
+            let p = dir.join("known_hosts");
+            std::fs::write(&p, b"")
+                .with_context(|| format!("ssh {target}: cannot create {}", p.display()))?;
+            Ok(p)
+        }
+    }
+}
+
+/// ssh's own words for a failed connection: the client's messages in its log, else its standard
+/// error, else its exit status.
+fn failure_message(log_text: &str, stderr: &[u8], status: i32) -> String {
+    let m = client_messages(log_text);
+    let e = String::from_utf8_lossy(stderr).trim().to_string();
+    match (m.is_empty(), e.is_empty()) {
+        (false, _) => m,
+        (true, false) => e,
+        (true, true) => format!("`{SSH}` exited {status}"),
+    }
+}
+
+/// Why the first connection failed, from ssh's own words (`msg`): the host key refused, the key
+/// refused, no connection at all, or ssh's message as it is.
+fn first_failure(
+    target: &str,
+    known_hosts: Option<&Path>,
+    key: &Path,
+    host_key_sha256: &str,
+    msg: &str,
+) -> anyhow::Error {
+    if let (Some(kh), true) = (
+        known_hosts,
+        msg.contains("Host key verification failed")
+            || msg.contains("No ED25519 host key is known")
+            || msg.contains("host key is known")
+            || msg.contains("HOST IDENTIFICATION HAS CHANGED"),
+    ) {
+        return anyhow!("ssh {target}: host key (SHA256 {host_key_sha256}) is not accepted by {} ({msg}); add the destination's key there or leave ssh_known_hosts unset", kh.display());
+    }
+    if msg.contains("Permission denied") || msg.contains("Load key") {
+        return anyhow!("ssh {target}: key authentication with {} failed: {msg}; check ssh_user/ssh_key and the destination's authorized_keys", key.display());
+    }
+    if host_key_sha256.is_empty() {
+        return anyhow!("ssh {target}: cannot connect ({msg}); check ssh_host/ssh_port and that the destination's sshd (nova_ssh) runs");
+    }
+    anyhow!("ssh {target}: {msg}")
+}
+
 impl Ssh {
     pub fn connect(
         host: &str,
@@ -161,23 +222,7 @@ impl Ssh {
             .prefix("numa-repin-ssh")
             .tempdir()
             .with_context(|| format!("ssh {target}: cannot create a temp directory"))?;
-        let kh: PathBuf = match known_hosts {
-            Some(kh) => {
-                std::fs::File::open(kh).map_err(|e| {
-                    anyhow!(
-                        "ssh {target}: cannot read known hosts {}: {e}",
-                        kh.display()
-                    )
-                })?;
-                kh.to_path_buf()
-            }
-            None => {
-                let p = dir.path().join("known_hosts");
-                std::fs::write(&p, b"")
-                    .with_context(|| format!("ssh {target}: cannot create {}", p.display()))?;
-                p
-            }
-        };
+        let kh = known_hosts_file(&target, known_hosts, dir.path())?;
         if std::fs::metadata(key).is_err() {
             bail!(
                 "ssh {target}: key authentication with {} failed: cannot read the key file; check ssh_user/ssh_key and the destination's authorized_keys",
@@ -215,31 +260,14 @@ impl Ssh {
         let host_key_sha256 = host_key_from_log(&log_text).unwrap_or_default();
         let status = out.status.code().unwrap_or(-1);
         if status != 0 {
-            let msg = {
-                let m = client_messages(&log_text);
-                let e = String::from_utf8_lossy(&out.stderr).trim().to_string();
-                match (m.is_empty(), e.is_empty()) {
-                    (false, _) => m,
-                    (true, false) => e,
-                    (true, true) => format!("`{SSH}` exited {status}"),
-                }
-            };
-            if let (Some(kh), true) = (
+            let msg = failure_message(&log_text, &out.stderr, status);
+            return Err(first_failure(
+                &target,
                 known_hosts,
-                msg.contains("Host key verification failed")
-                    || msg.contains("No ED25519 host key is known")
-                    || msg.contains("host key is known")
-                    || msg.contains("HOST IDENTIFICATION HAS CHANGED"),
-            ) {
-                bail!("ssh {target}: host key (SHA256 {host_key_sha256}) is not accepted by {} ({msg}); add the destination's key there or leave ssh_known_hosts unset", kh.display());
-            }
-            if msg.contains("Permission denied") || msg.contains("Load key") {
-                bail!("ssh {target}: key authentication with {} failed: {msg}; check ssh_user/ssh_key and the destination's authorized_keys", key.display());
-            }
-            if host_key_sha256.is_empty() {
-                bail!("ssh {target}: cannot connect ({msg}); check ssh_host/ssh_port and that the destination's sshd (nova_ssh) runs");
-            }
-            bail!("ssh {target}: {msg}");
+                key,
+                &host_key_sha256,
+                &msg,
+            ));
         }
         if host_key_sha256.is_empty() {
             bail!("ssh {target}: connected, but `{SSH} -v` named no SHA256 host key (OpenSSH older than 6.8?)");

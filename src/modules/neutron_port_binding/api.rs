@@ -193,45 +193,58 @@ impl Http {
         url: &str,
         body: Option<&Value>,
     ) -> Result<Answer, Error> {
-        let connect = |e: ureq::Error| Error::Connect {
+        let resp = self.request(method, url, body)?;
+        self.answer(method, url, resp)
+    }
+
+    /// The request sent (JSON body, token, Accept), the response as it came.
+    fn request(
+        &self,
+        method: &'static str,
+        url: &str,
+        body: Option<&Value>,
+    ) -> Result<ureq::http::Response<ureq::Body>, Error> {
+        let connect = |reason: String| Error::Connect {
             method,
             url: url.to_string(),
-            reason: self.scrub(&e.to_string()),
+            reason,
         };
-        let auth = |mut h: ureq::http::request::Builder| {
-            h = h.header("Accept", "application/json");
-            match &self.token {
-                Some(t) => h.header("X-Auth-Token", t.as_str()),
-                None => h,
-            }
-        };
-        let req = auth(ureq::http::Request::builder().method(method).uri(url));
-        let result = match body {
+        let mut req = ureq::http::Request::builder()
+            .method(method)
+            .uri(url)
+            .header("Accept", "application/json");
+        if let Some(t) = &self.token {
+            req = req.header("X-Auth-Token", t.as_str());
+        }
+        let sent = match body {
             Some(b) => {
                 let text = serde_json::to_vec(b).map_err(|e| Error::Decode {
                     method,
                     url: url.to_string(),
                     reason: e.to_string(),
                 })?;
-                req.header("Content-Type", "application/json")
+                let r = req
+                    .header("Content-Type", "application/json")
                     .body(text)
-                    .map_err(|e| Error::Connect {
-                        method,
-                        url: url.to_string(),
-                        reason: e.to_string(),
-                    })
-                    .and_then(|r| self.agent.run(r).map_err(connect))
+                    .map_err(|e| connect(e.to_string()))?;
+                self.agent.run(r)
             }
-            None => req
-                .body(())
-                .map_err(|e| Error::Connect {
-                    method,
-                    url: url.to_string(),
-                    reason: e.to_string(),
-                })
-                .and_then(|r| self.agent.run(r).map_err(connect)),
+            None => {
+                let r = req.body(()).map_err(|e| connect(e.to_string()))?;
+                self.agent.run(r)
+            }
         };
-        let mut resp = result?;
+        sent.map_err(|e| connect(self.scrub(&e.to_string())))
+    }
+
+    /// The response read within `MAX_BODY_BYTES`: a 2xx with its JSON body (or null), else
+    /// [`Error::Status`] with the server's message.
+    fn answer(
+        &self,
+        method: &'static str,
+        url: &str,
+        mut resp: ureq::http::Response<ureq::Body>,
+    ) -> Result<Answer, Error> {
         let status = resp.status().as_u16();
         let subject_token = resp
             .headers()

@@ -385,68 +385,7 @@ pub fn execute(
         let id = job.observed.port.id.as_str();
         let mut skip_activate = false;
         for (ai, action) in job.actions.iter().enumerate() {
-            let result: Result<(), String> = match action {
-                Action::CreateBinding { host } => {
-                    match n.create_binding(&job.observed.port, host) {
-                        Err(e) => Err(e.to_string()),
-                        Ok(b) => {
-                            let check = if state == State::Prepared {
-                                plan::check_dest_binding(&job.observed, &b)
-                            } else if b.failed() {
-                                Err(Refusal::CannotBind {
-                                    port: id.into(),
-                                    host: host.clone(),
-                                    vif_type: b.vif_type.clone(),
-                                })
-                            } else {
-                                Ok(())
-                            };
-                            match check {
-                                Ok(()) => {
-                                    // A port without a host-bound active binding gets the new one active.
-                                    skip_activate = b.is_active();
-                                    if skip_activate {
-                                        // Neutron replaced the host-less binding with this one.
-                                        afters[ji].bindings.retain(|x| !x.host.is_empty());
-                                        afters[ji].port.host_id = host.clone();
-                                    }
-                                    afters[ji].bindings.push(b);
-                                    Ok(())
-                                }
-                                Err(refusal) => {
-                                    let undo = match n.delete_binding(id, host) {
-                                        Ok(()) => "the new binding was deleted again".to_string(),
-                                        Err(e) => {
-                                            format!("deleting the new binding failed too: {e}")
-                                        }
-                                    };
-                                    Err(format!("{refusal} ({undo})"))
-                                }
-                            }
-                        }
-                    }
-                }
-                Action::ActivateBinding { .. } if skip_activate => {
-                    afters[ji] = plan::apply(&afters[ji], std::slice::from_ref(action));
-                    Ok(())
-                }
-                Action::ActivateBinding { host } => n
-                    .activate_binding(id, host)
-                    .map(|_| afters[ji] = plan::apply(&afters[ji], std::slice::from_ref(action)))
-                    .map_err(|e| e.to_string()),
-                Action::DeleteBinding { host } => match n.delete_binding(id, host) {
-                    // Gone already (a concurrent cleanup): the state asked for holds.
-                    Err(e) if e.status() != Some(404) => Err(e.to_string()),
-                    _ => {
-                        afters[ji] = plan::apply(&afters[ji], std::slice::from_ref(action));
-                        Ok(())
-                    }
-                },
-                Action::SetHostId { host } => n
-                    .set_host_id(id, host)
-                    .map(|p| afters[ji].port = p)
-                    .map_err(|e| e.to_string()),
-            };
+            let result = write_one(n, state, job, action, &mut afters[ji], &mut skip_activate);
             if let Err(msg) = result {
                 return (
                     afters,
@@ -462,6 +401,87 @@ pub fn execute(
         }
     }
     (afters, dones, None)
+}
+
+/// One write of one job, `after` updated to what it made. `skip_activate`: a binding this job
+/// created came out active already, so its activation is only recorded.
+fn write_one(
+    n: &dyn Neutron,
+    state: State,
+    job: &Job,
+    action: &Action,
+    after: &mut Observed,
+    skip_activate: &mut bool,
+) -> Result<(), String> {
+    let id = job.observed.port.id.as_str();
+    let applied = |after: &Observed| plan::apply(after, std::slice::from_ref(action));
+    match action {
+        Action::CreateBinding { host } => {
+            *skip_activate = create_binding(n, state, job, host, after)?;
+            Ok(())
+        }
+        Action::ActivateBinding { .. } if *skip_activate => {
+            *after = applied(after);
+            Ok(())
+        }
+        Action::ActivateBinding { host } => n
+            .activate_binding(id, host)
+            .map(|_| *after = applied(after))
+            .map_err(|e| e.to_string()),
+        Action::DeleteBinding { host } => match n.delete_binding(id, host) {
+            // Gone already (a concurrent cleanup): the state asked for holds.
+            Err(e) if e.status() != Some(404) => Err(e.to_string()),
+            _ => {
+                *after = applied(after);
+                Ok(())
+            }
+        },
+        Action::SetHostId { host } => n
+            .set_host_id(id, host)
+            .map(|p| after.port = p)
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// A new binding on `host`, checked (for `prepared`, as the destination's; else it must not have
+/// failed to bind); a refused one is deleted again. Ok(true): it came out active (a port without
+/// a host-bound active binding gets the new one active: Neutron replaced the host-less one).
+fn create_binding(
+    n: &dyn Neutron,
+    state: State,
+    job: &Job,
+    host: &str,
+    after: &mut Observed,
+) -> Result<bool, String> {
+    let id = job.observed.port.id.as_str();
+    let b = n
+        .create_binding(&job.observed.port, host)
+        .map_err(|e| e.to_string())?;
+    let check = if state == State::Prepared {
+        plan::check_dest_binding(&job.observed, &b)
+    } else if b.failed() {
+        Err(Refusal::CannotBind {
+            port: id.into(),
+            host: host.to_string(),
+            vif_type: b.vif_type.clone(),
+        })
+    } else {
+        Ok(())
+    };
+    if let Err(refusal) = check {
+        let undo = match n.delete_binding(id, host) {
+            Ok(()) => "the new binding was deleted again".to_string(),
+            Err(e) => format!("deleting the new binding failed too: {e}"),
+        };
+        return Err(format!("{refusal} ({undo})"));
+    }
+    let active = b.is_active();
+    if active {
+        after.bindings.retain(|x| !x.host.is_empty());
+        after.port.host_id = host.to_string();
+    }
+    after.bindings.push(b);
+    Ok(active)
 }
 
 /// Poll until every port is ACTIVE with `binding:host_id` = its job's host, or `wait` passes.
@@ -679,11 +699,25 @@ pub fn run_with(n: &dyn Neutron, a: &Args, ctx: &Context) -> anyhow::Result<Outc
         ports.into_iter().map(|p| (p, host.clone())).collect(),
     )?;
     let reports = apply_jobs(n, api, a.state, &jobs, ctx, wait)?;
-    // The bridges libvirt needs on the destination before the guest can start there (Linux
-    // bridge ports; Nova's os-vif creates them in pre_live_migration): the role plugs them.
+    let writes: usize = reports.iter().map(|r| r.actions.len()).sum();
+    let what = summary(a.state, api, &host, &reports, ctx.check_mode);
+    let msg = format!("guest {uuid}: {what} (api {})", api.name());
+    let mut o = Outcome::new(writes > 0, msg)
+        .with("api", api)
+        .with("ports", &reports);
+    if a.state == State::Prepared {
+        o.set("plug", bridges_to_plug(&jobs));
+    }
+    o.diff = Some(diff_of(&reports));
+    Ok(o)
+}
+
+/// The bridges libvirt needs on the destination before the guest can start there (Linux
+/// bridge ports; Nova's os-vif creates them in pre_live_migration): the role plugs them.
+fn bridges_to_plug(jobs: &[Job]) -> Vec<String> {
     let mut plug: Vec<String> = jobs
         .iter()
-        .filter(|j| a.state == State::Prepared && j.observed.port.vif_type == "bridge")
+        .filter(|j| j.observed.port.vif_type == "bridge")
         .map(|j| {
             let details = j.observed.active().map(|b| b.vif_details.clone());
             api::linux_bridge_name(&j.observed.port.network_id, &details.unwrap_or_default())
@@ -691,10 +725,15 @@ pub fn run_with(n: &dyn Neutron, a: &Args, ctx: &Context) -> anyhow::Result<Outc
         .collect();
     plug.sort();
     plug.dedup();
+    plug
+}
+
+/// What the run did (or would do) to the guest's ports, for the message.
+fn summary(state: State, api: Api, host: &str, reports: &[PortReport], check_mode: bool) -> String {
     let writes: usize = reports.iter().map(|r| r.actions.len()).sum();
     let moved = reports.iter().filter(|r| !r.actions.is_empty()).count();
-    let would = if ctx.check_mode { "would be " } else { "" };
-    let what = match (a.state, api) {
+    let would = if check_mode { "would be " } else { "" };
+    match (state, api) {
         (State::Prepared, Api::HostId) => format!(
             "Neutron has no binding-extended (Queens): nothing to prepare; an L2 agent is alive on {host}"
         ),
@@ -711,7 +750,7 @@ pub fn run_with(n: &dyn Neutron, a: &Args, ctx: &Context) -> anyhow::Result<Outc
             reports.len()
         ),
         _ => {
-            let status = if ctx.check_mode {
+            let status = if check_mode {
                 String::new()
             } else {
                 let active = reports
@@ -732,16 +771,7 @@ pub fn run_with(n: &dyn Neutron, a: &Args, ctx: &Context) -> anyhow::Result<Outc
                 )
             }
         }
-    };
-    let msg = format!("guest {uuid}: {what} (api {})", api.name());
-    let mut o = Outcome::new(writes > 0, msg)
-        .with("api", api)
-        .with("ports", &reports);
-    if a.state == State::Prepared {
-        o.set("plug", &plug);
     }
-    o.diff = Some(diff_of(&reports));
-    Ok(o)
 }
 
 fn audit(
