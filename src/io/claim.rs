@@ -482,6 +482,7 @@ impl Stale<'_> {
 
 /// Take the claim on `h`, waiting up to `timeout`, polling every `poll`; a claim whose beat
 /// stays unchanged for `lease` (`LEASE` by default, `claim_lease_s`) is taken over as stale.
+/// Long: one poll loop, whose exits (held, taken over, timed out, libvirt's error) read best together.
 pub fn acquire(
     h: &Host,
     me: &Owner,

@@ -169,20 +169,35 @@ impl schemars::JsonSchema for CpuSet {
     }
 }
 
+/// A CPU spec Nova would refuse (its own words, `Invalid <what> expression ...`).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SpecError {
+    #[error("Invalid {what} expression {rule:?} in CPU spec {spec:?}")]
+    Invalid {
+        what: &'static str,
+        rule: String,
+        spec: String,
+    },
+    #[error("CPU id {id} in CPU spec {spec:?} is larger than {MAX_CPU_ID}")]
+    TooLarge { id: u64, spec: String },
+}
+
 /// Parse Nova's CPU spec exactly as `nova.virt.hardware.parse_cpu_spec` does (Queens..Stein):
 /// comma-separated ids, `a-b` ranges, `^n` / `^a-b` exclusions applied after all inclusions.
-pub fn parse_spec(spec: &str) -> Result<CpuSet, String> {
+pub fn parse_spec(spec: &str) -> Result<CpuSet, SpecError> {
     let mut inc = CpuSet::new();
     let mut rej = CpuSet::new();
-    let num = |s: &str, rule: &str, what: &str| -> Result<u32, String> {
-        let n: u64 = s
-            .trim()
-            .parse()
-            .map_err(|_| format!("Invalid {what} expression {rule:?} in CPU spec {spec:?}"))?;
+    let num = |s: &str, rule: &str, what: &'static str| -> Result<u32, SpecError> {
+        let n: u64 = s.trim().parse().map_err(|_| SpecError::Invalid {
+            what,
+            rule: rule.into(),
+            spec: spec.into(),
+        })?;
         if n > MAX_CPU_ID as u64 {
-            return Err(format!(
-                "CPU id {n} in CPU spec {spec:?} is larger than {MAX_CPU_ID}"
-            ));
+            return Err(SpecError::TooLarge {
+                id: n,
+                spec: spec.into(),
+            });
         }
         Ok(n as u32)
     };
@@ -198,9 +213,11 @@ pub fn parse_spec(spec: &str) -> Result<CpuSet, String> {
             };
             let (start, end) = (num(a, rule, "range")?, num(b, rule, "range")?);
             if start > end {
-                return Err(format!(
-                    "Invalid range expression {rule:?} in CPU spec {spec:?}"
-                ));
+                return Err(SpecError::Invalid {
+                    what: "range",
+                    rule: rule.into(),
+                    spec: spec.into(),
+                });
             }
             for id in start..=end {
                 if reject {
@@ -258,10 +275,22 @@ mod tests {
 
     #[test]
     fn bad_specs_are_refused_with_the_rule() {
-        assert!(parse_spec("3-1").unwrap_err().contains("\"3-1\""));
-        assert!(parse_spec("a").unwrap_err().contains("inclusion"));
-        assert!(parse_spec("^x").unwrap_err().contains("exclusion"));
-        assert!(parse_spec("0-99999999").unwrap_err().contains("larger"));
+        assert!(parse_spec("3-1")
+            .unwrap_err()
+            .to_string()
+            .contains("\"3-1\""));
+        assert!(parse_spec("a")
+            .unwrap_err()
+            .to_string()
+            .contains("inclusion"));
+        assert!(parse_spec("^x")
+            .unwrap_err()
+            .to_string()
+            .contains("exclusion"));
+        assert!(parse_spec("0-99999999")
+            .unwrap_err()
+            .to_string()
+            .contains("larger"));
     }
 
     #[test]

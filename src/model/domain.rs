@@ -247,7 +247,11 @@ fn read_pins(
     vcpus: u32,
     ctx: &impl Fn(String) -> String,
 ) -> Result<(VcpuPins, Vec<u32>), String> {
-    let spec = |s: &str| cpuset::parse_spec(s).map(|c| c.to_vec()).map_err(ctx);
+    let spec = |s: &str| {
+        cpuset::parse_spec(s)
+            .map(|c| c.to_vec())
+            .map_err(|e| ctx(e.to_string()))
+    };
     let mut vcpu_pins = BTreeMap::new();
     if let Some(default) = vcpu_el.attr("cpuset") {
         let d = spec(default)?;
@@ -287,7 +291,11 @@ fn read_numatune(
     root: &Element,
     ctx: &impl Fn(String) -> String,
 ) -> Result<(Vec<u32>, MemNodes), String> {
-    let spec = |s: &str| cpuset::parse_spec(s).map(|c| c.to_vec()).map_err(ctx);
+    let spec = |s: &str| {
+        cpuset::parse_spec(s)
+            .map(|c| c.to_vec())
+            .map_err(|e| ctx(e.to_string()))
+    };
     let mut memory_nodes = Vec::new();
     let mut memnodes: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
     if let Some(nt) = root.child("numatune") {
@@ -320,7 +328,11 @@ fn read_numa_cells(
     memory_nodes: &[u32],
     ctx: &impl Fn(String) -> String,
 ) -> Result<Vec<GuestCell>, String> {
-    let spec = |s: &str| cpuset::parse_spec(s).map(|c| c.to_vec()).map_err(ctx);
+    let spec = |s: &str| {
+        cpuset::parse_spec(s)
+            .map(|c| c.to_vec())
+            .map_err(|e| ctx(e.to_string()))
+    };
     let mut numa_cells = Vec::new();
     if let Some(numa) = root.path("cpu/numa") {
         let n = numa.children("cell").count() as u64;

@@ -198,7 +198,9 @@ fn parse_cell(cell: &Element) -> Result<Cell, String> {
             let core = c.attr_num("core_id").map_err(ctx)?.unwrap_or(cid);
             // Offline CPUs have no siblings attribute: treat as a core of one.
             let siblings = match c.attr("siblings") {
-                Some(s) => cpuset::parse_spec(s).map_err(ctx)?.to_vec(),
+                Some(s) => cpuset::parse_spec(s)
+                    .map_err(|e| ctx(e.to_string()))?
+                    .to_vec(),
                 None => vec![cid],
             };
             cpus.push(Cpu {

@@ -69,7 +69,7 @@ pub enum ConfError {
         name: String,
         section: &'static str,
         key: &'static str,
-        why: String,
+        why: cpuset::SpecError,
     },
     #[error("{name}: [{section}] {key} = {value:?} is not a number")]
     NotANumber {
