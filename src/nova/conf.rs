@@ -69,7 +69,7 @@ pub enum ConfError {
         name: String,
         section: &'static str,
         key: &'static str,
-        why: cpuset::SpecError,
+        why: Box<cpuset::SpecError>,
     },
     #[error("{name}: [{section}] {key} = {value:?} is not a number")]
     NotANumber {
@@ -140,7 +140,7 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<ComputeConf, ConfError> 
                     name: name.clone(),
                     section,
                     key,
-                    why,
+                    why: Box::new(why),
                 })
             })
             .transpose()
