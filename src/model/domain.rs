@@ -247,11 +247,7 @@ fn read_pins(
     vcpus: u32,
     ctx: &impl Fn(String) -> String,
 ) -> Result<(VcpuPins, Vec<u32>), String> {
-    let spec = |s: &str| {
-        cpuset::parse_spec(s)
-            .map(|c| c.to_vec())
-            .map_err(|e| ctx(e.to_string()))
-    };
+    let spec = |s: &str| cpu_list(s, ctx);
     let mut vcpu_pins = BTreeMap::new();
     if let Some(default) = vcpu_el.attr("cpuset") {
         let d = spec(default)?;
@@ -291,11 +287,7 @@ fn read_numatune(
     root: &Element,
     ctx: &impl Fn(String) -> String,
 ) -> Result<(Vec<u32>, MemNodes), String> {
-    let spec = |s: &str| {
-        cpuset::parse_spec(s)
-            .map(|c| c.to_vec())
-            .map_err(|e| ctx(e.to_string()))
-    };
+    let spec = |s: &str| cpu_list(s, ctx);
     let mut memory_nodes = Vec::new();
     let mut memnodes: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
     if let Some(nt) = root.child("numatune") {
@@ -328,11 +320,7 @@ fn read_numa_cells(
     memory_nodes: &[u32],
     ctx: &impl Fn(String) -> String,
 ) -> Result<Vec<GuestCell>, String> {
-    let spec = |s: &str| {
-        cpuset::parse_spec(s)
-            .map(|c| c.to_vec())
-            .map_err(|e| ctx(e.to_string()))
-    };
+    let spec = |s: &str| cpu_list(s, ctx);
     let mut numa_cells = Vec::new();
     if let Some(numa) = root.path("cpu/numa") {
         let n = numa.children("cell").count() as u64;
@@ -404,6 +392,13 @@ fn nova_meta(e: &Element) -> NovaMeta {
         flavor_vcpus: fchild("vcpus").and_then(|v| v.text.parse().ok()),
         flavor_memory_mb: fchild("memory").and_then(|v| v.text.parse().ok()),
     }
+}
+
+/// A CPU spec attribute (`cpuset`, `nodeset`) as a sorted list, its error in the guest's context.
+fn cpu_list(s: &str, ctx: &impl Fn(String) -> String) -> Result<Vec<u32>, String> {
+    cpuset::parse_spec(s)
+        .map(|c| c.to_vec())
+        .map_err(|e| ctx(e.to_string()))
 }
 
 /// A guest's CPU as its XML states it, for the CPU compatibility check before a migration.
