@@ -22,8 +22,6 @@ use rollout::rollout;
 use std::time::Duration;
 use tree::{ContainerTree, LocalTree, NovaTree};
 
-const M: &str = "deploy_patched_nova";
-
 /// How the result names what was patched: per container under `containers` (with the engine),
 /// or the one directory of `path` at the top level.
 pub(super) enum Layout {
@@ -38,8 +36,7 @@ pub(super) fn fail(msg: String) -> anyhow::Error {
 /// The module's flow (`ansible::run` calls it with the parsed arguments): the target named by
 /// the arguments, then the rollout over it.
 pub fn run(a: Args, ctx: &Context) -> Result<Outcome> {
-    a.check_combination()
-        .map_err(|e| fail(format!("{M}: {e}")))?;
+    a.check_combination().map_err(|e| fail(format!("{e}")))?;
     match &a.path {
         Some(path) => run_path(&a, path, ctx),
         None => run_containers(&a, ctx),
@@ -53,14 +50,14 @@ fn run_path(a: &Args, path: &std::path::Path, ctx: &Context) -> Result<Outcome> 
         Duration::from_secs(a.health_timeout_s),
         a.services.clone().unwrap_or_default(),
     )
-    .map_err(|e| fail(format!("{M}: {e:#}")))?;
+    .map_err(|e| fail(format!("{e:#}")))?;
     rollout(a, ctx, &[(&tree, a.parts.as_deref())], Layout::Path)
 }
 
 /// Kolla's Nova containers (`containers`, or the default ones), through the container engine.
 fn run_containers(a: &Args, ctx: &Context) -> Result<Outcome> {
     let containers = a.containers.clone().unwrap_or_else(default_containers);
-    let engine = Engine::detect(&a.container_engine).map_err(|e| fail(format!("{M}: {e:#}")))?;
+    let engine = Engine::detect(&a.container_engine).map_err(|e| fail(format!("{e:#}")))?;
     let missing: Vec<&str> = containers
         .keys()
         .filter(|c| !engine.exists(c))
@@ -68,7 +65,7 @@ fn run_containers(a: &Args, ctx: &Context) -> Result<Outcome> {
         .collect();
     if !missing.is_empty() {
         return Err(fail(format!(
-            "{M}: no container named {} ({}); nothing was changed",
+            "no container named {} ({}); nothing was changed",
             missing.join(", "),
             engine.bin
         )));
@@ -117,7 +114,8 @@ mod tests {
     #[test]
     fn arguments_that_do_not_go_together() {
         let check = |v: serde_json::Value| {
-            let (a, _): (Args, _) = crate::ansible::parse_args(M, &v.to_string()).unwrap();
+            let (a, _): (Args, _) =
+                crate::ansible::parse_args("deploy_patched_nova", &v.to_string()).unwrap();
             a.check_combination().err().map(|e| e.to_string())
         };
         assert_eq!(check(json!({})), None);

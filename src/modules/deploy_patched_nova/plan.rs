@@ -2,9 +2,9 @@
 //! the tree holds; our own output recognised from the kept original), and the tree's status.
 
 use super::args::{matches, Args, PatchState};
+use super::fail;
 use super::record::{backup_path, load_written, orig_path, Written};
 use super::tree::{NovaInfo, NovaTree};
-use super::{fail, M};
 use crate::io::container::sha256_hex;
 use crate::limits;
 use crate::nova::hooks::{HookedFile, PatchSet, CORE, MARKER};
@@ -151,10 +151,10 @@ pub(super) fn plan_tree<'t>(
     set: &PatchSet,
 ) -> Result<TreePlan<'t>> {
     let name = tree.name();
-    let health_before = tree.precheck().map_err(|e| fail(format!("{M}: {e:#}")))?;
+    let health_before = tree.precheck().map_err(|e| fail(format!("{e:#}")))?;
     let info = tree
         .discover(a.python.as_deref())
-        .map_err(|e| fail(format!("{M}: {e:#}")))?;
+        .map_err(|e| fail(format!("{e:#}")))?;
     let release = match (a.release.as_str(), info.version.is_empty()) {
         ("auto", false) => info.version.clone(),
         ("auto", true) => UNKNOWN_RELEASE.to_string(),
@@ -191,7 +191,7 @@ pub(super) fn plan_tree<'t>(
     }
     if files.is_empty() && refused.is_empty() {
         return Err(fail(format!(
-            "{M}: no file of the patch matches the parts {:?} given for {name}",
+            "no file of the patch matches the parts {:?} given for {name}",
             parts.unwrap_or_default()
         )));
     }

@@ -6,7 +6,7 @@ use super::plan::{plan_tree, FilePlan, FileStatus, TreePlan};
 use super::record::{backup_path, orig_path, record_written};
 use super::report::{diff_of, report_fields};
 use super::tree::{sum_of, NovaTree};
-use super::{fail, Layout, M};
+use super::{fail, Layout};
 use crate::ansible::{Context, Failure, Outcome};
 use crate::nova::hooks::PatchSet;
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -85,10 +85,10 @@ fn load_patch(a: &Args) -> Result<PatchSet> {
     match &a.patch_dir {
         None => PatchSet::builtin().map_err(|e| {
             fail(format!(
-                "{M}: the patch is unusable (built in, but unusable: {e})"
+                "the patch is unusable (built in, but unusable: {e})"
             ))
         }),
-        Some(dir) => PatchSet::load(dir).map_err(|e| fail(format!("{M}: {e}"))),
+        Some(dir) => PatchSet::load(dir).map_err(|e| fail(format!("{e}"))),
     }
 }
 
@@ -108,7 +108,7 @@ fn plan_all<'t>(
         return Ok(plans);
     }
     let mut f = Failure::new(format!(
-        "{M}: refusing, nothing was changed: {}",
+        "refusing, nothing was changed: {}",
         refusals.join("; ")
     ))
     .with("refused", &refusals);
@@ -188,7 +188,7 @@ fn apply_all(
         };
         let rb = rollback(&touched, a.restart, timeout);
         let msg = format!(
-            "{M}: {step} failed in {}: {e:#}; {}",
+            "{step} failed in {}: {e:#}; {}",
             p.name(),
             match &rb {
                 Ok(()) => format!(
@@ -212,18 +212,14 @@ fn apply_all(
 }
 
 pub(super) fn lock_rollout(dir: &Path) -> Result<crate::io::lock::Held> {
-    std::fs::create_dir_all(dir).map_err(|e| {
-        fail(format!(
-            "{M}: cannot create backup_dir {}: {e}",
-            dir.display()
-        ))
-    })?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| fail(format!("cannot create backup_dir {}: {e}", dir.display())))?;
     let path = dir.join(".rollout.lock");
     crate::io::lock::acquire(&path, Duration::from_secs(600))
-        .map_err(|e| fail(format!("{M}: cannot lock {}: {e}", path.display())))?
+        .map_err(|e| fail(format!("cannot lock {}: {e}", path.display())))?
         .ok_or_else(|| {
             fail(format!(
-                "{M}: another rollout on this host has held {} for 10 minutes; let it finish",
+                "another rollout on this host has held {} for 10 minutes; let it finish",
                 path.display()
             ))
         })
