@@ -244,7 +244,7 @@ pub fn claim_xml(uuid: &str, o: &Owner) -> String {
 
 /// The owner recorded in a claim domain's XML (`<metadata>`, our namespace, any prefix).
 pub fn parse_owner(xml: &str) -> Result<Owner, String> {
-    let root = crate::model::xml::parse(xml)?;
+    let root = crate::model::xml::parse(xml).map_err(|e| e.to_string())?;
     let rec = root
         .child("metadata")
         .and_then(|m| m.children.iter().find(|c| c.local_name() == "claim"))

@@ -413,7 +413,7 @@ pub struct GuestCpu {
 }
 
 /// The guest's CPU from its domain XML.
-pub fn guest_cpu(xml: &str) -> Result<GuestCpu, String> {
+pub fn guest_cpu(xml: &str) -> Result<GuestCpu, xml::XmlError> {
     let root = xml::parse(xml)?;
     let cpu = root.child("cpu");
     let mode = match cpu.and_then(|c| c.attr("mode")) {
@@ -440,7 +440,7 @@ pub struct FileDisk {
 
 /// The guest's writable, unshared disks in local files (cdroms, read-only and shareable disks and
 /// network disks are not copied).
-pub fn file_disks(xml: &str) -> Result<Vec<FileDisk>, String> {
+pub fn file_disks(xml: &str) -> Result<Vec<FileDisk>, xml::XmlError> {
     let root = xml::parse(xml)?;
     let Some(devs) = root.child("devices") else {
         return Ok(Vec::new());

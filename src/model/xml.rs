@@ -63,36 +63,58 @@ impl Element {
     }
 }
 
+/// Why a document is refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum XmlError {
+    #[error("XML document is {0} bytes, more than the {MAX_BYTES} accepted")]
+    TooLarge(usize),
+    #[error("malformed XML at byte {at}: {why}")]
+    Malformed { at: u64, why: String },
+    #[error("XML with a DOCTYPE (DTD/entity declarations) is refused: libvirt never emits one")]
+    Doctype,
+    #[error("XML nested deeper than {MAX_DEPTH} levels is refused")]
+    TooDeep,
+    #[error("malformed XML: {0}")]
+    Structure(&'static str),
+    #[error(
+        "XML text cannot be decoded ({0}); entities other than the predefined five are refused"
+    )]
+    Text(String),
+    #[error("malformed attribute in <{element}>: {why}")]
+    Attribute { element: String, why: String },
+    #[error("attribute {key} of <{element}> cannot be decoded ({why}); only predefined entities are accepted")]
+    AttributeValue {
+        element: String,
+        key: String,
+        why: String,
+    },
+    #[error("truncated XML: <{0}> is never closed")]
+    Truncated(String),
+    #[error("empty XML document")]
+    Empty,
+}
+
 /// Parse a whole document into its root element.
-pub fn parse(doc: &str) -> Result<Element, String> {
+pub fn parse(doc: &str) -> Result<Element, XmlError> {
     if doc.len() > MAX_BYTES {
-        return Err(format!(
-            "XML document is {} bytes, more than the {} accepted",
-            doc.len(),
-            MAX_BYTES
-        ));
+        return Err(XmlError::TooLarge(doc.len()));
     }
     let mut reader = Reader::from_str(doc);
     let mut stack: Vec<Element> = Vec::new();
     let mut root: Option<Element> = None;
     loop {
-        let ev = reader
-            .read_event()
-            .map_err(|e| format!("malformed XML at byte {}: {e}", reader.buffer_position()))?;
+        let ev = reader.read_event().map_err(|e| XmlError::Malformed {
+            at: reader.buffer_position(),
+            why: e.to_string(),
+        })?;
         match ev {
-            Event::DocType(_) => return Err(
-                "XML with a DOCTYPE (DTD/entity declarations) is refused: libvirt never emits one"
-                    .into(),
-            ),
-            Event::Start(s) | Event::Empty(s) if root.is_some() => {
-                let _ = s;
-                return Err("malformed XML: content after the root element".into());
+            Event::DocType(_) => return Err(XmlError::Doctype),
+            Event::Start(_) | Event::Empty(_) if root.is_some() => {
+                return Err(XmlError::Structure("content after the root element"));
             }
             Event::Start(s) => {
                 if stack.len() >= MAX_DEPTH {
-                    return Err(format!(
-                        "XML nested deeper than {MAX_DEPTH} levels is refused"
-                    ));
+                    return Err(XmlError::TooDeep);
                 }
                 stack.push(element_of(&s)?);
             }
@@ -104,21 +126,23 @@ pub fn parse(doc: &str) -> Result<Element, String> {
                 }
             }
             Event::End(_) => {
-                let el = stack.pop().ok_or("malformed XML: unexpected closing tag")?;
+                let el = stack
+                    .pop()
+                    .ok_or(XmlError::Structure("unexpected closing tag"))?;
                 match stack.last_mut() {
                     Some(parent) => parent.children.push(el),
                     None => root = Some(el),
                 }
             }
             Event::Text(t) => {
-                let txt = t.unescape().map_err(|e| format!("XML text cannot be decoded ({e}); entities other than the predefined five are refused"))?;
+                let txt = t.unescape().map_err(|e| XmlError::Text(e.to_string()))?;
                 if let Some(cur) = stack.last_mut() {
                     let trimmed = txt.trim();
                     if !trimmed.is_empty() {
                         cur.text.push_str(trimmed);
                     }
                 } else if !txt.trim().is_empty() {
-                    return Err("malformed XML: text outside the root element".into());
+                    return Err(XmlError::Structure("text outside the root element"));
                 }
             }
             Event::CData(c) => {
@@ -130,24 +154,28 @@ pub fn parse(doc: &str) -> Result<Element, String> {
             _ => {} // declarations, comments, processing instructions carry nothing we read
         }
     }
-    if !stack.is_empty() {
-        return Err(format!(
-            "truncated XML: <{}> is never closed",
-            stack.last().map(|e| e.name.as_str()).unwrap_or("?")
-        ));
+    if let Some(open) = stack.last() {
+        return Err(XmlError::Truncated(open.name.clone()));
     }
-    root.ok_or_else(|| "empty XML document".to_string())
+    root.ok_or(XmlError::Empty)
 }
 
-fn element_of(s: &quick_xml::events::BytesStart) -> Result<Element, String> {
+fn element_of(s: &quick_xml::events::BytesStart) -> Result<Element, XmlError> {
     let name = String::from_utf8_lossy(s.name().as_ref()).into_owned();
     let mut attrs = Vec::new();
     for a in s.attributes() {
-        let a = a.map_err(|e| format!("malformed attribute in <{name}>: {e}"))?;
+        let a = a.map_err(|e| XmlError::Attribute {
+            element: name.clone(),
+            why: e.to_string(),
+        })?;
         let key = String::from_utf8_lossy(a.key.as_ref()).into_owned();
         let val = a
             .unescape_value()
-            .map_err(|e| format!("attribute {key} of <{name}> cannot be decoded ({e}); only predefined entities are accepted"))?
+            .map_err(|e| XmlError::AttributeValue {
+                element: name.clone(),
+                key: key.clone(),
+                why: e.to_string(),
+            })?
             .into_owned();
         attrs.push((key, val));
     }
@@ -179,22 +207,25 @@ mod tests {
     #[test]
     fn hostile_documents_are_refused() {
         let bomb = r#"<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;">]><l>&b;</l>"#;
-        assert!(parse(bomb).unwrap_err().contains("DOCTYPE"));
+        assert_eq!(parse(bomb).unwrap_err(), XmlError::Doctype);
         let xxe = r#"<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><x>&e;</x>"#;
         assert!(parse(xxe).is_err());
-        assert!(parse("<x>&undeclared;</x>")
-            .unwrap_err()
-            .contains("entities"));
+        let e = parse("<x>&undeclared;</x>").unwrap_err();
+        assert!(
+            matches!(e, XmlError::Text(_)) && e.to_string().contains("entities"),
+            "{e}"
+        );
         let deep = "<a>".repeat(1000) + &"</a>".repeat(1000);
-        assert!(parse(&deep).unwrap_err().contains("deeper"));
+        assert_eq!(parse(&deep).unwrap_err(), XmlError::TooDeep);
     }
 
     #[test]
     fn truncated_and_empty() {
-        assert!(parse("<capabilities><host>")
-            .unwrap_err()
-            .contains("truncated"));
-        assert!(parse("").unwrap_err().contains("empty"));
+        assert_eq!(
+            parse("<capabilities><host>").unwrap_err(),
+            XmlError::Truncated("host".into())
+        );
+        assert_eq!(parse("").unwrap_err(), XmlError::Empty);
         assert!(parse("<a></b>").is_err());
         assert!(parse("<a/><b/>").is_err());
     }
