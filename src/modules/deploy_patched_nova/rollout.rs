@@ -447,41 +447,56 @@ pub(super) fn rollback(touched: &[&TreePlan], restart: bool, timeout: Duration) 
     let mut errors = Vec::new();
     for p in touched {
         let t = p.tree;
-        let r = (|| -> Result<()> {
-            // `cp` works on a stopped container (one that died on the new files): put the old
-            // files back first, then start it, then the exec-based cleanup.
-            let was_running = t.running()?;
-            for f in p.changes() {
-                if let Some(old) = f.current.as_deref() {
-                    t.write_file(&f.path, old)?;
-                }
+        // Every step that can run runs, whatever failed before it: a unit that will not start
+        // must not keep the new files in place.
+        let mut failed: Vec<anyhow::Error> = Vec::new();
+        let mut step = |r: Result<()>| {
+            if let Err(e) = r {
+                failed.push(e);
             }
-            if !was_running {
-                t.start()?;
+        };
+        let was_running = t.running();
+        // `cp` works on a stopped container (one that died on the new files): put the old
+        // files back first, then start it, then the exec-based cleanup.
+        step(p.changes().try_for_each(|f| match f.current.as_deref() {
+            Some(old) => t.write_file(&f.path, old),
+            None => Ok(()),
+        }));
+        match &was_running {
+            Ok(false) => step(t.start()),
+            Ok(true) => {}
+            Err(e) => step(Err(anyhow!("{e:#}"))),
+        }
+        step(p.changes().try_for_each(|f| {
+            if f.current.is_none() {
+                put(t, &f.path, None)?;
+            } else if f.pristine {
+                // the in-tree copy this run made of the original
+                let _ = t.remove_file(&orig_path(&f.path));
             }
-            for f in p.changes() {
-                if f.current.is_none() {
-                    put(t, &f.path, None)?;
-                } else if f.pristine {
-                    // the in-tree copy this run made of the original
-                    let _ = t.remove_file(&orig_path(&f.path));
-                }
-                t.clear_bytecode(&f.path)?;
-            }
-            if restart && was_running && t.restartable() {
-                t.restart()?;
-            }
-            // Back to the state before the run; the files are verified in any case, so the
-            // report says what holds.
-            let up = t.recover(p.health_before.as_deref(), timeout);
-            let files = verify(p, |f| f.current.as_deref());
-            match (up, files) {
-                (Ok(()), Ok(())) => Ok(()),
-                (Err(e), Ok(())) => Err(e.context("files byte-identical to before, but")),
-                (Ok(()), Err(e)) => Err(e),
-                (Err(u), Err(f)) => Err(anyhow!("{u:#}; and {f:#}")),
-            }
-        })();
+            t.clear_bytecode(&f.path)
+        }));
+        if restart && matches!(was_running, Ok(true)) && t.restartable() {
+            step(t.restart());
+        }
+        // Back to the state before the run; the files are verified in any case, so the
+        // report says what holds.
+        let up = t.recover(p.health_before.as_deref(), timeout);
+        let files = verify(p, |f| f.current.as_deref());
+        match (up, files) {
+            (Ok(()), Ok(())) => {}
+            (Err(e), Ok(())) => failed.push(e.context("files byte-identical to before, but")),
+            (Ok(()), Err(e)) => failed.push(e),
+            (Err(u), Err(f)) => failed.push(anyhow!("{u:#}; and {f:#}")),
+        }
+        let r: Result<()> = match failed.as_slice() {
+            [] => Ok(()),
+            many => Err(anyhow!(many
+                .iter()
+                .map(|e| format!("{e:#}"))
+                .collect::<Vec<_>>()
+                .join("; "))),
+        };
         if let Err(e) = r {
             errors.push(format!("{}: {e:#}", p.name()));
         }

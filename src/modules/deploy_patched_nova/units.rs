@@ -69,6 +69,20 @@ fn systemctl(args: &[&str]) -> Result<std::process::Output> {
         })
 }
 
+/// `systemctl <verb> -- <units>`, which must succeed.
+fn on_units(verb: &str, units: &[String]) -> Result<std::process::Output> {
+    let mut args = vec![verb, "--"];
+    args.extend(units.iter().map(String::as_str));
+    let out = systemctl(&args)?;
+    if !out.status.success() {
+        return Err(UnitError::Failed {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(out)
+}
+
 /// `systemctl show` properties of one unit.
 fn show(unit: &str, props: &[&str]) -> Result<Vec<String>> {
     let p = props.join(",");
@@ -127,15 +141,12 @@ pub fn run(verb: &str, units: &[String]) -> Result<()> {
         .iter()
         .map(|u| show(u, &props))
         .collect::<Result<_>>()?;
-    let mut args = vec![verb, "--"];
-    args.extend(units.iter().map(String::as_str));
-    let out = systemctl(&args)?;
-    if !out.status.success() {
-        return Err(UnitError::Failed {
-            args: args.join(" "),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
+    if verb == "start" || verb == "restart" {
+        // A unit that crash-looped on the new files has usually hit its start limit (Ubuntu's
+        // nova-compute restarts every 100 ms), and systemd refuses any start until it is reset.
+        on_units("reset-failed", units)?;
     }
+    let out = on_units(verb, units)?;
     if verb == "restart" {
         // systemctl exits 0 without doing anything where it thinks it runs in a chroot; a
         // restart that left the same process in the same activation did not happen.
