@@ -35,7 +35,7 @@ mod search;
 mod testkit;
 
 pub use accounting::{claim, validate};
-pub use request::{constraints, RequestError};
+pub use request::{constraints, cpu_policies, CpuPolicies, RequestError};
 pub use search::{fit_request, fit_topology, place};
 
 use crate::model::cpuset::CpuSet;
