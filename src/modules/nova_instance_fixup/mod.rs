@@ -44,6 +44,8 @@ pub struct Args {
     /// nova.conf of that host (its cells and dedicated set, for from_libvirt).
     host_nova_conf: Option<PathBuf>,
     /// SQLAlchemy URL of Nova's cell database (mysql+pymysql://user:pass@host/nova); a secret.
+    #[serde(default)]
+    #[schemars(schema_with = "crate::ansible::secret")]
     db_connection: Option<String>,
     /// nova-conductor's nova.conf, read for `[database] connection` when db_connection is not given.
     #[serde(default = "default_conductor_conf")]
