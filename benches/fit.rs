@@ -65,6 +65,7 @@ fn guest(name: String, source: String, vcpus: u32) -> DrainGuest {
             thread_policy: None,
             emulator_isolate: false,
         },
+        policy_source: Default::default(),
     }
 }
 

@@ -80,6 +80,7 @@ fn guest(r: &mut fastrand::Rng, name: String, vcpus: u32) -> DrainGuest {
             thread_policy,
             emulator_isolate: r.u64(..8) == 0,
         },
+        policy_source: Default::default(),
     }
 }
 

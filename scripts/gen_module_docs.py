@@ -52,6 +52,9 @@ def option(schema, name, node, required, module):
             it = [x for x in it if x != "null"][0]
         out["elements"] = "str" if "enum" in items else TYPES.get(it, "raw")
     out["required"] = name in required
+    if node.get("x-no-log"):
+        # A secret (`ansible::secret` in the module's Args): Ansible censors it in task output.
+        out["no_log"] = True
     if "default" in node and node["default"] is not None:
         out["default"] = node["default"]
     if out["type"] == "dict" and "properties" in node and name not in ("host_facts", "source_facts", "request", "placement"):

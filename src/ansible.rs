@@ -118,6 +118,20 @@ impl fmt::Display for Failure {
 }
 impl std::error::Error for Failure {}
 
+/// The schema of a secret string argument (`#[schemars(schema_with = "crate::ansible::secret")]`
+/// on an `Option<String>`, with `#[serde(default)]`, without which the schema would call it
+/// required): a string marked `x-no-log`, which the generated docs show as `no_log: true`. The
+/// module still names it in [`ModuleArgs::secrets`] to scrub it.
+pub fn secret(_: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+    use schemars::schema::{InstanceType, SchemaObject};
+    let mut o = SchemaObject {
+        instance_type: Some(vec![InstanceType::String, InstanceType::Null].into()),
+        ..Default::default()
+    };
+    o.extensions.insert("x-no-log".into(), Value::Bool(true));
+    o.into()
+}
+
 /// Parse args from the JSON text Ansible wrote. Split out of [`run`] so tests can call it.
 /// A whole number given as a JSON number or as a string of digits: Ansible before 2.19 hands a
 /// templated value nested in a dict (`drain: {max_parallel: "{{ n }}"}`) to the module as a string.

@@ -362,6 +362,17 @@ impl NumaFacts {
     /// The host as the fit engine sees it (Nova's NUMATopology shape), optionally ignoring one
     /// guest's own usage (when replanning that guest on its own host).
     pub fn host_state(&self, exclude_guest: Option<&str>) -> HostState {
+        self.host_state_isolating(exclude_guest, &Default::default())
+    }
+
+    /// `host_state`, where the guests in `isolated` (uuids: thread policy isolate, which libvirt
+    /// does not record) hold the whole cores of their pCPUs, as Nova's accounting pins them
+    /// (`pin_cpus_with_siblings`): no other guest goes on their sibling threads.
+    pub fn host_state_isolating(
+        &self,
+        exclude_guest: Option<&str>,
+        isolated: &std::collections::BTreeSet<String>,
+    ) -> HostState {
         let dedicated = self.cpu_dedicated_set.as_ref();
         let others: Vec<&Guest> = self
             .guests
@@ -370,9 +381,24 @@ impl NumaFacts {
                 Some(g.name.as_str()) != exclude_guest && Some(g.uuid.as_str()) != exclude_guest
             })
             .collect();
-        let pinned: CpuSet = others
-            .iter()
-            .fold(CpuSet::new(), |a, g| a.union(&g.exclusive_cpus()));
+        let siblings_of = |cpu: u32| -> CpuSet {
+            self.cells
+                .iter()
+                .flat_map(|c| &c.cpus)
+                .find(|c| c.id == cpu)
+                .map(|c| c.siblings.iter().copied().collect())
+                .unwrap_or_default()
+        };
+        let pinned: CpuSet = others.iter().fold(CpuSet::new(), |a, g| {
+            let own = g.exclusive_cpus();
+            let held = if isolated.contains(&g.uuid) {
+                own.iter()
+                    .fold(own.clone(), |h, cpu| h.union(&siblings_of(cpu)))
+            } else {
+                own
+            };
+            a.union(&held)
+        });
         let topo = HostTopology {
             cells: self.cells.clone(),
             ..Default::default()

@@ -28,7 +28,7 @@
 //! the ones the search considers.
 
 use crate::fit::{claim, fit_topology, no_numa_msg, place, FitOptions, GuestTopology, HostState};
-use crate::fit::{HostCell, Placement};
+use crate::fit::{HostCell, Placement, PolicySource, ThreadPolicy};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::hash_map::DefaultHasher;
@@ -43,6 +43,9 @@ pub struct DrainGuest {
     #[serde(default)]
     pub source: String,
     pub topology: GuestTopology,
+    /// Where `topology.thread_policy` comes from: reported with the guest's move or refusal.
+    #[serde(default)]
+    pub policy_source: PolicySource,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
@@ -52,6 +55,9 @@ pub struct DrainMove {
     pub source: String,
     pub dest: String,
     pub placement: Placement,
+    /// The thread policy it was placed with (prefer when none was asked; null when unpinned).
+    pub thread_policy: Option<ThreadPolicy>,
+    pub policy_source: PolicySource,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
@@ -59,6 +65,9 @@ pub struct DrainRefusal {
     pub guest: String,
     pub uuid: String,
     pub source: String,
+    /// The thread policy it was tried with (as in `DrainMove`).
+    pub thread_policy: Option<ThreadPolicy>,
+    pub policy_source: PolicySource,
     pub msg: String,
     /// Why it fits on none of the candidates once the plan's moves are made: the closest
     /// host's per-cell reasons.
@@ -288,6 +297,8 @@ fn finish(
         source: g.g.source.clone(),
         dest: dest.name.clone(),
         placement: p,
+        thread_policy: g.g.topology.effective_thread_policy(),
+        policy_source: g.g.policy_source,
     };
     let mut left = Vec::new();
     for (g, a) in gs.iter().zip(assignment) {
@@ -341,6 +352,8 @@ fn finish(
             guest: g.g.name.clone(),
             uuid: g.g.uuid.clone(),
             source: g.g.source.clone(),
+            thread_policy: g.g.topology.effective_thread_policy(),
+            policy_source: g.g.policy_source,
             msg: no_numa_msg(g.g.topology.total_vcpus(), g.g.topology.total_memory_mb()),
             reasons,
         });

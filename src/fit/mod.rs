@@ -35,7 +35,7 @@ mod search;
 mod testkit;
 
 pub use accounting::{claim, validate};
-pub use request::{constraints, RequestError};
+pub use request::{constraints, cpu_policies, CpuPolicies, RequestError};
 pub use search::{fit_request, fit_topology, place};
 
 use crate::model::cpuset::CpuSet;
@@ -193,12 +193,32 @@ impl GuestTopology {
         }
     }
 
+    /// The thread policy the engine applies: the one asked for, else prefer for a pinned guest
+    /// (Nova's default); none for an unpinned one.
+    pub fn effective_thread_policy(&self) -> Option<ThreadPolicy> {
+        self.dedicated
+            .then(|| self.thread_policy.unwrap_or(ThreadPolicy::Prefer))
+    }
+
     pub fn total_vcpus(&self) -> usize {
         self.cells.iter().map(|c| c.vcpus.len()).sum()
     }
     pub fn total_memory_mb(&self) -> u64 {
         self.cells.iter().map(|c| c.memory_mb).sum()
     }
+}
+
+/// Where an existing guest's thread policy comes from (libvirt's definition does not record it).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicySource {
+    /// Nova's database (the instance's numa_topology, else its flavor and image).
+    NovaDb,
+    /// The caller's argument.
+    Argument,
+    /// Nobody said: Nova's default, prefer.
+    #[default]
+    Assumed,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]

@@ -183,8 +183,7 @@ fn image_numa_mem(props: &BTreeMap<String, Value>) -> Result<Option<Vec<u64>>, R
 }
 
 /// `ImageMetaProps.from_dict` for the fields the fit reads, in its order of coercion.
-fn image_props(req: &Request) -> Result<ImageProps, RequestError> {
-    let props = &req.image_properties;
+fn image_props(props: &BTreeMap<String, Value>) -> Result<ImageProps, RequestError> {
     if props.is_empty() {
         return Ok(ImageProps::default());
     }
@@ -562,6 +561,54 @@ fn thread_policy_of(p: &str) -> ThreadPolicy {
     }
 }
 
+/// The CPU policies a flavor and an image ask for, as `numa_get_constraints` decides them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuPolicies {
+    /// `hw:cpu_policy` / `hw_cpu_policy` dedicated.
+    pub dedicated: bool,
+    /// Only for a dedicated guest; `None` is Nova's default (prefer).
+    pub thread_policy: Option<ThreadPolicy>,
+    /// `hw:emulator_threads_policy=isolate` (flavor only, as in Stein).
+    pub emulator_isolate: bool,
+}
+
+/// The CPU policies of a flavor's extra specs and an image's properties, with Nova's precedence
+/// and conflict rules (`_get_cpu_policy_constraint`, `_get_cpu_thread_policy_constraint`,
+/// `get_emulator_thread_policy_constraint`) and its errors, sizes aside: what an existing
+/// guest's stored flavor and image asked for.
+pub fn cpu_policies(
+    extra_specs: &BTreeMap<String, Value>,
+    image_properties: &BTreeMap<String, Value>,
+) -> Result<CpuPolicies, RequestError> {
+    let fi = FlavorImage {
+        specs: extra_specs,
+        image: image_props(image_properties)?,
+    };
+    let dedicated = cpu_policy_constraint(&fi)?;
+    let thread_policy = cpu_thread_policy_constraint(&fi)?;
+    let emulator_isolate = emulator_threads_policy_constraint(&fi)?;
+    if !dedicated {
+        check_shared(
+            thread_policy.as_deref(),
+            emulator_isolate,
+            is_realtime_enabled(&fi),
+        )?;
+        return Ok(CpuPolicies {
+            dedicated,
+            thread_policy: None,
+            emulator_isolate,
+        });
+    }
+    if thread_policy.as_deref() == Some("") {
+        return Err(req_err("ValueError", "Field value  is invalid"));
+    }
+    Ok(CpuPolicies {
+        dedicated,
+        thread_policy: thread_policy.as_deref().map(thread_policy_of),
+        emulator_isolate,
+    })
+}
+
 /// Nova's `numa_get_constraints` (19.3.2): the guest topology a request asks for, `None` when
 /// it asks for no NUMA placement at all (no pinning, no NUMA nodes, no page size), or Nova's
 /// error. Checks run in Nova's order so the same request fails with the same exception; the
@@ -576,7 +623,7 @@ pub fn constraints(req: &Request) -> Result<Option<GuestTopology>, RequestError>
     bound(limits::memory_mib("memory_mb", req.memory_mb))?;
     let fi = FlavorImage {
         specs: &req.extra_specs,
-        image: image_props(req)?,
+        image: image_props(&req.image_properties)?,
     };
     let nodes = numa_node_prop(&fi)?;
     let pagesize = numa_pagesize_constraint(&fi)?;
@@ -748,5 +795,47 @@ mod tests {
                 .starts_with("InvalidCPUAllocationPolicy")
         );
         assert_eq!(constraints(&req(2, 512, json!({}))).unwrap(), None);
+    }
+
+    #[test]
+    fn cpu_policies_follow_novas_precedence() {
+        let m = |v: Value| -> BTreeMap<String, Value> { serde_json::from_value(v).unwrap() };
+        let ded = json!({"hw:cpu_policy": "dedicated"});
+        let p = cpu_policies(
+            &m(ded.clone()),
+            &m(json!({"hw_cpu_thread_policy": "isolate"})),
+        )
+        .unwrap();
+        assert_eq!(
+            (p.dedicated, p.thread_policy),
+            (true, Some(ThreadPolicy::Isolate))
+        );
+        // A flavor's prefer leaves the choice to the image, another value wins over it.
+        let p = cpu_policies(
+            &m(json!({"hw:cpu_policy": "dedicated", "hw:cpu_thread_policy": "prefer"})),
+            &m(json!({"hw_cpu_thread_policy": "require"})),
+        )
+        .unwrap();
+        assert_eq!(p.thread_policy, Some(ThreadPolicy::Prefer));
+        let e = cpu_policies(
+            &m(json!({"hw:cpu_policy": "dedicated", "hw:cpu_thread_policy": "isolate"})),
+            &m(json!({"hw_cpu_thread_policy": "require"})),
+        )
+        .unwrap_err();
+        assert_eq!(e.exception, "ImageCPUThreadPolicyForbidden");
+        let p = cpu_policies(
+            &m(json!({"hw:cpu_policy": "dedicated", "hw:emulator_threads_policy": "isolate"})),
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        assert_eq!((p.thread_policy, p.emulator_isolate), (None, true));
+        let p = cpu_policies(&BTreeMap::new(), &m(json!({"hw_cpu_policy": "dedicated"}))).unwrap();
+        assert!(p.dedicated);
+        let e = cpu_policies(
+            &m(json!({"hw:cpu_thread_policy": "isolate"})),
+            &BTreeMap::new(),
+        )
+        .unwrap_err();
+        assert_eq!(e.exception, "CPUThreadPolicyConfigurationInvalid");
     }
 }

@@ -158,6 +158,41 @@ pub fn from_kolla(nova_conf: &Path, passwords: Option<&Path>) -> Result<DbCreds,
     Ok(c)
 }
 
+/// nova-conductor's nova.conf where Kolla puts it: the default of the modules' `nova_conf`.
+pub const KOLLA_CONDUCTOR_CONF: &str = "/etc/kolla/nova-conductor/nova.conf";
+
+/// Where Kolla keeps its passwords file; read when it exists and no other is given.
+pub const KOLLA_PASSWORDS: &str = "/etc/kolla/passwords.yml";
+
+/// The credentials the modules' DB arguments name, one rule for every module: the SQLAlchemy
+/// URL when given, else Kolla's files (`nova_conf`'s `[database] connection`, with the
+/// passwords file's `nova_database_password`: `passwords_file`, else Kolla's default path when
+/// it exists).
+pub fn resolve(
+    db_connection: Option<&str>,
+    nova_conf: &Path,
+    passwords_file: Option<&Path>,
+) -> Result<DbCreds, DbError> {
+    match db_connection {
+        Some(url) => parse_url(url),
+        None => {
+            let default = Path::new(KOLLA_PASSWORDS);
+            let pw = passwords_file.or_else(|| default.exists().then_some(default));
+            from_kolla(nova_conf, pw)
+        }
+    }
+}
+
+/// What a module scrubs from its messages when given `db_connection`: the URL and, when it
+/// parses, the password alone (a driver may echo it decoded).
+pub fn url_secrets(db_connection: Option<&str>) -> Vec<String> {
+    let mut s: Vec<String> = db_connection.iter().map(|u| u.to_string()).collect();
+    if let Some(c) = db_connection.and_then(|u| parse_url(u).ok()) {
+        s.push(c.password);
+    }
+    s
+}
+
 pub fn connect(c: &DbCreds) -> Result<Conn, DbError> {
     let mut b = OptsBuilder::new()
         .ip_or_hostname(Some(c.host.clone()))
@@ -258,5 +293,31 @@ mod tests {
         .unwrap();
         let c = from_kolla(&conf, None).unwrap();
         assert_eq!((c.host.as_str(), c.password.as_str()), ("last", "b"));
+    }
+
+    #[test]
+    fn resolve_prefers_the_url_and_scrubs_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("nova.conf");
+        std::fs::write(
+            &conf,
+            "[database]\nconnection = mysql://nova:fromconf@db/nova\n",
+        )
+        .unwrap();
+        let url = "mysql+pymysql://nova:s%40cret@10.0.0.5/nova";
+        let c = resolve(Some(url), &conf, None).unwrap();
+        assert_eq!(
+            (c.host.as_str(), c.password.as_str()),
+            ("10.0.0.5", "s@cret")
+        );
+        let pw = dir.path().join("passwords.yml");
+        std::fs::write(&pw, "nova_database_password: fromfile\n").unwrap();
+        let c = resolve(None, &conf, Some(&pw)).unwrap();
+        assert_eq!((c.host.as_str(), c.password.as_str()), ("db", "fromfile"));
+        assert_eq!(
+            url_secrets(Some(url)),
+            vec![url.to_string(), "s@cret".into()]
+        );
+        assert!(url_secrets(None).is_empty());
     }
 }

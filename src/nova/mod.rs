@@ -5,3 +5,4 @@ pub mod conf;
 pub mod db;
 pub mod hooks;
 pub mod numa_json;
+pub mod policy;

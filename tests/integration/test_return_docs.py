@@ -160,6 +160,22 @@ def test_pin_fit_check_fits_refuses_guest_and_drain(lab, run_module):
     rc, res = run(run_module, "pin_fit_check", "drain",
                   {"drain": {"sources": [src], "candidates": [cmp2], "max_parallel": 2}})
     assert rc == 0 and "plan" in res and len(res["skipped"]) >= 2, res
+    # Thread policies from Nova's DB (read only): the seeded guest is in it; a copy under a uuid Nova does
+    # not have gets a policy_note (guest mode) and a policy_notes entry (drain).
+    db = {"db_nova_conf": lab.data["db"]["nova_conductor_conf"], "passwords_file": lab.data["db"]["passwords_file"]}
+    rc, res = run(run_module, "pin_fit_check", "existing guest, policy from Nova's DB",
+                  dict(db, uri=lab.uri("cmp2"), nova_conf=lab.hosts["cmp2"]["nova_conf_allcpus"], guest="vm-taken",
+                       source_uri=lab.uri("cmp1")))
+    assert rc == 0 and res["policy_source"] == "nova_db", res
+    unknown = copy.deepcopy(cmp1)
+    for g in unknown["guests"]:
+        g["uuid"] = "6c1a9e10-0000-4000-8000-0000000000f3" if g["name"] == "vm-taken" else g["uuid"]
+    rc, res = run(run_module, "pin_fit_check", "existing guest Nova's DB does not know",
+                  dict(db, host_facts=cmp2, guest="vm-taken", source_facts=unknown))
+    assert rc == 0 and res["policy_source"] == "assumed" and res["policy_note"], res
+    rc, res = run(run_module, "pin_fit_check", "drain, policies from Nova's DB",
+                  dict(db, drain={"sources": [unknown], "candidates": [cmp2]}))
+    assert rc == 0 and res["policy_notes"], res
 
 
 # ------------------------------------------------------------------------------------ repin_migrate

@@ -1,5 +1,5 @@
 use super::*;
-use crate::fit::{validate, GuestCellReq, MemPages, ThreadPolicy};
+use crate::fit::{validate, GuestCellReq, MemPages, PolicySource, ThreadPolicy};
 use crate::model::cpuset::CpuSet;
 
 /// A host cell: `cpus` pCPUs from `first`, cores of `smt` threads, the first `pinned` pinned.
@@ -52,6 +52,7 @@ fn guest(name: &str, source: &str, topology: GuestTopology) -> DrainGuest {
         uuid: String::new(),
         source: source.into(),
         topology,
+        policy_source: Default::default(),
     }
 }
 
@@ -341,6 +342,8 @@ fn moves_to(dests: &[&str]) -> Vec<DrainMove> {
                 emulator_pins: vec![],
                 dedicated: true,
             },
+            thread_policy: Some(ThreadPolicy::Prefer),
+            policy_source: PolicySource::Assumed,
         })
         .collect()
 }

@@ -44,6 +44,8 @@ pub struct Args {
     /// nova.conf of that host (its cells and dedicated set, for from_libvirt).
     host_nova_conf: Option<PathBuf>,
     /// SQLAlchemy URL of Nova's cell database (mysql+pymysql://user:pass@host/nova); a secret.
+    #[serde(default)]
+    #[schemars(schema_with = "crate::ansible::secret")]
     db_connection: Option<String>,
     /// nova-conductor's nova.conf, read for `[database] connection` when db_connection is not given.
     #[serde(default = "default_conductor_conf")]
@@ -76,36 +78,28 @@ pub struct Args {
     repair_rows: Vec<repair::UnloadableRow>,
 }
 fn default_conductor_conf() -> PathBuf {
-    "/etc/kolla/nova-conductor/nova.conf".into()
+    db::KOLLA_CONDUCTOR_CONF.into()
 }
 fn default_placement_db() -> String {
     "placement".into()
 }
 impl ModuleArgs for Args {
     fn secrets(&self) -> Vec<String> {
-        let mut s: Vec<String> = self.db_connection.iter().cloned().collect();
-        if let Some(url) = &self.db_connection {
-            if let Ok(c) = db::parse_url(url) {
-                s.push(c.password);
-            }
-        }
-        s
+        db::url_secrets(self.db_connection.as_deref())
     }
 }
 
 /// The module's flow (`ansible::run` calls it with the parsed arguments).
 pub fn run(a: Args, ctx: &Context) -> anyhow::Result<Outcome> {
-    let creds = match &a.db_connection {
-        Some(url) => db::parse_url(url).map_err(|e| Failure::new(format!("db_connection: {e}")))?,
-        None => {
-            let pw = a
-                .passwords_file
-                .clone()
-                .or_else(|| Some(PathBuf::from("/etc/kolla/passwords.yml")).filter(|p| p.exists()));
-            db::from_kolla(&a.nova_conf, pw.as_deref())
-                .map_err(|e| Failure::new(format!("{e}; give db_connection or nova_conf")))?
-        }
-    };
+    let creds = db::resolve(
+        a.db_connection.as_deref(),
+        &a.nova_conf,
+        a.passwords_file.as_deref(),
+    )
+    .map_err(|e| match a.db_connection {
+        Some(_) => Failure::new(format!("db_connection: {e}")),
+        None => Failure::new(format!("{e}; give db_connection or nova_conf")),
+    })?;
     let opt = |s: &str| -> Result<Option<String>, Failure> {
         if s.is_empty() {
             Ok(None)
