@@ -45,6 +45,21 @@ PHYS_BRIDGE = "nrphys0"
 PHYSNET = "physnet1"
 PHYSNET_INTERFACE = "eth1"
 
+# --------------------------------------------------------------------------- SMT NUMA hosts (tests/lab/smt.sh)
+# QEMU machines under software emulation (TCG) with their own kernel and Debian root, on BRIDGE:
+# multi-socket, SMT, two NUMA nodes each, 2 MiB hugepages on node 1, and layouts that differ, so a
+# source's pCPU ids mean other cores and other nodes on the destination. `-cpu Skylake-Server,+ht`:
+# with `max`, `qemu64` or `EPYC` the guest kernel shows no thread siblings.
+SMT_HOSTS = {
+    # 2 sockets x 2 cores x 2 threads; node 0 = socket 0 = CPUs 0-3, node 1 = CPUs 4-7; siblings (0,1) (2,3) ...
+    "smt1": {"addr": NET + ".21", "smp": "8,sockets=2,cores=2,threads=2", "nodes": ["0-3", "4-7"],
+             "node_mb": [640, 640], "hugepages": {1: 48}, "pin_set": "2-7"},
+    # 1 socket x 4 cores x 2 threads, the cores dealt over the nodes: node 0 = CPUs 0-1,4-5, node 1 = 2-3,6-7.
+    "smt2": {"addr": NET + ".22", "smp": "8,sockets=1,cores=4,threads=2", "nodes": ["0-1,4-5", "2-3,6-7"],
+             "node_mb": [640, 640], "hugepages": {1: 48}, "pin_set": "2-7"},
+}
+SMT_CPU = "Skylake-Server,+ht"
+
 # --------------------------------------------------------------------------- ports
 SSH_PORT = 22
 NOVA_SSH_PORT = 8022                     # Kolla's nova_ssh port, also served by each compute's sshd
@@ -125,6 +140,14 @@ def _shell():
         scalar("LABEL", LABEL), scalar("BASE_IMAGE", BASE_IMAGE), scalar("NOVA_IMAGE", NOVA_IMAGE),
         array("CONTAINERS", CONTAINERS), assoc("CONTAINER_HOST", CONTAINER_HOSTS),
         array("RUN_FLAGS_ALL", RUN_FLAGS), array("RUN_FLAGS_PODMAN", PODMAN_RUN_FLAGS),
+        array("SMT_NAMES", sorted(SMT_HOSTS)), scalar("SMT_CPU", SMT_CPU),
+        assoc("SMT_ADDR", dict((h, v["addr"]) for h, v in SMT_HOSTS.items())),
+        assoc("SMT_SMP", dict((h, v["smp"]) for h, v in SMT_HOSTS.items())),
+        assoc("SMT_NODES", dict((h, " ".join(v["nodes"])) for h, v in SMT_HOSTS.items())),
+        assoc("SMT_NODE_MB", dict((h, " ".join(str(m) for m in v["node_mb"])) for h, v in SMT_HOSTS.items())),
+        assoc("SMT_HUGEPAGES", dict((h, ",".join("%d:%d" % kv for kv in sorted(v["hugepages"].items())))
+                                    for h, v in SMT_HOSTS.items())),
+        assoc("SMT_PIN_SET", dict((h, v["pin_set"]) for h, v in SMT_HOSTS.items())),
     ]
 
 
