@@ -25,12 +25,10 @@ def _obj(name, version, data, changes=True):
     return o
 
 
-def instance_numa_primitive(pins, memory_mb, cell_id=0, fmt="stein", cpu_policy="dedicated",
-                            cpu_thread_policy=None, pagesize=None, cpuset_reserved=None,
-                            emulator_threads_policy=None, topology=None):
-    """InstanceNUMATopology primitive of a guest with one NUMA cell.
-
-    pins: {vcpu: pcpu} (ints); topology: (sockets, cores, threads), default (1, nvcpus, 1)."""
+def instance_numa_cell(pins, memory_mb, cell_id=0, fmt="stein", cpu_policy="dedicated", cpu_thread_policy=None,
+                       pagesize=None, cpuset_reserved=None, topology=None):
+    """InstanceNUMACell primitive. pins: {vcpu: pcpu} (ints); topology: (sockets, cores, threads),
+    default (1, nvcpus, 1)."""
     vcpus = sorted(int(v) for v in pins)
     sockets, cores, threads = topology or (1, len(vcpus), 1)
     data = {"id": cell_id, "cpuset": vcpus, "memory": memory_mb, "pagesize": pagesize,
@@ -45,8 +43,21 @@ def instance_numa_primitive(pins, memory_mb, cell_id=0, fmt="stein", cpu_policy=
         version = "1.5"
     elif fmt != "stein":
         raise ValueError("fmt must be 'stein' or 'victoria', not %r" % fmt)
-    cell = _obj("InstanceNUMACell", version, data)
-    return _obj("InstanceNUMATopology", "1.3", {"cells": [cell], "emulator_threads_policy": emulator_threads_policy})
+    return _obj("InstanceNUMACell", version, data)
+
+
+def instance_numa_topology(cells, emulator_threads_policy=None):
+    """InstanceNUMATopology primitive of InstanceNUMACell primitives (instance_numa_cell)."""
+    return _obj("InstanceNUMATopology", "1.3", {"cells": cells, "emulator_threads_policy": emulator_threads_policy})
+
+
+def instance_numa_primitive(pins, memory_mb, cell_id=0, fmt="stein", cpu_policy="dedicated",
+                            cpu_thread_policy=None, pagesize=None, cpuset_reserved=None,
+                            emulator_threads_policy=None, topology=None):
+    """InstanceNUMATopology primitive of a guest with one NUMA cell (see instance_numa_cell)."""
+    cell = instance_numa_cell(pins, memory_mb, cell_id, fmt, cpu_policy, cpu_thread_policy, pagesize,
+                              cpuset_reserved, topology)
+    return instance_numa_topology([cell], emulator_threads_policy)
 
 
 def instance_numa_json(*a, **kw):

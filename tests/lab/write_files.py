@@ -112,6 +112,13 @@ lab = {
     "keystone": {"auth_url": S.KEYSTONE_URL, "username": S.KEYSTONE_ADMIN, "password": pw,
                  "project_name": S.KEYSTONE_PROJECT},
 }
+# The SMT NUMA hosts (tests/lab/smt.sh): their facts for the tests.
+smt = S.SMT_HOSTS
+lab["smt"] = {"inventory": os.path.join(L, "inventory-smt.yml"),
+              "hosts": {h: {"address": v["addr"], "libvirt_uri": "qemu+tcp://%s/system" % v["addr"],
+                            "nova_conf": KOLLA_COMPUTE_CONF, "vcpu_pin_set": v["pin_set"], "smp": v["smp"],
+                            "nodes": v["nodes"], "hugepages": {str(k): n for k, n in v["hugepages"].items()}}
+                        for h, v in sorted(smt.items())}}
 tmp = os.path.join(L, "lab.json.tmp")
 with open(tmp, "w") as f:
     json.dump(lab, f, indent=2, sort_keys=True)
@@ -180,6 +187,14 @@ invhn = head[:head.index("  hosts:")] + ["  children:", "    compute:", "      h
 with open(hn["inventory"], "w") as f:
     f.write("\n".join(invhn).replace("reached over SSH", "reached over SSH; cmp4, whose Nova is installed on the host"))
 
+# The SMT NUMA hosts (tests/lab/smt.sh) as the compute group, with the same control host.
+invsmt = head + [x for h in sorted(smt) for x in [
+    "        %s:" % h, "          ansible_host: %s" % smt[h]["addr"],
+    "          libvirt_uri: qemu+tcp://%s/system" % smt[h]["addr"], "          nova_conf: %s" % KOLLA_COMPUTE_CONF,
+    "          migrate_address: %s" % smt[h]["addr"], "          vcpu_pin_set: '%s'" % smt[h]["pin_set"],
+    "          nova_patch_containers: {}"]] + tail
+with open(lab["smt"]["inventory"], "w") as f:
+    f.write("\n".join(invsmt).replace("reached over SSH", "reached over SSH; the computes are the SMT NUMA hosts"))
 env = {"LAB_DIR": L, "LAB_JSON": os.path.join(L, "lab.json"), "ANSIBLE_CONFIG": lab["ansible"]["config"],
        "LAB_CMP1_URI": hosts["cmp1"]["libvirt_uri"], "LAB_CMP2_URI": hosts["cmp2"]["libvirt_uri"],
        "LAB_CMP1_NOVA_CONF": hosts["cmp1"]["nova_conf"], "LAB_CMP2_NOVA_CONF": hosts["cmp2"]["nova_conf"],

@@ -1,0 +1,131 @@
+"""The moves on multi-socket SMT NUMA hosts (tests/lab/smt.sh up): smt1 (2 sockets x 2 cores x 2 threads, node 0 =
+CPUs 0-3) and smt2 (1 socket x 4 cores x 2 threads, its cores dealt over the nodes: node 0 = CPUs 0-1,4-5), both
+with vcpu_pin_set 2-7 and 2 MiB hugepages on node 1 only. So a pCPU id of smt1 names another core, often on
+another node, on smt2: every move below is a move between two different layouts.
+
+Each guest is defined on smt1 the way Nova 19.3.2 places it there, with Nova's rows (its InstanceNUMATopology
+and flavor, Placement allocations), then drained to smt2 through playbooks/drain_host.yml over SSH. After every
+move: libvirt's pins (`virsh vcpupin`, `emulatorpin`, the live `<numatune>`), the kernel's inside smt2
+(/proc/<qemu>/task/*/status), the memory per host node (`numastat -p` and the bound ranges of
+/proc/<qemu>/numa_maps), Nova's row (host smt2, the pins libvirt runs) and Stein's own accounting
+(hardware.numa_usage_from_instances over each node's instances, in the lab's Nova venv), which must raise nothing
+and agree with the node rows the fixup wrote."""
+import uuid as uuidlib
+from pathlib import Path
+
+import pytest
+
+import labdb
+import smtlib
+from smtlib import SmtHost
+
+REPO = Path(__file__).resolve().parents[2]
+PB = REPO / "playbooks" / "drain_host.yml"
+
+
+@pytest.fixture(scope="module")
+def smt(lab):
+    hosts = {h: SmtHost(lab, h) for h in ("smt1", "smt2")}
+    for h in hosts.values():
+        assert h.sh("virsh -q version", check=False), (
+            "%s does not answer: start the SMT hosts with tests/lab/smt.sh up" % h.name)
+    conn = lab.connect_db(autocommit=False)
+    for h in hosts.values():
+        rc, res = lab.run_module("numa_facts", {"uri": h.uri, "host": h.name})
+        assert rc == 0, res
+        smtlib.register_node(lab, conn, h, res["ansible_facts"]["numa"])
+    yield hosts
+    conn.close()
+
+
+@pytest.fixture
+def guest(lab, smt):
+    """guest(name, cells, ...) -> uuid: defined and started on smt1 and recorded in Nova's DB there; removed from
+    both hosts and from the DB afterwards."""
+    made = []
+    conn = lab.connect_db(autocommit=False)
+
+    def make(name, cells, host="smt1", extra_specs=None, emulator=None, emulator_threads_policy=None,
+             hugepages=False, thread_policy=None, threads=1):
+        uuid = str(uuidlib.uuid4())
+        made.append((name, uuid))
+        h = smt[host]
+        h.define(name, smtlib.domain_xml(name, uuid, cells, emulator=emulator, hugepages=hugepages, threads=threads))
+        vcpu, nova_cells = 0, []
+        for i, c in enumerate(cells):
+            pins = {vcpu + k: p for k, p in enumerate(c["pins"])}
+            vcpu += len(c["pins"])
+            reserved = sorted(emulator) if emulator_threads_policy == "isolate" and i == 0 else None
+            nova_cells.append(labdb.instance_numa_cell(pins, c["memory_mib"], cell_id=i, cpu_thread_policy=thread_policy,
+                                                       pagesize=2048 if hugepages else None, cpuset_reserved=reserved,
+                                                       topology=(len(pins) // threads, 1, threads)))
+        smtlib.insert_guest_rows(lab, conn, h, uuid, name, nova_cells, extra_specs=extra_specs,
+                                 emulator_threads_policy=emulator_threads_policy)
+        return uuid
+
+    yield make
+    for name, uuid in made:
+        for h in smt.values():
+            h.remove(name)
+        with conn.cursor() as cur:
+            labdb.delete_instance(cur, uuid)
+        conn.commit()
+    conn.close()
+
+
+def drain(lab, smt, names):
+    p = lab.ansible_playbook(PB, inventory_path=lab.data["smt"]["inventory"],
+                             extra_vars={"target_host": "smt1", "numa_repin_drain_guests": names,
+                                         "numa_repin_allow_leftovers": True})
+    assert p.returncode == 0, p.stdout[-6000:] + p.stderr[-2000:]
+    return p.stdout
+
+
+def check_moved(lab, smt, name, uuid):
+    """On smt2 only, running; libvirt's and the kernel's pins agree; memory on the nodes the definition binds;
+    Nova's row follows and Stein's accounting of both nodes raises nothing. Returns what runs."""
+    src, dst = smt["smt1"], smt["smt2"]
+    assert not src.has(name), "%s left on smt1" % name
+    assert dst.virsh("domstate", name).strip() == "running"
+    pins = dst.vcpupin(name)
+    emu = dst.emulatorpin(name)
+    aff = dst.affinity(name)
+    assert aff["vcpus"] == pins and aff["emulator"] == emu, (aff, pins, emu)
+    assert set().union(*pins.values(), emu) <= dst.pin_set, (pins, emu)
+    memnodes = dst.memnodes(name)
+    # The persistent definition is the running one (a restart keeps the new pins).
+    assert dst.virsh("dumpxml", "--inactive", name).count("<vcpupin") == len(pins)
+    # QEMU's guest RAM: every bound range is on the node its policy names.
+    bound = dst.bound_ranges(name)
+    assert bound, "no guest RAM bound to a host node"
+    for nodes, pages in bound:
+        assert set(pages) <= nodes, (nodes, pages)
+    stat = dst.numastat(name)
+    assert stat["Total"], stat
+    row = smtlib.instance_row(lab.connect_db(), uuid)
+    assert (row["host"], row["node"]) == ("smt2", "smt2"), row
+    db_pins = {int(v): {p} for c in row["cells"] for v, p in c["cpu_pinning_raw"].items()}
+    assert db_pins == pins, (db_pins, pins)
+    lab.assert_nova_accepts_nodes(["smt1", "smt2"])
+    return {"pins": pins, "emulator": emu, "memnodes": memnodes, "numastat": stat, "row": row}
+
+
+def test_two_cell_guest_memnodes_rewritten(lab, smt, guest):
+    """A 2-cell guest on smt1 (cell 0 on node 0, pCPUs 2-3; cell 1 on node 1, pCPUs 4-5). On smt2, pCPUs 2-3 are
+    node 1's: copied verbatim, cell 0's vCPUs would run on node 1 with its memory bound to node 0. Moved, each
+    guest cell runs on one host node of smt2 and its memory (memnode) is bound to that same node."""
+    uuid = guest("smt-2cell", [{"pins": [2, 3], "node": 0, "memory_mib": 32},
+                               {"pins": [4, 5], "node": 1, "memory_mib": 32}])
+    drain(lab, smt, ["smt-2cell"])
+    got = check_moved(lab, smt, "smt-2cell", uuid)
+    dst = smt["smt2"]
+    cell_nodes = {}
+    for cell, vcpus in ((0, (0, 1)), (1, (2, 3))):
+        nodes = {dst.node_of(p) for v in vcpus for p in got["pins"][v]}
+        assert len(nodes) == 1, (cell, got["pins"])
+        cell_nodes[cell] = nodes.pop()
+        assert got["memnodes"][cell] == {cell_nodes[cell]}, (cell, got["memnodes"], got["pins"])
+    assert cell_nodes[0] != cell_nodes[1]
+    # Both bound ranges (one per guest cell) are on their own node.
+    assert sorted(min(n) for n, _ in dst.bound_ranges("smt-2cell")) == [0, 1]
+    assert {c["id"]: c for c in got["row"]["cells"]}.keys() == {0, 1}
