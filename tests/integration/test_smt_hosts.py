@@ -129,3 +129,71 @@ def test_two_cell_guest_memnodes_rewritten(lab, smt, guest):
     # Both bound ranges (one per guest cell) are on their own node.
     assert sorted(min(n) for n, _ in dst.bound_ranges("smt-2cell")) == [0, 1]
     assert {c["id"]: c for c in got["row"]["cells"]}.keys() == {0, 1}
+
+
+def test_isolate_guest_known_only_from_novas_db_gets_a_whole_core(lab, smt, guest):
+    """An `isolate` guest (the policy only in its InstanceNUMATopology row; libvirt does not keep it) drained onto
+    smt2, where a resident holds pCPU 4 and leaves its sibling 5 free on node 0. Assuming prefer, the fit takes
+    that partly used core; with the policy the drain reads from Nova's DB, the guest gets a whole free core of
+    node 1 and nothing runs on its sibling."""
+    guest("smt-resident", [{"pins": [4], "node": 0, "memory_mib": 32}], host="smt2")
+    uuid = guest("smt-isolate", [{"pins": [2], "node": 0, "memory_mib": 32}], thread_policy="isolate")
+    src, dst = smt["smt1"], smt["smt2"]
+    # What a plan without Nova's DB does: the free thread of the resident's core.
+    rc, res = lab.run_module("pin_fit_check", {"guest": "smt-isolate", "source_uri": src.uri, "uri": dst.uri})
+    assert rc == 0 and res["fits"], res
+    assert res["policy_source"] == "assumed", res
+    assumed = {p for c in res["placement"]["cells"] for p in c["vcpu_pins"].values()}
+    assert assumed == {5}, res["placement"]
+    out = drain(lab, smt, ["smt-isolate"])
+    got = check_moved(lab, smt, "smt-isolate", uuid)
+    (pin,) = got["pins"][0]
+    assert pin != 5 and dst.node_of(pin) == 1, got["pins"]
+    busy = set().union(*dst.vcpupin("smt-resident").values())
+    assert not (dst.siblings(pin) & busy), "a sibling of the isolate guest's core is in use"
+    assert "isolate" in out, out[-3000:]
+    # Stein counts an isolate guest's whole core as pinned.
+    pinned = lab.nova_accounting(["smt2"])["smt2"]["pinned"]
+    assert dst.siblings(pin) <= set(pinned["1"]), pinned
+
+
+def test_require_guest_lands_on_a_sibling_pair(lab, smt, guest):
+    """A `require` guest (2 vCPUs on smt1's sibling pair 6-7) lands on a sibling pair of smt2."""
+    uuid = guest("smt-require", [{"pins": [6, 7], "node": 1, "memory_mib": 32}], thread_policy="require", threads=2,
+                 extra_specs={"hw:cpu_thread_policy": "require"})
+    drain(lab, smt, ["smt-require"])
+    got = check_moved(lab, smt, "smt-require", uuid)
+    (a,), (b,) = got["pins"][0], got["pins"][1]
+    assert smt["smt2"].siblings(a) == {a, b}, got["pins"]
+
+
+def test_isolated_emulator_thread_moves_to_its_own_pcpu(lab, smt, guest):
+    """hw:emulator_threads_policy=isolate: the emulator on a pCPU of its own (Nova's cpuset_reserved), kept so on
+    smt2, on the vCPU's node, and recorded in Nova's row."""
+    uuid = guest("smt-emu", [{"pins": [4], "node": 1, "memory_mib": 32}], emulator={5},
+                 emulator_threads_policy="isolate", extra_specs={"hw:emulator_threads_policy": "isolate"})
+    drain(lab, smt, ["smt-emu"])
+    got = check_moved(lab, smt, "smt-emu", uuid)
+    dst = smt["smt2"]
+    (pin,) = got["pins"][0]
+    assert len(got["emulator"]) == 1 and pin not in got["emulator"], got
+    (emu,) = got["emulator"]
+    assert dst.node_of(emu) == dst.node_of(pin), got
+    assert got["row"]["cells"][0]["cpuset_reserved"] == [emu], got["row"]
+
+
+def test_hugepage_guest_moves_onto_node_1s_pool(lab, smt, guest):
+    """A guest backed by 2 MiB pages (16 of smt1's node 1 pool) goes to smt2's node 1, the only node with
+    hugepages there: its pages come out of that pool and go back to smt1's."""
+    src, dst = smt["smt1"], smt["smt2"]
+    uuid = guest("smt-huge", [{"pins": [4], "node": 1, "memory_mib": 32}], hugepages=True)
+    assert src.free_hugepages(1) == 48 - 16
+    free_before = dst.free_hugepages(1)
+    drain(lab, smt, ["smt-huge"])
+    got = check_moved(lab, smt, "smt-huge", uuid)
+    (pin,) = got["pins"][0]
+    assert dst.node_of(pin) == 1 and got["memnodes"] == {0: {1}}, got
+    assert dst.free_hugepages(1) == free_before - 16
+    assert src.free_hugepages(1) == 48
+    assert got["numastat"]["Huge"][1] == pytest.approx(32, abs=0.5) and got["numastat"]["Huge"][0] == 0, got
+    assert got["row"]["cells"][0]["pagesize"] == 2048
