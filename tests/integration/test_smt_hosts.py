@@ -110,13 +110,18 @@ def check_moved(lab, smt, name, uuid):
     return {"pins": pins, "emulator": emu, "memnodes": memnodes, "numastat": stat, "row": row}
 
 
-def test_two_cell_guest_memnodes_rewritten(lab, smt, guest):
-    """A 2-cell guest on smt1 (cell 0 on node 0, pCPUs 2-3; cell 1 on node 1, pCPUs 4-5). On smt2, pCPUs 2-3 are
-    node 1's: copied verbatim, cell 0's vCPUs would run on node 1 with its memory bound to node 0. Moved, each
-    guest cell runs on one host node of smt2 and its memory (memnode) is bound to that same node."""
+def test_two_cell_guest_and_require_guest(lab, smt, guest):
+    """Moved together (one drain, the tier's cases run together to keep CI short):
+    - a 2-cell guest on smt1 (cell 0 on node 0, pCPUs 2-3; cell 1 on node 1, pCPUs 4-5). On smt2, pCPUs 2-3 are
+      node 1's: copied verbatim, cell 0's vCPUs would run on node 1 with its memory bound to node 0. Moved, each
+      guest cell runs on one host node of smt2 and its memory (memnode) is bound to that same node;
+    - a `require` guest (2 vCPUs on smt1's sibling pair 6-7) lands on a sibling pair of smt2.
+    smt2's six pCPUs are then all taken."""
     uuid = guest("smt-2cell", [{"pins": [2, 3], "node": 0, "memory_mib": 32},
                                {"pins": [4, 5], "node": 1, "memory_mib": 32}])
-    drain(lab, smt, ["smt-2cell"])
+    ureq = guest("smt-require", [{"pins": [6, 7], "node": 1, "memory_mib": 32}], thread_policy="require", threads=2,
+                 extra_specs={"hw:cpu_thread_policy": "require"})
+    drain(lab, smt, ["smt-2cell", "smt-require"])
     got = check_moved(lab, smt, "smt-2cell", uuid)
     dst = smt["smt2"]
     cell_nodes = {}
@@ -129,6 +134,10 @@ def test_two_cell_guest_memnodes_rewritten(lab, smt, guest):
     # Both bound ranges (one per guest cell) are on their own node.
     assert sorted(min(n) for n, _ in dst.bound_ranges("smt-2cell")) == [0, 1]
     assert {c["id"]: c for c in got["row"]["cells"]}.keys() == {0, 1}
+
+    got = check_moved(lab, smt, "smt-require", ureq)
+    (a,), (b,) = got["pins"][0], got["pins"][1]
+    assert dst.siblings(a) == {a, b}, got["pins"]
 
 
 def test_isolate_guest_known_only_from_novas_db_gets_a_whole_core(lab, smt, guest):
@@ -157,40 +166,28 @@ def test_isolate_guest_known_only_from_novas_db_gets_a_whole_core(lab, smt, gues
     assert dst.siblings(pin) <= set(pinned["1"]), pinned
 
 
-def test_require_guest_lands_on_a_sibling_pair(lab, smt, guest):
-    """A `require` guest (2 vCPUs on smt1's sibling pair 6-7) lands on a sibling pair of smt2."""
-    uuid = guest("smt-require", [{"pins": [6, 7], "node": 1, "memory_mib": 32}], thread_policy="require", threads=2,
-                 extra_specs={"hw:cpu_thread_policy": "require"})
-    drain(lab, smt, ["smt-require"])
-    got = check_moved(lab, smt, "smt-require", uuid)
-    (a,), (b,) = got["pins"][0], got["pins"][1]
-    assert smt["smt2"].siblings(a) == {a, b}, got["pins"]
-
-
-def test_isolated_emulator_thread_moves_to_its_own_pcpu(lab, smt, guest):
-    """hw:emulator_threads_policy=isolate: the emulator on a pCPU of its own (Nova's cpuset_reserved), kept so on
-    smt2, on the vCPU's node, and recorded in Nova's row."""
-    uuid = guest("smt-emu", [{"pins": [4], "node": 1, "memory_mib": 32}], emulator={5},
+def test_isolated_emulator_thread_and_hugepage_guest(lab, smt, guest):
+    """Moved together (one drain):
+    - hw:emulator_threads_policy=isolate: the emulator on a pCPU of its own (Nova's cpuset_reserved), kept so on
+      smt2, on the vCPU's node, and recorded in Nova's row;
+    - a guest backed by 2 MiB pages (16 of smt1's node 1 pool) goes to smt2's node 1, the only node with
+      hugepages there: its pages come out of that pool and go back to smt1's."""
+    src, dst = smt["smt1"], smt["smt2"]
+    uemu = guest("smt-emu", [{"pins": [4], "node": 1, "memory_mib": 32}], emulator={5},
                  emulator_threads_policy="isolate", extra_specs={"hw:emulator_threads_policy": "isolate"})
-    drain(lab, smt, ["smt-emu"])
-    got = check_moved(lab, smt, "smt-emu", uuid)
-    dst = smt["smt2"]
+    uhuge = guest("smt-huge", [{"pins": [6], "node": 1, "memory_mib": 32}], hugepages=True)
+    assert src.free_hugepages(1) == 48 - 16
+    free_before = dst.free_hugepages(1)
+    drain(lab, smt, ["smt-emu", "smt-huge"])
+
+    got = check_moved(lab, smt, "smt-emu", uemu)
     (pin,) = got["pins"][0]
     assert len(got["emulator"]) == 1 and pin not in got["emulator"], got
     (emu,) = got["emulator"]
     assert dst.node_of(emu) == dst.node_of(pin), got
     assert got["row"]["cells"][0]["cpuset_reserved"] == [emu], got["row"]
 
-
-def test_hugepage_guest_moves_onto_node_1s_pool(lab, smt, guest):
-    """A guest backed by 2 MiB pages (16 of smt1's node 1 pool) goes to smt2's node 1, the only node with
-    hugepages there: its pages come out of that pool and go back to smt1's."""
-    src, dst = smt["smt1"], smt["smt2"]
-    uuid = guest("smt-huge", [{"pins": [4], "node": 1, "memory_mib": 32}], hugepages=True)
-    assert src.free_hugepages(1) == 48 - 16
-    free_before = dst.free_hugepages(1)
-    drain(lab, smt, ["smt-huge"])
-    got = check_moved(lab, smt, "smt-huge", uuid)
+    got = check_moved(lab, smt, "smt-huge", uhuge)
     (pin,) = got["pins"][0]
     assert dst.node_of(pin) == 1 and got["memnodes"] == {0: {1}}, got
     assert dst.free_hugepages(1) == free_before - 16
