@@ -57,14 +57,23 @@ venvs_log=$(mktemp)
 ( for r in 19.3.2 18.3.0 17.0.13; do tests/nova_harness/venv.sh "$r" || exit 1; done
   tests/lab/venv.sh nova-victoria || exit 1 ) >"$venvs_log" 2>&1 &
 venvs_pid=$!
+# The SMT hosts' root image (debootstrap, mostly downloads; cached under /var/cache) builds meanwhile too.
+smt_image_log=$(mktemp)
+tests/lab/smt.sh image >"$smt_image_log" 2>&1 &
+smt_image_pid=$!
 phase gates gates
 phase build bash scripts/build.sh
 phase cargo-test cargo test --release --quiet
 phase fuzz bash tests/fuzz.sh
 if [ -x tests/lab/lab.sh ] && [ "${NUMA_REPIN_NO_LAB:-0}" != 1 ]; then
   phase lab-up tests/lab/lab.sh up
+  smt_image() { wait "$smt_image_pid" || { cat "$smt_image_log"; return 1; }; cat "$smt_image_log"; }
+  phase smt-image smt_image
+  # The SMT hosts boot (TCG, a minute or two) while the other tests run; tests/integration/test_smt_hosts.py
+  # waits for them (tests/lab/smt.sh up's ready marker) and names this log if they fail.
+  tests/lab/smt.sh up >/var/log/numa-repin-smt-up.log 2>&1 &
 fi
 harness_venvs() { wait "$venvs_pid" || { cat "$venvs_log"; return 1; }; }
 phase harness-venvs harness_venvs
-phase pytest python3 -m pytest -q -p no:cacheprovider tests
+phase pytest python3 -m pytest -q -p no:cacheprovider --durations=25 tests
 echo "=== all phases passed in $(( $(date +%s) - start )) s"

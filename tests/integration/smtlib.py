@@ -3,8 +3,10 @@ hugepages, each with its own kernel, libvirtd and sshd. Helpers to read them the
 move: libvirt's pins (`virsh vcpupin`, `emulatorpin`, `numatune`), the kernel's (/proc/<qemu>/task/*/status),
 memory per node (`numastat -p`, /proc/<qemu>/numa_maps), and Nova's rows for their guests."""
 import json
+import os
 import re
 import subprocess
+import time
 import uuid as uuidlib
 
 import labdb
@@ -24,6 +26,26 @@ def cpuset(spec):
 
 def fmt_set(cpus):
     return ",".join(str(c) for c in sorted(cpus))
+
+
+UP_LOG = "/var/log/numa-repin-smt-up.log"
+
+
+def wait_up(lab, timeout=1200):
+    """Wait for `tests/lab/smt.sh up` (tests/run.sh starts it in the background after the lab): its ready
+    marker, or fail with its failed one. Started by nobody (no marker at all), fail at once with the command."""
+    d = os.path.join(lab.data["lab_dir"], "smt")
+    end = time.time() + timeout
+    while True:
+        if os.path.exists(os.path.join(d, "ready")):
+            return
+        if os.path.exists(os.path.join(d, "failed")):
+            raise AssertionError("the SMT hosts did not come up: %s (tests/run.sh logs it to %s)"
+                                 % (open(os.path.join(d, "failed")).read().strip(), UP_LOG))
+        if not os.path.isdir(d):
+            raise AssertionError("the SMT hosts are not up: run tests/lab/smt.sh up")
+        assert time.time() < end, "tests/lab/smt.sh up did not finish within %d s" % timeout
+        time.sleep(5)
 
 
 class SmtHost:

@@ -25,6 +25,7 @@ PB = REPO / "playbooks" / "drain_host.yml"
 
 @pytest.fixture(scope="module")
 def smt(lab):
+    smtlib.wait_up(lab)
     hosts = {h: SmtHost(lab, h) for h in ("smt1", "smt2")}
     for h in hosts.values():
         assert h.sh("virsh -q version", check=False), (

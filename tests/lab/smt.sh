@@ -21,7 +21,7 @@ STATE=$LAB_DIR/smt
 NOVA_COMPUTE_CONF=$(python3 -c 'import sys; sys.path.insert(0, "tests/lab"); import labspec; print(labspec.NOVA_COMPUTE_CONF_IN_HOST)')
 SMT_RESERVED_MB=256
 log() { printf '[smt] %s\n' "$*"; }
-die() { printf '[smt] ERROR: %s\n' "$*" >&2; exit 1; }
+die() { printf '[smt] ERROR: %s\n' "$*" >&2; [ ! -d "$STATE" ] || printf '%s\n' "$*" >"$STATE/failed"; exit 1; }
 
 # What the hosts run: Debian's cloud kernel, systemd, sshd, libvirt's QEMU driver, numactl (numastat),
 # Python for Ansible's own modules. libvirt-daemon-system is left out on purpose: it would start the
@@ -190,7 +190,8 @@ boot() { # boot <host>: a fresh overlay over the image, a tap on the lab's bridg
   ip link set "$tap" master "$BRIDGE" up
   local key; key=$(base64 -w0 <"$LAB_DIR/ssh/id_ed25519.pub")
   local last=${SMT_ADDR[$h]##*.}
-  qemu-system-x86_64 -name "$h" -accel tcg -machine pc -cpu "$SMT_CPU" -smp "${SMT_SMP[$h]}" -m "${total}M" \
+  # Niced: tests/run.sh boots them while other tests run, which must keep their pace.
+  nice -n 10 qemu-system-x86_64 -name "$h" -accel tcg -machine pc -cpu "$SMT_CPU" -smp "${SMT_SMP[$h]}" -m "${total}M" \
     "${numa[@]}" \
     -kernel "$IMAGE.vmlinuz" -initrd "$IMAGE.initrd" \
     -append "root=/dev/vda rw console=ttyS0 quiet nrl.host=$h nrl.addr=${SMT_ADDR[$h]} nrl.key=$key nrl.hp=$hp" \
@@ -241,18 +242,25 @@ EOF
 }
 
 do_up() {
+  # $STATE/ready or $STATE/failed tell a test started meanwhile (tests/run.sh boots the hosts while the
+  # other tests run) when this is done.
+  mkdir -p "$STATE"
+  rm -f "$STATE/ready" "$STATE/failed"
+  trap '[ -e "$STATE/ready" ] || echo "tests/lab/smt.sh up failed (exit $?): see its output" >"$STATE/failed"' EXIT
   [ -s "$IMAGE" ] || do_image
   ip link show "$BRIDGE" >/dev/null 2>&1 || die "the lab's bridge $BRIDGE is missing: run tests/lab/lab.sh up first"
-  mkdir -p "$STATE"
   T0=$SECONDS
   local h
   for h in "${SMT_NAMES[@]}"; do
+    # A running host keeps its guests; its tap goes back on the bridge if the lab's bridge was remade.
+    if [ -n "$(qemu_pid "$h")" ]; then ip link set "nrs-$h" master "$BRIDGE" up 2>/dev/null || true; fi
     if [ -n "$(qemu_pid "$h")" ] && ssh_to "$h" true 2>/dev/null; then log "$h: running"; continue; fi
     [ -z "$(qemu_pid "$h")" ] || kill "$(qemu_pid "$h")"
     boot "$h"
   done
   for h in "${SMT_NAMES[@]}"; do wait_ready "$h" $((SECONDS + ${SMT_BOOT_TIMEOUT:-600})); configure "$h"; done
   log "up in $((SECONDS - T0)) s: ${SMT_NAMES[*]}"
+  touch "$STATE/ready"
 }
 
 do_down() {
