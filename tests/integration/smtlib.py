@@ -240,6 +240,24 @@ def register_node(lab, conn, host, facts):
     conn.commit()
 
 
+def unregister_node(conn, host):
+    """Take the host's rows out again (register_node's), so the lab's DB is as the standard seed left it: the
+    other tests check every compute node with Nova's accounting."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT id FROM placement.resource_providers WHERE uuid=%s", (node_uuid(host.name),))
+        rp = cur.fetchone()
+        if rp:
+            cur.execute("DELETE FROM placement.allocations WHERE resource_provider_id=%s", (rp[0],))
+            cur.execute("DELETE FROM placement.inventories WHERE resource_provider_id=%s", (rp[0],))
+            # root_provider_id references the row itself
+            cur.execute("UPDATE placement.resource_providers SET root_provider_id=NULL WHERE id=%s", (rp[0],))
+            cur.execute("DELETE FROM placement.resource_providers WHERE id=%s", (rp[0],))
+        cur.execute("DELETE FROM nova.compute_nodes WHERE host=%s", (host.name,))
+        cur.execute("DELETE FROM nova.services WHERE host=%s", (host.name,))
+        cur.execute("DELETE FROM nova_api.host_mappings WHERE host=%s", (host.name,))
+    conn.commit()
+
+
 def insert_guest_rows(lab, conn, host, uuid, name, cells, extra_specs=None, emulator_threads_policy=None,
                       memory_mb=None):
     """An instance on `host` with Nova's InstanceNUMATopology of `cells` ([labdb.instance_numa_cell(...)]), its

@@ -36,6 +36,8 @@ def smt(lab):
         assert rc == 0, res
         smtlib.register_node(lab, conn, h, res["ansible_facts"]["numa"])
     yield hosts
+    for h in hosts.values():
+        smtlib.unregister_node(conn, h)
     conn.close()
 
 
