@@ -10,18 +10,7 @@ import time
 import uuid as uuidlib
 
 import labdb
-
-
-def cpuset(spec):
-    out = set()
-    for part in str(spec).split(","):
-        part = part.strip()
-        if "-" in part:
-            a, b = part.split("-")
-            out.update(range(int(a), int(b) + 1))
-        elif part:
-            out.add(int(part))
-    return out
+from lablib import cpuset
 
 
 def fmt_set(cpus):

@@ -259,11 +259,15 @@ fn db_creds(a: &Args) -> anyhow::Result<Option<db::DbCreds>> {
 }
 
 /// The policies of these guests (uuids) per Nova's DB, when the arguments name it: one
-/// read-only pass, then the connection is closed.
+/// read-only pass, then the connection is closed. With no uuid there is nothing to read, but
+/// the DB arguments are still checked.
 fn db_policies(a: &Args, uuids: &[&str]) -> anyhow::Result<Option<Policies>> {
     let Some(creds) = db_creds(a)? else {
         return Ok(None);
     };
+    if uuids.is_empty() {
+        return Ok(None);
+    }
     let mut conn = db::connect(&creds).map_err(Failure::new)?;
     let p = policy::read_policies(&mut conn, &creds, uuids)
         .map_err(|e| Failure::new(format!("{e}; nothing was decided")))?;
@@ -374,12 +378,7 @@ fn what_to_place(a: &Args, host: &NumaFacts) -> anyhow::Result<Option<ToPlace>> 
                 .chain(host.guests.iter().filter(|g| g.is_dedicated()))
                 .map(|g| g.uuid.as_str())
                 .collect();
-            let db = if uuids.is_empty() {
-                db_creds(a)?;
-                None
-            } else {
-                db_policies(a, &uuids)?
-            };
+            let db = db_policies(a, &uuids)?;
             let isolated = isolated_residents([host], db.as_ref());
             let policy = if guest.is_dedicated() {
                 let c = choose(guest, db.as_ref(), a.thread_policy);
@@ -433,13 +432,7 @@ fn drain(a: &Args, d: &DrainArgs, opts: &FitOptions) -> anyhow::Result<Outcome> 
         .collect::<BTreeSet<&str>>()
         .into_iter()
         .collect();
-    let db = if uuids.is_empty() {
-        // Nothing to read; the DB arguments are still checked.
-        db_creds(a)?;
-        None
-    } else {
-        db_policies(a, &uuids)?
-    };
+    let db = db_policies(a, &uuids)?;
     Ok(drain_plan(d, opts, db.as_ref()))
 }
 
